@@ -1,0 +1,114 @@
+"""Speed of ``diagonal_fisher`` against named peers, measured in one run.
+
+Model: the paper's MNIST CNN shape (conv32-conv64-maxpool-fc128-fc10) on
+random 1x28x28 inputs.  Rows, each over the same N samples:
+
+* ``forward+backward``  one plain training-style pass (loss.backward) over
+  the N samples: the reference the ratios are taken against;
+* ``fisher empirical`` / ``fisher true``  ``diagonal_fisher`` (goal for
+  the empirical Fisher: <= 2x the reference);
+* ``per-sample loop``  the naive peer: one sample at a time, autograd.grad,
+  squared (empirical Fisher); timed on ``--loop-n`` samples, scaled to N;
+* ``torch.func vmap``  per-sample gradients with functional_call + vmap(grad),
+  squared and summed (empirical Fisher).
+
+Usage: ``python benchmarks/bench_fisher.py [--n 2048] [--batch-size 256]``.
+Times are medians of ``--repeats`` runs after one warm-up run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from healing_pl.unlearning.fisher import diagonal_fisher
+
+
+def mnist_cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 3), nn.ReLU(),
+        nn.Conv2d(32, 64, 3), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(9216, 128), nn.ReLU(),
+        nn.Linear(128, 10),
+    )
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=2048, help="number of samples")
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--loop-n", type=int, default=256, help="samples timed for the per-sample loop")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    torch.manual_seed(0)
+    model = mnist_cnn().eval()
+    x = torch.randn(args.n, 1, 28, 28)
+    y = torch.randint(0, 10, (args.n,))
+    loader = [(x[i : i + args.batch_size], y[i : i + args.batch_size]) for i in range(0, args.n, args.batch_size)]
+    params = [p for p in model.parameters()]
+
+    def fwd_bwd():
+        for xb, yb in loader:
+            F.cross_entropy(model(xb), yb).backward()
+        model.zero_grad(set_to_none=True)
+
+    def loop(n):
+        def run():
+            acc = [torch.zeros_like(p) for p in params]
+            for i in range(n):
+                loss = F.cross_entropy(model(x[i : i + 1]), y[i : i + 1])
+                for a, g in zip(acc, torch.autograd.grad(loss, params)):
+                    a += g.square()
+        return run
+
+    from torch.func import functional_call, grad, vmap
+
+    named = {k: v.detach() for k, v in model.named_parameters()}
+
+    def vmap_fisher():
+        def loss_one(p, xi, yi):
+            return F.cross_entropy(functional_call(model, p, (xi.unsqueeze(0),)), yi.unsqueeze(0))
+        acc = {k: torch.zeros_like(v) for k, v in named.items()}
+        for xb, yb in loader:
+            g = vmap(grad(loss_one), in_dims=(None, 0, 0))(named, xb, yb)
+            for k in acc:
+                acc[k] += g[k].square().sum(0)
+
+    loop_n = min(args.loop_n, args.n)
+    rows = [
+        ("forward+backward", median_time(fwd_bwd, args.repeats)),
+        ("fisher empirical", median_time(lambda: diagonal_fisher(model, loader, "empirical"), args.repeats)),
+        ("fisher true (10 classes)", median_time(lambda: diagonal_fisher(model, loader, "true"), args.repeats)),
+        (f"per-sample loop (x{args.n / loop_n:g} of {loop_n})",
+         median_time(loop(loop_n), max(1, args.repeats // 2)) * args.n / loop_n),
+        ("torch.func vmap(grad)", median_time(vmap_fisher, max(1, args.repeats // 2))),
+    ]
+    ref = rows[0][1]
+    print(f"diagonal Fisher, MNIST CNN, N={args.n}, batch={args.batch_size}, threads={torch.get_num_threads()}")
+    print(f"{'method':<32} {'seconds':>9} {'x fwd+bwd':>10}")
+    for name, t in rows:
+        print(f"{name:<32} {t:9.3f} {t / ref:10.2f}")
+
+
+if __name__ == "__main__":
+    main()

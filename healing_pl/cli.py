@@ -1,0 +1,133 @@
+"""The ``healing-pl`` command: a LightningCLI with per-run folders, W&B tracking and clear errors.
+
+    healing-pl fit      --config configs/mnist5k.yaml     train a baseline, then test it
+    healing-pl validate --config ... --ckpt_path ...      validate a checkpoint
+    healing-pl test     --config ... --ckpt_path ...      test a checkpoint
+
+Every run writes to its own folder (``--run_dir``, default
+``runs/<dataset>-<subcommand>-<time>``): ``config.yaml``, ``splits.json``,
+``checkpoints/last.ckpt``, ``results.json`` and the W&B run under ``wandb/``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+
+from healing_pl.data.datamodule import HealingDataModule
+from healing_pl.models.classifier import Classifier
+from healing_pl.trainer import HealingTrainer
+from healing_pl.tracking import Tracking, build_logger, finish_wandb, log_summary, make_run_dir, write_results
+
+#: exceptions that mean "bad input": printed as one sentence, exit status 2
+USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
+
+
+class _SaveConfig(SaveConfigCallback):
+    """Writes config.yaml into the run folder (overwriting is allowed: one folder per run)."""
+
+    def save_config(self, trainer, pl_module, stage) -> None:
+        if trainer.logger is not None and hasattr(trainer.logger, "experiment"):
+            flat = self.parser.dump(self.config, skip_none=False, format="json")
+            import json
+
+            trainer.logger.experiment.config.update({"cli": json.loads(flat)}, allow_val_change=True)
+
+
+class HealingCLI(LightningCLI):
+    """LightningCLI of healing-pl (see the module docstring)."""
+
+    def __init__(self, args=None, run: bool = True):
+        super().__init__(
+            Classifier,
+            HealingDataModule,
+            trainer_class=HealingTrainer,
+            save_config_callback=_SaveConfig,
+            save_config_kwargs={"overwrite": True},
+            seed_everything_default=0,
+            auto_configure_optimizers=False,
+            args=args,
+            run=run,
+            parser_kwargs={"description": "healing-pl: adversarial unlearning and model healing experiments."},
+        )
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {**LightningCLI.subcommands(), **HealingTrainer.extra_subcommands()}
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--run_dir", type=str | None, default=None,
+                            help="Folder of this run (default: runs/<dataset>-<subcommand>-<time>).")
+        parser.add_argument("--wandb", type=Tracking, default=Tracking(), help="Weights & Biases tracking.")
+        for key in ("num_classes", "in_chans", "image_size"):
+            parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
+        parser.set_defaults({"trainer.max_epochs": 10, "trainer.log_every_n_steps": 10})
+
+    # ------------------------------------------------------------------ setup
+    def _cfg(self):
+        return self.config[self.subcommand] if self.subcommand else self.config
+
+    def instantiate_trainer(self, **kwargs):
+        cfg = self._cfg()
+        self.run_dir = cfg.run_dir or make_run_dir("runs", f"{cfg.data.dataset}-{self.subcommand}")
+        trainer_cfg = self._get(self.config_init, "trainer", default={})
+        logger = trainer_cfg.get("logger")
+        if logger is None or logger is True:
+            logger = build_logger(cfg.wandb, self.run_dir, self.subcommand) or False
+        callbacks = [ModelCheckpoint(dirpath=os.path.join(self.run_dir, "checkpoints"), save_last=True, save_top_k=0)]
+        if trainer_cfg.get("enable_checkpointing") is False or self.subcommand not in ("fit", "heal"):
+            callbacks = []
+        user_callbacks = trainer_cfg.get("callbacks") or []
+        kwargs.setdefault("callbacks", (user_callbacks if isinstance(user_callbacks, list) else [user_callbacks]) + callbacks)
+        kwargs.setdefault("default_root_dir", self.run_dir)
+        kwargs.setdefault("logger", logger)
+        return super().instantiate_trainer(**kwargs)
+
+    def _record(self, phase: str, metrics: dict) -> None:
+        record = {"phase": phase, "dataset": self.datamodule.hparams.dataset,
+                  "backbone": self.model.hparams.backbone, "run_dir": self.run_dir, **metrics}
+        path = write_results(self.run_dir, record)
+        log_summary(self.trainer.logger, metrics)
+        print(f"results written to {path}")
+
+    # ------------------------------------------------------------- subcommands
+    def before_fit(self) -> None:
+        print(self.datamodule.summary())
+        self.datamodule.save_splits(os.path.join(self.run_dir, "splits.json"))
+
+    def after_fit(self) -> None:
+        if self.trainer.interrupted:
+            return
+        fit_seconds = self.trainer.fit_seconds
+        tested = self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)[0]
+        metrics = {"test/acc": tested["test/acc"], "train/time_s": fit_seconds,
+                   "checkpoint": os.path.join(self.run_dir, "checkpoints", "last.ckpt")}
+        print(f"test accuracy: {metrics['test/acc']:.4f} (after {self.trainer.current_epoch} epochs, "
+              f"{metrics['train/time_s']:.1f} s)")
+        self._record("fit", metrics)
+
+
+def main(args=None) -> int:
+    """Entry point of ``healing-pl``; bad input ends with one sentence and exit status 2."""
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv and argv[0] == "report":
+        from healing_pl.report.cli import main as report_main
+
+        return report_main(argv[1:])
+    try:
+        HealingCLI(args=args)
+    except USER_ERRORS as err:
+        if os.environ.get("HEALING_PL_DEBUG"):
+            raise
+        print(f"healing-pl: error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        finish_wandb()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

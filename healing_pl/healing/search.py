@@ -1,0 +1,351 @@
+"""Exact top-k nearest-neighbour search with bounded memory.
+
+:func:`nearest` finds, for every query row, the ``k`` best candidate rows
+under one of three metrics:
+
+* ``"l2"`` -- Euclidean distance ``||q - c||`` (**not squared**; smaller is
+  better);
+* ``"cosine"`` -- cosine similarity ``q.c / (|q| |c|)`` (larger is better; a
+  zero vector has similarity 0 with everything);
+* ``"mahalanobis"`` -- ``sqrt((q - c)^T Sigma^-1 (q - c))`` (**not squared**;
+  smaller is better).  ``Sigma`` is the given ``covariance`` used exactly, or a
+  Ledoit-Wolf shrinkage estimate from the candidates (see
+  :func:`healing_pl.healing.similarity.ledoit_wolf_covariance`).  It is
+  computed by whitening both sides once with ``W`` (``W^T W = Sigma^-1``) and
+  running the L2 search on the whitened rows.
+
+The search is exact: every candidate is scored.  Memory stays bounded because
+the (queries x candidates) score matrix is never materialised; queries and
+candidates are cut into blocks whose score block is about
+:data:`BLOCK_BYTES`, each block is one ``torch.addmm`` into a reused work
+buffer, its top-k is taken with ``torch.topk`` and merged into a running top-k.
+For L2 the ranking score is ``2 q.c - |c|^2`` (``|q|^2`` is constant per
+query, so it is left out of the inner loop); the distances of the k winners
+are then recomputed directly as ``||q - c||`` so near-duplicates do not suffer
+from the cancellation of the ``|q|^2 - 2 q.c + |c|^2`` expansion.
+
+Ties are broken deterministically: among equal scores the lower candidate
+index wins, both inside the returned k and at the boundary of the k-th place.
+
+All arithmetic runs in float32 on the device of ``queries`` (when it is a
+tensor; numpy arrays go to the CPU).  Besides the score block, the search
+holds at most one converted copy of the candidates (float32, normalised or
+whitened).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+__all__ = [
+    "BLOCK_BYTES",
+    "SEARCH_METRICS",
+    "nearest",
+    "whitening_matrix",
+]
+
+#: Names accepted by :func:`nearest` for ``metric``.
+SEARCH_METRICS = ("l2", "cosine", "mahalanobis")
+
+#: Target size in bytes of one (query block x candidate block) score block.
+BLOCK_BYTES = 64 * 2**20
+
+#: Largest number of queries scored against one candidate block.
+MAX_QUERY_CHUNK = 1024
+
+ArrayLike = Union[torch.Tensor, np.ndarray]
+
+
+def nearest(
+    queries: ArrayLike,
+    candidates: ArrayLike,
+    k: int,
+    metric: str = "l2",
+    *,
+    covariance: Optional[ArrayLike] = None,
+    query_labels: Optional[ArrayLike] = None,
+    candidate_labels: Optional[ArrayLike] = None,
+    chunk_size: Optional[int] = None,
+    exclude: Optional[ArrayLike] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Exact k nearest candidates of every query, best first.
+
+    Args:
+        queries: ``(Q, D)`` float tensor or array.
+        candidates: ``(N, D)`` float tensor or array.
+        k: number of neighbours per query, ``1 <= k <=`` available candidates.
+        metric: ``"l2"``, ``"cosine"`` or ``"mahalanobis"`` (see module doc).
+        covariance: ``(D, D)`` symmetric positive definite matrix for
+            ``"mahalanobis"``; estimated from ``candidates`` with Ledoit-Wolf
+            shrinkage when omitted.  Ignored by the other metrics.
+        query_labels, candidate_labels: ``(Q,)`` and ``(N,)`` integer class
+            labels; when given, a query's neighbours come only from its class.
+        chunk_size: candidates per block (default: sized so a score block is
+            about :data:`BLOCK_BYTES`).  Changes speed and memory, never the
+            result.
+        exclude: ``(N,)`` bool mask of candidates never to return.
+
+    Returns:
+        ``(scores, indices)``, both ``(Q, k)``: ``scores`` float32 distances
+        (``l2``, ``mahalanobis``; ascending) or similarities (``cosine``;
+        descending), ``indices`` int64 rows of ``candidates``.
+
+    Raises:
+        ValueError: on a bad metric, shape, k, label or mask, non-finite
+            input, or a class with fewer than ``k`` usable candidates.
+    """
+    if metric not in SEARCH_METRICS:
+        raise ValueError(
+            f"unknown search metric {metric!r}; choose one of {', '.join(SEARCH_METRICS)}."
+        )
+    device = queries.device if isinstance(queries, torch.Tensor) else torch.device("cpu")
+    q = _as_matrix(queries, "queries", device)
+    c = _as_matrix(candidates, "candidates", device)
+    if q.shape[1] != c.shape[1]:
+        raise ValueError(
+            f"queries have {q.shape[1]} dimensions but candidates have {c.shape[1]}."
+        )
+    n_cand = c.shape[0]
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise ValueError(f"k must be an integer, got {k!r}.")
+    k = int(k)
+    if k < 1 or k > n_cand:
+        raise ValueError(f"k must be between 1 and the {n_cand} candidates, got {k}.")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or int(chunk_size) < 1):
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
+    mask = _as_mask(exclude, n_cand, device)
+    q_lab, c_lab = _as_labels(query_labels, candidate_labels, q.shape[0], n_cand, device)
+
+    # Reduce every metric to an inner-product ("cosine") or L2 search.
+    if metric == "mahalanobis":
+        if covariance is None:
+            from healing_pl.healing.similarity import ledoit_wolf_covariance
+
+            covariance = ledoit_wolf_covariance(c)
+        w_t = whitening_matrix(covariance, dim=q.shape[1]).t().to(device=device, dtype=torch.float32)
+        q, c = q @ w_t, c @ w_t
+        kind = "l2"
+    elif metric == "cosine":
+        q = torch.nn.functional.normalize(q, dim=1)
+        c = torch.nn.functional.normalize(c, dim=1)
+        kind = "cosine"
+    else:
+        kind = "l2"
+
+    if q_lab is None:
+        available = n_cand - (int(mask.sum()) if mask is not None else 0)
+        if available < k:
+            raise ValueError(
+                f"only {available} candidates remain after exclusions but k={k} were requested."
+            )
+        return _search(q, c, k, kind, mask, chunk_size)
+
+    scores = torch.empty(q.shape[0], k, dtype=torch.float32, device=device)
+    indices = torch.empty(q.shape[0], k, dtype=torch.long, device=device)
+    for cls in torch.unique(q_lab).tolist():
+        q_rows = torch.nonzero(q_lab == cls).squeeze(1)
+        usable = c_lab == cls
+        if mask is not None:
+            usable &= ~mask
+        c_rows = torch.nonzero(usable).squeeze(1)  # ascending: keeps the tie order
+        if c_rows.numel() < k:
+            left = " left after exclusions" if mask is not None else ""
+            raise ValueError(
+                f"class {cls} has only {c_rows.numel()} candidates{left} but k={k} were requested."
+            )
+        s, i = _search(q[q_rows], c[c_rows], k, kind, None, chunk_size)
+        scores[q_rows] = s
+        indices[q_rows] = c_rows[i]
+    return scores, indices
+
+
+def whitening_matrix(covariance: ArrayLike, dim: Optional[int] = None) -> torch.Tensor:
+    """Return ``W`` (float64, lower triangular) with ``W^T W = covariance^-1``.
+
+    ``W = L^-1`` where ``covariance = L L^T`` is the Cholesky factorisation, so
+    ``||W (x - y)||`` is the Mahalanobis distance between column vectors ``x``
+    and ``y`` (for row vectors, ``x @ W.T``).
+
+    Raises:
+        ValueError: if the matrix is not square (of size ``dim``), not finite,
+            not symmetric or not positive definite.
+    """
+    cov = torch.as_tensor(covariance).detach().to(device="cpu", dtype=torch.float64)
+    if cov.ndim != 2 or cov.shape[0] != cov.shape[1]:
+        raise ValueError(f"covariance must be a square matrix, got shape {tuple(cov.shape)}.")
+    if dim is not None and cov.shape[0] != dim:
+        raise ValueError(f"covariance is {cov.shape[0]}x{cov.shape[0]} but the vectors have {dim} dimensions.")
+    if not bool(torch.isfinite(cov).all()):
+        raise ValueError("covariance contains NaN or infinite values.")
+    scale = float(cov.abs().max()) or 1.0
+    if not torch.allclose(cov, cov.t(), rtol=1e-6, atol=1e-9 * scale):
+        raise ValueError("covariance must be symmetric.")
+    chol, info = torch.linalg.cholesky_ex(cov)
+    if int(info) != 0:
+        raise ValueError(
+            "covariance is not positive definite; use a shrinkage estimate "
+            "(similarity.ledoit_wolf_covariance or shrunk_covariance)."
+        )
+    eye = torch.eye(cov.shape[0], dtype=torch.float64)
+    return torch.linalg.solve_triangular(chol, eye, upper=False)
+
+
+# --------------------------------------------------------------------------
+# internals
+
+
+def _as_matrix(x: ArrayLike, name: str, device: torch.device) -> torch.Tensor:
+    """Validated float32, contiguous (rows, dims) tensor on ``device``."""
+    t = torch.as_tensor(x).detach()
+    if t.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (rows, dims) array, got shape {tuple(t.shape)}.")
+    if t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"{name} must hold real numbers, got dtype {t.dtype}.")
+    if t.shape[1] == 0:
+        raise ValueError(f"{name} have zero dimensions.")
+    t = t.to(device=device, dtype=torch.float32).contiguous()
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contain NaN or infinite values.")
+    return t
+
+
+def _as_mask(exclude: Optional[ArrayLike], n: int, device: torch.device) -> Optional[torch.Tensor]:
+    if exclude is None:
+        return None
+    m = torch.as_tensor(exclude).to(device=device)
+    if m.dtype != torch.bool or m.shape != (n,):
+        raise ValueError(f"exclude must be a bool mask of shape ({n},), got {m.dtype} {tuple(m.shape)}.")
+    return m if bool(m.any()) else None
+
+
+def _as_labels(qy, cy, n_q: int, n_c: int, device: torch.device):
+    if qy is None and cy is None:
+        return None, None
+    if qy is None or cy is None:
+        raise ValueError("pass both query_labels and candidate_labels, or neither.")
+    qy = torch.as_tensor(qy).to(device=device).reshape(-1)
+    cy = torch.as_tensor(cy).to(device=device).reshape(-1)
+    if qy.shape[0] != n_q or cy.shape[0] != n_c:
+        raise ValueError(
+            f"expected {n_q} query labels and {n_c} candidate labels, "
+            f"got {qy.shape[0]} and {cy.shape[0]}."
+        )
+    if qy.is_floating_point() or cy.is_floating_point() or qy.dtype == torch.bool:
+        raise ValueError("labels must be integers.")
+    return qy.long(), cy.long()
+
+
+def _chunk_sizes(n_q: int, n_c: int, chunk_size: Optional[int]) -> Tuple[int, int]:
+    """(queries per block, candidates per block) for a ~BLOCK_BYTES score block."""
+    floats = BLOCK_BYTES // 4
+    if chunk_size is None:
+        q_chunk = max(1, min(n_q, MAX_QUERY_CHUNK))
+        c_chunk = max(floats // q_chunk, 1024)
+    else:
+        c_chunk = int(chunk_size)
+        q_chunk = max(1, min(n_q, MAX_QUERY_CHUNK, floats // c_chunk))
+    return q_chunk, max(1, min(c_chunk, n_c))
+
+
+def _search(
+    q: torch.Tensor,
+    c: torch.Tensor,
+    k: int,
+    kind: str,
+    mask: Optional[torch.Tensor],
+    chunk_size: Optional[int],
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Blocked exact search; ``kind`` is "l2" (distance) or "cosine" (dot)."""
+    n_q, n_c = q.shape[0], c.shape[0]
+    # Ranking score, larger is better: alpha * q.c + bias[c].
+    if kind == "l2":
+        alpha, bias = 2.0, (c * c).sum(1).neg_()
+    else:
+        alpha, bias = 1.0, None
+    if mask is not None:
+        if bias is None:
+            bias = torch.zeros(n_c, dtype=q.dtype, device=q.device)
+        bias.masked_fill_(mask, -math.inf)  # excluded candidates can never win
+
+    q_chunk, c_chunk = _chunk_sizes(n_q, n_c, chunk_size)
+    work = torch.empty(q_chunk * c_chunk, dtype=q.dtype, device=q.device)
+    scores = torch.empty(n_q, k, dtype=q.dtype, device=q.device)
+    indices = torch.empty(n_q, k, dtype=torch.long, device=q.device)
+    for q0 in range(0, n_q, q_chunk):
+        qb = q[q0 : q0 + q_chunk]
+        best_v = best_i = None
+        for c0 in range(0, n_c, c_chunk):
+            cb = c[c0 : c0 + c_chunk]
+            block = work[: qb.shape[0] * cb.shape[0]].view(qb.shape[0], cb.shape[0])
+            if bias is None:
+                torch.mm(qb, cb.t(), out=block)
+            else:
+                torch.addmm(bias[c0 : c0 + c_chunk], qb, cb.t(), alpha=alpha, out=block)
+            v, i = _block_topk(block, k)
+            if c0:
+                i += c0
+            if best_v is None:
+                best_v, best_i = v, i
+            else:
+                best_v, best_i = _merge(best_v, best_i, v, i, k)
+        if kind == "l2":
+            dist = _pair_distances(qb, c, best_i)
+            best_v, best_i = _order(dist, best_i, descending=False)
+        scores[q0 : q0 + q_chunk] = best_v
+        indices[q0 : q0 + q_chunk] = best_i
+    return scores, indices
+
+
+def _order(v: torch.Tensor, i: torch.Tensor, descending: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Sort each row by score, equal scores by ascending index (two small sorts)."""
+    i, perm = torch.sort(i, dim=1)
+    v = v.gather(1, perm)
+    v, perm = torch.sort(v, dim=1, descending=descending, stable=True)
+    return v, i.gather(1, perm)
+
+
+def _block_topk(block: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Top-k (largest) of each row of a score block, ties to the lower column.
+
+    ``torch.topk`` does not promise which of several equal values it keeps, so
+    it is asked for k+1: when the k-th and (k+1)-th values differ the top-k set
+    is unique; the rare rows where they are equal are resolved with a stable
+    full sort of that row.
+    """
+    m = min(k + 1, block.shape[1])
+    v, i = torch.topk(block, m, dim=1, largest=True, sorted=False)
+    v, i = _order(v, i, descending=True)
+    if m <= k:
+        return v, i
+    tie = (v[:, k - 1] == v[:, k]) & torch.isfinite(v[:, k])
+    v, i = v[:, :k].contiguous(), i[:, :k].contiguous()
+    if bool(tie.any()):
+        rows = torch.nonzero(tie).squeeze(1)
+        sv, si = torch.sort(block[rows], dim=1, descending=True, stable=True)
+        v[rows], i[rows] = sv[:, :k], si[:, :k]
+    return v, i
+
+
+def _merge(bv, bi, v, i, k):
+    """Merge two (score desc, index asc) rows; every ``bi`` is below every ``i``,
+    so a stable sort of the concatenation keeps the lower-index-first order."""
+    v = torch.cat([bv, v], dim=1)
+    i = torch.cat([bi, i], dim=1)
+    v, perm = torch.sort(v, dim=1, descending=True, stable=True)
+    return v[:, :k], i.gather(1, perm[:, :k])
+
+
+def _pair_distances(q: torch.Tensor, c: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``||q[r] - c[idx[r, j]]||`` computed directly, in row groups of ~BLOCK_BYTES."""
+    n_q, k = idx.shape
+    rows = max(1, BLOCK_BYTES // (4 * k * q.shape[1]))
+    out = torch.empty(n_q, k, dtype=q.dtype, device=q.device)
+    for r0 in range(0, n_q, rows):
+        diff = c[idx[r0 : r0 + rows]]  # (rows, k, D)
+        diff.sub_(q[r0 : r0 + rows, None, :])
+        torch.linalg.vector_norm(diff, dim=2, out=out[r0 : r0 + rows])
+    return out

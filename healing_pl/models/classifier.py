@@ -1,0 +1,145 @@
+"""The Classifier LightningModule: a backbone, cross-entropy, Adam, and accuracy metrics."""
+
+from __future__ import annotations
+
+import os
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from healing_pl.models.backbones import build_backbone
+
+
+class Classifier(L.LightningModule):
+    """Image classifier over a backbone, logging loss and accuracy for train / val / test.
+
+    Accuracy is the micro average (the fraction of correct predictions, the
+    paper's accuracy); per-class accuracy is logged for val and test as well.
+
+    Args:
+        backbone: ``small_cnn`` or a timm model name (``resnet50``, ``efficientnet_b0``, ...).
+        num_classes: number of classes (linked from the data).
+        in_chans: image channels (linked from the data).
+        image_size: image side in pixels (linked from the data).
+        pretrained: load timm's pretrained weights (downloads them once).
+        weights: a local weights file for the timm backbone (its classifier is re-initialised).
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+        drop_rate: dropout before the classifier.
+    """
+
+    def __init__(self, backbone: str = "small_cnn", num_classes: int = 10, in_chans: int = 1, image_size: int = 28,
+                 pretrained: bool = False, weights: str | None = None, lr: float = 1e-3, weight_decay: float = 0.0,
+                 drop_rate: float = 0.0):
+        super().__init__()
+        if lr <= 0:
+            raise ValueError(f"the learning rate must be positive, got lr={lr}.")
+        self.save_hyperparameters()
+        self.net = build_backbone(backbone, in_chans=in_chans, num_classes=num_classes, image_size=image_size,
+                                  pretrained=pretrained, weights=weights, drop_rate=drop_rate)
+        #: prefix of every logged key, e.g. "healed/" during a healing fine-tune
+        self.log_prefix = ""
+        self.metrics = nn.ModuleDict({f"{s}_acc": MulticlassAccuracy(num_classes, average="micro")
+                                      for s in ("train", "val", "test")})
+        self.metrics.update({f"{s}_class_acc": MulticlassAccuracy(num_classes, average=None) for s in ("val", "test")})
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Penultimate-layer features (the input of the classifier layer)."""
+        return self.net.embed(x)
+
+    def _step(self, batch, stage: str) -> Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"the {stage} loss became {loss.item()}: the hyperparameters make the model diverge "
+                f"(lower --model.lr={self.hparams.lr})."
+            )
+        p = self.log_prefix
+        acc = self.metrics[f"{stage}_acc"]
+        acc(logits, y)
+        self.log(f"{p}{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        self.log(f"{p}{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True)
+        if stage != "train":
+            self.metrics[f"{stage}_class_acc"].update(logits, y)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test")
+
+    def _log_class_acc(self, stage: str) -> None:
+        metric = self.metrics[f"{stage}_class_acc"]
+        per_class = metric.compute()
+        self.log_dict({f"{self.log_prefix}{stage}/acc_class_{c}": v for c, v in enumerate(per_class)})
+        metric.reset()
+
+    def on_validation_epoch_end(self):
+        self._log_class_acc("val")
+
+    def on_test_epoch_end(self):
+        self._log_class_acc("test")
+
+    def predict_step(self, batch, batch_idx):
+        return self(batch[0]).argmax(1)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+
+def load_classifier(path: str, map_location="cpu") -> Classifier:
+    """Load a Classifier checkpoint, or stop with one sentence saying what is wrong with it."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint '{path}' does not exist.")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # truncated or not a torch file
+        raise ValueError(f"checkpoint '{path}' is corrupt or not a checkpoint ({type(err).__name__}).") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+        raise ValueError(f"checkpoint '{path}' is not a healing-pl Classifier checkpoint.")
+    model = Classifier(**{k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")})
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError:
+        raise ValueError(f"checkpoint '{path}' does not match the Classifier it describes.") from None
+    model.checkpoint = ckpt  # the caller may read the datamodule state or epochs from it
+    return model
+
+
+def check_compatible(model: Classifier, ckpt_model: Classifier, path: str) -> None:
+    """Stop when a checkpoint was trained for another model than the config describes."""
+    keys = ("backbone", "num_classes", "in_chans", "image_size")
+    mine = {k: model.hparams[k] for k in keys}
+    theirs = {k: ckpt_model.hparams[k] for k in keys}
+    if mine != theirs:
+        diff = ", ".join(f"{k}={theirs[k]} (config: {mine[k]})" for k in keys if mine[k] != theirs[k])
+        raise ValueError(f"checkpoint '{path}' holds another model: {diff}.")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of ``model`` over ``loader`` (eval mode, no grad)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    correct, loss, n = 0, 0.0, 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        logits = model(x)
+        loss += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+        n += len(y)
+    model.train(was_training)
+    return {"acc": correct / max(n, 1), "loss": loss / max(n, 1)}

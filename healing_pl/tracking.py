@@ -1,0 +1,154 @@
+"""Experiment tracking: the per-run folder, the W&B logger and the results record."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Tracking:
+    """Weights & Biases settings (offline unless WANDB_MODE=online is set).
+
+    Args:
+        enabled: log to W&B (False: no logger, the results record is still written).
+        project: W&B project.
+        entity: W&B entity (team or user); None uses the default.
+        group: W&B group, e.g. one group per experiment grid.
+        job_type: W&B job type; None uses the subcommand (fit, unlearn, heal).
+        tags: W&B tags.
+        name: W&B run name; None uses the run folder's name.
+    """
+
+    enabled: bool = True
+    project: str = "healing-pl"
+    entity: str | None = None
+    group: str | None = None
+    job_type: str | None = None
+    tags: list[str] = field(default_factory=list)
+    name: str | None = None
+
+
+def wandb_mode() -> str:
+    """``offline`` unless the user asked for ``online`` (or ``disabled``) through WANDB_MODE."""
+    mode = os.environ.get("WANDB_MODE", "offline").lower()
+    return mode if mode in ("online", "offline", "disabled") else "offline"
+
+
+def make_run_dir(base: str, stem: str) -> str:
+    """A fresh folder name ``base/stem-YYYYmmdd-HHMMSS`` (suffixed if taken); not created yet."""
+    path = os.path.join(base, f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    candidate, n = path, 1
+    while os.path.exists(candidate):
+        n += 1
+        candidate = f"{path}-{n}"
+    return candidate
+
+
+def build_logger(tracking: Tracking, run_dir: str, job_type: str, config: dict | None = None):
+    """A WandbLogger writing under ``run_dir`` (None when tracking is off or W&B is disabled)."""
+    mode = wandb_mode()
+    if not tracking.enabled or mode == "disabled":
+        return None
+    from lightning.pytorch.loggers import WandbLogger
+
+    os.makedirs(run_dir, exist_ok=True)
+    return WandbLogger(
+        save_dir=run_dir, project=tracking.project, entity=tracking.entity, group=tracking.group,
+        job_type=tracking.job_type or job_type, tags=list(tracking.tags),
+        name=tracking.name or os.path.basename(os.path.normpath(run_dir)),
+        offline=mode != "online", config=config,
+    )
+
+
+def write_results(run_dir: str, record: dict[str, Any], name: str = "results.json") -> str:
+    """Write the run's machine-readable results record (atomically) and return its path."""
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, name)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=2, sort_keys=True, default=_jsonable)
+    os.replace(tmp, path)
+    return path
+
+
+def _jsonable(value):
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def log_summary(logger, values: dict[str, Any]) -> None:
+    """Put ``values`` into the W&B run summary (no-op without a W&B logger)."""
+    if logger is None or not hasattr(logger, "experiment"):
+        return
+    run = logger.experiment
+    for key, value in values.items():
+        run.summary[key] = value
+
+
+def finish_wandb() -> None:
+    """Close the current W&B run, if any, so the next run starts a fresh one."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
+
+
+def read_offline_run(run_folder: str) -> dict[str, dict]:
+    """Read the config and summary of an offline W&B run folder (``.../wandb/offline-run-*``).
+
+    Offline runs keep everything in one ``run-<id>.wandb`` file, a log of
+    protobuf records in 32 KiB blocks (each record: crc32, length, type).
+    This reads it back without a server, so tests and reports can check what
+    a run recorded before it is synced.
+    """
+    import glob
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    files = glob.glob(os.path.join(run_folder, "*.wandb"))
+    if not files:
+        raise FileNotFoundError(f"no .wandb file in '{run_folder}'.")
+    data = open(files[0], "rb").read()
+    block, pos, pending, records = 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # block trailer too small for a header: skip to the next block
+            pos += block - pos % block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        pos += 7
+        if kind == 0:  # zero padding up to the block's end
+            pos += (block - pos % block) % block
+            continue
+        pending += data[pos:pos + length]
+        pos += length
+        if kind in (1, 4):  # a full record, or the last piece of one
+            records.append(pending)
+            pending = b""
+    config, summary = {}, {}
+
+    def apply(target, items):
+        for item in items:
+            key = item.key or "/".join(item.nested_key)
+            try:
+                target[key] = json.loads(item.value_json)
+            except ValueError:
+                target[key] = item.value_json
+
+    for raw in records:
+        record = pb.Record()
+        record.ParseFromString(raw)
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            apply(config, record.run.config.update)
+        elif kind == "config":
+            apply(config, record.config.update)
+        elif kind == "summary":
+            apply(summary, record.summary.update)
+    return {"config": config, "summary": summary}

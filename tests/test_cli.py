@@ -1,0 +1,79 @@
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from healing_pl.cli import main
+from healing_pl.tracking import read_offline_run
+
+FAST = ["--trainer.max_epochs=3", "--trainer.enable_progress_bar=false", "--data.batch_size=128"]
+
+
+def test_fit_end_to_end_on_digits(in_tmp, configs_dir):
+    run_dir = in_tmp / "run"
+    assert main(["fit", "--config", f"{configs_dir}/digits.yaml", f"--run_dir={run_dir}", *FAST]) == 0
+    record = json.loads((run_dir / "results.json").read_text())
+    assert record["phase"] == "fit" and record["test/acc"] > 0.8
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    splits = json.loads((run_dir / "splits.json").read_text())
+    assert splits["dataset"] == "digits" and len(splits["splits"]["primary"]) == round(0.6 * 1797)
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["data"]["dataset"] == "digits" and saved["trainer"]["max_epochs"] == 3
+    # the offline W&B run holds the config and the test accuracy in its summary
+    (wandb_run,) = glob.glob(str(run_dir / "wandb" / "offline-run-*"))
+    recorded = read_offline_run(wandb_run)
+    assert recorded["summary"]["test/acc"] == pytest.approx(record["test/acc"])
+    assert recorded["config"]["dataset"] == "digits" and recorded["config"]["backbone"] == "small_cnn"
+    # the checkpoint carries the splits, so later phases reload the same sets
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["HealingDataModule"]["splits"] == splits["splits"]
+
+
+def test_fit_is_reproducible(in_tmp, configs_dir):
+    accs = []
+    for name in ("a", "b"):
+        args = ["fit", "--config", f"{configs_dir}/digits.yaml", f"--run_dir={in_tmp / name}",
+                "--wandb.enabled=false", "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false"]
+        assert main(args) == 0
+        accs.append(json.loads((in_tmp / name / "results.json").read_text())["test/acc"])
+        sd = torch.load(in_tmp / name / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+        accs.append(sd["net.fc2.weight"])
+    assert accs[0] == accs[2] and torch.equal(accs[1], accs[3])
+
+
+def test_print_config_round_trips(in_tmp, configs_dir, capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", f"{configs_dir}/mnist5k.yaml", "--model.lr=0.0003", "--print_config"])
+    first = capsys.readouterr().out
+    (in_tmp / "printed.yaml").write_text(first)
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", "printed.yaml", "--print_config"])
+    assert capsys.readouterr().out == first
+    assert yaml.safe_load(first)["model"]["lr"] == 0.0003
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--data.dataset=mnsit"], "unknown dataset 'mnsit'"),
+    (["--model.backbone=resnet5O"], "unknown backbone 'resnet5O'"),
+    (["--data.primary=0.9", "--data.backup=0.2"], "splits do not fit"),
+    (["--data.dataset=cifar10", "--data.root=nowhere"], "not found at 'nowhere'"),
+])
+def test_bad_input_is_one_sentence_and_writes_nothing(in_tmp, configs_dir, capsys, args, words):
+    code = main(["fit", "--config", f"{configs_dir}/digits.yaml", *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("healing-pl: error:") and words in err and len(err.splitlines()) == 1
+    assert os.listdir(in_tmp) == []
+
+
+def test_console_script_config_typo_exits_non_zero(in_tmp, configs_dir):
+    exe = os.path.join(os.path.dirname(sys.executable), "healing-pl")
+    out = subprocess.run([exe, "fit", "--config", f"{configs_dir}/digits.yaml", "--model.lrr=0.1"],
+                         capture_output=True, text=True)
+    assert out.returncode != 0 and "lrr" in out.stderr
+    assert os.listdir(in_tmp) == []
