@@ -58,6 +58,15 @@ class HealingCLI(LightningCLI):
     def subcommands() -> dict[str, set[str]]:
         return {**LightningCLI.subcommands(), **HealingTrainer.extra_subcommands()}
 
+    def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
+        # as_group=False: the `unlearn` subcommand has an `unlearn` argument group of its own
+        parser = self.init_parser(**kwargs)
+        self._add_arguments(parser)
+        skip = set(self.subcommands()[subcommand])
+        self._subcommand_method_arguments[subcommand] = parser.add_method_arguments(
+            klass, subcommand, skip=skip, as_group=False)
+        return parser
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--run_dir", type=str | None, default=None,
                             help="Folder of this run (default: runs/<dataset>-<subcommand>-<time>).")
@@ -108,6 +117,55 @@ class HealingCLI(LightningCLI):
         print(f"test accuracy: {metrics['test/acc']:.4f} (after {self.trainer.current_epoch} epochs, "
               f"{metrics['train/time_s']:.1f} s)")
         self._record("fit", metrics)
+
+
+    def _save_config(self) -> None:
+        os.makedirs(self.run_dir, exist_ok=True)
+        self._parser(self.subcommand).save(self._cfg(), os.path.join(self.run_dir, "config.yaml"),
+                                           skip_none=False, overwrite=True)
+
+    def _finish_phase(self, phase: str) -> None:
+        record = {"phase": phase, "backbone": self.model.hparams.backbone, "run_dir": self.run_dir,
+                  **(self.trainer.record or {})}
+        logger = self.trainer.logger
+        if logger is not None:
+            scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            logger.log_metrics(scalars)
+            log_summary(logger, scalars)
+        path = write_results(self.run_dir, record)
+        print(phase_summary(record))
+        print(f"results written to {path}")
+
+    def before_unlearn(self) -> None:
+        print(self.datamodule.summary())
+        self._save_config()
+        if self.trainer.logger is not None:
+            import json
+
+            self.trainer.logger.log_hyperparams(json.loads(self._parser(self.subcommand).dump(
+                self._cfg(), skip_none=False, format="json")))
+
+    def after_unlearn(self) -> None:
+        self._finish_phase("unlearn")
+
+    def before_heal(self) -> None:
+        print(self.datamodule.summary())
+
+    def after_heal(self) -> None:
+        self._finish_phase("heal")
+
+
+def phase_summary(record: dict) -> str:
+    """A few lines that sum up an unlearn or heal run."""
+    keys = [("baseline/test/acc", "baseline"), ("gold/test/acc", "gold standard"), ("sisa/test/acc", "SISA"),
+            ("unlearned/test/acc", "unlearned"), ("attack/random_forget/test/acc", "unlearned (random set)"),
+            ("healed/test/acc_epoch_1", "healed, 1 epoch")]
+    epochs = record.get("heal/epochs")
+    if epochs and epochs > 1:
+        keys.append((f"healed/test/acc_epoch_{epochs}", f"healed, {epochs} epochs"))
+    lines = [f"forget set: {record.get('forget/count')} samples chosen by '{record.get('adversary/selector')}'"]
+    lines += [f"  {label:<24} test accuracy {record[k]:.4f}" for k, label in keys if record.get(k) is not None]
+    return "\n".join(lines)
 
 
 def main(args=None) -> int:

@@ -120,29 +120,32 @@ def nearest(
     mask = _as_mask(exclude, n_cand, device)
     q_lab, c_lab = _as_labels(query_labels, candidate_labels, q.shape[0], n_cand, device)
 
-    # Reduce every metric to an inner-product ("cosine") or L2 search.
+    # Every metric becomes an inner-product search on prepared rows.
+    w_t = None
     if metric == "mahalanobis":
         if covariance is None:
             from healing_pl.healing.similarity import ledoit_wolf_covariance
 
             covariance = ledoit_wolf_covariance(c)
         w_t = whitening_matrix(covariance, dim=q.shape[1]).t().to(device=device, dtype=torch.float32)
-        q, c = q @ w_t, c @ w_t
-        kind = "l2"
-    elif metric == "cosine":
-        q = torch.nn.functional.normalize(q, dim=1)
-        c = torch.nn.functional.normalize(c, dim=1)
-        kind = "cosine"
-    else:
-        kind = "l2"
+    kind = "cosine" if metric == "cosine" else "l2"
 
     if q_lab is None:
-        available = n_cand - (int(mask.sum()) if mask is not None else 0)
-        if available < k:
-            raise ValueError(
-                f"only {available} candidates remain after exclusions but k={k} were requested."
-            )
-        return _search(q, c, k, kind, mask, chunk_size)
+        rows = None
+        if mask is not None:
+            rows = torch.nonzero(~mask).squeeze(1)
+            if rows.numel() < k:
+                raise ValueError(
+                    f"only {rows.numel()} candidates remain after exclusions but k={k} were requested."
+                )
+        scores, indices = _search(
+            _prepare(q, None, w_t, kind, query=True),
+            _prepare(c, rows, w_t, kind, query=False),
+            k,
+            kind,
+            chunk_size,
+        )
+        return scores, (indices if rows is None else rows[indices])
 
     scores = torch.empty(q.shape[0], k, dtype=torch.float32, device=device)
     indices = torch.empty(q.shape[0], k, dtype=torch.long, device=device)
@@ -157,7 +160,13 @@ def nearest(
             raise ValueError(
                 f"class {cls} has only {c_rows.numel()} candidates{left} but k={k} were requested."
             )
-        s, i = _search(q[q_rows], c[c_rows], k, kind, None, chunk_size)
+        s, i = _search(
+            _prepare(q, q_rows, w_t, kind, query=True),
+            _prepare(c, c_rows, w_t, kind, query=False),
+            k,
+            kind,
+            chunk_size,
+        )
         scores[q_rows] = s
         indices[q_rows] = c_rows[i]
     return scores, indices
@@ -199,7 +208,7 @@ def whitening_matrix(covariance: ArrayLike, dim: Optional[int] = None) -> torch.
 
 
 def _as_matrix(x: ArrayLike, name: str, device: torch.device) -> torch.Tensor:
-    """Validated float32, contiguous (rows, dims) tensor on ``device``."""
+    """Validated float32, contiguous (rows, dims) tensor on ``device`` (no copy if it is one)."""
     t = torch.as_tensor(x).detach()
     if t.ndim != 2:
         raise ValueError(f"{name} must be a 2-D (rows, dims) array, got shape {tuple(t.shape)}.")
@@ -208,7 +217,9 @@ def _as_matrix(x: ArrayLike, name: str, device: torch.device) -> torch.Tensor:
     if t.shape[1] == 0:
         raise ValueError(f"{name} have zero dimensions.")
     t = t.to(device=device, dtype=torch.float32).contiguous()
-    if not bool(torch.isfinite(t).all()):
+    # One cheap reduction; the element-wise check runs only if it is not finite
+    # (NaN/inf, or an overflow of the sum itself).
+    if not math.isfinite(float(t.sum())) and not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contain NaN or infinite values.")
     return t
 
@@ -244,11 +255,56 @@ def _chunk_sizes(n_q: int, n_c: int, chunk_size: Optional[int]) -> Tuple[int, in
     floats = BLOCK_BYTES // 4
     if chunk_size is None:
         q_chunk = max(1, min(n_q, MAX_QUERY_CHUNK))
-        c_chunk = max(floats // q_chunk, 1024)
+        c_chunk = max(floats // q_chunk // GROUP, 1) * GROUP
     else:
         c_chunk = int(chunk_size)
         q_chunk = max(1, min(n_q, MAX_QUERY_CHUNK, floats // c_chunk))
     return q_chunk, max(1, min(c_chunk, n_c))
+
+
+def _prepare(
+    x: torch.Tensor,
+    rows: Optional[torch.Tensor],
+    w_t: Optional[torch.Tensor],
+    kind: str,
+    query: bool,
+) -> torch.Tensor:
+    """Rows ready for the inner-product kernel, built in one pass per row block.
+
+    ``x[rows]`` is whitened (``@ w_t``) when given, then
+
+    * ``kind == "cosine"``: normalised to unit length;
+    * ``kind == "l2"``: augmented with one column, ``-1/2`` for queries and
+      ``|c|^2`` for candidates, so that ``q_aug . c_aug = q.c - |c|^2 / 2``
+      (half the L2 ranking score ``2 q.c - |c|^2``) is a single matrix product.
+      The first D columns keep the (whitened) vectors for the final distances.
+    """
+    n = x.shape[0] if rows is None else rows.numel()
+    dim = x.shape[1] if w_t is None else w_t.shape[1]
+    if w_t is None and kind == "cosine" and rows is None:
+        return torch.nn.functional.normalize(x, dim=1)
+    if w_t is None and kind == "l2" and rows is None and query:
+        out = torch.empty(n, dim + 1, dtype=x.dtype, device=x.device)
+        out[:, :dim] = x
+        out[:, dim] = -0.5
+        return out
+    width = dim + 1 if kind == "l2" else dim
+    out = torch.empty(n, width, dtype=x.dtype, device=x.device)
+    step = max(1, BLOCK_BYTES // (4 * max(x.shape[1], dim)))
+    for r0 in range(0, n, step):
+        block = x[r0 : r0 + step] if rows is None else x[rows[r0 : r0 + step]]
+        if w_t is not None:
+            block = block @ w_t
+        dst = out[r0 : r0 + step]
+        if kind == "cosine":
+            torch.nn.functional.normalize(block, dim=1, out=dst)
+        else:
+            dst[:, :dim] = block
+            if query:
+                dst[:, dim] = -0.5
+            else:
+                torch.linalg.vector_norm(block, dim=1, out=dst[:, dim]).square_()
+    return out
 
 
 def _search(
@@ -256,21 +312,10 @@ def _search(
     c: torch.Tensor,
     k: int,
     kind: str,
-    mask: Optional[torch.Tensor],
     chunk_size: Optional[int],
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Blocked exact search; ``kind`` is "l2" (distance) or "cosine" (dot)."""
+    """Blocked exact search over rows prepared by :func:`_prepare`."""
     n_q, n_c = q.shape[0], c.shape[0]
-    # Ranking score, larger is better: alpha * q.c + bias[c].
-    if kind == "l2":
-        alpha, bias = 2.0, (c * c).sum(1).neg_()
-    else:
-        alpha, bias = 1.0, None
-    if mask is not None:
-        if bias is None:
-            bias = torch.zeros(n_c, dtype=q.dtype, device=q.device)
-        bias.masked_fill_(mask, -math.inf)  # excluded candidates can never win
-
     q_chunk, c_chunk = _chunk_sizes(n_q, n_c, chunk_size)
     work = torch.empty(q_chunk * c_chunk, dtype=q.dtype, device=q.device)
     scores = torch.empty(n_q, k, dtype=q.dtype, device=q.device)
@@ -281,10 +326,7 @@ def _search(
         for c0 in range(0, n_c, c_chunk):
             cb = c[c0 : c0 + c_chunk]
             block = work[: qb.shape[0] * cb.shape[0]].view(qb.shape[0], cb.shape[0])
-            if bias is None:
-                torch.mm(qb, cb.t(), out=block)
-            else:
-                torch.addmm(bias[c0 : c0 + c_chunk], qb, cb.t(), alpha=alpha, out=block)
+            torch.mm(qb, cb.t(), out=block)
             v, i = _block_topk(block, k)
             if c0:
                 i += c0
@@ -293,7 +335,8 @@ def _search(
             else:
                 best_v, best_i = _merge(best_v, best_i, v, i, k)
         if kind == "l2":
-            dist = _pair_distances(qb, c, best_i)
+            dim = q.shape[1] - 1
+            dist = _pair_distances(qb[:, :dim], c[:, :dim], best_i)
             best_v, best_i = _order(dist, best_i, descending=False)
         scores[q0 : q0 + q_chunk] = best_v
         indices[q0 : q0 + q_chunk] = best_i
@@ -308,8 +351,44 @@ def _order(v: torch.Tensor, i: torch.Tensor, descending: bool) -> Tuple[torch.Te
     return v, i.gather(1, perm)
 
 
+#: Columns per group in the group-maximum pre-selection of :func:`_block_topk`.
+GROUP = 512
+
+
 def _block_topk(block: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """Top-k (largest) of each row of a score block, ties to the lower column.
+
+    Pre-selection: the row is cut into groups of :data:`GROUP` columns and
+    the k groups with the largest maxima are kept.  If the k-th largest group
+    maximum is strictly above the (k+1)-th, those groups hold every element
+    that can rank in the top k (including ties with the k-th), so the top-k
+    of the gathered ``k * GROUP`` elements is exact; rows where the two
+    maxima are equal are redone on the full row.  A max-reduction is several
+    times cheaper than ``torch.topk`` over the whole row.
+    """
+    n_rows, n = block.shape
+    groups = n // GROUP
+    if groups < 4 * (k + 1):
+        return _topk_rows(block, k)
+    head = groups * GROUP
+    grouped = block[:, :head].unflatten(1, (groups, GROUP))
+    gmax, gidx = torch.topk(grouped.amax(2), k + 1, dim=1, sorted=True)
+    keep = torch.sort(gidx[:, :k], dim=1).values  # ascending groups = ascending columns
+    sub = grouped.gather(1, keep.unsqueeze(2).expand(n_rows, k, GROUP)).view(n_rows, k * GROUP)
+    v, j = _topk_rows(sub, k)
+    cols = keep.gather(1, j // GROUP).mul_(GROUP).add_(j % GROUP)
+    tie = gmax[:, k - 1] == gmax[:, k]
+    if bool(tie.any()):
+        rows = torch.nonzero(tie).squeeze(1)
+        v[rows], cols[rows] = _topk_rows(block[rows, :head], k)
+    if head < n:  # the last, partial group: its columns follow all of the head's
+        tv, ti = _topk_rows(block[:, head:], k)
+        v, cols = _merge(v, cols, tv, ti.add_(head), k)
+    return v, cols
+
+
+def _topk_rows(block: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k of each row, (score desc, column asc).
 
     ``torch.topk`` does not promise which of several equal values it keeps, so
     it is asked for k+1: when the k-th and (k+1)-th values differ the top-k set
@@ -321,7 +400,7 @@ def _block_topk(block: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor
     v, i = _order(v, i, descending=True)
     if m <= k:
         return v, i
-    tie = (v[:, k - 1] == v[:, k]) & torch.isfinite(v[:, k])
+    tie = v[:, k - 1] == v[:, k]
     v, i = v[:, :k].contiguous(), i[:, :k].contiguous()
     if bool(tie.any()):
         rows = torch.nonzero(tie).squeeze(1)

@@ -95,6 +95,11 @@ class Classifier(L.LightningModule):
     def predict_step(self, batch, batch_idx):
         return self(batch[0]).argmax(1)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # the training recipe, so a gold standard can be retrained exactly like this model
+        checkpoint["recipe"] = {"epochs": self.trainer.max_epochs,
+                                "seed": int(os.environ.get("PL_GLOBAL_SEED", 0))}
+
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 

@@ -26,10 +26,12 @@ rebuilt from quantities a single batched backward pass already has:
   over samples of its square is ``(g**2).T @ (a**2)``: no per-sample tensor
   is ever built.  (For inputs with extra dimensions, e.g. tokens, the
   per-sample gradient ``sum_t outer(g_it, a_it)`` is built and squared.)
-* ``nn.Conv2d``: the same identity on the unfolded input patches
-  (``F.unfold``), done per group, so padding, padding modes, stride,
-  dilation and groups (depthwise convolutions) are all covered; the bias
-  gradient is ``g`` summed over spatial positions.
+* ``nn.Conv2d``: the same identity summed over spatial positions (the
+  input patch times the output gradient), computed for all samples at once
+  as one grouped convolution of the input with the output gradients (see
+  ``_conv_weight_per_sample``); padding, padding modes, stride, dilation and
+  groups (depthwise convolutions) are all covered.  The bias gradient is
+  ``g`` summed over spatial positions.
 
 The layer inputs are captured by forward hooks, and the gradients with respect
 to the layer outputs by ``torch.autograd.grad`` with the outputs as the
@@ -119,15 +121,37 @@ def _layer_type(module: nn.Module) -> str | None:
     return None
 
 
-def _conv_patches(conv: nn.Conv2d, x: Tensor) -> Tensor:
-    """The input patches a Conv2d multiplies with its weight: ``(B, Cin*kh*kw, L)``."""
+def _conv_weight_per_sample(conv: nn.Conv2d, x: Tensor, g: Tensor) -> Tensor:
+    """Per-sample weight gradients ``(B, *conv.weight.shape)`` of one Conv2d call.
+
+    The gradient of sample ``b``'s loss with respect to ``weight[o, i]`` is the
+    cross-correlation of the (padded) input channel ``x[b, i]`` with the output
+    gradient ``g[b, o]`` used as the kernel, where the forward stride becomes
+    the kernel's dilation and the forward dilation becomes the stride.  One
+    grouped convolution does it for all samples, channels and groups at once:
+    the input channels of the layer play the role of the batch and every
+    (sample, group) pair is one group.  This is much faster on the CPU than
+    ``F.unfold`` (im2col) and never builds the unfolded input.
+    """
+    b, cin = x.shape[:2]
+    cout = g.shape[1]
+    groups = conv.groups
+    kh, kw = conv.kernel_size
     if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
         x = F.pad(x, conv._reversed_padding_repeated_twice, mode=mode)
-        padding = 0
+        padding = (0, 0)
     else:
         padding = conv.padding
-    return F.unfold(x, conv.kernel_size, dilation=conv.dilation, padding=padding, stride=conv.stride)
+    h, w = x.shape[-2:]
+    ho, wo = g.shape[-2:]
+    inputs = x.reshape(b, groups, cin // groups, h, w).permute(2, 0, 1, 3, 4).reshape(cin // groups, b * groups, h, w)
+    kernels = g.reshape(b * cout, 1, ho, wo)
+    out = F.conv2d(inputs, kernels, stride=conv.dilation, padding=padding, dilation=conv.stride, groups=b * groups)
+    if out.shape[-2] < kh or out.shape[-1] < kw:
+        raise _Unsupported
+    out = out[..., :kh, :kw]
+    return out.reshape(cin // groups, b, cout, kh, kw).permute(1, 2, 0, 3, 4)
 
 
 def _per_sample_grads(module: nn.Module, kind: str, x: Tensor, g: Tensor) -> dict[str, Tensor]:
@@ -147,50 +171,15 @@ def _per_sample_grads(module: nn.Module, kind: str, x: Tensor, g: Tensor) -> dic
             out["bias"] = go.sum(1)
         return out
     # conv2d
-    groups = module.groups
-    cout = g.shape[1]
-    go = g.reshape(b, cout, -1)
     if module.weight.requires_grad:
-        patches = _conv_patches(module, x)
-        if patches.shape[-1] != go.shape[-1]:
-            raise _Unsupported
-        a = patches.reshape(b, groups, patches.shape[1] // groups, -1)
-        gg = go.reshape(b, groups, cout // groups, -1)
-        out["weight"] = torch.einsum("bgol,bgil->bgoi", gg, a).reshape(b, *module.weight.shape)
+        out["weight"] = _conv_weight_per_sample(module, x, g)
     if module.bias is not None and module.bias.requires_grad:
-        out["bias"] = go.sum(-1)
-    return out
-
-
-def _summed_grads(module: nn.Module, kind: str, x: Tensor, g: Tensor) -> dict[str, Tensor]:
-    """The gradients summed over samples, by the same identity (for the self-check)."""
-    b = x.shape[0]
-    out: dict[str, Tensor] = {}
-    if kind == "linear":
-        a = x.reshape(-1, x.shape[-1])
-        go = g.reshape(-1, g.shape[-1])
-        if module.weight.requires_grad:
-            out["weight"] = go.T @ a
-        if module.bias is not None and module.bias.requires_grad:
-            out["bias"] = go.sum(0)
-        return out
-    groups = module.groups
-    cout = g.shape[1]
-    go = g.reshape(b, cout, -1)
-    if module.weight.requires_grad:
-        patches = _conv_patches(module, x)
-        if patches.shape[-1] != go.shape[-1]:
-            raise _Unsupported
-        a = patches.reshape(b, groups, patches.shape[1] // groups, -1)
-        gg = go.reshape(b, groups, cout // groups, -1)
-        out["weight"] = torch.einsum("bgol,bgil->goi", gg, a).reshape(module.weight.shape)
-    if module.bias is not None and module.bias.requires_grad:
-        out["bias"] = go.sum((0, 2))
+        out["bias"] = g.reshape(b, g.shape[1], -1).sum(-1)
     return out
 
 
 class _Unsupported(Exception):
-    """A layer's call does not fit the identity (moved to the fallback)."""
+    """A layer's call does not fit the identity (the layer moves to the fallback)."""
 
 
 # --------------------------------------------------------------------------
@@ -199,13 +188,13 @@ class _Unsupported(Exception):
 
 
 class _FisherComputer:
-    """Holds the hooks, the layer/fallback split and the running sums."""
+    """Holds the hooks, the split into fast layers and fallback parameters, and the sums."""
 
     def __init__(self, model: nn.Module, kind: str):
         self.model = model
         self.kind = kind
         self.named = trainable_named_parameters(model)
-        self.param_names = {id(p): n for n, p in self.named}
+        param_names = {id(p): n for n, p in self.named}
         owners: dict[int, int] = defaultdict(int)
         for m in model.modules():
             for p in m.parameters(recurse=False):
@@ -216,18 +205,19 @@ class _FisherComputer:
             layer = _layer_type(m)
             if layer is None:
                 continue
+            own_trainable = [p for p in m.parameters(recurse=False) if p.requires_grad]
             names = {
-                attr: self.param_names[id(p)]
+                attr: param_names[id(p)]
                 for attr in ("weight", "bias")
                 if isinstance(p := getattr(m, attr, None), nn.Parameter)
                 and p.requires_grad
                 and owners[id(p)] == 1
             }
-            own_trainable = [p for p in m.parameters(recurse=False) if p.requires_grad]
             if names and len(names) == len(own_trainable):
                 self.fast[m] = (layer, names)
         self.sums = {n: torch.zeros_like(p, memory_format=torch.contiguous_format) for n, p in self.named}
         self.count = 0
+        self.checked = False
         self.records: dict[nn.Module, list[tuple[Tensor, Tensor]]] = defaultdict(list)
         self.recording = False
         self.batch = 0
@@ -282,40 +272,36 @@ class _FisherComputer:
         finally:
             self.recording = False
         if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
-            raise ValueError(
-                "diagonal_fisher needs a model that returns logits of shape (batch, classes)."
-            )
+            raise ValueError("diagonal_fisher needs a model that returns logits of shape (batch, classes).")
         return logits
 
-    # -- first-batch self-check ------------------------------------------
+    # -- self-check on the first batch -----------------------------------
 
-    def calibrate(self, x: Tensor) -> None:
-        """Move to the fallback every layer whose identity-based gradient is wrong."""
-        logits = self._forward(x)
-        self.demote(self.bad)
-        calls = [(m, i, rec) for m, recs in self.records.items() if m in self.fast for i, rec in enumerate(recs)]
+    def _check(self, logits: Tensor, calls) -> set[nn.Module]:
+        """The fast layers whose identity-based gradient disagrees with autograd's.
+
+        Uses a random cotangent at the logits, so the check cannot pass by
+        accident on a model whose loss gradient happens to vanish.
+        """
         params = [getattr(m, attr) for m, (_, names) in self.fast.items() for attr in names]
-        if not params:
-            return
         gen = torch.Generator().manual_seed(1234)
         cot = torch.randn(logits.shape, generator=gen, dtype=logits.dtype).to(logits.device)
-        outs = [rec[1] for _, _, rec in calls]
-        grads = torch.autograd.grad(logits, outs + params, cot, allow_unused=True)
-        out_grads, true_grads = grads[: len(outs)], grads[len(outs) :]
-        true = {id(p): g for p, g in zip(params, true_grads, strict=True)}
+        outs = [rec[1] for _, rec in calls]
+        grads = torch.autograd.grad(logits, outs + params, cot, retain_graph=True, allow_unused=True)
+        true = dict(zip((id(p) for p in params), grads[len(outs) :], strict=True))
         ident: dict[int, Tensor] = {}
         broken: set[nn.Module] = set()
-        for (m, _, (xin, _)), g in zip(calls, out_grads, strict=True):
-            if g is None:
-                continue
+        per_module: dict[nn.Module, list[tuple[Tensor, Tensor]]] = defaultdict(list)
+        for (m, (xin, _)), g in zip(calls, grads[: len(outs)], strict=True):
+            if g is not None:
+                per_module[m].append((xin, g))
+        for m, pairs in per_module.items():
+            layer, names = self.fast[m]
             try:
-                summed = _summed_grads(m, self.fast[m][0], xin, g)
+                for attr, t in self._chunked(m, pairs, square=False).items():
+                    ident[id(getattr(m, attr))] = t
             except _Unsupported:
                 broken.add(m)
-                continue
-            for attr, t in summed.items():
-                key = id(getattr(m, attr))
-                ident[key] = ident[key] + t if key in ident else t
         for m, (_, names) in self.fast.items():
             for attr in names:
                 p = getattr(m, attr)
@@ -325,41 +311,46 @@ class _FisherComputer:
                 scale = float(t.norm() + s.norm())
                 if scale > 0 and float((t - s).norm()) > _CHECK_RTOL * scale:
                     broken.add(m)
-        self.demote(broken)
-        self.records.clear()
+        return broken
 
     # -- one batch ---------------------------------------------------------
 
     def cotangents(self, logits: Tensor, y: Tensor | None) -> Tensor:
         """``(K, B, C)`` cotangents at the logits whose squared gradients sum to the Fisher."""
         p = torch.softmax(logits.detach(), dim=-1)
-        b, c = p.shape
+        c = p.shape[1]
         if self.kind == "empirical":
             if y is None:
                 raise ValueError("the empirical Fisher needs labels: the loader must yield (x, y) batches.")
             onehot = F.one_hot(y.to(p.device).long(), c).to(p.dtype)
             return (p - onehot).unsqueeze(0)
         eye = torch.eye(c, dtype=p.dtype, device=p.device)
-        # cot[k, i] = sqrt(p_ik) * (e_k - p_i)
+        # cots[k, i] = sqrt(p_ik) * (e_k - p_i)
         return p.T.sqrt().unsqueeze(-1) * (eye.unsqueeze(1) - p.unsqueeze(0))
 
     def process(self, x: Tensor, y: Tensor | None) -> bool:
-        """Add one batch to the sums; False (and nothing added) if a layer had to be demoted."""
+        """Add one batch to the sums; False (nothing added) if a layer had to be demoted."""
         logits = self._forward(x)
         if self.bad:
             self.demote(self.bad)
             return False
+        calls = [(m, rec) for m, recs in self.records.items() for rec in recs]
+        if not self.checked:
+            broken = self._check(logits, calls)
+            self.checked = True
+            if broken:
+                self.demote(broken)
+                return False
         cots = self.cotangents(logits, y)
         batch_sums: dict[str, Tensor] = {}
 
         def add(name: str, value: Tensor) -> None:
             batch_sums[name] = batch_sums[name] + value if name in batch_sums else value
 
-        calls = [(m, rec) for m, recs in self.records.items() for rec in recs]
         if calls:
             outs = [rec[1] for _, rec in calls]
             # A Linear called once on (B, in) inputs: square the output
-            # gradients and sum them over cotangents, multiply once at the end.
+            # gradients, sum them over the cotangents, multiply once at the end.
             simple = {
                 m
                 for m, recs in self.records.items()
@@ -374,19 +365,20 @@ class _FisherComputer:
                 for (m, (xin, _)), g in zip(calls, grads, strict=True):
                     if g is not None:
                         per_module[m].append((xin, g))
+                del grads
                 for m, pairs in per_module.items():
                     if m in simple:
                         sq = pairs[0][1].square()
                         g2[m] = g2[m] + sq if m in g2 else sq
                         continue
                     try:
-                        for name, value in self._squared_per_sample(m, pairs).items():
-                            add(name, value)
+                        for attr, value in self._chunked(m, pairs, square=True).items():
+                            add(self.fast[m][1][attr], value)
                     except _Unsupported:
                         self.demote([m])
                         return False
             for m, sq in g2.items():
-                layer, names = self.fast[m]
+                names = self.fast[m][1]
                 xin = self.records[m][0][0]
                 if "weight" in names:
                     add(names["weight"], sq.T @ xin.square())
@@ -403,16 +395,17 @@ class _FisherComputer:
         self.count += x.shape[0]
         return True
 
-    def _squared_per_sample(self, m: nn.Module, pairs) -> dict[str, Tensor]:
-        """Sum over samples of squared per-sample gradients, the calls of ``m`` summed first."""
-        layer, names = self.fast[m]
+    def _chunked(self, m: nn.Module, pairs, *, square: bool) -> dict[str, Tensor]:
+        """Sum over samples of the per-sample gradients of ``m`` (squared if ``square``).
+
+        The gradients of all the calls of ``m`` are added per sample before
+        squaring (a layer used twice has one gradient per sample).  Samples are
+        processed in chunks so the per-sample tensors stay small.
+        """
+        layer, _ = self.fast[m]
         b = pairs[0][0].shape[0]
-        per_sample = max(
-            1,
-            sum(xin[:1].numel() * (m.kernel_size[0] * m.kernel_size[1] if layer == "conv2d" else 1) for xin, _ in pairs)
-            + m.weight.numel(),
-        )
-        chunk = max(1, _CHUNK_ELEMENTS // per_sample)
+        per_sample = m.weight.numel() + sum(xin[:1].numel() for xin, _ in pairs)
+        chunk = max(1, _CHUNK_ELEMENTS // max(1, per_sample))
         out: dict[str, Tensor] = {}
         for start in range(0, b, chunk):
             stop = min(b, start + chunk)
@@ -421,9 +414,8 @@ class _FisherComputer:
                 for attr, t in _per_sample_grads(m, layer, xin[start:stop], g[start:stop]).items():
                     total[attr] = total[attr] + t if attr in total else t
             for attr, t in total.items():
-                sq = t.square().sum(0)
-                name = names[attr]
-                out[name] = out[name] + sq if name in out else sq
+                t = (t.square() if square else t).sum(0)
+                out[attr] = out[attr] + t if attr in out else t
         return out
 
 
@@ -499,15 +491,11 @@ def _diagonal_fisher(
     with eval_mode(model):
         comp = _FisherComputer(model, kind)
         try:
-            calibrated = False
             for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
                 x, y = _split_batch(batch)
                 x = x.to(device)
                 if x.shape[0] == 0:
                     continue
-                if not calibrated:
-                    comp.calibrate(x)
-                    calibrated = True
                 while not comp.process(x, y):
                     pass  # a layer was moved to the fallback: redo the batch
         finally:

@@ -1,0 +1,235 @@
+"""The phases of an experiment, shared by ``healing-pl unlearn`` and ``healing-pl heal``.
+
+    baseline.ckpt -> adversary -> forget set F -> unlearner -> unlearned model -> eval
+                                      |                              |
+                                      v                              v
+                       spare policy + similarity -> twins T -> fine-tune on R + T
+                                                                     |
+                         gold standard (cached by content hash) -> compare, log
+
+Everything a phase measures goes into one flat ``record`` dict with
+namespaced keys (``baseline/``, ``gold/``, ``unlearned/``, ``healed/``) that is
+logged to W&B and written to the run's ``results.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from healing_pl.adversary.config import AdversaryConfig
+from healing_pl.models.classifier import Classifier, check_compatible, evaluate, load_classifier
+from healing_pl.unlearning.methods import UnlearnConfig, unlearn_with_repeats
+from healing_pl.unlearning.naive import gold_standard, model_hparams
+
+TWIN_METRICS = ("none", "raw_l2", "raw_mahalanobis", "feat_cosine", "feat_mahalanobis", "random")
+
+
+@dataclass
+class TwinsConfig:
+    """How twins replace the unlearned samples.
+
+    Args:
+        metric: none (heal on the remain set R alone), raw_l2, raw_mahalanobis (pixels),
+            feat_cosine, feat_mahalanobis (baseline embeddings) or random (the control).
+        policy: general_spare_set (each request takes its nearest remaining spare of the
+            backup set) or twins (k surrogates precomputed per primary sample).
+        same_class: twins come from the unlearned sample's class.
+        group: how one round's requests share spares: sequential, greedy or optimal.
+        k: surrogates kept per primary sample by the twins policy.
+        seed: seed of the random metric.
+    """
+
+    metric: Literal["none", "raw_l2", "raw_mahalanobis", "feat_cosine", "feat_mahalanobis", "random"] = "feat_cosine"
+    policy: Literal["general_spare_set", "twins"] = "general_spare_set"
+    same_class: bool = True
+    group: Literal["sequential", "greedy", "optimal"] = "sequential"
+    k: int = 3
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.metric not in TWIN_METRICS:
+            raise ValueError(f"unknown twin metric '{self.metric}'; choose one of {', '.join(TWIN_METRICS)}.")
+        if self.k < 1:
+            raise ValueError(f"twins.k must be at least 1, got {self.k}.")
+
+    @property
+    def setup(self) -> str:
+        """The heal-set label used in tables: R, or T-<metric>."""
+        return "R" if self.metric == "none" else f"T-{self.metric}"
+
+
+@dataclass
+class HealConfig:
+    """The healing fine-tune.
+
+    Args:
+        epochs: fine-tuning epochs; None: half the baseline's epochs (the paper's N/2).
+        lr: Adam learning rate of the fine-tune; None: the baseline's.
+        gold: also train (or load from the cache) the gold standard, to report Best-GS.
+    """
+
+    epochs: int | None = None
+    lr: float | None = None
+    gold: bool = True
+
+
+# --------------------------------------------------------------------------- baseline
+def load_baseline(ckpt_path: str | None, model: Classifier, datamodule) -> tuple[Classifier, dict]:
+    """Load the baseline checkpoint, adopt its data splits, and return it with its recipe."""
+    if not ckpt_path:
+        raise ValueError("pass the baseline checkpoint with --ckpt_path (written by healing-pl fit).")
+    baseline = load_classifier(ckpt_path)
+    check_compatible(model, baseline, ckpt_path)
+    state = baseline.checkpoint.get(type(datamodule).__qualname__)
+    if state is None:
+        raise ValueError(f"checkpoint '{ckpt_path}' holds no data splits; train the baseline with healing-pl fit.")
+    datamodule.load_state_dict(state)
+    recipe = dict(baseline.checkpoint.get("recipe") or {})
+    recipe.setdefault("epochs", 10)
+    recipe.setdefault("seed", 0)
+    with open(ckpt_path, "rb") as f:
+        recipe["sha256"] = hashlib.sha256(f.read()).hexdigest()
+    return baseline.eval(), recipe
+
+
+def select_forget_ids(adversary: AdversaryConfig, baseline: Classifier, datamodule, progress: bool = False) -> torch.Tensor:
+    """The adversary's forget set (only what its knowledge allows reaches the selector)."""
+    from healing_pl.adversary.selectors import select_forget_set
+
+    ids = select_forget_set(adversary, dataset=datamodule.pool.train, primary_ids=datamodule.primary_ids,
+                            num_classes=datamodule.num_classes, model=baseline,
+                            val_ids=datamodule.splits["val"], progress=progress)
+    return torch.as_tensor(ids, dtype=torch.long)
+
+
+def evaluate_sets(model, datamodule, forget_ids, prefix: str) -> dict[str, float]:
+    """Accuracy of ``model`` on the test, remain and forget sets, keys under ``prefix``."""
+    remain = datamodule.remain_ids(forget_ids)
+    return {
+        f"{prefix}/test/acc": evaluate(model, datamodule.test_dataloader())["acc"],
+        f"{prefix}/remain/acc": evaluate(model, datamodule.loader(remain))["acc"],
+        f"{prefix}/forget/acc": evaluate(model, datamodule.loader(forget_ids))["acc"],
+    }
+
+
+# --------------------------------------------------------------------------- unlearning
+def unlearned_model(baseline: Classifier, recipe: dict, datamodule, forget_ids, cfg: UnlearnConfig,
+                    progress: bool = False) -> tuple[Classifier, dict]:
+    """Unlearn ``forget_ids`` with repeats; cached by content hash so a grid unlearns once."""
+    content = {"baseline": recipe["sha256"], "forget": sorted(forget_ids.tolist()), "cfg": cfg.hyperparameters()}
+    key = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:20]
+    path = os.path.join(cfg.cache_dir, f"unlearned-{key}.pt") if cfg.cache_dir else None
+    if path and os.path.isfile(path):
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        model = Classifier(**saved["hyper_parameters"])
+        model.load_state_dict(saved["state_dict"])
+        return model.eval(), {**saved["summary"], "cached": True}
+    result = unlearn_with_repeats(baseline, datamodule, forget_ids, cfg, epochs=recipe["epochs"], progress=progress)
+    summary = result.summary
+    if path:
+        os.makedirs(cfg.cache_dir, exist_ok=True)
+        torch.save({"state_dict": result.model.state_dict(), "hyper_parameters": model_hparams(baseline),
+                    "summary": summary}, path + ".tmp")
+        os.replace(path + ".tmp", path)
+    return result.model.eval(), {**summary, "cached": False}
+
+
+def unlearn_record(summary: dict) -> dict:
+    return {"unlearned/acc_mean": summary["acc_mean"], "unlearned/acc_std": summary["acc_std"],
+            "unlearned/time_s": summary["time_mean_s"], "unlearned/representative": summary["representative"],
+            "unlearned/acc_repeats": summary["acc_repeats"]}
+
+
+def gold_record(baseline, recipe, datamodule, forget_ids, cfg: UnlearnConfig, progress=False) -> tuple[Classifier, dict]:
+    gold, info = gold_standard(model_hparams(baseline), datamodule, forget_ids, epochs=recipe["epochs"],
+                               seed=recipe["seed"], cache_dir=cfg.cache_dir, progress=progress)
+    return gold, {**evaluate_sets(gold, datamodule, forget_ids, "gold"), "gold/time_s": info["time_s"],
+                  "gold/cached": info["cached"]}
+
+
+# --------------------------------------------------------------------------- twins
+def find_twins(twins: TwinsConfig, baseline: Classifier, datamodule, forget_ids) -> list[dict]:
+    """Twins of ``forget_ids`` from the backup set: ``[{request_id, twin_id, score}]``.
+
+    Feature metrics embed with the baseline model (the paper's BL embeddings).
+    """
+    from healing_pl.healing.policies import get_policy
+
+    if twins.metric == "none":
+        return []
+    metric_kwargs = {"seed": twins.seed} if twins.metric == "random" else {}
+    policy_kwargs = {"k": twins.k} if twins.policy == "twins" else {}
+    policy = get_policy(twins.policy, metric=twins.metric, same_class=twins.same_class, group=twins.group,
+                        metric_kwargs=metric_kwargs, **policy_kwargs)
+    metric = policy.metric
+    dataset, model = datamodule.pool.train, baseline if metric.needs_features else None
+    backup = datamodule.backup_ids
+    if len(backup) < len(forget_ids):
+        raise ValueError(f"the backup set holds {len(backup)} samples, too few to replace {len(forget_ids)} requests; "
+                         f"enlarge --data.backup.")
+    policy.fit(backup.tolist(), metric.representations(dataset, backup, model), datamodule.targets[backup],
+               forbidden_ids=datamodule.primary_ids.tolist())
+    if twins.policy == "twins":  # surrogates for every primary sample, found before any request
+        primary = datamodule.primary_ids
+        policy.precompute(primary.tolist(), metric.representations(dataset, primary, model), datamodule.targets[primary])
+    queries = metric.representations(dataset, forget_ids, model)
+    result = policy.assign(forget_ids.tolist(), queries, datamodule.targets[forget_ids])
+    return result.records()
+
+
+# --------------------------------------------------------------------------- records and extras
+def forget_set_record(adversary: AdversaryConfig, datamodule, forget_ids) -> dict:
+    classes = torch.bincount(datamodule.targets[forget_ids], minlength=datamodule.num_classes)
+    return {"adversary/selector": adversary.selector, "adversary/budget": adversary.budget,
+            "adversary/system_knowledge": adversary.system_knowledge,
+            "adversary/data_knowledge": adversary.data_knowledge, "adversary/target_class": adversary.target_class,
+            "forget/count": len(forget_ids), "forget/ids": forget_ids.tolist(), "forget/classes": classes.tolist(),
+            "dataset": datamodule.hparams.dataset, "primary/count": len(datamodule.primary_ids)}
+
+
+def attack_strength(baseline, recipe, datamodule, forget_ids, cfg: UnlearnConfig, record: dict,
+                    progress: bool = False) -> dict:
+    """Accuracy drop of the adversary's forget set versus a random forget set of the same size."""
+    reference = AdversaryConfig(selector="random", budget=len(forget_ids), seed=cfg.seed)
+    random_ids = select_forget_ids(reference, baseline, datamodule)
+    model, _ = unlearned_model(baseline, recipe, datamodule, random_ids, cfg, progress)
+    random_acc = evaluate(model, datamodule.test_dataloader())["acc"]
+    drop = record["baseline/test/acc"] - record["unlearned/test/acc"]
+    drop_random = record["baseline/test/acc"] - random_acc
+    return {"attack/random_forget/test/acc": random_acc, "attack/drop": drop, "attack/drop_random": drop_random,
+            "attack/strength": drop - drop_random}
+
+
+def sisa_phase(baseline, recipe, datamodule, forget_ids, cfg: UnlearnConfig, progress: bool = False) -> dict:
+    """Train a SISA ensemble on the primary set (timed, as the paper's Table 1) and unlearn from it."""
+    from healing_pl.unlearning.sisa import train_sisa, unlearn_sisa
+
+    state = train_sisa(model_hparams(baseline), datamodule, shards=cfg.shards, slices=cfg.slices,
+                       epochs=recipe["epochs"], seed=recipe["seed"], aggregation=cfg.aggregation, progress=progress)
+    record = {f"sisa/{k}": v for k, v in evaluate_sets(state.ensemble, datamodule, forget_ids, "x").items()}
+    record = {k.replace("sisa/x/", "sisa/"): v for k, v in record.items()}
+    record["sisa/train_time_s"] = state.train_time_s
+    start = time.perf_counter()
+    new_state, info = unlearn_sisa(state, forget_ids, datamodule, progress=progress)
+    record["unlearned/time_s"] = time.perf_counter() - start
+    record.update(evaluate_sets(new_state.ensemble, datamodule, forget_ids, "unlearned"))
+    record.update({f"sisa/unlearn_{k}": v for k, v in info.items() if isinstance(v, (int, float, list, dict, str))})
+    return record
+
+
+def save_model(model: Classifier, datamodule, path: str, **extra) -> None:
+    """Save ``model`` as a checkpoint that :func:`load_classifier` and ``--ckpt_path`` accept."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    payload = {"state_dict": model.state_dict(), "hyper_parameters": model_hparams(model),
+               type(datamodule).__qualname__: datamodule.state_dict(),
+               **{k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in extra.items()}}
+    torch.save(payload, path + ".tmp")
+    os.replace(path + ".tmp", path)
