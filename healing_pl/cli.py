@@ -3,6 +3,10 @@
     healing-pl fit      --config configs/mnist5k.yaml     train a baseline, then test it
     healing-pl validate --config ... --ckpt_path ...      validate a checkpoint
     healing-pl test     --config ... --ckpt_path ...      test a checkpoint
+    healing-pl unlearn  --config ... --ckpt_path ...      unlearn an adversary's forget set
+    healing-pl heal     --config ... --ckpt_path ...      unlearn, find twins, heal by fine-tuning
+    healing-pl grid     configs/grids/<grid>.yaml         baseline + grid of heal runs + table
+    healing-pl report   runs/<folder>                     comparison tables from results.json
 
 Every run writes to its own folder (``--run_dir``, default
 ``runs/<dataset>-<subcommand>-<time>``): ``config.yaml``, ``splits.json``,
@@ -57,6 +61,14 @@ class HealingCLI(LightningCLI):
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         return {**LightningCLI.subcommands(), **HealingTrainer.extra_subcommands()}
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning adopts the model hyperparameters saved in --ckpt_path; a broken file must stop cleanly
+        try:
+            super()._parse_ckpt_path()
+        except Exception as err:  # torch raises several types for a file that is not a checkpoint
+            path = self.config[self.config.subcommand].get("ckpt_path")
+            raise ValueError(f"checkpoint '{path}' is corrupt or not a checkpoint ({type(err).__name__}).") from None
 
     def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
         # as_group=False: the `unlearn` subcommand has an `unlearn` argument group of its own
@@ -138,14 +150,14 @@ class HealingCLI(LightningCLI):
 
     def before_unlearn(self) -> None:
         print(self.datamodule.summary())
+
+    def after_unlearn(self) -> None:
         self._save_config()
         if self.trainer.logger is not None:
             import json
 
             self.trainer.logger.log_hyperparams(json.loads(self._parser(self.subcommand).dump(
                 self._cfg(), skip_none=False, format="json")))
-
-    def after_unlearn(self) -> None:
         self._finish_phase("unlearn")
 
     def before_heal(self) -> None:
@@ -171,10 +183,10 @@ def phase_summary(record: dict) -> str:
 def main(args=None) -> int:
     """Entry point of ``healing-pl``; bad input ends with one sentence and exit status 2."""
     argv = sys.argv[1:] if args is None else list(args)
-    if argv and argv[0] == "report":
-        from healing_pl.report.cli import main as report_main
+    if argv and argv[0] in ("report", "grid"):
+        from healing_pl.report.cli import grid_main, report_main
 
-        return report_main(argv[1:])
+        return (report_main if argv[0] == "report" else grid_main)(argv[1:])
     try:
         HealingCLI(args=args)
     except USER_ERRORS as err:
@@ -182,6 +194,8 @@ def main(args=None) -> int:
             raise
         print(f"healing-pl: error: {err}", file=sys.stderr)
         return 2
+    except SystemExit as exit_:  # the parser's own errors (a config typo) and --help / --print_config
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
     finally:
         finish_wandb()
     return 0

@@ -216,7 +216,7 @@ def sisa_phase(baseline, recipe, datamodule, forget_ids, cfg: UnlearnConfig, pro
                        epochs=recipe["epochs"], seed=recipe["seed"], aggregation=cfg.aggregation, progress=progress)
     record = {f"sisa/{k}": v for k, v in evaluate_sets(state.ensemble, datamodule, forget_ids, "x").items()}
     record = {k.replace("sisa/x/", "sisa/"): v for k, v in record.items()}
-    record["sisa/train_time_s"] = state.train_time_s
+    record["sisa/train_time_s"] = state.train_time
     start = time.perf_counter()
     new_state, info = unlearn_sisa(state, forget_ids, datamodule, progress=progress)
     record["unlearned/time_s"] = time.perf_counter() - start

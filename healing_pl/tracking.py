@@ -55,7 +55,6 @@ def build_logger(tracking: Tracking, run_dir: str, job_type: str, config: dict |
         return None
     from lightning.pytorch.loggers import WandbLogger
 
-    os.makedirs(run_dir, exist_ok=True)
     return WandbLogger(
         save_dir=run_dir, project=tracking.project, entity=tracking.entity, group=tracking.group,
         job_type=tracking.job_type or job_type, tags=list(tracking.tags),

@@ -303,7 +303,7 @@ def _prepare(
             if query:
                 dst[:, dim] = -0.5
             else:
-                torch.linalg.vector_norm(block, dim=1, out=dst[:, dim]).square_()
+                dst[:, dim] = block.square().sum(1)  # not norm()**2: keeps exact ties exact
     return out
 
 

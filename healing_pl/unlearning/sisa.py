@@ -412,7 +412,7 @@ def unlearn_sisa(state: SisaState, forget_ids, datamodule, progress: bool = Fals
             raise ValueError(f"unlearning would empty shard {s} (the forget set holds all its "
                              f"{state.shard_ids(s).numel()} samples); SISA cannot keep a shard without data.")
         new_assignment[s] = new_slices
-    restart = {s: int(slice_of[shard_of == s].max()) for s in affected}
+    restart = {s: int(slice_of[shard_of == s].min()) for s in affected}
     R, eps, device = state.num_slices, state.epochs_per_slice, torch.device(state.device)
     stages = sum(R - restart[s] for s in affected)
     samples = sum(eps * sum(sum(sl.numel() for sl in new_assignment[s][:r + 1]) for r in range(restart[s], R))

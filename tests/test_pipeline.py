@@ -1,0 +1,120 @@
+"""The unlearn and heal subcommands, the grid runner and the report, end to end on digits."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from healing_pl.cli import main
+from healing_pl.models.classifier import load_classifier
+
+QUIET = ["--trainer.enable_progress_bar=false", "--wandb.enabled=false"]
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory, configs_dir):
+    root = tmp_path_factory.mktemp("baseline")
+    run = root / "fit"
+    assert main(["fit", "--config", f"{configs_dir}/digits.yaml", f"--run_dir={run}", "--trainer.max_epochs=4", *QUIET]) == 0
+    return run / "checkpoints" / "last.ckpt"
+
+
+def _heal_args(configs_dir, baseline, run_dir, *extra):
+    return ["heal", "--config", f"{configs_dir}/digits.yaml", f"--ckpt_path={baseline}", f"--run_dir={run_dir}",
+            "--adversary.selector=class", "--adversary.target_class=3", "--adversary.budget=10",
+            "--unlearn.method=fisher", "--unlearn.alpha=1e-5", "--unlearn.repeats=2",
+            f"--unlearn.cache_dir={run_dir.parent / 'cache'}", "--heal.epochs=2", *QUIET, *extra]
+
+
+def test_heal_end_to_end_records_every_figure(in_tmp, configs_dir, baseline):
+    run = in_tmp / "heal"
+    assert main(_heal_args(configs_dir, baseline, run, "--twins.metric=raw_l2")) == 0
+    r = json.loads((run / "results.json").read_text())
+    splits = torch.load(baseline, weights_only=False)["HealingDataModule"]["splits"]
+    primary, backup = set(splits["primary"]), set(splits["backup"])
+    # the forget set is 10 primary samples of class 3, twins come from the backup set
+    assert r["forget/count"] == 10 and r["forget/classes"][3] == 10 and set(r["forget/ids"]) <= primary
+    twins = [p["twin_id"] for p in r["twins/pairs"]]
+    assert len(set(twins)) == 10 and set(twins) <= backup and r["twins/same_class"] == 1.0
+    assert r["heal/train_size"] == len(primary) - 10 + 10
+    for key in ("baseline/test/acc", "gold/test/acc", "unlearned/test/acc", "unlearned/acc_mean",
+                "unlearned/acc_std", "healed/test/acc_epoch_1", "healed/test/acc_epoch_2", "heal/epochs"):
+        assert r[key] is not None, key
+    assert len(r["unlearned/acc_repeats"]) == 2 and r["heal/setup"] == "T-raw_l2"
+    # the healed model is saved and loads as a Classifier
+    healed = load_classifier(str(run / "checkpoints" / "last.ckpt"))
+    assert healed.hparams.backbone == "small_cnn"
+
+
+def test_heal_on_remain_only_and_cache_reuse(in_tmp, configs_dir, baseline):
+    first, second = in_tmp / "a", in_tmp / "b"
+    assert main(_heal_args(configs_dir, baseline, first, "--twins.metric=none")) == 0
+    assert main(_heal_args(configs_dir, baseline, second, "--twins.metric=feat_cosine")) == 0
+    a, b = (json.loads((p / "results.json").read_text()) for p in (first, second))
+    assert a["twins/count"] == 0 and a["heal/setup"] == "R" and a["heal/train_size"] == a["primary/count"] - 10
+    # the same forget set, unlearned model and gold standard (cached) start both setups
+    assert a["forget/ids"] == b["forget/ids"]
+    assert a["unlearned/test/acc"] == b["unlearned/test/acc"] and a["gold/test/acc"] == b["gold/test/acc"]
+    assert b["gold/cached"] is True
+
+
+def test_unlearn_subcommand_saves_a_loadable_model(in_tmp, configs_dir, baseline):
+    run = in_tmp / "u"
+    args = ["unlearn", "--config", f"{configs_dir}/digits.yaml", f"--ckpt_path={baseline}", f"--run_dir={run}",
+            "--adversary.budget=0.05", "--unlearn.method=fisher", "--unlearn.alpha=1e-6",
+            f"--unlearn.cache_dir={in_tmp / 'cache'}", *QUIET]
+    assert main(args) == 0
+    r = json.loads((run / "results.json").read_text())
+    assert r["phase"] == "unlearn" and r["forget/count"] == round(0.05 * r["primary/count"])
+    model = load_classifier(r["checkpoint"])
+    assert model.checkpoint["forget_ids"] == r["forget/ids"]
+    assert (run / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--ckpt_path=missing.ckpt"], "does not exist"),
+    (["--ckpt_path=corrupt.ckpt"], "corrupt"),
+    (["--adversary.budget=5000"], "exceeds the training set"),
+    (["--adversary.selector=class", "--adversary.target_class=12"], "target_class 12"),
+    (["--twins.metric=raw_l3"], "raw_l3"),
+])
+def test_heal_bad_input_is_one_sentence_and_writes_nothing(in_tmp, configs_dir, baseline, capsys, extra, words):
+    (in_tmp / "corrupt.ckpt").write_bytes(b"\x00not a checkpoint")
+    before = sorted(os.listdir(in_tmp))
+    args = ["heal", "--config", f"{configs_dir}/digits.yaml", f"--ckpt_path={baseline}", *QUIET, *extra]
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code != 0 and words in err
+    assert sorted(os.listdir(in_tmp)) == before
+
+
+def test_checkpoint_of_another_model_is_refused(in_tmp, configs_dir, baseline, capsys):
+    code = main(["unlearn", "--config", f"{configs_dir}/mnist5k.yaml", f"--ckpt_path={baseline}", *QUIET])
+    assert code == 2 and "another model" in capsys.readouterr().err
+
+
+def test_grid_runs_and_report_reads_back(in_tmp, configs_dir, capsys):
+    grid = in_tmp / "grid.yaml"
+    grid.write_text(f"""
+name: tiny
+config: {configs_dir}/digits.yaml
+fit: {{trainer.max_epochs: 2, wandb.enabled: false, trainer.enable_progress_bar: false}}
+heal: {{adversary.selector: class, adversary.target_class: 1, adversary.budget: 5, heal.epochs: 1,
+        wandb.enabled: false, trainer.enable_progress_bar: false, unlearn.cache_dir: {in_tmp / 'cache'}}}
+axes:
+  unlearn: [{{unlearn.method: fisher, unlearn.alpha: 1.0e-5}}]
+  twins: [{{twins.metric: none}}, {{twins.metric: raw_l2}}]
+""")
+    assert main(["grid", str(grid), "--out", str(in_tmp / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "| digits (small_cnn) | fisher | 5 × class |" in out
+    assert "| R |" in out and "| T-raw_l2 |" in out
+    report = (in_tmp / "out" / "report.md").read_text()
+    assert "Best−GS" in report
+    # a second run of the grid finds everything finished and only reports
+    assert main(["grid", str(grid), "--out", str(in_tmp / "out")]) == 0
+    assert "[1/" not in capsys.readouterr().out
+    assert main(["report", str(in_tmp / "out"), "--output", str(in_tmp / "r.json")]) == 0
+    rows = json.loads((in_tmp / "r.json").read_text())["healing"]
+    assert rows[0]["method"] == "fisher" and set(rows[0]["setups"]) == {"R", "T-raw_l2"}
