@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(VENV)/bin/healing-pl fit --config configs/mnist5k.yaml
+	$(VENV)/bin/healing-pl grid configs/grids/table4_mnist5k.yaml
 
 test: install
 	$(PY) -m pytest

@@ -13,7 +13,8 @@ random 1x28x28 inputs.  Rows, each over the same N samples:
   squared and summed (empirical Fisher).
 
 Usage: ``python benchmarks/bench_fisher.py [--n 2048] [--batch-size 256]``.
-Times are medians of ``--repeats`` runs after one warm-up run.
+Times are medians of ``--repeats`` interleaved rounds after one warm-up run
+(interleaved so that a change of machine load hits every row alike).
 """
 
 from __future__ import annotations
@@ -39,21 +40,28 @@ def mnist_cnn() -> nn.Module:
     )
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def interleaved_medians(fns: dict, repeats: int) -> dict:
+    """Median seconds of each function, timed in interleaved rounds.
+
+    Every function runs once as a warm-up, then each round times every
+    function once, so a change of machine load hits all of them alike.
+    """
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=2048, help="number of samples")
     ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--loop-n", type=int, default=256, help="samples timed for the per-sample loop")
+    ap.add_argument("--loop-n", type=int, default=128, help="samples timed for the per-sample loop")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
     args = ap.parse_args()
@@ -95,14 +103,19 @@ def main() -> None:
                 acc[k] += g[k].square().sum(0)
 
     loop_n = min(args.loop_n, args.n)
-    rows = [
-        ("forward+backward", median_time(fwd_bwd, args.repeats)),
-        ("fisher empirical", median_time(lambda: diagonal_fisher(model, loader, "empirical"), args.repeats)),
-        ("fisher true (10 classes)", median_time(lambda: diagonal_fisher(model, loader, "true"), args.repeats)),
-        (f"per-sample loop (x{args.n / loop_n:g} of {loop_n})",
-         median_time(loop(loop_n), max(1, args.repeats // 2)) * args.n / loop_n),
-        ("torch.func vmap(grad)", median_time(vmap_fisher, max(1, args.repeats // 2))),
-    ]
+    loop_name = f"per-sample loop (x{args.n / loop_n:g} of {loop_n})"
+    medians = interleaved_medians(
+        {
+            "forward+backward": fwd_bwd,
+            "fisher empirical": lambda: diagonal_fisher(model, loader, "empirical"),
+            "fisher true (10 classes)": lambda: diagonal_fisher(model, loader, "true"),
+            loop_name: loop(loop_n),
+            "torch.func vmap(grad)": vmap_fisher,
+        },
+        args.repeats,
+    )
+    medians[loop_name] *= args.n / loop_n
+    rows = list(medians.items())
     ref = rows[0][1]
     print(f"diagonal Fisher, MNIST CNN, N={args.n}, batch={args.batch_size}, threads={torch.get_num_threads()}")
     print(f"{'method':<32} {'seconds':>9} {'x fwd+bwd':>10}")
