@@ -101,13 +101,62 @@ def load_baseline(ckpt_path: str | None, model: Classifier, datamodule) -> tuple
 
 
 def select_forget_ids(adversary: AdversaryConfig, baseline: Classifier, datamodule, progress: bool = False) -> torch.Tensor:
-    """The adversary's forget set (only what its knowledge allows reaches the selector)."""
+    """The adversary's requested ids (only what its knowledge allows reaches the selector).
+
+    A data-blind adversary may name samples that were never trained on:
+    :func:`request_forget_set` passes the requests through the membership check.
+    """
     from healing_pl.adversary.selectors import select_forget_set
 
+    pool = torch.arange(len(datamodule.pool))
+    non_members = pool[~torch.isin(pool, datamodule.primary_ids)]
     ids = select_forget_set(adversary, dataset=datamodule.pool.train, primary_ids=datamodule.primary_ids,
-                            num_classes=datamodule.num_classes, model=baseline,
+                            non_member_ids=non_members, num_classes=datamodule.num_classes, model=baseline,
                             val_ids=datamodule.splits["val"], progress=progress)
     return torch.as_tensor(ids, dtype=torch.long)
+
+
+def request_forget_set(adversary: AdversaryConfig, baseline: Classifier, datamodule, ledger_dir: str | None,
+                       progress: bool = False):
+    """Select the adversary's requests, check membership, and write every decision to the ledger.
+
+    Returns the accepted forget ids, a record of the decisions, and the ledger (None without a folder).
+    Requests for non-members, duplicates and samples already unlearned are rejected with a reason.
+    """
+    from healing_pl.adversary.ledger import Ledger
+    from healing_pl.adversary.membership import MembershipIndex, Request
+
+    requested = select_forget_ids(adversary, baseline, datamodule, progress)
+    membership = MembershipIndex(datamodule.pool.train, datamodule.primary_ids)
+    requester = f"adversary-{adversary.selector}"
+    decisions = membership.check([Request(requester, sample_id=int(i), kind="adversarial") for i in requested])
+    accepted = torch.tensor([d.sample_id for d in decisions if d.accepted], dtype=torch.long)
+    reasons: dict[str, int] = {}
+    for d in decisions:
+        reasons[d.reason] = reasons.get(d.reason, 0) + 1
+    if accepted.numel() == 0:
+        raise ValueError(f"all {len(decisions)} unlearn requests were rejected ({reasons}); nothing to unlearn.")
+    if accepted.numel() == len(datamodule.primary_ids):
+        raise ValueError("the forget set covers the whole primary set; nothing would remain to train on.")
+    ledger = None
+    if ledger_dir is not None:
+        ledger = Ledger(ledger_dir)
+        ledger.record(decisions, round_index=0)
+    record = {"requests/count": len(decisions), "requests/accepted": int(accepted.numel()),
+              "requests/rejected": len(decisions) - int(accepted.numel()), "requests/reasons": reasons}
+    return accepted, record, ledger
+
+
+def ledger_twins(ledger, datamodule):
+    """A callback that writes each twin into the ledger, next to the request it replaces."""
+    from healing_pl.adversary.membership import sample_hash
+
+    def write(pairs: list[dict]) -> None:
+        for p in pairs:
+            ledger.append_twin(ledger.request_id_for_sample(p["request_id"]), p["twin_id"],
+                               sample_hash(datamodule.pool.train[p["twin_id"]][0]), p.get("score"))
+
+    return write
 
 
 def evaluate_sets(model, datamodule, forget_ids, prefix: str) -> dict[str, float]:

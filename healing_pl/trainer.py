@@ -54,8 +54,8 @@ class HealingTrainer(L.Trainer):
 
         baseline, recipe = P.load_baseline(ckpt_path, model, datamodule)
         progress = self.progress_bar_callback is not None
-        forget = P.select_forget_ids(adversary, baseline, datamodule, progress)
-        record = P.forget_set_record(adversary, datamodule, forget)
+        forget, requests, _ = P.request_forget_set(adversary, baseline, datamodule, self.default_root_dir, progress)
+        record = {**P.forget_set_record(adversary, datamodule, forget), **requests}
         record.update({f"unlearn/{k}": v for k, v in unlearn.hyperparameters().items()})
         record.update(P.evaluate_sets(baseline, datamodule, forget, "baseline"))
         if unlearn.method == "sisa":
@@ -95,9 +95,9 @@ class HealingTrainer(L.Trainer):
             raise ValueError("heal supports the naive, fisher and influence methods; SISA is exact and keeps its own shards.")
         baseline, recipe = P.load_baseline(ckpt_path, model, datamodule)
         progress = self.progress_bar_callback is not None
-        forget = P.select_forget_ids(adversary, baseline, datamodule, progress)
+        forget, requests, ledger = P.request_forget_set(adversary, baseline, datamodule, self.default_root_dir, progress)
         epochs = heal.epochs or max(1, recipe["epochs"] // 2)
-        record = P.forget_set_record(adversary, datamodule, forget)
+        record = {**P.forget_set_record(adversary, datamodule, forget), **requests}
         record.update({f"unlearn/{k}": v for k, v in unlearn.hyperparameters().items()})
         record.update({"twins/metric": twins.metric, "twins/policy": twins.policy, "heal/setup": twins.setup,
                        "heal/epochs": epochs, "baseline/epochs": recipe["epochs"]})
@@ -110,7 +110,8 @@ class HealingTrainer(L.Trainer):
         record["heal/lr"] = model.hparams.lr
         model.log_prefix = "healed/"
         self.callbacks[:0] = [UnlearnPhase(baseline, recipe, forget, unlearn, record, progress),
-                              TwinSearch(baseline, forget, twins, record), HealEvaluation(record)]
+                              TwinSearch(baseline, forget, twins, record, P.ledger_twins(ledger, datamodule)),
+                              HealEvaluation(record)]
         self.fit_loop.max_epochs = epochs
         start = time.perf_counter()
         self.fit(model, datamodule=datamodule)

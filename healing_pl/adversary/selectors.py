@@ -634,9 +634,13 @@ class GradientSelector(Selector):
             shuffle=True,
             generator=_generator(self.seed),
         )
+
+        def batch_loss(m: nn.Module, batch) -> Tensor:  # LiSSA's loss_fn(model, batch) form
+            return box.loss_fn(m(batch[0]), batch[1])
+
         return lissa_inverse_hvp(
             model,
-            box.loss_fn,
+            batch_loss,
             loader,
             vector,
             damping=self.damping,

@@ -307,6 +307,15 @@ def _prepare(
     return out
 
 
+#: Extra shortlist places per query beyond k (stage 1 keeps k + MARGIN).
+MARGIN = 8
+
+#: Columns per group in the group-maximum pre-selection of :func:`_shortlist_block`.
+GROUP = 512
+
+_UNIT_ROUNDOFF = 2.0**-24  # float32
+
+
 def _search(
     q: torch.Tensor,
     c: torch.Tensor,
@@ -314,11 +323,30 @@ def _search(
     kind: str,
     chunk_size: Optional[int],
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Blocked exact search over rows prepared by :func:`_prepare`."""
+    """Two-stage exact search over rows prepared by :func:`_prepare`.
+
+    Stage 1 (bulk of the work): blocked float32 matrix products keep a
+    shortlist of the ``s = k + MARGIN`` best ranking scores per query.
+    Stage 2: the shortlisted pairs are rescored one by one in float64 (the same
+    arithmetic for every pair, so duplicated candidates tie exactly) and the
+    best k are taken by (score, lower index).  The float32 product's error is
+    bounded by ``tol = 2 (D + 2) u (|q| |c|max + |c|max^2)``; whenever the
+    weakest shortlisted product is not ``tol`` below the k-th exact score, a
+    candidate outside the shortlist might tie or win, and that query is redone
+    over every candidate whose product lies within ``tol`` of it.
+    """
     n_q, n_c = q.shape[0], c.shape[0]
+    dim = q.shape[1] - 1 if kind == "l2" else q.shape[1]
+    short = min(n_c, k + MARGIN)
     q_chunk, c_chunk = _chunk_sizes(n_q, n_c, chunk_size)
     work = torch.empty(q_chunk * c_chunk, dtype=q.dtype, device=q.device)
-    scores = torch.empty(n_q, k, dtype=q.dtype, device=q.device)
+    if kind == "l2":
+        c_max = float(c[:, dim].max()) ** 0.5 if n_c else 0.0
+    else:
+        c_max = 1.0
+    gamma = 2.0 * (dim + 2) * _UNIT_ROUNDOFF
+
+    scores = torch.empty(n_q, k, dtype=torch.float32, device=q.device)
     indices = torch.empty(n_q, k, dtype=torch.long, device=q.device)
     for q0 in range(0, n_q, q_chunk):
         qb = q[q0 : q0 + q_chunk]
@@ -327,20 +355,62 @@ def _search(
             cb = c[c0 : c0 + c_chunk]
             block = work[: qb.shape[0] * cb.shape[0]].view(qb.shape[0], cb.shape[0])
             torch.mm(qb, cb.t(), out=block)
-            v, i = _block_topk(block, k)
+            v, i = _shortlist_block(block, short)
             if c0:
                 i += c0
-            if best_v is None:
-                best_v, best_i = v, i
-            else:
-                best_v, best_i = _merge(best_v, best_i, v, i, k)
-        if kind == "l2":
-            dim = q.shape[1] - 1
-            dist = _pair_distances(qb[:, :dim], c[:, :dim], best_i)
-            best_v, best_i = _order(dist, best_i, descending=False)
-        scores[q0 : q0 + q_chunk] = best_v
+            best_v, best_i = (v, i) if best_v is None else _merge(best_v, best_i, v, i, short)
+
+        exact = _exact_scores(qb, c, best_i, kind, dim)
+        exact, best_i = _order(exact, best_i, descending=True)
+        if short < n_c:  # the shortlist is not everything: check its margin
+            q_norm = torch.linalg.vector_norm(qb[:, :dim].double(), dim=1)
+            tol = gamma * (q_norm * c_max + c_max * c_max)
+            floor = exact[:, k - 1] - tol
+            unsure = best_v.min(dim=1).values.double() >= floor
+            if bool(unsure.any()):
+                rows = torch.nonzero(unsure).squeeze(1)
+                exact, best_i = exact[:, :k].clone(), best_i[:, :k].clone()
+                exact[rows], best_i[rows] = _redo_rows(qb[rows], c, floor[rows], k, kind, dim, c_chunk)
+        exact, best_i = exact[:, :k], best_i[:, :k]
+        if kind == "l2":  # ranking score e = (|q|^2 - d^2) / 2  ->  distance d
+            q_sq = qb[:, :dim].double().square().sum(1, keepdim=True)
+            exact = (q_sq - 2.0 * exact).clamp_(min=0.0).sqrt_()
+        scores[q0 : q0 + q_chunk] = exact.to(torch.float32)
         indices[q0 : q0 + q_chunk] = best_i
     return scores, indices
+
+
+def _shortlist_block(block: torch.Tensor, s: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``s`` largest entries of each row of a score block (any order, any tie choice).
+
+    Pre-selection: the row is cut into groups of :data:`GROUP` columns and
+    only the ``s`` groups with the largest maxima are searched; they hold ``s``
+    values at least as large as anything outside them.  A max-reduction is
+    several times cheaper than ``torch.topk`` over the whole row.  Columns
+    after the last full group are searched apart and merged.
+    """
+    n_rows, n = block.shape
+    groups = n // GROUP
+    if groups < 4 * s:
+        return torch.topk(block, min(s, n), dim=1, sorted=False)
+    head = groups * GROUP
+    grouped = block[:, :head].unflatten(1, (groups, GROUP))
+    keep = torch.topk(grouped.amax(2), s, dim=1, sorted=False).indices
+    sub = grouped.gather(1, keep.unsqueeze(2).expand(n_rows, s, GROUP)).view(n_rows, s * GROUP)
+    v, j = torch.topk(sub, s, dim=1, sorted=False)
+    cols = keep.gather(1, j // GROUP).mul_(GROUP).add_(j % GROUP)
+    if head < n:
+        tv, ti = torch.topk(block[:, head:], min(s, n - head), dim=1, sorted=False)
+        v, cols = _merge(v, cols, tv, ti.add_(head), s)
+    return v, cols
+
+
+def _merge(bv, bi, v, i, s):
+    """The ``s`` largest of two shortlists."""
+    v = torch.cat([bv, v], dim=1)
+    i = torch.cat([bi, i], dim=1)
+    v, j = torch.topk(v, min(s, v.shape[1]), dim=1, sorted=False)
+    return v, i.gather(1, j)
 
 
 def _order(v: torch.Tensor, i: torch.Tensor, descending: bool) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -351,80 +421,58 @@ def _order(v: torch.Tensor, i: torch.Tensor, descending: bool) -> Tuple[torch.Te
     return v, i.gather(1, perm)
 
 
-#: Columns per group in the group-maximum pre-selection of :func:`_block_topk`.
-GROUP = 512
+def _exact_scores(q: torch.Tensor, c: torch.Tensor, idx: torch.Tensor, kind: str, dim: int) -> torch.Tensor:
+    """Float64 ranking score of every pair ``(q[r], c[idx[r, j]])``, shaped like ``idx``."""
+    n_q, width = idx.shape
+    q_rows = torch.arange(n_q, device=idx.device).repeat_interleave(width)
+    return _pair_scores(q, c, q_rows, idx.reshape(-1), kind, dim).view(n_q, width)
 
 
-def _block_topk(block: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Top-k (largest) of each row of a score block, ties to the lower column.
+def _pair_scores(q, c, q_rows, c_rows, kind: str, dim: int) -> torch.Tensor:
+    """Float64 ranking score (larger is better) of the pairs ``(q[q_rows[p]], c[c_rows[p]])``.
 
-    Pre-selection: the row is cut into groups of :data:`GROUP` columns and
-    the k groups with the largest maxima are kept.  If the k-th largest group
-    maximum is strictly above the (k+1)-th, those groups hold every element
-    that can rank in the top k (including ties with the k-th), so the top-k
-    of the gathered ``k * GROUP`` elements is exact; rows where the two
-    maxima are equal are redone on the full row.  A max-reduction is several
-    times cheaper than ``torch.topk`` over the whole row.
+    ``l2``: ``(|q|^2 - ||q - c||^2) / 2`` (the scale of the float32 product);
+    ``cosine``: ``q.c`` of the unit rows.  Every pair goes through the same
+    arithmetic, so duplicated candidates score exactly alike.  Runs in pieces
+    of about :data:`BLOCK_BYTES`.
     """
-    n_rows, n = block.shape
-    groups = n // GROUP
-    if groups < 4 * (k + 1):
-        return _topk_rows(block, k)
-    head = groups * GROUP
-    grouped = block[:, :head].unflatten(1, (groups, GROUP))
-    gmax, gidx = torch.topk(grouped.amax(2), k + 1, dim=1, sorted=True)
-    keep = torch.sort(gidx[:, :k], dim=1).values  # ascending groups = ascending columns
-    sub = grouped.gather(1, keep.unsqueeze(2).expand(n_rows, k, GROUP)).view(n_rows, k * GROUP)
-    v, j = _topk_rows(sub, k)
-    cols = keep.gather(1, j // GROUP).mul_(GROUP).add_(j % GROUP)
-    tie = gmax[:, k - 1] == gmax[:, k]
-    if bool(tie.any()):
-        rows = torch.nonzero(tie).squeeze(1)
-        v[rows], cols[rows] = _topk_rows(block[rows, :head], k)
-    if head < n:  # the last, partial group: its columns follow all of the head's
-        tv, ti = _topk_rows(block[:, head:], k)
-        v, cols = _merge(v, cols, tv, ti.add_(head), k)
-    return v, cols
-
-
-def _topk_rows(block: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Exact top-k of each row, (score desc, column asc).
-
-    ``torch.topk`` does not promise which of several equal values it keeps, so
-    it is asked for k+1: when the k-th and (k+1)-th values differ the top-k set
-    is unique; the rare rows where they are equal are resolved with a stable
-    full sort of that row.
-    """
-    m = min(k + 1, block.shape[1])
-    v, i = torch.topk(block, m, dim=1, largest=True, sorted=False)
-    v, i = _order(v, i, descending=True)
-    if m <= k:
-        return v, i
-    tie = v[:, k - 1] == v[:, k]
-    v, i = v[:, :k].contiguous(), i[:, :k].contiguous()
-    if bool(tie.any()):
-        rows = torch.nonzero(tie).squeeze(1)
-        sv, si = torch.sort(block[rows], dim=1, descending=True, stable=True)
-        v[rows], i[rows] = sv[:, :k], si[:, :k]
-    return v, i
-
-
-def _merge(bv, bi, v, i, k):
-    """Merge two (score desc, index asc) rows; every ``bi`` is below every ``i``,
-    so a stable sort of the concatenation keeps the lower-index-first order."""
-    v = torch.cat([bv, v], dim=1)
-    i = torch.cat([bi, i], dim=1)
-    v, perm = torch.sort(v, dim=1, descending=True, stable=True)
-    return v[:, :k], i.gather(1, perm[:, :k])
-
-
-def _pair_distances(q: torch.Tensor, c: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """``||q[r] - c[idx[r, j]]||`` computed directly, in row groups of ~BLOCK_BYTES."""
-    n_q, k = idx.shape
-    rows = max(1, BLOCK_BYTES // (4 * k * q.shape[1]))
-    out = torch.empty(n_q, k, dtype=q.dtype, device=q.device)
-    for r0 in range(0, n_q, rows):
-        diff = c[idx[r0 : r0 + rows]]  # (rows, k, D)
-        diff.sub_(q[r0 : r0 + rows, None, :])
-        torch.linalg.vector_norm(diff, dim=2, out=out[r0 : r0 + rows])
+    n = q_rows.numel()
+    out = torch.empty(n, dtype=torch.float64, device=q.device)
+    step = max(1, BLOCK_BYTES // (8 * 2 * dim))
+    for p0 in range(0, n, step):
+        qv = q[q_rows[p0 : p0 + step], :dim].double()
+        cv = c[c_rows[p0 : p0 + step], :dim].double()
+        if kind == "l2":
+            out[p0 : p0 + step] = (qv.square().sum(1) - cv.sub_(qv).square_().sum(1)) / 2.0
+        else:
+            out[p0 : p0 + step] = cv.mul_(qv).sum(1)
     return out
+
+
+def _redo_rows(q, c, floor, k, kind, dim, c_chunk):
+    """Exhaustive stage 2 for the query rows ``q`` whose shortlist margin was too thin.
+
+    Every candidate whose float32 product reaches ``floor`` (the k-th exact
+    score minus the error bound) is rescored exactly; returns the best k per
+    row as ``(scores, indices)`` in (score desc, index asc) order.
+    """
+    # Compare in float32 against a floor rounded down, so nothing is lost.
+    floor32 = torch.nextafter(floor.float(), torch.tensor(-math.inf, device=floor.device))
+    rows, cols = [], []
+    for c0 in range(0, c.shape[0], c_chunk):
+        r, j = torch.nonzero(q @ c[c0 : c0 + c_chunk].t() >= floor32[:, None], as_tuple=True)
+        rows.append(r)
+        cols.append(j + c0)
+    r, j = torch.cat(rows), torch.cat(cols)
+    e = _pair_scores(q, c, r, j, kind, dim)
+    # Order the pairs by (row, score desc, index asc): stable sorts, last key first.
+    perm = torch.sort(j, stable=True).indices
+    r, j, e = r[perm], j[perm], e[perm]
+    perm = torch.sort(e, stable=True, descending=True).indices
+    r, j, e = r[perm], j[perm], e[perm]
+    perm = torch.sort(r, stable=True).indices
+    r, j, e = r[perm], j[perm], e[perm]
+    counts = torch.bincount(r, minlength=q.shape[0])
+    starts = torch.cumsum(counts, 0) - counts
+    take = (starts[:, None] + torch.arange(k, device=q.device)).reshape(-1)
+    return e[take].view(-1, k), j[take].view(-1, k)

@@ -393,6 +393,8 @@ def test_influence_mode_ranks_by_exact_influence(pool, split, model, monkeypatch
     def exact_inverse_hvp(
         m, loss_fn, loader, vector, *, damping, scale, depth, repeats=1, progress=False
     ):
+        x, y = next(iter(loader))
+        assert loss_fn(m, (x, y)).dim() == 0  # LiSSA's loss_fn(model, batch) form
         return torch.linalg.solve(hessian + damping * torch.eye(len(vector)), vector)
 
     fake = types.ModuleType("healing_pl.unlearning.influence")
@@ -406,18 +408,17 @@ def test_influence_mode_ranks_by_exact_influence(pool, split, model, monkeypatch
 
 def test_influence_mode_with_lissa_agrees_with_the_exact_ranking(pool, split, model):
     """End to end through the project's LiSSA (full-batch, so the recursion is exact)."""
-    pytest.importorskip("healing_pl.unlearning.influence")
     damping = 0.5
     exact = exact_influence_scores(model, pool, split, damping)
     train, scores, hessian = exact["train"], exact["scores"], exact["hessian"]
     scale = float(torch.linalg.eigvalsh(hessian).max()) + damping + 1.0
     s = surface(pool, split, "parameter_aware", model=model, val_ids=split["val"])
     selector = GradientSelector(
-        "influence", damping=damping, scale=scale, depth=300, batch_size=2000
+        "influence", damping=damping, scale=scale, depth=40, batch_size=2000
     )
     ids = selector.select(s, 20)
     expected = train[torch.argsort(-scores, stable=True)[:20]]
-    assert len(set(ids.tolist()) & set(expected.tolist())) >= 18
+    assert len(set(ids.tolist()) & set(expected.tolist())) >= 19
 
 
 def test_influence_mode_needs_validation_ids(pool, split, model):
@@ -454,6 +455,14 @@ def test_blind_guess_needs_a_blind_training_set(pool, split):
         dict(selector="class", target_class=2),
         dict(selector="worst_logits", system_knowledge="output_aware"),
         dict(selector="gradient", system_knowledge="parameter_aware", gradient_engine="loop"),
+        dict(
+            selector="gradient",
+            system_knowledge="parameter_aware",
+            gradient_mode="influence",
+            influence_damping=0.5,
+            influence_scale=2.0,
+            influence_depth=20,
+        ),
         dict(selector="blind_guess", data_knowledge="blind", member_fraction=0.5),
     ],
 )

@@ -42,7 +42,10 @@ def data():
 @pytest.mark.parametrize("metric", ["l2", "cosine", "mahalanobis"])
 @pytest.mark.parametrize("k", [1, 5])
 @pytest.mark.parametrize("chunk_size", [None, 7, 64, 1000])
-def test_matches_brute_force(data, metric, k, chunk_size):
+@pytest.mark.parametrize("margin", [0, search.MARGIN])
+def test_matches_brute_force(monkeypatch, data, metric, k, chunk_size, margin):
+    """margin 0: the shortlist is exactly k, so the exhaustive re-check runs often."""
+    monkeypatch.setattr(search, "MARGIN", margin)
     q, c = data
     cov = spd(12) if metric == "mahalanobis" else None
     scores, idx = nearest(q, c, k, metric, covariance=cov, chunk_size=chunk_size)
@@ -78,9 +81,11 @@ def test_sklearn_brute_force_agrees(data):
 
 @pytest.mark.parametrize("group", [8, 512])
 @pytest.mark.parametrize("chunk_size", [None, 5, 33])
-def test_exact_ties_go_to_the_lower_index(monkeypatch, group, chunk_size):
-    """Small integers make every float32 score exact, so duplicates tie exactly."""
+@pytest.mark.parametrize("margin", [0, search.MARGIN])
+def test_exact_ties_go_to_the_lower_index(monkeypatch, group, chunk_size, margin):
+    """Integer data: many candidates at exactly the same distance."""
     monkeypatch.setattr(search, "GROUP", group)
+    monkeypatch.setattr(search, "MARGIN", margin)
     rng = np.random.default_rng(2)
     base = rng.integers(0, 3, size=(40, 4)).astype(np.float32)
     c = base[rng.integers(0, 40, size=400)]  # many duplicated rows
@@ -92,14 +97,20 @@ def test_exact_ties_go_to_the_lower_index(monkeypatch, group, chunk_size):
         np.testing.assert_allclose(scores.numpy(), ref_s, rtol=1e-6)
 
 
-def test_duplicated_rows_cosine_ties():
+@pytest.mark.parametrize("metric", ["l2", "cosine", "mahalanobis"])
+@pytest.mark.parametrize("chunk_size", [None, 9])
+def test_duplicated_float_rows_tie(metric, chunk_size):
+    """Real-valued duplicates in different blocks: the float32 products of two
+    copies can differ in the last bit, the exact rescoring makes them tie."""
     rng = np.random.default_rng(3)
     base = rng.normal(size=(10, 6)).astype(np.float32)
     c = np.repeat(base, 5, axis=0)[rng.permutation(50)]
     q = rng.normal(size=(8, 6)).astype(np.float32)
-    _, idx = nearest(q, c, 7, "cosine", chunk_size=9)
-    _, ref_i = reference(q, c, 7, "cosine")
+    cov = spd(6, 2)
+    scores, idx = nearest(q, c, 7, metric, covariance=cov, chunk_size=chunk_size)
+    ref_s, ref_i = reference(q, c, 7, metric, cov)
     np.testing.assert_array_equal(idx.numpy(), ref_i)
+    np.testing.assert_allclose(scores.numpy(), ref_s, rtol=1e-5)
 
 
 def test_all_identical_candidates_give_the_first_indices():
