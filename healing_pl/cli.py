@@ -5,6 +5,7 @@
     healing-pl test     --config ... --ckpt_path ...      test a checkpoint
     healing-pl unlearn  --config ... --ckpt_path ...      unlearn an adversary's forget set
     healing-pl heal     --config ... --ckpt_path ...      unlearn, find twins, heal by fine-tuning
+    healing-pl stream   --config ... --ckpt_path ...      benign + adversarial requests in rounds
     healing-pl grid     configs/grids/<grid>.yaml         baseline + grid of heal runs + table
     healing-pl report   runs/<folder>                     comparison tables from results.json
 
@@ -160,6 +161,13 @@ class HealingCLI(LightningCLI):
                 self._cfg(), skip_none=False, format="json")))
         self._finish_phase("unlearn")
 
+    def before_stream(self) -> None:
+        print(self.datamodule.summary())
+
+    def after_stream(self) -> None:
+        self._save_config()
+        self._finish_phase("stream")
+
     def before_heal(self) -> None:
         print(self.datamodule.summary())
 
@@ -187,6 +195,9 @@ def main(args=None) -> int:
         from healing_pl.report.cli import grid_main, report_main
 
         return (report_main if argv[0] == "report" else grid_main)(argv[1:])
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
     try:
         HealingCLI(args=args)
     except USER_ERRORS as err:

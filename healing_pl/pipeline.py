@@ -205,15 +205,11 @@ def gold_record(baseline, recipe, datamodule, forget_ids, cfg: UnlearnConfig, pr
 
 
 # --------------------------------------------------------------------------- twins
-def find_twins(twins: TwinsConfig, baseline: Classifier, datamodule, forget_ids) -> list[dict]:
-    """Twins of ``forget_ids`` from the backup set: ``[{request_id, twin_id, score}]``.
-
-    Feature metrics embed with the baseline model (the paper's BL embeddings).
-    """
+def spare_policy(twins: TwinsConfig, baseline: Classifier, datamodule):
+    """The spare policy of ``twins``, fitted on the backup set (and, for ``twins``, with surrogates
+    precomputed for every primary sample). Its state keeps used spares across request rounds."""
     from healing_pl.healing.policies import get_policy
 
-    if twins.metric == "none":
-        return []
     metric_kwargs = {"seed": twins.seed} if twins.metric == "random" else {}
     policy_kwargs = {"k": twins.k} if twins.policy == "twins" else {}
     policy = get_policy(twins.policy, metric=twins.metric, same_class=twins.same_class, group=twins.group,
@@ -221,17 +217,32 @@ def find_twins(twins: TwinsConfig, baseline: Classifier, datamodule, forget_ids)
     metric = policy.metric
     dataset, model = datamodule.pool.train, baseline if metric.needs_features else None
     backup = datamodule.backup_ids
-    if len(backup) < len(forget_ids):
-        raise ValueError(f"the backup set holds {len(backup)} samples, too few to replace {len(forget_ids)} requests; "
-                         f"enlarge --data.backup.")
     policy.fit(backup.tolist(), metric.representations(dataset, backup, model), datamodule.targets[backup],
                forbidden_ids=datamodule.primary_ids.tolist())
     if twins.policy == "twins":  # surrogates for every primary sample, found before any request
         primary = datamodule.primary_ids
         policy.precompute(primary.tolist(), metric.representations(dataset, primary, model), datamodule.targets[primary])
-    queries = metric.representations(dataset, forget_ids, model)
-    result = policy.assign(forget_ids.tolist(), queries, datamodule.targets[forget_ids])
-    return result.records()
+    return policy
+
+
+def assign_twins(policy, baseline: Classifier, datamodule, forget_ids) -> list[dict]:
+    """Twins for ``forget_ids`` from a fitted policy: ``[{request_id, twin_id, score}]`` (spares used up)."""
+    if policy.remaining < len(forget_ids):
+        raise ValueError(f"the backup set has {policy.remaining} unused spares, too few to replace "
+                         f"{len(forget_ids)} requests; enlarge --data.backup.")
+    model = baseline if policy.metric.needs_features else None
+    queries = policy.metric.representations(datamodule.pool.train, forget_ids, model)
+    return policy.assign(forget_ids.tolist(), queries, datamodule.targets[forget_ids]).records()
+
+
+def find_twins(twins: TwinsConfig, baseline: Classifier, datamodule, forget_ids) -> list[dict]:
+    """Twins of ``forget_ids`` from the backup set: ``[{request_id, twin_id, score}]``.
+
+    Feature metrics embed with the baseline model (the paper's BL embeddings).
+    """
+    if twins.metric == "none":
+        return []
+    return assign_twins(spare_policy(twins, baseline, datamodule), baseline, datamodule, forget_ids)
 
 
 # --------------------------------------------------------------------------- records and extras
@@ -282,3 +293,105 @@ def save_model(model: Classifier, datamodule, path: str, **extra) -> None:
                **{k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in extra.items()}}
     torch.save(payload, path + ".tmp")
     os.replace(path + ".tmp", path)
+
+
+# --------------------------------------------------------------------------- request streams
+@dataclass
+class StreamConfig:
+    """A stream of benign and adversarial unlearn requests, applied in rounds.
+
+    Args:
+        benign_ratio: share of benign requests (random members, from regular users) in the stream, in [0, 1).
+        order: arrival order: interleaved, adversary_first, benign_first or shuffled.
+        round_size: requests per round; each round is unlearned (and healed) before the next.
+        n_users: regular users sending the benign requests.
+        name_by: requests name samples by pool id or by content hash.
+        heal: heal after every round: twins (twins.*) plus a fine-tune of heal_epochs on the remain set.
+        heal_epochs: fine-tuning epochs after each round when heal is on.
+        seed: seed of the benign draws, the users and the shuffled order.
+    """
+
+    benign_ratio: float = 0.5
+    order: Literal["interleaved", "adversary_first", "benign_first", "shuffled"] = "interleaved"
+    round_size: int = 10
+    n_users: int = 100
+    name_by: Literal["id", "hash"] = "id"
+    heal: bool = False
+    heal_epochs: int = 1
+    seed: int = 0
+
+
+def fine_tune(model: Classifier, datamodule, train_ids, *, epochs: int, seed: int, lr: float | None = None) -> Classifier:
+    """Fine-tune ``model`` in place on ``train_ids`` (Adam at ``lr`` or the model's own)."""
+    import lightning as L
+
+    L.seed_everything(seed, verbose=False)
+    if lr is not None:
+        model.hparams.lr = lr
+    previous = datamodule.train_ids
+    datamodule.set_train_ids(train_ids)
+    try:
+        L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_model_summary=False,
+                  enable_progress_bar=False, limit_val_batches=0, num_sanity_val_steps=0, devices=1).fit(
+            model, datamodule=datamodule)
+    finally:
+        datamodule.train_ids = previous
+    return model.cpu().eval()
+
+
+def run_stream(baseline, recipe, datamodule, unlearn: UnlearnConfig, adversary: AdversaryConfig,
+               stream: StreamConfig, twins: TwinsConfig, run_dir: str, logger=None, progress: bool = False) -> dict:
+    """Mix the adversary's requests with benign ones, and unlearn (and heal) them round by round.
+
+    After each round the accepted samples leave the training set for good (the next round's remain
+    set excludes them); test accuracy is evaluated and logged with the round as the step.
+    """
+    import copy
+
+    from healing_pl.adversary.ledger import Ledger
+    from healing_pl.adversary.membership import MembershipIndex
+    from healing_pl.adversary.streams import RequestStream, run_rounds
+
+    if unlearn.method == "sisa":
+        raise ValueError("request streams support the naive, fisher and influence methods.")
+    adversarial = select_forget_ids(adversary, baseline, datamodule, progress)
+    requests = RequestStream(adversarial, datamodule.primary_ids, benign_ratio=stream.benign_ratio,
+                             order=stream.order, round_size=stream.round_size, n_users=stream.n_users,
+                             name_by=stream.name_by, dataset=datamodule.pool.train, seed=stream.seed)
+    membership = MembershipIndex(datamodule.pool.train, datamodule.primary_ids)
+    ledger = Ledger(run_dir)
+    policy = spare_policy(twins, baseline, datamodule) if stream.heal and twins.metric != "none" else None
+    state = {"model": copy.deepcopy(baseline), "twins": []}
+    test = datamodule.test_dataloader()
+    start_acc = evaluate(baseline, test)["acc"]
+    curve = [{"round": -1, "test/acc": start_acc}]
+
+    def on_round(index: int, accepted: torch.Tensor) -> dict:
+        metrics: dict = {"round/accepted": int(accepted.numel())}
+        if accepted.numel():
+            result = unlearn_with_repeats(state["model"], datamodule, accepted, unlearn, epochs=recipe["epochs"],
+                                          progress=progress)
+            state["model"] = result.model
+            datamodule.splits["primary"] = datamodule.remain_ids(accepted)  # the forgotten leave D for good
+            metrics["unlearned/test/acc"] = evaluate(state["model"], test)["acc"]
+            if stream.heal:
+                if policy is not None:
+                    pairs = assign_twins(policy, baseline, datamodule, accepted)
+                    ledger_twins(ledger, datamodule)(pairs)
+                    state["twins"] += [p["twin_id"] for p in pairs]
+                heal_ids = torch.cat([datamodule.primary_ids, torch.tensor(state["twins"], dtype=torch.long)])
+                fine_tune(state["model"], datamodule, heal_ids, epochs=stream.heal_epochs, seed=recipe["seed"] + index)
+                metrics["healed/test/acc"] = evaluate(state["model"], test)["acc"]
+        metrics["test/acc"] = evaluate(state["model"], test)["acc"]
+        curve.append({"round": index, **metrics})
+        if logger is not None:
+            logger.log_metrics({f"stream/{k}": v for k, v in metrics.items()}, step=index)
+        print(f"round {index}: {metrics['round/accepted']} accepted, test accuracy {metrics['test/acc']:.4f}")
+        return metrics
+
+    rounds = run_rounds(requests, membership, ledger, on_round)
+    return {"stream/rounds": rounds, "stream/curve": curve, "stream/n_adversarial": requests.n_adversarial,
+            "stream/n_benign": requests.n_benign, "baseline/test/acc": start_acc,
+            "stream/final/test/acc": curve[-1]["test/acc"], "stream/unlearned_count": int(membership.unlearned_ids.numel()),
+            "adversary/selector": adversary.selector, "forget/count": int(membership.unlearned_ids.numel()),
+            "dataset": datamodule.hparams.dataset, "stream/ledger": ledger.path.as_posix()}

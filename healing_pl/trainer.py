@@ -14,7 +14,7 @@ import lightning as L
 import torch
 
 from healing_pl.adversary.config import AdversaryConfig
-from healing_pl.pipeline import HealConfig, TwinsConfig
+from healing_pl.pipeline import HealConfig, StreamConfig, TwinsConfig
 from healing_pl.unlearning.methods import UnlearnConfig
 
 
@@ -28,7 +28,7 @@ class HealingTrainer(L.Trainer):
     @staticmethod
     def extra_subcommands() -> dict[str, set[str]]:
         """Subcommands beyond fit/validate/test/predict and the arguments the CLI fills in."""
-        return {"unlearn": {"model", "datamodule"}, "heal": {"model", "datamodule"}}
+        return {"unlearn": {"model", "datamodule"}, "heal": {"model", "datamodule"}, "stream": {"model", "datamodule"}}
 
     def fit(self, *args, **kwargs):
         """Train the model (a baseline on the primary set), then test it."""
@@ -119,3 +119,22 @@ class HealingTrainer(L.Trainer):
         record.update(P.evaluate_sets(model, datamodule, forget, "healed"))
         self.record = record
         return record
+
+    def stream(self, model, datamodule, ckpt_path: str | None = None, unlearn: UnlearnConfig = UnlearnConfig(),
+               adversary: AdversaryConfig = AdversaryConfig(), stream: StreamConfig = StreamConfig(),
+               twins: TwinsConfig = TwinsConfig()):
+        """Apply a stream of benign and adversarial unlearn requests in rounds, evaluating after each.
+
+        Args:
+            ckpt_path: the baseline checkpoint (written by healing-pl fit).
+            unlearn: the unlearning method applied to each round's accepted requests.
+            adversary: who picks the adversarial requests, with which knowledge and budget.
+            stream: the mix of benign requests, the arrival order, the round size and healing.
+            twins: the twin metric and policy when the stream heals after each round.
+        """
+        from healing_pl import pipeline as P
+
+        baseline, recipe = P.load_baseline(ckpt_path, model, datamodule)
+        self.record = P.run_stream(baseline, recipe, datamodule, unlearn, adversary, stream, twins,
+                                   self.default_root_dir, self.logger, self.progress_bar_callback is not None)
+        return self.record

@@ -42,6 +42,10 @@ def test_heal_end_to_end_records_every_figure(in_tmp, configs_dir, baseline):
                 "unlearned/acc_std", "healed/test/acc_epoch_1", "healed/test/acc_epoch_2", "heal/epochs"):
         assert r[key] is not None, key
     assert len(r["unlearned/acc_repeats"]) == 2 and r["heal/setup"] == "T-raw_l2"
+    # every request and every twin is in the run's ledger, once
+    lines = [json.loads(x) for x in (run / "ledger.jsonl").read_text().splitlines()]
+    assert sorted(x["sample_id"] for x in lines if x["type"] == "request") == sorted(r["forget/ids"])
+    assert sorted(x["twin_id"] for x in lines if x["type"] == "twin") == sorted(twins)
     # the healed model is saved and loads as a Classifier
     healed = load_classifier(str(run / "checkpoints" / "last.ckpt"))
     assert healed.hparams.backbone == "small_cnn"
@@ -118,3 +122,22 @@ axes:
     assert main(["report", str(in_tmp / "out"), "--output", str(in_tmp / "r.json")]) == 0
     rows = json.loads((in_tmp / "r.json").read_text())["healing"]
     assert rows[0]["method"] == "fisher" and set(rows[0]["setups"]) == {"R", "T-raw_l2"}
+
+
+def test_stream_rounds_mix_benign_and_adversarial_requests(in_tmp, configs_dir, baseline):
+    run = in_tmp / "s"
+    args = ["stream", "--config", f"{configs_dir}/digits.yaml", f"--ckpt_path={baseline}", f"--run_dir={run}",
+            "--adversary.selector=class", "--adversary.target_class=5", "--adversary.budget=6",
+            "--stream.benign_ratio=0.5", "--stream.round_size=4", "--stream.heal=true",
+            "--twins.metric=raw_l2", "--unlearn.method=fisher", "--unlearn.alpha=1e-6", *QUIET]
+    assert main(args) == 0
+    r = json.loads((run / "results.json").read_text())
+    assert (r["stream/n_adversarial"], r["stream/n_benign"]) == (6, 6)
+    assert [x["n_requests"] for x in r["stream/rounds"]] == [4, 4, 4]
+    assert r["stream/unlearned_count"] == 12 and len(r["stream/curve"]) == 4
+    lines = [json.loads(x) for x in (run / "ledger.jsonl").read_text().splitlines()]
+    assert sum(x["type"] == "request" for x in lines) == 12 and sum(x["type"] == "twin" for x in lines) == 12
+    assert sum(x["type"] == "round" for x in lines) == 3
+    # rerunning the stream into the same folder appends nothing: replay is idempotent
+    assert main(args) == 0
+    assert len((run / "ledger.jsonl").read_text().splitlines()) == len(lines)

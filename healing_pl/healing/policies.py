@@ -372,24 +372,9 @@ class SparePolicy:
 
         Fills ``rows_out[position] = (spare_row, score)`` and marks ``taken``.
         """
-        if self.same_class:
-            groups = {}
-            for p in positions:
-                groups.setdefault(int(labels[p]), []).append(p)
-        else:
-            groups = {None: list(positions)}
-        pools = {}
-        for cls, group in groups.items():  # check every class before searching any
-            free = ~taken if cls is None else ~taken & (self._labels == cls)
-            pools[cls] = torch.nonzero(free).squeeze(1)
-            if pools[cls].numel() < len(group):
-                of = "" if cls is None else f" of class {cls}"
-                raise ValueError(
-                    f"{self.name} needs {len(group)} spares{of} for {len(group)} requests but only "
-                    f"{pools[cls].numel()} remain; enlarge the backup split."
-                )
+        groups = self._check_capacity(positions, labels, taken)
         for cls, pending in groups.items():
-            avail = pools[cls]
+            avail = torch.nonzero(self._free(taken, cls)).squeeze(1)
             while pending:
                 m = min(len(pending), avail.numel(), self.max_candidates)
                 scores, rows = self.metric.rank(
@@ -407,6 +392,25 @@ class SparePolicy:
                     taken[row] = True
                 pending = left
                 avail = avail[~taken[avail]]
+
+    def _free(self, taken: torch.Tensor, cls: Optional[int]) -> torch.Tensor:
+        return ~taken if cls is None else ~taken & (self._labels == cls)
+
+    def _check_capacity(self, positions: List[int], labels, taken: torch.Tensor) -> Dict:
+        """Requests grouped by class (one group without labels); raises if a
+        group has more requests than free spares."""
+        groups: Dict[Optional[int], List[int]] = {}
+        for p in positions:
+            groups.setdefault(None if labels is None else int(labels[p]), []).append(p)
+        for cls, group in groups.items():
+            free = int(self._free(taken, cls).sum())
+            if free < len(group):
+                of = "" if cls is None else f" of class {cls}"
+                raise ValueError(
+                    f"{self.name} needs {len(group)} spares{of} for {len(group)} requests but only "
+                    f"{free} remain; enlarge the backup split."
+                )
+        return groups
 
     def _taken_mask(self) -> torch.Tensor:
         taken = torch.zeros(len(self._spare_ids), dtype=torch.bool)
@@ -510,6 +514,7 @@ class Twins(SparePolicy):
         """
         ids, vectors, labels = self._requests(request_ids, request_vectors, request_labels, False)
         taken = self._taken_mask()
+        self._check_capacity(list(range(len(ids))), labels, taken)
         rows_out: Dict[int, Tuple[int, float]] = {}
         listed = [p for p, rid in enumerate(ids) if rid in self._table]
         if listed:

@@ -10,27 +10,41 @@ under one of three metrics:
 * ``"mahalanobis"`` -- ``sqrt((q - c)^T Sigma^-1 (q - c))`` (**not squared**;
   smaller is better).  ``Sigma`` is the given ``covariance`` used exactly, or a
   Ledoit-Wolf shrinkage estimate from the candidates (see
-  :func:`healing_pl.healing.similarity.ledoit_wolf_covariance`).  It is
-  computed by whitening both sides once with ``W`` (``W^T W = Sigma^-1``) and
-  running the L2 search on the whitened rows.
+  :func:`healing_pl.healing.similarity.ledoit_wolf_covariance`).  Both sides
+  are whitened once with ``W`` (``W^T W = Sigma^-1``) and searched with L2.
 
-The search is exact: every candidate is scored.  Memory stays bounded because
-the (queries x candidates) score matrix is never materialised; queries and
-candidates are cut into blocks whose score block is about
-:data:`BLOCK_BYTES`, each block is one ``torch.addmm`` into a reused work
-buffer, its top-k is taken with ``torch.topk`` and merged into a running top-k.
-For L2 the ranking score is ``2 q.c - |c|^2`` (``|q|^2`` is constant per
-query, so it is left out of the inner loop); the distances of the k winners
-are then recomputed directly as ``||q - c||`` so near-duplicates do not suffer
-from the cancellation of the ``|q|^2 - 2 q.c + |c|^2`` expansion.
+How it works
+------------
+The (queries x candidates) score matrix is never materialised.  Candidates
+are read in chunks; each chunk is prepared once into a reused buffer (L2:
+augmented with a ``|c|^2`` column, so the ranking score ``q.c - |c|^2 / 2`` is
+a single matrix product; cosine: normalised) and multiplied with blocks of at
+most :data:`MAX_QUERY_CHUNK` queries into a reused score block of about
+:data:`BLOCK_BYTES`.  A cheap group-maximum pre-selection plus ``torch.topk``
+keeps a running shortlist of ``k + MARGIN`` candidates per query.
 
-Ties are broken deterministically: among equal scores the lower candidate
-index wins, both inside the returned k and at the boundary of the k-th place.
+The float32 product is only used to build the shortlist.  The shortlisted
+pairs are then rescored one by one in float64, and the best k are taken by
+(score, lower candidate index).  Each pair goes through the same arithmetic,
+so duplicated candidate rows get identical scores and **ties always go to the
+lower index**.  A float32 dot product of length n is off by at most about
+``n u |q| |c|`` (``u = 2^-24``); when the weakest shortlisted product is not
+that far below the k-th exact score, a candidate outside the shortlist could
+still tie or win, and that query is redone exhaustively (rare: only for
+near-ties or heavily duplicated data).  The results are therefore those of an
+exact float64 brute force over the float32 inputs (for ``mahalanobis``, over
+the float32 whitened vectors).
 
-All arithmetic runs in float32 on the device of ``queries`` (when it is a
-tensor; numpy arrays go to the CPU).  Besides the score block, the search
-holds at most one converted copy of the candidates (float32, normalised or
-whitened).
+Memory: besides its inputs, a search holds one score block (about
+:data:`BLOCK_BYTES`), one prepared candidate chunk (at most about
+:data:`BLOCK_BYTES`), a prepared copy of the queries and the ``Q x (k +
+MARGIN)`` shortlist -- nothing that grows with the number of candidates.
+Exceptions: inputs that are not float32 (or not contiguous) are converted
+once, and ``mahalanobis`` keeps one whitened float32 copy of the candidates.
+
+Everything runs on the device of ``queries`` when it is a tensor (numpy goes
+to the CPU).  Speed: see ``benchmarks/bench_search.py`` (against faiss
+``IndexFlatL2``, scikit-learn brute force and the bare matrix product).
 """
 
 from __future__ import annotations
@@ -51,11 +65,19 @@ __all__ = [
 #: Names accepted by :func:`nearest` for ``metric``.
 SEARCH_METRICS = ("l2", "cosine", "mahalanobis")
 
-#: Target size in bytes of one (query block x candidate block) score block.
-BLOCK_BYTES = 64 * 2**20
+#: Target size in bytes of one (query block x candidate chunk) score block.
+BLOCK_BYTES = 32 * 2**20
 
-#: Largest number of queries scored against one candidate block.
+#: Largest number of queries multiplied with one candidate chunk at a time.
 MAX_QUERY_CHUNK = 1024
+
+#: Extra shortlist places per query beyond k (the float32 stage keeps k + MARGIN).
+MARGIN = 8
+
+#: Columns per group in the group-maximum pre-selection of :func:`_shortlist_block`.
+GROUP = 64
+
+_UNIT_ROUNDOFF = 2.0**-24  # float32
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
 
@@ -77,14 +99,14 @@ def nearest(
     Args:
         queries: ``(Q, D)`` float tensor or array.
         candidates: ``(N, D)`` float tensor or array.
-        k: number of neighbours per query, ``1 <= k <=`` available candidates.
+        k: number of neighbours per query, ``1 <= k <=`` usable candidates.
         metric: ``"l2"``, ``"cosine"`` or ``"mahalanobis"`` (see module doc).
         covariance: ``(D, D)`` symmetric positive definite matrix for
             ``"mahalanobis"``; estimated from ``candidates`` with Ledoit-Wolf
             shrinkage when omitted.  Ignored by the other metrics.
         query_labels, candidate_labels: ``(Q,)`` and ``(N,)`` integer class
             labels; when given, a query's neighbours come only from its class.
-        chunk_size: candidates per block (default: sized so a score block is
+        chunk_size: candidates per chunk (default: sized so a score block is
             about :data:`BLOCK_BYTES`).  Changes speed and memory, never the
             result.
         exclude: ``(N,)`` bool mask of candidates never to return.
@@ -92,23 +114,20 @@ def nearest(
     Returns:
         ``(scores, indices)``, both ``(Q, k)``: ``scores`` float32 distances
         (``l2``, ``mahalanobis``; ascending) or similarities (``cosine``;
-        descending), ``indices`` int64 rows of ``candidates``.
+        descending), ``indices`` int64 rows of ``candidates``; equal scores
+        are ordered by ascending index.
 
     Raises:
         ValueError: on a bad metric, shape, k, label or mask, non-finite
             input, or a class with fewer than ``k`` usable candidates.
     """
     if metric not in SEARCH_METRICS:
-        raise ValueError(
-            f"unknown search metric {metric!r}; choose one of {', '.join(SEARCH_METRICS)}."
-        )
+        raise ValueError(f"unknown search metric {metric!r}; choose one of {', '.join(SEARCH_METRICS)}.")
     device = queries.device if isinstance(queries, torch.Tensor) else torch.device("cpu")
     q = _as_matrix(queries, "queries", device)
     c = _as_matrix(candidates, "candidates", device)
     if q.shape[1] != c.shape[1]:
-        raise ValueError(
-            f"queries have {q.shape[1]} dimensions but candidates have {c.shape[1]}."
-        )
+        raise ValueError(f"queries have {q.shape[1]} dimensions but candidates have {c.shape[1]}.")
     n_cand = c.shape[0]
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
         raise ValueError(f"k must be an integer, got {k!r}.")
@@ -120,32 +139,23 @@ def nearest(
     mask = _as_mask(exclude, n_cand, device)
     q_lab, c_lab = _as_labels(query_labels, candidate_labels, q.shape[0], n_cand, device)
 
-    # Every metric becomes an inner-product search on prepared rows.
-    w_t = None
+    kind = "cosine" if metric == "cosine" else "l2"
     if metric == "mahalanobis":
         if covariance is None:
             from healing_pl.healing.similarity import ledoit_wolf_covariance
 
             covariance = ledoit_wolf_covariance(c)
         w_t = whitening_matrix(covariance, dim=q.shape[1]).t().to(device=device, dtype=torch.float32)
-    kind = "cosine" if metric == "cosine" else "l2"
+        q, c = _whiten(q, w_t), _whiten(c, w_t)
 
     if q_lab is None:
         rows = None
         if mask is not None:
-            rows = torch.nonzero(~mask).squeeze(1)
+            rows = torch.nonzero(~mask).squeeze(1)  # ascending: keeps the tie order
             if rows.numel() < k:
-                raise ValueError(
-                    f"only {rows.numel()} candidates remain after exclusions but k={k} were requested."
-                )
-        scores, indices = _search(
-            _prepare(q, None, w_t, kind, query=True),
-            _prepare(c, rows, w_t, kind, query=False),
-            k,
-            kind,
-            chunk_size,
-        )
-        return scores, (indices if rows is None else rows[indices])
+                raise ValueError(f"only {rows.numel()} candidates remain after exclusions but k={k} were requested.")
+        scores, local = _search(q, c, rows, k, kind, chunk_size)
+        return scores, (local if rows is None else rows[local])
 
     scores = torch.empty(q.shape[0], k, dtype=torch.float32, device=device)
     indices = torch.empty(q.shape[0], k, dtype=torch.long, device=device)
@@ -154,21 +164,13 @@ def nearest(
         usable = c_lab == cls
         if mask is not None:
             usable &= ~mask
-        c_rows = torch.nonzero(usable).squeeze(1)  # ascending: keeps the tie order
+        c_rows = torch.nonzero(usable).squeeze(1)
         if c_rows.numel() < k:
             left = " left after exclusions" if mask is not None else ""
-            raise ValueError(
-                f"class {cls} has only {c_rows.numel()} candidates{left} but k={k} were requested."
-            )
-        s, i = _search(
-            _prepare(q, q_rows, w_t, kind, query=True),
-            _prepare(c, c_rows, w_t, kind, query=False),
-            k,
-            kind,
-            chunk_size,
-        )
+            raise ValueError(f"class {cls} has only {c_rows.numel()} candidates{left} but k={k} were requested.")
+        s, local = _search(q[q_rows], c, c_rows, k, kind, chunk_size)
         scores[q_rows] = s
-        indices[q_rows] = c_rows[i]
+        indices[q_rows] = c_rows[local]
     return scores, indices
 
 
@@ -204,7 +206,7 @@ def whitening_matrix(covariance: ArrayLike, dim: Optional[int] = None) -> torch.
 
 
 # --------------------------------------------------------------------------
-# internals
+# validation
 
 
 def _as_matrix(x: ArrayLike, name: str, device: torch.device) -> torch.Tensor:
@@ -242,141 +244,144 @@ def _as_labels(qy, cy, n_q: int, n_c: int, device: torch.device):
     cy = torch.as_tensor(cy).to(device=device).reshape(-1)
     if qy.shape[0] != n_q or cy.shape[0] != n_c:
         raise ValueError(
-            f"expected {n_q} query labels and {n_c} candidate labels, "
-            f"got {qy.shape[0]} and {cy.shape[0]}."
+            f"expected {n_q} query labels and {n_c} candidate labels, got {qy.shape[0]} and {cy.shape[0]}."
         )
     if qy.is_floating_point() or cy.is_floating_point() or qy.dtype == torch.bool:
         raise ValueError("labels must be integers.")
     return qy.long(), cy.long()
 
 
-def _chunk_sizes(n_q: int, n_c: int, chunk_size: Optional[int]) -> Tuple[int, int]:
-    """(queries per block, candidates per block) for a ~BLOCK_BYTES score block."""
+# --------------------------------------------------------------------------
+# preparation
+
+
+def _whiten(x: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
+    """``x @ w_t`` in row blocks (one new float32 matrix, no large temporaries)."""
+    out = torch.empty(x.shape[0], w_t.shape[1], dtype=x.dtype, device=x.device)
+    step = max(1, BLOCK_BYTES // (4 * x.shape[1]))
+    for r0 in range(0, x.shape[0], step):
+        torch.mm(x[r0 : r0 + step], w_t, out=out[r0 : r0 + step])
+    return out
+
+
+def _prepare_queries(q: torch.Tensor, kind: str) -> torch.Tensor:
+    """Queries for the kernel: unit rows (cosine) or ``[q, -1/2]`` (l2)."""
+    if kind == "cosine":
+        return torch.nn.functional.normalize(q, dim=1)
+    out = torch.empty(q.shape[0], q.shape[1] + 1, dtype=q.dtype, device=q.device)
+    out[:, :-1] = q
+    out[:, -1] = -0.5
+    return out
+
+
+def _prepare_chunk(c, rows, c0: int, c1: int, kind: str, buf: torch.Tensor) -> torch.Tensor:
+    """Candidates ``c0:c1`` (of ``rows`` when given) prepared in ``buf``.
+
+    cosine: unit rows; l2: ``[c, |c|^2]``, so that ``[q, -1/2] . [c, |c|^2] =
+    q.c - |c|^2 / 2``, half the L2 ranking score ``2 q.c - |c|^2``
+    (``|q|^2`` is the same for every candidate of a query).
+    """
+    src = c[c0:c1] if rows is None else c[rows[c0:c1]]
+    dst = buf[: c1 - c0]
+    if kind == "cosine":
+        torch.nn.functional.normalize(src, dim=1, out=dst)
+    else:
+        dst[:, :-1] = src
+        # norm()**2 is one fast pass; its rounding is inside the error bound of stage 2
+        dst[:, -1] = torch.linalg.vector_norm(src, dim=1).square_()
+    return dst
+
+
+def _chunk_sizes(n_q: int, n_c: int, dim: int, chunk_size: Optional[int]) -> Tuple[int, int]:
+    """(queries per block, candidates per chunk): score block and prepared
+    chunk both about BLOCK_BYTES at most."""
     floats = BLOCK_BYTES // 4
     if chunk_size is None:
         q_chunk = max(1, min(n_q, MAX_QUERY_CHUNK))
-        c_chunk = max(floats // q_chunk // GROUP, 1) * GROUP
+        c_chunk = max(1, min(floats // q_chunk, floats // (dim + 1)))
+        if c_chunk >= GROUP:  # whole groups for the pre-selection
+            c_chunk -= c_chunk % GROUP
     else:
         c_chunk = int(chunk_size)
         q_chunk = max(1, min(n_q, MAX_QUERY_CHUNK, floats // c_chunk))
     return q_chunk, max(1, min(c_chunk, n_c))
 
 
-def _prepare(
-    x: torch.Tensor,
-    rows: Optional[torch.Tensor],
-    w_t: Optional[torch.Tensor],
-    kind: str,
-    query: bool,
-) -> torch.Tensor:
-    """Rows ready for the inner-product kernel, built in one pass per row block.
-
-    ``x[rows]`` is whitened (``@ w_t``) when given, then
-
-    * ``kind == "cosine"``: normalised to unit length;
-    * ``kind == "l2"``: augmented with one column, ``-1/2`` for queries and
-      ``|c|^2`` for candidates, so that ``q_aug . c_aug = q.c - |c|^2 / 2``
-      (half the L2 ranking score ``2 q.c - |c|^2``) is a single matrix product.
-      The first D columns keep the (whitened) vectors for the final distances.
-    """
-    n = x.shape[0] if rows is None else rows.numel()
-    dim = x.shape[1] if w_t is None else w_t.shape[1]
-    if w_t is None and kind == "cosine" and rows is None:
-        return torch.nn.functional.normalize(x, dim=1)
-    if w_t is None and kind == "l2" and rows is None and query:
-        out = torch.empty(n, dim + 1, dtype=x.dtype, device=x.device)
-        out[:, :dim] = x
-        out[:, dim] = -0.5
-        return out
-    width = dim + 1 if kind == "l2" else dim
-    out = torch.empty(n, width, dtype=x.dtype, device=x.device)
-    step = max(1, BLOCK_BYTES // (4 * max(x.shape[1], dim)))
-    for r0 in range(0, n, step):
-        block = x[r0 : r0 + step] if rows is None else x[rows[r0 : r0 + step]]
-        if w_t is not None:
-            block = block @ w_t
-        dst = out[r0 : r0 + step]
-        if kind == "cosine":
-            torch.nn.functional.normalize(block, dim=1, out=dst)
-        else:
-            dst[:, :dim] = block
-            if query:
-                dst[:, dim] = -0.5
-            else:
-                dst[:, dim] = block.square().sum(1)  # not norm()**2: keeps exact ties exact
-    return out
-
-
-#: Extra shortlist places per query beyond k (stage 1 keeps k + MARGIN).
-MARGIN = 8
-
-#: Columns per group in the group-maximum pre-selection of :func:`_shortlist_block`.
-GROUP = 512
-
-_UNIT_ROUNDOFF = 2.0**-24  # float32
+# --------------------------------------------------------------------------
+# search
 
 
 def _search(
     q: torch.Tensor,
     c: torch.Tensor,
+    rows: Optional[torch.Tensor],
     k: int,
     kind: str,
     chunk_size: Optional[int],
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Two-stage exact search over rows prepared by :func:`_prepare`.
+    """Exact search of ``q`` among ``c[rows]`` (all of ``c`` if None).
 
-    Stage 1 (bulk of the work): blocked float32 matrix products keep a
-    shortlist of the ``s = k + MARGIN`` best ranking scores per query.
-    Stage 2: the shortlisted pairs are rescored one by one in float64 (the same
-    arithmetic for every pair, so duplicated candidates tie exactly) and the
-    best k are taken by (score, lower index).  The float32 product's error is
-    bounded by ``tol = 2 (D + 2) u (|q| |c|max + |c|max^2)``; whenever the
-    weakest shortlisted product is not ``tol`` below the k-th exact score, a
-    candidate outside the shortlist might tie or win, and that query is redone
-    over every candidate whose product lies within ``tol`` of it.
+    ``kind`` is "l2" (returns distances) or "cosine" (similarities); indices
+    are positions in ``rows``.  Stage 1: float32 products, shortlist of
+    ``k + MARGIN`` per query.  Stage 2: float64 rescoring and verification
+    (see the module doc).
     """
-    n_q, n_c = q.shape[0], c.shape[0]
-    dim = q.shape[1] - 1 if kind == "l2" else q.shape[1]
+    n_q, dim = q.shape
+    n_c = c.shape[0] if rows is None else rows.numel()
     short = min(n_c, k + MARGIN)
-    q_chunk, c_chunk = _chunk_sizes(n_q, n_c, chunk_size)
-    work = torch.empty(q_chunk * c_chunk, dtype=q.dtype, device=q.device)
-    if kind == "l2":
-        c_max = float(c[:, dim].max()) ** 0.5 if n_c else 0.0
-    else:
-        c_max = 1.0
-    gamma = 2.0 * (dim + 2) * _UNIT_ROUNDOFF
+    q_chunk, c_chunk = _chunk_sizes(n_q, n_c, dim, chunk_size)
+    width = dim + 1 if kind == "l2" else dim
+    qp = _prepare_queries(q, kind)
+    work = torch.empty(q_chunk * min(c_chunk, n_c), dtype=q.dtype, device=q.device)
+    buf = torch.empty(min(c_chunk, n_c) * width, dtype=q.dtype, device=q.device).view(-1, width)
+    q_blocks = [(q0, min(q0 + q_chunk, n_q)) for q0 in range(0, n_q, q_chunk)]
 
-    scores = torch.empty(n_q, k, dtype=torch.float32, device=q.device)
-    indices = torch.empty(n_q, k, dtype=torch.long, device=q.device)
-    for q0 in range(0, n_q, q_chunk):
-        qb = q[q0 : q0 + q_chunk]
-        best_v = best_i = None
-        for c0 in range(0, n_c, c_chunk):
-            cb = c[c0 : c0 + c_chunk]
-            block = work[: qb.shape[0] * cb.shape[0]].view(qb.shape[0], cb.shape[0])
-            torch.mm(qb, cb.t(), out=block)
+    # Stage 1: one pass over the candidates, each chunk prepared once.
+    best = [None] * len(q_blocks)
+    c_max_sq = 0.0
+    for c0 in range(0, n_c, c_chunk):
+        c1 = min(c0 + c_chunk, n_c)
+        cb = _prepare_chunk(c, rows, c0, c1, kind, buf)
+        if kind == "l2":
+            c_max_sq = max(c_max_sq, float(cb[:, -1].max()))
+        for b, (q0, q1) in enumerate(q_blocks):
+            block = work[: (q1 - q0) * (c1 - c0)].view(q1 - q0, c1 - c0)
+            torch.mm(qp[q0:q1], cb.t(), out=block)
             v, i = _shortlist_block(block, short)
             if c0:
                 i += c0
-            best_v, best_i = (v, i) if best_v is None else _merge(best_v, best_i, v, i, short)
+            best[b] = (v, i) if best[b] is None else _merge(*best[b], v, i, short)
 
-        exact = _exact_scores(qb, c, best_i, kind, dim)
-        exact, best_i = _order(exact, best_i, descending=True)
-        if short < n_c:  # the shortlist is not everything: check its margin
-            q_norm = torch.linalg.vector_norm(qb[:, :dim].double(), dim=1)
-            tol = gamma * (q_norm * c_max + c_max * c_max)
+    # Stage 2: exact rescoring, verification, final order.
+    c_max = math.sqrt(c_max_sq) if kind == "l2" else 1.0
+    gamma = 2.0 * (dim + 2) * _UNIT_ROUNDOFF
+    scores = torch.empty(n_q, k, dtype=torch.float32, device=q.device)
+    indices = torch.empty(n_q, k, dtype=torch.long, device=q.device)
+    for (q0, q1), (g, idx) in zip(q_blocks, best):
+        qb = q[q0:q1]
+        q_norm = torch.linalg.vector_norm(qb.double(), dim=1) if kind == "l2" else 1.0
+        tol = gamma * (q_norm * c_max + c_max * c_max)  # bound on |float32 product - exact|
+        g, order = torch.sort(g, dim=1, descending=True)
+        idx = idx.gather(1, order)
+        # Only entries within 2 tol of the k-th product can make the top k: rescore those.
+        band = g.double() >= (g[:, k - 1].double() - 2.0 * tol)[:, None]
+        r, j = torch.nonzero(band, as_tuple=True)
+        exact = torch.full(g.shape, -math.inf, dtype=torch.float64, device=q.device)
+        exact[r, j] = _pair_scores(qb, c, rows, r, idx[r, j], kind)
+        exact, idx = _order(exact, idx, descending=True)
+        exact, idx = exact[:, :k].clone(), idx[:, :k].clone()
+        if short < n_c:  # candidates outside the shortlist exist: is its margin wide enough?
             floor = exact[:, k - 1] - tol
-            unsure = best_v.min(dim=1).values.double() >= floor
-            if bool(unsure.any()):
-                rows = torch.nonzero(unsure).squeeze(1)
-                exact, best_i = exact[:, :k].clone(), best_i[:, :k].clone()
-                exact[rows], best_i[rows] = _redo_rows(qb[rows], c, floor[rows], k, kind, dim, c_chunk)
-        exact, best_i = exact[:, :k], best_i[:, :k]
+            unsure = torch.nonzero(g[:, -1].double() >= floor).squeeze(1)
+            if unsure.numel():
+                exact[unsure], idx[unsure] = _redo_rows(
+                    qb[unsure], qp[q0:q1][unsure], c, rows, floor[unsure], k, kind, c_chunk, buf
+                )
         if kind == "l2":  # ranking score e = (|q|^2 - d^2) / 2  ->  distance d
-            q_sq = qb[:, :dim].double().square().sum(1, keepdim=True)
+            q_sq = qb.double().square().sum(1, keepdim=True)
             exact = (q_sq - 2.0 * exact).clamp_(min=0.0).sqrt_()
-        scores[q0 : q0 + q_chunk] = exact.to(torch.float32)
-        indices[q0 : q0 + q_chunk] = best_i
+        scores[q0:q1] = exact
+        indices[q0:q1] = idx
     return scores, indices
 
 
@@ -396,7 +401,12 @@ def _shortlist_block(block: torch.Tensor, s: int) -> Tuple[torch.Tensor, torch.T
     head = groups * GROUP
     grouped = block[:, :head].unflatten(1, (groups, GROUP))
     keep = torch.topk(grouped.amax(2), s, dim=1, sorted=False).indices
-    sub = grouped.gather(1, keep.unsqueeze(2).expand(n_rows, s, GROUP)).view(n_rows, s * GROUP)
+    if head == n:  # copy the kept groups out as rows of a (rows * groups, GROUP) view
+        first = torch.arange(0, n_rows * groups, groups, device=block.device)
+        sub = block.view(n_rows * groups, GROUP).index_select(0, (keep + first[:, None]).view(-1))
+    else:
+        sub = grouped[torch.arange(n_rows, device=block.device)[:, None], keep]
+    sub = sub.view(n_rows, s * GROUP)
     v, j = torch.topk(sub, s, dim=1, sorted=False)
     cols = keep.gather(1, j // GROUP).mul_(GROUP).add_(j % GROUP)
     if head < n:
@@ -421,50 +431,48 @@ def _order(v: torch.Tensor, i: torch.Tensor, descending: bool) -> Tuple[torch.Te
     return v, i.gather(1, perm)
 
 
-def _exact_scores(q: torch.Tensor, c: torch.Tensor, idx: torch.Tensor, kind: str, dim: int) -> torch.Tensor:
-    """Float64 ranking score of every pair ``(q[r], c[idx[r, j]])``, shaped like ``idx``."""
-    n_q, width = idx.shape
-    q_rows = torch.arange(n_q, device=idx.device).repeat_interleave(width)
-    return _pair_scores(q, c, q_rows, idx.reshape(-1), kind, dim).view(n_q, width)
-
-
-def _pair_scores(q, c, q_rows, c_rows, kind: str, dim: int) -> torch.Tensor:
-    """Float64 ranking score (larger is better) of the pairs ``(q[q_rows[p]], c[c_rows[p]])``.
+def _pair_scores(q, c, rows, q_idx, c_idx, kind: str) -> torch.Tensor:
+    """Float64 ranking score (larger is better) of the pairs ``(q[q_idx[p]], c[rows[c_idx[p]]])``.
 
     ``l2``: ``(|q|^2 - ||q - c||^2) / 2`` (the scale of the float32 product);
     ``cosine``: ``q.c`` of the unit rows.  Every pair goes through the same
     arithmetic, so duplicated candidates score exactly alike.  Runs in pieces
     of about :data:`BLOCK_BYTES`.
     """
-    n = q_rows.numel()
+    n = q_idx.numel()
     out = torch.empty(n, dtype=torch.float64, device=q.device)
-    step = max(1, BLOCK_BYTES // (8 * 2 * dim))
+    step = max(1, BLOCK_BYTES // (8 * 8 * q.shape[1]))  # a few float32/float64 temporaries
     for p0 in range(0, n, step):
-        qv = q[q_rows[p0 : p0 + step], :dim].double()
-        cv = c[c_rows[p0 : p0 + step], :dim].double()
+        ci = c_idx[p0 : p0 + step]
+        qv = q[q_idx[p0 : p0 + step]].double()
+        cv = c[ci if rows is None else rows[ci]].double()
         if kind == "l2":
             out[p0 : p0 + step] = (qv.square().sum(1) - cv.sub_(qv).square_().sum(1)) / 2.0
         else:
+            qv = torch.nn.functional.normalize(qv, dim=1)
+            cv = torch.nn.functional.normalize(cv, dim=1)
             out[p0 : p0 + step] = cv.mul_(qv).sum(1)
     return out
 
 
-def _redo_rows(q, c, floor, k, kind, dim, c_chunk):
-    """Exhaustive stage 2 for the query rows ``q`` whose shortlist margin was too thin.
+def _redo_rows(q, qp, c, rows, floor, k, kind, c_chunk, buf):
+    """Exhaustive stage 2 for query rows whose shortlist margin was too thin.
 
     Every candidate whose float32 product reaches ``floor`` (the k-th exact
     score minus the error bound) is rescored exactly; returns the best k per
     row as ``(scores, indices)`` in (score desc, index asc) order.
     """
+    n_c = c.shape[0] if rows is None else rows.numel()
     # Compare in float32 against a floor rounded down, so nothing is lost.
     floor32 = torch.nextafter(floor.float(), torch.tensor(-math.inf, device=floor.device))
-    rows, cols = [], []
-    for c0 in range(0, c.shape[0], c_chunk):
-        r, j = torch.nonzero(q @ c[c0 : c0 + c_chunk].t() >= floor32[:, None], as_tuple=True)
-        rows.append(r)
-        cols.append(j + c0)
-    r, j = torch.cat(rows), torch.cat(cols)
-    e = _pair_scores(q, c, r, j, kind, dim)
+    hit_r, hit_c = [], []
+    for c0 in range(0, n_c, c_chunk):
+        cb = _prepare_chunk(c, rows, c0, min(c0 + c_chunk, n_c), kind, buf)
+        r, j = torch.nonzero(qp @ cb.t() >= floor32[:, None], as_tuple=True)
+        hit_r.append(r)
+        hit_c.append(j + c0)
+    r, j = torch.cat(hit_r), torch.cat(hit_c)
+    e = _pair_scores(q, c, rows, r, j, kind)
     # Order the pairs by (row, score desc, index asc): stable sorts, last key first.
     perm = torch.sort(j, stable=True).indices
     r, j, e = r[perm], j[perm], e[perm]

@@ -55,7 +55,11 @@ def _overrides(pairs: dict) -> list[str]:
 
 
 def grid_main(argv: list[str]) -> int:
-    """Run a baseline and a grid of heal runs from one YAML, then print the healing table."""
+    """Run a baseline and a grid of heal (or unlearn, stream) runs from one YAML, then print the tables.
+
+    The YAML names the base ``config``, overrides for ``fit`` and for every run of ``command``
+    (heal by default), and ``axes``: lists of override sets whose product is the grid.
+    """
     from healing_pl.cli import main as cli_main
 
     parser = argparse.ArgumentParser(prog="healing-pl grid", description=(
@@ -81,15 +85,19 @@ def grid_main(argv: list[str]) -> int:
     if not os.path.isfile(os.path.join(baseline_dir, "results.json")):
         commands.append(["fit", *common, f"--run_dir={baseline_dir}", *_overrides(spec.get("fit"))])
     ckpt = os.path.join(baseline_dir, "checkpoints", "last.ckpt")
+    subcommand = spec.get("command", "heal")
+    if subcommand not in ("heal", "unlearn", "stream"):
+        print(f"healing-pl grid: error: command must be heal, unlearn or stream, got '{subcommand}'.", file=sys.stderr)
+        return 2
     axes = [spec["axes"][k] for k in spec["axes"]]
     for combo in itertools.product(*axes):
-        merged = dict(spec.get("heal") or {})
+        merged = dict(spec.get(subcommand) or {})
         for part in combo:
             merged.update(part)
         label = "-".join(str(v) for part in combo for v in part.values() if not isinstance(v, float))
-        run_dir = os.path.join(out, f"heal-{label}")
+        run_dir = os.path.join(out, f"{subcommand}-{label}")
         if not os.path.isfile(os.path.join(run_dir, "results.json")):
-            commands.append(["heal", *common, f"--ckpt_path={ckpt}", f"--run_dir={run_dir}", *_overrides(merged)])
+            commands.append([subcommand, *common, f"--ckpt_path={ckpt}", f"--run_dir={run_dir}", *_overrides(merged)])
     for i, command in enumerate(commands, 1):
         print(f"[{i}/{len(commands)}] healing-pl {' '.join(command)}", flush=True)
         if not args.dry_run:

@@ -25,11 +25,6 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for _, p in trainable_named_parameters(model)]
 
 
-def num_trainable(model: nn.Module) -> int:
-    """The number of scalar entries in the trainable parameters of ``model``."""
-    return sum(p.numel() for p in trainable_parameters(model))
-
-
 def flatten(tensors: Sequence[Tensor]) -> Tensor:
     """Concatenate ``tensors`` into one flat vector."""
     if len(tensors) == 0:

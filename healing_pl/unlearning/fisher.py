@@ -35,7 +35,8 @@ rebuilt from quantities a single batched backward pass already has:
 
 The layer inputs are captured by forward hooks, and the gradients with respect
 to the layer outputs by ``torch.autograd.grad`` with the outputs as the
-inputs of the derivative (the parameters' own gradients are never computed).
+inputs of the derivative (so the parameters' own gradients are not computed,
+except once for the first-batch check below).
 For a batch, the cotangent at the logits that gives sample ``i``'s
 cross-entropy gradient for class ``c`` is ``p_i - e_c``; one backward pass with
 the cotangent ``p - onehot(y)`` gives every sample's gradient for the
@@ -66,13 +67,13 @@ module's training flag is restored afterwards, and the hooks are removed.
 from __future__ import annotations
 
 import copy
-import math
 import warnings
 from collections import defaultdict
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
 from ._params import (
@@ -105,13 +106,8 @@ _KINDS = ("true", "empirical")
 
 def _layer_type(module: nn.Module) -> str | None:
     """``"linear"``/``"conv2d"`` when the activation x output-gradient identity applies."""
-    try:
-        from torch.nn.utils import parametrize
-
-        if parametrize.is_parametrized(module):
-            return None
-    except ImportError:  # pragma: no cover - very old torch
-        pass
+    if parametrize.is_parametrized(module):
+        return None
     if isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward:
         return "linear"
     if (
@@ -625,10 +621,10 @@ def fisher_forget(
         A new model (deep copy) with the updated parameters.
 
     Raises:
-        ValueError: when the updated parameters are not finite (alpha too
-            large, or lam too small for the Newton step).
+        ValueError: when the Newton step is not finite (lam too small) or
+            the updated parameters are not finite (alpha too large).
     """
-    if not (alpha >= 0 and math.isfinite(alpha) or alpha == math.inf):
+    if not alpha >= 0:  # also catches NaN
         raise ValueError(f"alpha must be a non-negative number, got {alpha}.")
     if not noise_only and forget_loader is None:
         raise ValueError("the Newton step (noise_only=False) needs a forget_loader.")
@@ -644,19 +640,20 @@ def fisher_forget(
     if not noise_only:
         grad_sum, _ = _forget_gradient_sum(new, forget_loader, progress)
         deltas = [g / n_remain / (f + lam) for g, f in zip(grad_sum, fishers, strict=True)]
+        if not all_finite(deltas):
+            raise ValueError("the Fisher Newton step is not finite: lam is too small.")
 
     gen = torch.Generator().manual_seed(int(seed))
     with torch.no_grad():
         for d, p, f in zip(deltas, params, fishers, strict=True):
             var = alpha * torch.clamp(1.0 / (f + 1e-8), max=1e3)
-            noise = torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device)
+            noise_dtype = torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
+            noise = torch.randn(p.shape, generator=gen, dtype=noise_dtype).to(device=p.device, dtype=p.dtype)
             d += var.sqrt() * noise
     deltas = clip_by_global_norm(deltas, max_norm)
     if not all_finite(deltas):
-        knob = "alpha is too large" if noise_only else "alpha is too large or lam is too small"
-        raise ValueError(f"Fisher forgetting produced non-finite parameters: {knob}.")
+        raise ValueError("Fisher forgetting produced non-finite parameters: alpha is too large.")
     add_(params, deltas)
     if not all_finite(params):
-        knob = "alpha is too large" if noise_only else "alpha is too large or lam is too small"
-        raise ValueError(f"Fisher forgetting produced non-finite parameters: {knob}.")
+        raise ValueError("Fisher forgetting produced non-finite parameters: alpha is too large.")
     return new

@@ -17,6 +17,9 @@
     largest eigenvalue of ``A`` and ``d`` must cover the negative curvature
     of a non-convex loss.  Hessian-vector products use double backward
     (``torch.autograd.grad`` with ``create_graph=True``); no Hessian is formed.
+    When consecutive batches hold the same data (a full-batch or one-batch
+    loader), the gradient graph of the first is reused, which skips the
+    forward and first backward pass of every later step.
 
 ``influence_unlearn(model, loss_fn, remain_loader, forget_loader, n_train=n, ...)``
     removes the forget set in one Newton-like step per forget batch; the
@@ -87,16 +90,47 @@ def hessian_vector_product(model: nn.Module, loss_fn, batch, vector: Tensor) -> 
 
 
 def _hvp(model: nn.Module, params: list[Tensor], loss_fn, batch, vec: list[Tensor]) -> list[Tensor]:
-    loss = loss_fn(model, batch)
-    grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
-    dot = sum(
-        ((g * v).sum() for g, v in zip(grads, vec, strict=True) if g is not None and g.requires_grad),
-        start=torch.zeros((), device=loss.device, dtype=loss.dtype),
-    )
-    if not dot.requires_grad:  # the loss is at most linear in the parameters
-        return [torch.zeros_like(p) for p in params]
-    hv = torch.autograd.grad(dot, params, allow_unused=True)
-    return [torch.zeros_like(p) if h is None else h for p, h in zip(params, hv, strict=True)]
+    return _GradientGraph(model, params, loss_fn, batch).hvp(vec)
+
+
+class _GradientGraph:
+    """The gradient of one batch's loss, kept with its graph for repeated HVPs.
+
+    ``hvp(v)`` differentiates ``<grad, v>`` once more (double backward).  The
+    graph is retained, so consecutive LiSSA steps on the same batch (a
+    full-batch or single-batch loader) skip the forward and first backward.
+    """
+
+    def __init__(self, model: nn.Module, params: list[Tensor], loss_fn, batch):
+        self.params = params
+        self.batch = batch
+        loss = loss_fn(model, batch)
+        grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+        self.grads = [g if g is not None and g.requires_grad else None for g in grads]
+        self.zero = torch.zeros((), device=loss.device, dtype=loss.dtype)
+
+    def hvp(self, vec: list[Tensor]) -> list[Tensor]:
+        terms = [(g * v).sum() for g, v in zip(self.grads, vec, strict=True) if g is not None]
+        if not terms:  # the loss is at most linear in the parameters
+            return [torch.zeros_like(p) for p in self.params]
+        hv = torch.autograd.grad(sum(terms, start=self.zero), self.params, retain_graph=True, allow_unused=True)
+        return [torch.zeros_like(p) if h is None else h for p, h in zip(self.params, hv, strict=True)]
+
+    def same_batch(self, batch) -> bool:
+        """True when ``batch`` holds the same data (same objects, or equal tensors)."""
+        return _same(self.batch, batch)
+
+
+def _same(a, b) -> bool:
+    if a is b:
+        return True
+    if isinstance(a, Tensor) and isinstance(b, Tensor):
+        return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a == b if isinstance(a, (int, float, str, type(None))) else False
 
 
 def _check_knobs(damping: float, scale: float, depth: int, repeats: int) -> None:
@@ -129,7 +163,9 @@ def lissa_inverse_hvp(
             in ``model.parameters()`` order) are the variables.
         loss_fn: ``loss_fn(model, batch) -> scalar`` mean loss of a batch.
         loader: batches whose mean loss defines ``H`` (cycled as needed; the
-            batches are moved to the model's device).
+            batches are moved to the model's device).  ``loss_fn`` must be
+            deterministic given the batch: a batch equal to the previous one
+            reuses its gradient graph.
         vector: flat tensor over the trainable parameters.
         damping: ``d`` in ``(H + d I)^-1`` (>= 0).
         scale: ``s`` (> 0); must exceed half the largest eigenvalue of
@@ -165,6 +201,7 @@ def lissa_inverse_hvp(
     v_norm = float(v.norm())
     batches = cycle(loader)
     total = torch.zeros_like(v)
+    graph: _GradientGraph | None = None
     with eval_mode(model), tqdm(
         total=repeats * depth, desc="LiSSA", disable=not progress, leave=False
     ) as bar:
@@ -172,7 +209,10 @@ def lissa_inverse_hvp(
             h = v.clone()
             for j in range(1, depth + 1):
                 batch = to_device(next(batches), device)
-                hv = flatten(_hvp(model, params, loss_fn, batch, unflatten(h, params))).detach()
+                if graph is None or not graph.same_batch(batch):
+                    graph = None  # free the previous graph first
+                    graph = _GradientGraph(model, params, loss_fn, batch)
+                hv = flatten(graph.hvp(unflatten(h, params))).detach()
                 h = v + h - (hv + damping * h) / scale
                 norm = float(h.norm())
                 if not math.isfinite(norm) or norm > _GROWTH_LIMIT * (j + 1) * v_norm:
@@ -183,6 +223,7 @@ def lissa_inverse_hvp(
                     )
                 bar.update(1)
             total += h / scale
+    del graph
     return total / repeats
 
 

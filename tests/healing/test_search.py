@@ -195,20 +195,32 @@ def test_mahalanobis_on_singular_pool_n_below_d():
     np.testing.assert_allclose(scores.numpy(), ref_s, rtol=1e-4)
 
 
-def test_numpy_float64_and_small_block(monkeypatch, data):
-    monkeypatch.setattr(search, "BLOCK_BYTES", 4 * 1024)  # forces query and candidate blocks
+@pytest.mark.parametrize("margin", [0, search.MARGIN])
+def test_numpy_float64_and_small_blocks(monkeypatch, data, margin):
+    """Several query blocks and candidate chunks, also through the exhaustive re-check."""
+    monkeypatch.setattr(search, "BLOCK_BYTES", 4 * 1024)
+    monkeypatch.setattr(search, "MAX_QUERY_CHUNK", 7)
+    monkeypatch.setattr(search, "MARGIN", margin)
     q, c = data
-    scores, idx = nearest(q.astype(np.float64), c.astype(np.float64), 2, "l2")
-    ref_s, ref_i = reference(q, c, 2, "l2")
-    np.testing.assert_array_equal(idx.numpy(), ref_i)
+    rng = np.random.default_rng(8)
+    ql, cl = rng.integers(0, 2, size=40), rng.integers(0, 2, size=300)
+    for metric in ("l2", "cosine"):
+        scores, idx = nearest(q.astype(np.float64), c.astype(np.float64), 2, metric)
+        ref_s, ref_i = reference(q, c, 2, metric)
+        np.testing.assert_array_equal(idx.numpy(), ref_i)
+        np.testing.assert_allclose(scores.numpy(), ref_s, rtol=1e-5, atol=1e-5)
+        _, idx = nearest(q, c, 3, metric, query_labels=ql, candidate_labels=cl, exclude=cl > 5)
+        np.testing.assert_array_equal(idx.numpy(), reference(q, c, 3, metric, q_lab=ql, c_lab=cl)[1])
 
 
-def test_block_size_is_bounded():
-    for n_q, n_c in [(10, 10**7), (10**5, 10**5), (1000, 50_000)]:
-        q_chunk, c_chunk = search._chunk_sizes(n_q, n_c, None)
-        assert q_chunk * c_chunk * 4 <= search.BLOCK_BYTES
-    q_chunk, c_chunk = search._chunk_sizes(10**6, 10**9, 10**8)
-    assert q_chunk == 1 and c_chunk == 10**8
+def test_block_and_chunk_sizes_are_bounded():
+    for n_q, n_c, dim in [(10, 10**7, 784), (10**5, 10**5, 128), (1000, 50_000, 784), (25, 10**4, 786_432)]:
+        q_chunk, c_chunk = search._chunk_sizes(n_q, n_c, dim, None)
+        assert q_chunk * c_chunk * 4 <= search.BLOCK_BYTES  # score block
+        assert c_chunk * (dim + 1) * 4 <= search.BLOCK_BYTES  # prepared chunk
+        assert c_chunk % search.GROUP == 0 or c_chunk < search.GROUP
+    q_chunk, c_chunk = search._chunk_sizes(10**6, 10**9, 8, 10**8)
+    assert q_chunk == 1 and c_chunk == 10**8  # an explicit chunk_size is obeyed
 
 
 def test_no_queries():
