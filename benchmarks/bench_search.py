@@ -164,7 +164,7 @@ def memory_case(engine: str, n_c: int, dim: int, n_q: int, k: int) -> dict:
 def memory(args) -> None:
     engines = available(args.memory_engines)
     input_mb = [n * args.memory_dim * 4 / 2**20 for n in args.pools]
-    print(f"\n## extra peak memory of one search (MB, ru_maxrss in a fresh process), "
+    print(f"\n## extra peak memory of one search (MB: peak RSS minus RSS before, fresh process per cell), "
           f"{args.queries} queries, {args.memory_dim} dims, k={args.k}")
     print("| engine | " + " | ".join(f"{n} cand. ({mb:.0f} MB input)" for n, mb in zip(args.pools, input_mb)) + " |")
     print("|---|" + "---|" * len(args.pools))

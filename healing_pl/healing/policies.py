@@ -10,7 +10,9 @@ Two policies from the paper (section 4), registered in :data:`POLICIES`:
     For every primary sample (or an "exposed" subset), its ``k`` nearest
     surrogates in the backup set are found in advance
     (:meth:`Twins.precompute`).  A request takes its first surrogate that is
-    not used yet.
+    not used yet.  A request with no precomputed surrogates, or whose
+    surrogates are all used, falls back to the nearest free backup when its
+    vectors are passed to :meth:`Twins.assign` (otherwise ``ValueError``).
 
 Common behaviour:
 
@@ -27,11 +29,12 @@ Common behaviour:
   ``"sequential"`` (default; requests in the given order each take their best
   free spare, as in the paper), ``"greedy"`` (pairs taken by best global
   score first) or ``"optimal"`` (minimum total distance / maximum total
-  similarity, ``scipy.optimize.linear_sum_assignment``).  Each request's
-  candidate list holds ``min(#requests, #free spares, max_candidates)``
-  spares, which makes ``greedy`` and ``optimal`` identical to running them
-  on the full request x spare matrix whenever the round has at most
-  ``max_candidates`` requests.
+  similarity, ``scipy.optimize.linear_sum_assignment``).  For
+  ``general_spare_set`` each request's candidate list holds
+  ``min(#requests, #free spares, max_candidates)`` spares, which makes
+  ``greedy`` and ``optimal`` identical to running them on the full request x
+  spare matrix whenever the round has at most ``max_candidates`` requests;
+  for ``twins`` the lists are the precomputed surrogates.
 * A round either succeeds completely or raises ``ValueError`` and changes
   nothing.
 
@@ -43,7 +46,7 @@ Usage::
                forbidden_ids=primary_ids)
     result = policy.assign(forget_ids, metric.representations(ds, forget_ids), forget_labels)
     result.twins        # {request_id: twin_id}
-    result.records()    # [{"request_id": ..., "twin_id": ..., "score": ...}, ...]
+    result.records()    # [{"request_id", "twin_id", "score", "policy", "metric"}, ...]
 """
 
 from __future__ import annotations
@@ -226,18 +229,24 @@ class SparePolicy:
     def fit(
         self,
         spare_ids: Ids,
-        spare_vectors: ArrayLike,
+        spare_vectors: Optional[ArrayLike],
         spare_labels: Optional[ArrayLike] = None,
         *,
         forbidden_ids: Optional[Ids] = None,
     ) -> "SparePolicy":
         """Set the spare pool: ids, their metric vectors (rows in id order) and labels.
 
+        ``spare_vectors`` may be None for the ``random`` metric, which reads none.
+
         ``forbidden_ids`` (e.g. the primary ids: forget and remain sets) must
         not overlap the spares.  Used spares and served requests are kept, so
         ``fit`` may come before or after :meth:`load_state_dict`.
         """
         ids = _ids(spare_ids, "spare ids")
+        if spare_vectors is None and self.metric.search_metric == "random":
+            spare_vectors = torch.empty(len(ids), 0)  # the random control reads no vectors
+        if spare_vectors is None:
+            raise ValueError(f"metric {self.metric.name!r} needs spare_vectors.")
         vectors = torch.as_tensor(spare_vectors).detach()
         if vectors.ndim != 2 or vectors.shape[0] != len(ids):
             raise ValueError(
@@ -249,7 +258,9 @@ class SparePolicy:
         if forbidden_ids is not None:
             clash = set(ids) & set(_ids(forbidden_ids, "forbidden ids"))
             if clash:
-                raise ValueError(f"spare ids {_few(clash)} are also primary (forget/remain) ids; spares must be held out.")
+                raise ValueError(
+                    f"spare ids {_few(clash)} are also primary (forget/remain) ids; spares must be held out."
+                )
         lost = self._used - set(ids)
         if lost:
             raise ValueError(f"used spares {_few(lost)} from the saved state are not in the new spare ids.")
@@ -343,6 +354,8 @@ class SparePolicy:
         if repeat:
             raise ValueError(f"requests {_few(repeat)} were already served in an earlier round.")
         vectors = None
+        if request_vectors is None and self.metric.search_metric == "random":
+            request_vectors = torch.empty(len(ids), 0)  # the random control reads no vectors
         if request_vectors is not None:
             vectors = torch.as_tensor(request_vectors).detach()
             if vectors.ndim != 2 or vectors.shape != (len(ids), self._vectors.shape[1]):

@@ -33,7 +33,8 @@ that far below the k-th exact score, a candidate outside the shortlist could
 still tie or win, and that query is redone exhaustively (rare: only for
 near-ties or heavily duplicated data).  The results are therefore those of an
 exact float64 brute force over the float32 inputs (for ``mahalanobis``, over
-the float32 whitened vectors).
+the float32 whitened vectors).  The bound assumes IEEE float32 products: on a
+GPU, leave TF32 matmuls (``torch.backends.cuda.matmul.allow_tf32``) off.
 
 Memory: besides its inputs, a search holds one score block (about
 :data:`BLOCK_BYTES`), one prepared candidate chunk (at most about
@@ -66,7 +67,7 @@ __all__ = [
 SEARCH_METRICS = ("l2", "cosine", "mahalanobis")
 
 #: Target size in bytes of one (query block x candidate chunk) score block.
-BLOCK_BYTES = 32 * 2**20
+BLOCK_BYTES = 64 * 2**20
 
 #: Largest number of queries multiplied with one candidate chunk at a time.
 MAX_QUERY_CHUNK = 1024
@@ -359,7 +360,8 @@ def _search(
     indices = torch.empty(n_q, k, dtype=torch.long, device=q.device)
     for (q0, q1), (g, idx) in zip(q_blocks, best):
         qb = q[q0:q1]
-        q_norm = torch.linalg.vector_norm(qb.double(), dim=1) if kind == "l2" else 1.0
+        q64, q_sq = _exact_queries(qb, kind)
+        q_norm = q_sq.sqrt() if kind == "l2" else 1.0
         tol = gamma * (q_norm * c_max + c_max * c_max)  # bound on |float32 product - exact|
         g, order = torch.sort(g, dim=1, descending=True)
         idx = idx.gather(1, order)
@@ -367,19 +369,19 @@ def _search(
         band = g.double() >= (g[:, k - 1].double() - 2.0 * tol)[:, None]
         r, j = torch.nonzero(band, as_tuple=True)
         exact = torch.full(g.shape, -math.inf, dtype=torch.float64, device=q.device)
-        exact[r, j] = _pair_scores(qb, c, rows, r, idx[r, j], kind)
+        exact[r, j] = _pair_scores(q64, q_sq, c, rows, r, idx[r, j], kind)
         exact, idx = _order(exact, idx, descending=True)
         exact, idx = exact[:, :k].clone(), idx[:, :k].clone()
         if short < n_c:  # candidates outside the shortlist exist: is its margin wide enough?
             floor = exact[:, k - 1] - tol
             unsure = torch.nonzero(g[:, -1].double() >= floor).squeeze(1)
-            if unsure.numel():
-                exact[unsure], idx[unsure] = _redo_rows(
-                    qb[unsure], qp[q0:q1][unsure], c, rows, floor[unsure], k, kind, c_chunk, buf
+            per = max(1, BLOCK_BYTES // (16 * (c_chunk + k)))  # redo rows per batch
+            for u in unsure.split(per):
+                exact[u], idx[u] = _redo_rows(
+                    qb[u], qp[q0:q1][u], c, rows, floor[u], k, kind, c_chunk
                 )
         if kind == "l2":  # ranking score e = (|q|^2 - d^2) / 2  ->  distance d
-            q_sq = qb.double().square().sum(1, keepdim=True)
-            exact = (q_sq - 2.0 * exact).clamp_(min=0.0).sqrt_()
+            exact = (q_sq[:, None] - 2.0 * exact).clamp_(min=0.0).sqrt_()
         scores[q0:q1] = exact
         indices[q0:q1] = idx
     return scores, indices
@@ -431,56 +433,72 @@ def _order(v: torch.Tensor, i: torch.Tensor, descending: bool) -> Tuple[torch.Te
     return v, i.gather(1, perm)
 
 
-def _pair_scores(q, c, rows, q_idx, c_idx, kind: str) -> torch.Tensor:
+def _exact_queries(q: torch.Tensor, kind: str):
+    """Float64 queries for :func:`_pair_scores`: ``(rows, |rows|^2)`` for l2, unit rows for cosine."""
+    q64 = q.double()
+    if kind == "l2":
+        return q64, q64.square().sum(1)
+    return torch.nn.functional.normalize(q64, dim=1), None
+
+
+def _pair_scores(q64, q_sq, c, rows, q_idx, c_idx, kind: str) -> torch.Tensor:
     """Float64 ranking score (larger is better) of the pairs ``(q[q_idx[p]], c[rows[c_idx[p]]])``.
 
-    ``l2``: ``(|q|^2 - ||q - c||^2) / 2`` (the scale of the float32 product);
-    ``cosine``: ``q.c`` of the unit rows.  Every pair goes through the same
-    arithmetic, so duplicated candidates score exactly alike.  Runs in pieces
-    of about :data:`BLOCK_BYTES`.
+    ``q64, q_sq`` come from :func:`_exact_queries`.  ``l2``: ``(|q|^2 - ||q - c||^2) / 2``
+    (the scale of the float32 product); ``cosine``: ``q.c`` of the unit rows.
+    Every pair goes through the same arithmetic, so duplicated candidates score
+    exactly alike.  Runs in pieces of about :data:`BLOCK_BYTES`.
     """
     n = q_idx.numel()
-    out = torch.empty(n, dtype=torch.float64, device=q.device)
-    step = max(1, BLOCK_BYTES // (8 * 8 * q.shape[1]))  # a few float32/float64 temporaries
+    out = torch.empty(n, dtype=torch.float64, device=q64.device)
+    step = max(1, BLOCK_BYTES // (8 * 4 * q64.shape[1]))
     for p0 in range(0, n, step):
-        ci = c_idx[p0 : p0 + step]
-        qv = q[q_idx[p0 : p0 + step]].double()
+        qi, ci = q_idx[p0 : p0 + step], c_idx[p0 : p0 + step]
         cv = c[ci if rows is None else rows[ci]].double()
         if kind == "l2":
-            out[p0 : p0 + step] = (qv.square().sum(1) - cv.sub_(qv).square_().sum(1)) / 2.0
+            d_sq = cv.sub_(q64[qi]).square_().sum(1)
+            out[p0 : p0 + step] = q_sq[qi].sub_(d_sq).div_(2.0)
         else:
-            qv = torch.nn.functional.normalize(qv, dim=1)
             cv = torch.nn.functional.normalize(cv, dim=1)
-            out[p0 : p0 + step] = cv.mul_(qv).sum(1)
+            out[p0 : p0 + step] = cv.mul_(q64[qi]).sum(1)
     return out
 
 
-def _redo_rows(q, qp, c, rows, floor, k, kind, c_chunk, buf):
+def _redo_rows(q, qp, c, rows, floor, k, kind, c_chunk):
     """Exhaustive stage 2 for query rows whose shortlist margin was too thin.
 
     Every candidate whose float32 product reaches ``floor`` (the k-th exact
-    score minus the error bound) is rescored exactly; returns the best k per
-    row as ``(scores, indices)`` in (score desc, index asc) order.
+    score minus the error bound) is rescored exactly and merged, chunk by
+    chunk, into a running best k per row; returns ``(scores, indices)`` in
+    (score desc, index asc) order.
     """
+    n_q = q.shape[0]
     n_c = c.shape[0] if rows is None else rows.numel()
+    q64, q_sq = _exact_queries(q, kind)
     # Compare in float32 against a floor rounded down, so nothing is lost.
     floor32 = torch.nextafter(floor.float(), torch.tensor(-math.inf, device=floor.device))
-    hit_r, hit_c = [], []
+    best_e = torch.full((n_q, k), -math.inf, dtype=torch.float64, device=q.device)
+    best_j = torch.full((n_q, k), n_c, dtype=torch.long, device=q.device)  # placeholders sort last
     for c0 in range(0, n_c, c_chunk):
-        cb = _prepare_chunk(c, rows, c0, min(c0 + c_chunk, n_c), kind, buf)
-        r, j = torch.nonzero(qp @ cb.t() >= floor32[:, None], as_tuple=True)
-        hit_r.append(r)
-        hit_c.append(j + c0)
-    r, j = torch.cat(hit_r), torch.cat(hit_c)
-    e = _pair_scores(q, c, rows, r, j, kind)
-    # Order the pairs by (row, score desc, index asc): stable sorts, last key first.
-    perm = torch.sort(j, stable=True).indices
-    r, j, e = r[perm], j[perm], e[perm]
-    perm = torch.sort(e, stable=True, descending=True).indices
-    r, j, e = r[perm], j[perm], e[perm]
-    perm = torch.sort(r, stable=True).indices
-    r, j, e = r[perm], j[perm], e[perm]
-    counts = torch.bincount(r, minlength=q.shape[0])
-    starts = torch.cumsum(counts, 0) - counts
-    take = (starts[:, None] + torch.arange(k, device=q.device)).reshape(-1)
-    return e[take].view(-1, k), j[take].view(-1, k)
+        src = c[c0 : c0 + c_chunk] if rows is None else c[rows[c0 : c0 + c_chunk]]
+        # Few rows: multiply the raw chunk and correct the small block (no prepared copy).
+        norms = torch.linalg.vector_norm(src, dim=1)
+        if kind == "l2":
+            block = (q @ src.t()).sub_(norms.square_().mul_(0.5))
+        else:
+            block = (qp @ src.t()).div_(norms.clamp_(min=1e-12))  # as F.normalize
+        r, j = torch.nonzero(block >= floor32[:, None], as_tuple=True)  # row-major order
+        if not r.numel():
+            continue
+        # Lay the hits out next to the running best k of their row, then re-order each row.
+        counts = torch.bincount(r, minlength=n_q)
+        slot = torch.arange(r.numel(), device=q.device) - (torch.cumsum(counts, 0) - counts)[r] + k
+        width = k + int(counts.max())
+        e = torch.full((n_q, width), -math.inf, dtype=torch.float64, device=q.device)
+        idx = torch.full((n_q, width), n_c, dtype=torch.long, device=q.device)
+        e[:, :k], idx[:, :k] = best_e, best_j
+        e[r, slot] = _pair_scores(q64, q_sq, c, rows, r, j + c0, kind)
+        idx[r, slot] = j + c0
+        e, idx = _order(e, idx, descending=True)
+        best_e, best_j = e[:, :k], idx[:, :k]
+    return best_e, best_j

@@ -80,6 +80,8 @@ def grid_main(argv: list[str]) -> int:
     name = spec.get("name") or os.path.splitext(os.path.basename(args.grid))[0]
     out = args.out or os.path.join("runs", name)
     common = ["--config", spec["config"], f"--wandb.group={name}"]
+    if not sys.stdout.isatty():  # progress bars in a terminal; one line per run in a log
+        common.append("--trainer.enable_progress_bar=false")
     baseline_dir = os.path.join(out, "baseline")
     commands = []
     if not os.path.isfile(os.path.join(baseline_dir, "results.json")):

@@ -46,17 +46,23 @@ are exactly the ``p(c|x_i)``-weighted terms of the definition.  All passes
 share one forward pass; for a plain Linear the squared output gradients are
 summed over classes before the single weight-sized matrix product.
 
-Every other trainable parameter (BatchNorm/LayerNorm affines, a Conv2d
-subclass with its own ``forward`` such as weight-standardised or dynamically
-padded convolutions, parametrised or tied weights, parameters used directly
-in a parent's ``forward`` such as attention projections) falls back to exact
-per-sample gradients with ``torch.func`` (``functional_call`` + ``vjp`` inside
-``vmap``), computed for those parameters only; if the model cannot run under
-``vmap``, a per-sample loop with ``torch.autograd.grad`` is used instead.  On
-the first batch, the hook-based gradients of each Linear/Conv2d are checked
-against autograd's own gradient for a random cotangent, and a layer that fails
-the check (its weight is also used outside its own ``forward``) or whose
-input does not have the batch as its first dimension moves to the fallback.
+* BatchNorm in eval mode (running statistics), LayerNorm and GroupNorm:
+  ``y = x_hat * weight + bias``, so the per-sample gradients are ``g * x_hat``
+  and ``g`` summed over the positions the parameter is broadcast over
+  (``x_hat`` recomputed from the captured input).
+
+Every other trainable parameter (e.g. PReLU, a module subclass with its own
+``forward`` such as weight-standardised or dynamically padded convolutions
+or timm's BatchNormAct2d, parametrised or tied weights, parameters used
+directly in a parent's ``forward`` such as attention projections) falls back
+to exact per-sample gradients with ``torch.func`` (``functional_call`` +
+``vjp`` inside ``vmap``), computed for those parameters only; if the model
+cannot run under ``vmap``, a per-sample loop with ``torch.autograd.grad`` is
+used instead.  On the first batch, the hook-based gradients of each layer
+are checked against autograd's own gradient for a random cotangent, and a
+layer that fails the check (its weight is also used outside its own
+``forward``) or whose input does not have the batch as its first dimension
+moves to the fallback.
 The Fisher is therefore exact for any model, just slower for unusual layers.
 
 The model runs in eval mode during the computation (BatchNorm uses its
@@ -105,18 +111,48 @@ _KINDS = ("true", "empirical")
 
 
 def _layer_type(module: nn.Module) -> str | None:
-    """``"linear"``/``"conv2d"`` when the activation x output-gradient identity applies."""
+    """The name of the identity that gives this module's per-sample gradients, if any.
+
+    Only modules whose ``forward`` is the stock one qualify (a subclass that
+    overrides it computes something else with the same parameters).
+    """
     if parametrize.is_parametrized(module):
         return None
-    if isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward:
+    kind = type(module)
+    if isinstance(module, nn.Linear) and kind.forward is nn.Linear.forward:
         return "linear"
     if (
         isinstance(module, nn.Conv2d)
-        and type(module).forward is nn.Conv2d.forward
-        and type(module)._conv_forward is nn.Conv2d._conv_forward
+        and kind.forward is nn.Conv2d.forward
+        and kind._conv_forward is nn.Conv2d._conv_forward
     ):
         return "conv2d"
+    if (
+        isinstance(module, nn.modules.batchnorm._BatchNorm)
+        and kind.forward is nn.modules.batchnorm._BatchNorm.forward
+        and not module.training
+        and module.track_running_stats
+        and module.running_mean is not None
+        and module.running_var is not None
+    ):
+        return "batchnorm"  # eval mode: a fixed per-channel affine map
+    if isinstance(module, nn.LayerNorm) and kind.forward is nn.LayerNorm.forward:
+        return "layernorm"
+    if isinstance(module, nn.GroupNorm) and kind.forward is nn.GroupNorm.forward:
+        return "groupnorm"
     return None
+
+
+def _normalized_input(module: nn.Module, kind: str, x: Tensor) -> Tensor:
+    """The input of a normalisation layer before its affine weight and bias."""
+    if kind == "batchnorm":
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        mean = module.running_mean.view(shape).to(x.dtype)
+        var = module.running_var.view(shape).to(x.dtype)
+        return (x - mean) * torch.rsqrt(var + module.eps)
+    if kind == "layernorm":
+        return F.layer_norm(x, module.normalized_shape, None, None, module.eps)
+    return F.group_norm(x, module.num_groups, None, None, module.eps)
 
 
 def _conv_weight_per_sample(conv: nn.Conv2d, x: Tensor, g: Tensor) -> Tensor:
@@ -156,7 +192,7 @@ def _per_sample_grads(module: nn.Module, kind: str, x: Tensor, g: Tensor) -> dic
     """Per-sample gradients ``{"weight": (B, *w.shape), "bias": (B, *b.shape)}`` of one call.
 
     ``x`` is the layer input and ``g`` the gradient with respect to its output
-    for the same samples.
+    for the same samples.  ``kind`` is the module's ``_layer_type``.
     """
     b = x.shape[0]
     out: dict[str, Tensor] = {}
@@ -168,11 +204,24 @@ def _per_sample_grads(module: nn.Module, kind: str, x: Tensor, g: Tensor) -> dic
         if module.bias is not None and module.bias.requires_grad:
             out["bias"] = go.sum(1)
         return out
-    # conv2d
-    if module.weight.requires_grad:
-        out["weight"] = _conv_weight_per_sample(module, x, g)
+    if kind == "conv2d":
+        if module.weight.requires_grad:
+            out["weight"] = _conv_weight_per_sample(module, x, g)
+        if module.bias is not None and module.bias.requires_grad:
+            out["bias"] = g.reshape(b, g.shape[1], -1).sum(-1)
+        return out
+    # normalisation layers: y = x_hat * weight + bias, broadcast over the
+    # positions that are not the weight's own dimensions
+    weight = module.weight if module.weight is not None else module.bias
+    if kind == "layernorm":  # weight covers the trailing dimensions
+        dims = tuple(range(1, x.dim() - weight.dim()))
+    else:  # weight is per channel (dimension 1)
+        dims = tuple(range(2, x.dim()))
+    if module.weight is not None and module.weight.requires_grad:
+        prod = g * _normalized_input(module, kind, x)
+        out["weight"] = prod.sum(dims) if dims else prod
     if module.bias is not None and module.bias.requires_grad:
-        out["bias"] = g.reshape(b, g.shape[1], -1).sum(-1)
+        out["bias"] = g.sum(dims) if dims else g
     return out
 
 
@@ -248,6 +297,7 @@ class _FisherComputer:
             or x.dim() < 2
             or x.shape[0] != self.batch
             or output.shape[0] != self.batch
+            or (self.fast[module][0] in ("conv2d", "groupnorm") and x.dim() < 3)
             or (self.fast[module][0] == "conv2d" and x.dim() != 4)
         ):
             self.bad.add(module)
@@ -413,7 +463,7 @@ class _FisherComputer:
         """
         layer, _ = self.fast[m]
         b = pairs[0][0].shape[0]
-        per_sample = m.weight.numel() + sum(xin[:1].numel() for xin, _ in pairs)
+        per_sample = sum(p.numel() for p in m.parameters(recurse=False)) + sum(xin[:1].numel() for xin, _ in pairs)
         chunk = max(1, _CHUNK_ELEMENTS // max(1, per_sample))
         out: dict[str, Tensor] = {}
         for start in range(0, b, chunk):
@@ -456,10 +506,16 @@ def _fallback_vmap(model: nn.Module, names: list[str], x: Tensor, cots: Tensor) 
             return functional_call(model, (cp, rest), (xi.unsqueeze(0),)).squeeze(0)
 
         _, pullback = vjp(logits_of, chosen_params)
-        (grads,) = vmap(pullback)(wi)
-        return {n: g.square().sum(0) for n, g in grads.items()}
+        total: dict[str, Tensor] = {}
+        # one pullback per cotangent (a nested vmap over them trips batching
+        # rules of some backward ops, e.g. PReLU's)
+        for k in range(wi.shape[0]):
+            (grads,) = pullback(wi[k])
+            for n, g in grads.items():
+                total[n] = total[n] + g.square() if n in total else g.square()
+        return total
 
-    size = sum(t.numel() for t in chosen.values()) * w.shape[1]
+    size = sum(t.numel() for t in chosen.values())
     chunk = max(1, _CHUNK_ELEMENTS // max(1, size))
     per_sample = vmap(one_sample, in_dims=(None, 0, 0), chunk_size=chunk)(chosen, x, w)
     return {n: t.sum(0) for n, t in per_sample.items()}

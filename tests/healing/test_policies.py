@@ -265,3 +265,13 @@ def test_assignment_records(pool):
     assert all(r["twin_id"] in SPARES and r["policy"] == "general_spare_set" and r["metric"] == "raw_l2"
                for r in recs)
     assert len(result) == 2 and result.twins == {r["request_id"]: r["twin_id"] for r in recs}
+
+
+def test_random_control_needs_no_vectors():
+    policy = GeneralSpareSet("random", same_class=False, metric_kwargs={"seed": 1})
+    policy.fit(SPARES, None)
+    first = policy.assign([1, 2, 3])
+    again = GeneralSpareSet("random", same_class=False, metric_kwargs={"seed": 1}).fit(SPARES, None)
+    assert again.assign([1, 2, 3]) == first  # reproducible by seed
+    with pytest.raises(ValueError, match="needs spare_vectors"):
+        GeneralSpareSet("raw_l2", same_class=False).fit(SPARES, None)

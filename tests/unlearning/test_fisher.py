@@ -58,36 +58,45 @@ def assert_fisher_close(got: dict, want: dict, rtol: float = 1e-5) -> None:
 
 
 class ConvNet(nn.Module):
-    """Conv2d (padding, stride), depthwise Conv2d (groups, reflect padding),
-    grouped dilated Conv2d ('same'), LayerNorm and BatchNorm (fallback), a
-    Linear on tokens called twice, a plain Linear head, in-place ReLUs."""
+    """Every identity: Conv2d (padding, stride), depthwise Conv2d (groups,
+    reflect padding), grouped dilated Conv2d ('same'), a strided Conv2d that
+    leaves rows unused, GroupNorm, LayerNorm, BatchNorm2d/1d (eval mode), a
+    Linear on tokens called twice, a plain Linear head, in-place ReLUs; and a
+    PReLU, whose parameter takes the torch.func fallback."""
 
     def __init__(self, classes: int = 5):
         super().__init__()
         self.conv = nn.Conv2d(2, 4, 3, stride=2, padding=1)
         self.depthwise = nn.Conv2d(4, 4, 3, padding=1, groups=4, padding_mode="reflect")
+        self.gn = nn.GroupNorm(2, 4)
         self.grouped = nn.Conv2d(4, 6, 3, padding="same", groups=2, dilation=2)
+        self.prelu = nn.PReLU(6)
         self.strided = nn.Conv2d(6, 6, 2, stride=3, padding=1, bias=False)  # leftover rows/columns
         self.norm = nn.LayerNorm([6, 2, 2])
         self.bn = nn.BatchNorm2d(6)
         self.token = nn.Linear(4, 4)
+        self.bn1d = nn.BatchNorm1d(24)
         self.head = nn.Linear(24, classes)
         with torch.no_grad():
-            self.bn.running_mean.uniform_(-0.5, 0.5)
-            self.bn.running_var.uniform_(0.5, 2.0)
-            self.bn.weight.uniform_(0.5, 1.5)
-            self.bn.bias.uniform_(-0.5, 0.5)
+            for bn in (self.bn, self.bn1d):
+                bn.running_mean.uniform_(-0.5, 0.5)
+                bn.running_var.uniform_(0.5, 2.0)
+                bn.weight.uniform_(0.5, 1.5)
+                bn.bias.uniform_(-0.5, 0.5)
+            for norm in (self.gn, self.norm):
+                norm.weight.uniform_(0.5, 1.5)
+                norm.bias.uniform_(-0.5, 0.5)
 
     def forward(self, x):
         x = F.relu(self.conv(x), inplace=True)
-        x = self.depthwise(x).relu_()
-        x = self.grouped(x)
+        x = self.gn(self.depthwise(x)).relu_()
+        x = self.prelu(self.grouped(x))
         x = self.strided(x)
         x = self.bn(self.norm(x))
         b = x.shape[0]
         t = x.reshape(b, 6, 4)
         t = self.token(t) + self.token(t.flip(1))
-        return self.head(t.reshape(b, -1))
+        return self.head(self.bn1d(t.reshape(b, -1)))
 
 
 @pytest.fixture
