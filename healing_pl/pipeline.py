@@ -325,18 +325,12 @@ def fine_tune(model: Classifier, datamodule, train_ids, *, epochs: int, seed: in
     """Fine-tune ``model`` in place on ``train_ids`` (Adam at ``lr`` or the model's own)."""
     import lightning as L
 
+    from healing_pl.unlearning.naive import fit_on
+
     L.seed_everything(seed, verbose=False)
     if lr is not None:
         model.hparams.lr = lr
-    previous = datamodule.train_ids
-    datamodule.set_train_ids(train_ids)
-    try:
-        L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_model_summary=False,
-                  enable_progress_bar=False, limit_val_batches=0, num_sanity_val_steps=0, devices=1).fit(
-            model, datamodule=datamodule)
-    finally:
-        datamodule.train_ids = previous
-    return model.cpu().eval()
+    return fit_on(model, datamodule, train_ids, epochs=epochs)
 
 
 def run_stream(baseline, recipe, datamodule, unlearn: UnlearnConfig, adversary: AdversaryConfig,

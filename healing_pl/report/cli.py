@@ -82,6 +82,7 @@ def grid_main(argv: list[str]) -> int:
     common = ["--config", spec["config"], f"--wandb.group={name}"]
     if not sys.stdout.isatty():  # progress bars in a terminal; one line per run in a log
         common.append("--trainer.enable_progress_bar=false")
+    os.environ.setdefault("WANDB_SILENT", "true")  # W&B's per-run banners would drown the grid's output
     baseline_dir = os.path.join(out, "baseline")
     commands = []
     if not os.path.isfile(os.path.join(baseline_dir, "results.json")):

@@ -24,8 +24,26 @@ def model_hparams(model: Classifier) -> dict:
     return {k: v for k, v in model.hparams.items() if not k.startswith("_")}
 
 
+def fit_on(model: Classifier, datamodule, train_ids, *, epochs: int, progress: bool = False) -> Classifier:
+    """Train ``model`` in place on ``train_ids`` with a quiet Lightning Trainer (no logger, no validation).
+
+    Inner trainings (gold standards, fine-tunes) open no W&B run of their own:
+    their figures are logged through the outer run.
+    """
+    previous = datamodule.train_ids
+    datamodule.set_train_ids(train_ids)
+    try:
+        trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False,
+                            enable_model_summary=False, enable_progress_bar=progress,
+                            limit_val_batches=0, num_sanity_val_steps=0, devices=1)
+        trainer.fit(model, datamodule=datamodule)
+    finally:
+        datamodule.train_ids = previous
+    return model.cpu().eval()
+
+
 def train_classifier(hparams: dict, datamodule, train_ids, *, epochs: int, seed: int,
-                     progress: bool = False, accelerator: str = "auto") -> Classifier:
+                     progress: bool = False) -> Classifier:
     """Train a fresh ``Classifier(**hparams)`` on ``train_ids``: the baseline's recipe.
 
     Seeds everything with ``seed`` right before building the model, as
@@ -33,17 +51,7 @@ def train_classifier(hparams: dict, datamodule, train_ids, *, epochs: int, seed:
     a ``fit`` on it with that seed.
     """
     L.seed_everything(seed, verbose=False)
-    model = Classifier(**hparams)
-    previous = datamodule.train_ids
-    datamodule.set_train_ids(train_ids)
-    try:
-        trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False,
-                            enable_model_summary=False, enable_progress_bar=progress,
-                            limit_val_batches=0, num_sanity_val_steps=0, accelerator=accelerator, devices=1)
-        trainer.fit(model, datamodule=datamodule)
-    finally:
-        datamodule.train_ids = previous
-    return model.cpu().eval()
+    return fit_on(Classifier(**hparams), datamodule, train_ids, epochs=epochs, progress=progress)
 
 
 def gold_key(hparams: dict, datamodule, forget_ids, *, epochs: int, seed: int) -> str:

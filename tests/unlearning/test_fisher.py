@@ -58,23 +58,30 @@ def assert_fisher_close(got: dict, want: dict, rtol: float = 1e-5) -> None:
 
 
 class ConvNet(nn.Module):
-    """Every identity: Conv2d (padding, stride), depthwise Conv2d (groups,
-    reflect padding), grouped dilated Conv2d ('same'), a strided Conv2d that
-    leaves rows unused, GroupNorm, LayerNorm, BatchNorm2d/1d (eval mode), a
-    Linear on tokens called twice, a plain Linear head, in-place ReLUs; and a
-    PReLU, whose parameter takes the torch.func fallback."""
+    """Every identity and each of their code paths.
+
+    Conv2d layers on large maps (grouped-convolution path): strided with
+    padding, depthwise with reflect padding, grouped + dilated with 'same'
+    padding; on a small map (unfold path): grouped, strided with unused
+    trailing rows; on a 2x2 map (position-pair path): grouped with circular
+    padding.  GroupNorm, LayerNorm, BatchNorm2d/1d (eval mode).  Linear on
+    tokens called twice (per-sample path), once (pair path), and a plain
+    Linear head.  In-place ReLUs.  A PReLU, whose parameter takes the
+    torch.func fallback."""
 
     def __init__(self, classes: int = 5):
         super().__init__()
-        self.conv = nn.Conv2d(2, 4, 3, stride=2, padding=1)
+        self.conv = nn.Conv2d(2, 4, 3, stride=2, padding=1)  # 24x24 -> 12x12
         self.depthwise = nn.Conv2d(4, 4, 3, padding=1, groups=4, padding_mode="reflect")
         self.gn = nn.GroupNorm(2, 4)
         self.grouped = nn.Conv2d(4, 6, 3, padding="same", groups=2, dilation=2)
         self.prelu = nn.PReLU(6)
-        self.strided = nn.Conv2d(6, 6, 2, stride=3, padding=1, bias=False)  # leftover rows/columns
+        self.strided = nn.Conv2d(6, 6, 2, stride=3, groups=2, bias=False)  # 12 -> 4, row 11 unused
+        self.small = nn.Conv2d(6, 6, 3, stride=2, padding=1, groups=3, padding_mode="circular")  # 4 -> 2
         self.norm = nn.LayerNorm([6, 2, 2])
         self.bn = nn.BatchNorm2d(6)
         self.token = nn.Linear(4, 4)
+        self.token_once = nn.Linear(4, 4)
         self.bn1d = nn.BatchNorm1d(24)
         self.head = nn.Linear(24, classes)
         with torch.no_grad():
@@ -91,11 +98,13 @@ class ConvNet(nn.Module):
         x = F.relu(self.conv(x), inplace=True)
         x = self.gn(self.depthwise(x)).relu_()
         x = self.prelu(self.grouped(x))
-        x = self.strided(x)
+        x = torch.tanh(self.strided(x))
+        x = self.small(x)
         x = self.bn(self.norm(x))
         b = x.shape[0]
         t = x.reshape(b, 6, 4)
         t = self.token(t) + self.token(t.flip(1))
+        t = self.token_once(torch.tanh(t))
         return self.head(self.bn1d(t.reshape(b, -1)))
 
 
@@ -107,9 +116,9 @@ def float64():
     torch.set_default_dtype(old)
 
 
-def conv_data(n: int = 10, classes: int = 5, seed: int = 0):
+def conv_data(n: int = 10, classes: int = 5, seed: int = 0, size: int = 24):
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 2, 8, 8, generator=gen)
+    x = torch.randn(n, 2, size, size, generator=gen)
     y = torch.randint(0, classes, (n,), generator=gen)
     return x, y
 
@@ -174,7 +183,7 @@ class Unusual(nn.Module):
 def test_diagonal_fisher_falls_back_for_unusual_layers(kind, float64):
     torch.manual_seed(2)
     model = Unusual()
-    x, y = conv_data(9)
+    x, y = conv_data(9, size=8)
     got = diagonal_fisher(model, batches(x, y, 4), kind)
     assert_fisher_close(got, reference_fisher(model, x, y, kind))
 
@@ -189,7 +198,7 @@ def test_diagonal_fisher_timm_conv_variants(float64):
         nn.Flatten(),
         nn.Linear(64, 3),
     )
-    x, y = conv_data(7, classes=3)
+    x, y = conv_data(7, classes=3, size=8)
     for kind in ("true", "empirical"):
         got = diagonal_fisher(model, batches(x, y, 3), kind)
         assert_fisher_close(got, reference_fisher(model, x, y, kind))

@@ -1,0 +1,83 @@
+"""Naive unlearning (the gold standard) and the repeats machinery behind every method."""
+
+import lightning as L
+import pytest
+import torch
+
+from healing_pl.data.datamodule import HealingDataModule
+from healing_pl.models.classifier import Classifier, evaluate
+from healing_pl.unlearning.methods import UnlearnConfig, unlearn_with_repeats
+from healing_pl.unlearning.naive import gold_key, gold_standard, naive_unlearn
+
+HP = dict(backbone="small_cnn", num_classes=10, in_chans=1, image_size=8, lr=3e-3)
+
+
+@pytest.fixture(scope="module")
+def dm():
+    return HealingDataModule("digits", batch_size=128, seed=0)
+
+
+def test_naive_equals_fit_on_the_remain_set(dm, tmp_path):
+    forget = dm.primary_ids[:20]
+    gold = naive_unlearn(Classifier(**HP), dm, forget, epochs=2, seed=7, cache_dir=str(tmp_path))
+    # an independent fit on R with the same seed, as `healing-pl fit` would do
+    L.seed_everything(7, verbose=False)
+    reference = Classifier(**HP)
+    remain_dm = HealingDataModule("digits", batch_size=128, seed=0)
+    remain_dm.set_train_ids(remain_dm.remain_ids(forget))
+    L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, limit_val_batches=0).fit(reference, datamodule=remain_dm)
+    for (name, a), b in zip(gold.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(a, b), name
+    # and it differs from a model that also saw the forget set
+    L.seed_everything(7, verbose=False)
+    full = Classifier(**HP)
+    L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, limit_val_batches=0).fit(full, datamodule=HealingDataModule("digits", batch_size=128))
+    assert not torch.equal(full.net.fc2.weight, gold.net.fc2.weight)
+
+
+def test_gold_standard_is_cached_by_content(dm, tmp_path):
+    forget = dm.primary_ids[5:15]
+    first, info1 = gold_standard(HP, dm, forget, epochs=1, seed=0, cache_dir=str(tmp_path))
+    second, info2 = gold_standard(HP, dm, forget.flip(0), epochs=1, seed=0, cache_dir=str(tmp_path))
+    assert (info1["cached"], info2["cached"]) == (False, True) and info1["key"] == info2["key"]
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    # anything that changes the result changes the key
+    base = gold_key(HP, dm, forget, epochs=1, seed=0)
+    assert gold_key(HP, dm, forget, epochs=2, seed=0) != base
+    assert gold_key(HP, dm, forget, epochs=1, seed=1) != base
+    assert gold_key({**HP, "lr": 1e-3}, dm, forget, epochs=1, seed=0) != base
+    assert gold_key(HP, dm, forget[1:], epochs=1, seed=0) != base
+
+
+def test_repeats_keep_the_run_closest_to_the_mean(dm):
+    torch.manual_seed(0)
+    model = Classifier(**HP)
+    cfg = UnlearnConfig(method="fisher", alpha=1e-3, repeats=4, cache_dir=None)
+    result = unlearn_with_repeats(model, dm, dm.primary_ids[:10], cfg)
+    assert len(result.accs) == 4 and len(set(result.accs)) > 1  # different seeds, different noise
+    mean = sum(result.accs) / 4
+    best = min(range(4), key=lambda i: abs(result.accs[i] - mean))
+    assert result.representative == best
+    assert evaluate(result.model, dm.test_dataloader())["acc"] == result.accs[best]
+    again = unlearn_with_repeats(model, dm, dm.primary_ids[:10], cfg)
+    assert again.accs == result.accs  # reproducible by seed
+
+
+@pytest.mark.parametrize("forget, words", [
+    (lambda dm: dm.backup_ids[:3], "outside the primary set"),
+    (lambda dm: dm.primary_ids[[1, 1]], "twice"),
+    (lambda dm: dm.primary_ids[:0], "empty"),
+    (lambda dm: dm.primary_ids, "whole primary set"),
+])
+def test_bad_forget_sets_stop_with_a_sentence(dm, forget, words):
+    with pytest.raises(ValueError, match=words):
+        unlearn_with_repeats(Classifier(**HP), dm, forget(dm), UnlearnConfig(method="fisher", cache_dir=None))
+
+
+def test_unknown_method_and_bad_knobs():
+    with pytest.raises(ValueError, match="unknown unlearning method 'fishr'"):
+        UnlearnConfig(method="fishr")
+    with pytest.raises(ValueError, match="scale must be positive"):
+        UnlearnConfig(method="influence", scale=0)
