@@ -141,3 +141,13 @@ def test_stream_rounds_mix_benign_and_adversarial_requests(in_tmp, configs_dir, 
     # rerunning the stream into the same folder appends nothing: replay is idempotent
     assert main(args) == 0
     assert len((run / "ledger.jsonl").read_text().splitlines()) == len(lines)
+
+
+def test_unlearn_with_sisa_trains_the_ensemble_and_unlearns_exactly(in_tmp, configs_dir, baseline):
+    run = in_tmp / "sisa"
+    args = ["unlearn", "--config", f"{configs_dir}/digits.yaml", f"--ckpt_path={baseline}", f"--run_dir={run}",
+            "--adversary.budget=4", "--unlearn.method=sisa", "--unlearn.shards=2", "--unlearn.slices=2", *QUIET]
+    assert main(args) == 0
+    r = json.loads((run / "results.json").read_text())
+    assert r["sisa/train_time_s"] > 0 and r["sisa/test/acc"] > 0.5 and r["unlearned/test/acc"] > 0.5
+    assert set(r["sisa/unlearn_affected_shards"]) <= {0, 1} and r["forget/count"] == 4

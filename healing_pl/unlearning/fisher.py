@@ -207,7 +207,9 @@ def _conv_weight_per_sample(conv: nn.Conv2d, x: Tensor, g: Tensor) -> Tensor:
         padding = conv.padding
     h, w = x.shape[-2:]
     ho, wo = g.shape[-2:]
-    inputs = x.reshape(b, groups, cin // groups, h, w).permute(2, 0, 1, 3, 4).reshape(cin // groups, b * groups, h, w)
+    # (Cin/G, B*G, H, W): the input channels within a group act as the batch
+    inputs = x.reshape(b, groups, cin // groups, h, w).permute(2, 0, 1, 3, 4)
+    inputs = inputs.reshape(cin // groups, b * groups, h, w)
     kernels = g.reshape(b * cout, 1, ho, wo)
     out = F.conv2d(inputs, kernels, stride=conv.dilation, padding=padding, dilation=conv.stride, groups=b * groups)
     if out.shape[-2] < kh or out.shape[-1] < kw:

@@ -66,8 +66,8 @@ class UnlearnConfig:
     cache_dir: str | None = "runs/cache"
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"unknown unlearning method '{self.method}'; choose one of {', '.join(METHODS)}.")
+        if self.method not in (*METHODS, "sisa"):
+            raise ValueError(f"unknown unlearning method '{self.method}'; choose one of {', '.join(METHODS)}, sisa.")
         for name in ("repeats", "batch_r", "batch_f", "depth", "lissa_repeats", "shards", "slices"):
             if getattr(self, name) < 1:
                 raise ValueError(f"unlearn.{name} must be at least 1, got {getattr(self, name)}.")
@@ -117,8 +117,9 @@ def _naive(model, dm, forget_ids, cfg: UnlearnConfig, seed: int, progress: bool,
     return naive_unlearn(model, dm, forget_ids, epochs=epochs, seed=seed, cache_dir=cfg.cache_dir, progress=progress)
 
 
-#: name -> function(model, datamodule, forget_ids, cfg, seed, progress) -> new model
-METHODS: dict[str, Callable] = {"naive": _naive, "fisher": _fisher, "influence": _influence, "sisa": None}
+#: name -> function(model, datamodule, forget_ids, cfg, seed, progress) -> new model.
+#: SISA is not among them: it unlearns its own shard ensemble (healing_pl.unlearning.sisa).
+METHODS: dict[str, Callable] = {"naive": _naive, "fisher": _fisher, "influence": _influence}
 STOCHASTIC = {"fisher", "influence"}
 
 

@@ -129,7 +129,29 @@ def test_lissa_divides_by_scale_and_averages_repeats(digits, trained):
     # repeats are averaged, not summed (the full-batch runs are identical)
     three = lissa_inverse_hvp(model, cross_entropy_loss, [(x, y)], v, depth=1, repeats=3, **kw)
     assert torch.allclose(three, one, rtol=1e-10, atol=1e-12)
-    assert torch.allclose(hessian_vector_product(model, cross_entropy_loss, (x, y), v), h @ v, rtol=1e-8, atol=1e-12)
+    hv = hessian_vector_product(model, cross_entropy_loss, (x, y), v)
+    assert torch.allclose(hv, h @ v, rtol=1e-8, atol=1e-12)
+
+
+def test_lissa_reuses_equal_batches_only(digits, trained):
+    """A one-batch DataLoader yields new but equal tensors each pass: same
+    result as a list holding one batch (whose gradient graph is reused)."""
+    x, y = digits
+    state, _, top = trained
+    model = make_model(state)
+    v = torch.randn(650, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    kw = dict(damping=DAMPING, scale=top + DAMPING, depth=20)
+    listed = lissa_inverse_hvp(model, cross_entropy_loss, [(x, y)], v, **kw)
+    loaded = lissa_inverse_hvp(model, cross_entropy_loss, DataLoader(TensorDataset(x, y), batch_size=len(y)), v, **kw)
+    assert torch.allclose(listed, loaded, rtol=1e-10, atol=1e-12)
+    halves = [(x[:900], y[:900]), (x[900:], y[900:])]
+    alternating = lissa_inverse_hvp(model, cross_entropy_loss, halves, v, **kw)
+    h = [hessian(flat_params(model), *half) for half in halves]
+    want = v.clone()
+    for j in range(20):
+        hj = h[j % 2]
+        want = v + want - (hj @ want + DAMPING * want) / kw["scale"]
+    assert torch.allclose(alternating, want / kw["scale"], rtol=1e-8, atol=1e-10)
 
 
 def test_lissa_diverges_with_too_small_scale(digits, trained):
