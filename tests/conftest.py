@@ -5,7 +5,9 @@ import torch
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One thread: the tests train tiny models, where a second thread buys little, and on a shared
+# machine two spinning OpenMP threads per process slow everything down tenfold.
+torch.set_num_threads(1)
 
 
 @pytest.fixture
