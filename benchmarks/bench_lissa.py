@@ -23,37 +23,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+from _timing import interleaved_medians, mnist_cnn
 
 from healing_pl.unlearning.influence import cross_entropy_loss, hessian_vector_product, lissa_inverse_hvp
-
-
-def mnist_cnn() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(1, 32, 3), nn.ReLU(),
-        nn.Conv2d(32, 64, 3), nn.ReLU(),
-        nn.MaxPool2d(2), nn.Flatten(),
-        nn.Linear(9216, 128), nn.ReLU(),
-        nn.Linear(128, 10),
-    )
-
-
-def interleaved_medians(fns: dict, repeats: int) -> dict:
-    """Median seconds of each function over ``repeats`` interleaved rounds (after a warm-up)."""
-    for fn in fns.values():
-        fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main() -> None:

@@ -18,11 +18,10 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from healing_pl.adversary.config import AdversaryConfig
 from healing_pl.models.classifier import Classifier, check_compatible, evaluate, load_classifier

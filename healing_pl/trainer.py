@@ -11,7 +11,6 @@ import os
 import time
 
 import lightning as L
-import torch
 
 from healing_pl.adversary.config import AdversaryConfig
 from healing_pl.pipeline import HealConfig, StreamConfig, TwinsConfig
