@@ -75,3 +75,11 @@ def test_console_script_config_typo_exits_non_zero(in_tmp, configs_dir):
                          capture_output=True, text=True)
     assert out.returncode != 0 and "lrr" in out.stderr
     assert os.listdir(in_tmp) == []
+
+
+def test_diverging_hyperparameters_stop_with_a_sentence(in_tmp, configs_dir, capsys):
+    code = main(["fit", "--config", f"{configs_dir}/digits.yaml", "--model.lr=1e12", "--trainer.max_epochs=3",
+                 "--wandb.enabled=false", "--trainer.enable_progress_bar=false", f"--run_dir={in_tmp / 'r'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "diverge" in err and "--model.lr" in err
+    assert not (in_tmp / "r" / "results.json").exists()
