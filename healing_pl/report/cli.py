@@ -93,12 +93,17 @@ def grid_main(argv: list[str]) -> int:
         print(f"healing-pl grid: error: command must be heal, unlearn or stream, got '{subcommand}'.", file=sys.stderr)
         return 2
     axes = [spec["axes"][k] for k in spec["axes"]]
+    seen: set[str] = set()
     for combo in itertools.product(*axes):
         merged = dict(spec.get(subcommand) or {})
         for part in combo:
             merged.update(part)
-        label = "-".join(str(v) for part in combo for v in part.values() if not isinstance(v, float))
+        label = "-".join(f"{v:g}" if isinstance(v, float) else str(v) for part in combo for v in part.values())
         run_dir = os.path.join(out, f"{subcommand}-{label}")
+        if run_dir in seen:
+            print(f"healing-pl grid: error: two runs of the grid would share the folder '{run_dir}'.", file=sys.stderr)
+            return 2
+        seen.add(run_dir)
         if not os.path.isfile(os.path.join(run_dir, "results.json")):
             commands.append([subcommand, *common, f"--ckpt_path={ckpt}", f"--run_dir={run_dir}", *_overrides(merged)])
     for i, command in enumerate(commands, 1):
