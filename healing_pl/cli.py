@@ -108,13 +108,6 @@ class HealingCLI(LightningCLI):
         kwargs.setdefault("logger", logger)
         return super().instantiate_trainer(**kwargs)
 
-    def _record(self, phase: str, metrics: dict) -> None:
-        record = {"phase": phase, "dataset": self.datamodule.hparams.dataset,
-                  "backbone": self.model.hparams.backbone, "run_dir": self.run_dir, **metrics}
-        path = write_results(self.run_dir, record)
-        log_summary(self.trainer.logger, metrics)
-        print(f"results written to {path}")
-
     # ------------------------------------------------------------- subcommands
     def before_fit(self) -> None:
         print(self.datamodule.summary())
@@ -129,7 +122,7 @@ class HealingCLI(LightningCLI):
                    "checkpoint": os.path.join(self.run_dir, "checkpoints", "last.ckpt")}
         print(f"test accuracy: {metrics['test/acc']:.4f} (after {self.trainer.current_epoch} epochs, "
               f"{metrics['train/time_s']:.1f} s)")
-        self._record("fit", metrics)
+        self._finish_phase("fit", metrics)
 
 
     def _save_config(self) -> None:
@@ -137,16 +130,18 @@ class HealingCLI(LightningCLI):
         self._parser(self.subcommand).save(self._cfg(), os.path.join(self.run_dir, "config.yaml"),
                                            skip_none=False, overwrite=True)
 
-    def _finish_phase(self, phase: str) -> None:
-        record = {"phase": phase, "backbone": self.model.hparams.backbone, "run_dir": self.run_dir,
-                  **(self.trainer.record or {})}
+    def _finish_phase(self, phase: str, metrics: dict | None = None) -> None:
+        """Log the phase's scalars to W&B (history and summary), write results.json, print a summary."""
+        record = {"phase": phase, "dataset": self.datamodule.hparams.dataset, "backbone": self.model.hparams.backbone,
+                  "run_dir": self.run_dir, **(metrics if metrics is not None else self.trainer.record or {})}
         logger = self.trainer.logger
         if logger is not None:
             scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
             logger.log_metrics(scalars)
             log_summary(logger, scalars)
         path = write_results(self.run_dir, record)
-        print(phase_summary(record))
+        if phase != "fit":
+            print(phase_summary(record))
         print(f"results written to {path}")
 
     def before_unlearn(self) -> None:
