@@ -13,15 +13,6 @@ from torch.utils.data import DataLoader, TensorDataset
 from healing_pl.unlearning.fisher import diagonal_fisher, fisher_forget
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tests run many tiny ops: one thread avoids OpenMP contention on a
-    busy 2-core machine (10x slower with 2 threads under load)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 # --------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------

@@ -20,16 +20,6 @@ from healing_pl.unlearning.influence import (
 DAMPING = 0.05
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tests run many tiny ops: one thread avoids OpenMP contention on a
-    busy 2-core machine (10x slower with 2 threads under load)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def digits():
     from sklearn.datasets import load_digits

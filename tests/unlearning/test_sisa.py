@@ -21,15 +21,6 @@ HP = dict(backbone="small_cnn", num_classes=10, in_chans=1, image_size=8, lr=1e-
 RECIPE = dict(shards=3, slices=3, epochs_per_slice=1, batch_size=32, seed=0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # the 8x8 models are tiny: on busy shared cores, extra threads only add contention
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def dm():
     return HealingDataModule("digits", seed=0)
