@@ -174,7 +174,7 @@ def phase_summary(record: dict) -> str:
     """A few lines that sum up an unlearn or heal run."""
     keys = [("baseline/test/acc", "baseline"), ("gold/test/acc", "gold standard"), ("sisa/test/acc", "SISA"),
             ("unlearned/test/acc", "unlearned"), ("attack/random_forget/test/acc", "unlearned (random set)"),
-            ("healed/test/acc_epoch_1", "healed, 1 epoch")]
+            ("healed/test/acc_epoch_1", "healed, 1 epoch"), ("stream/final/test/acc", "after the whole stream")]
     epochs = record.get("heal/epochs")
     if epochs and epochs > 1:
         keys.append((f"healed/test/acc_epoch_{epochs}", f"healed, {epochs} epochs"))
