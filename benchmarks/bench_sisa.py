@@ -22,7 +22,7 @@ is printed too, as timings on shared cores are noisy.  With 3x5 slices and 2
 epochs per slice, the expected work ratio for one deletion is
 10 / (2 * (R+1)(2R+1) / (6R) / S) = 6.8x (5.0x when the sample is in slice 0).
 
-Usage: ``python benchmarks/bench_sisa.py [--epochs 10] [--repeats 3] [--threads 1]``.
+Usage: ``python benchmarks/bench_sisa.py [--epochs 10] [--repeats 3] [--threads 1] [--device cuda:0]``.
 """
 
 from __future__ import annotations
@@ -38,13 +38,14 @@ from healing_pl.models.classifier import Classifier, evaluate
 from healing_pl.unlearning.sisa import fit_plain, seed_for, train_sisa, unlearn_sisa
 
 
-def naive(hparams: dict, dm: HealingDataModule, ids, epochs: int, seed: int) -> tuple[Classifier, float]:
+def naive(hparams: dict, dm: HealingDataModule, ids, epochs: int, seed: int,
+          device: str = "cpu") -> tuple[Classifier, float]:
     """A fresh model trained from scratch on ``ids`` with the plain loop; returns it and the seconds taken."""
     t0 = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed_for("naive-init", seed))
-        model = Classifier(**hparams)
-    fit_plain(model, dm, ids, epochs=epochs, seed=seed_for("naive", seed))
+        model = Classifier(**hparams).to(device)
+    fit_plain(model, dm, ids, epochs=epochs, seed=seed_for("naive", seed), device=device)
     return model, time.perf_counter() - t0
 
 
@@ -57,6 +58,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    ap.add_argument("--device", default="cpu", help="where every model trains, e.g. cuda:0")
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args()
     if args.threads:
@@ -66,12 +68,13 @@ def main() -> None:
     hp = dict(backbone="small_cnn", num_classes=10, in_chans=1, image_size=28, lr=1e-3)
     test = dm.test_dataloader()
     print(f"{dm.summary()}; small_cnn, Adam lr 1e-3, batch {args.batch_size}, "
-          f"{args.epochs} epochs, SISA {args.shards}x{args.slices}, torch threads {torch.get_num_threads()}")
+          f"{args.epochs} epochs, SISA {args.shards}x{args.slices}, torch threads {torch.get_num_threads()}, "
+          f"device {args.device}")
 
-    base, t_base = naive(hp, dm, dm.primary_ids, args.epochs, args.seed)
+    base, t_base = naive(hp, dm, dm.primary_ids, args.epochs, args.seed, args.device)
     acc_base = evaluate(base, test)["acc"]
     state = train_sisa(hp, dm, shards=args.shards, slices=args.slices, epochs=args.epochs, seed=args.seed,
-                       batch_size=args.batch_size, progress=args.progress)
+                       batch_size=args.batch_size, device=args.device, progress=args.progress)
     acc_sisa = evaluate(state.ensemble, test)["acc"]
     print(f"{'baseline':<14} time {t_base:7.2f} s   acc {acc_base:.4f}")
     print(f"{'SISA train':<14} time {state.train_time:7.2f} s   acc {acc_sisa:.4f}   "
@@ -82,16 +85,16 @@ def main() -> None:
     t_sisa, t_naive, acc_u, acc_gs, work = [], [], [], [], []
     for i, fid in enumerate(picks.tolist()):
         unlearned, info = unlearn_sisa(state, [fid], dm, progress=args.progress)
-        gs, t_gs = naive(hp, dm, dm.remain_ids([fid]), args.epochs, args.seed)
+        gs, t_gs = naive(hp, dm, dm.remain_ids([fid]), args.epochs, args.seed, args.device)
         (s, r), = info["restart_slice"].items()
         work.append(info["samples_retrained"])
         t_sisa.append(info["time"])
         t_naive.append(t_gs)
         acc_u.append(evaluate(unlearned.ensemble, test)["acc"])
         acc_gs.append(evaluate(gs, test)["acc"])
-        print(f"  request {i + 1}: id {fid:5d}  shard {s} restart slice {r} ({info['samples_retrained']} sample-epochs)  "
-              f"SISA {info['time']:6.2f} s acc {acc_u[-1]:.4f} | naive {t_gs:6.2f} s acc {acc_gs[-1]:.4f}  "
-              f"-> {t_gs / info['time']:.1f}x")
+        print(f"  request {i + 1}: id {fid:5d}  shard {s} restart slice {r} "
+              f"({info['samples_retrained']} sample-epochs)  SISA {info['time']:6.2f} s acc {acc_u[-1]:.4f} | "
+              f"naive {t_gs:6.2f} s acc {acc_gs[-1]:.4f}  -> {t_gs / info['time']:.1f}x")
     m_sisa, m_naive = statistics.mean(t_sisa), statistics.mean(t_naive)
     print(f"{'SISA unlearn':<14} time {m_sisa:7.2f} s   acc {statistics.mean(acc_u):.4f}   (mean of {args.repeats})")
     print(f"{'naive retrain':<14} time {m_naive:7.2f} s   acc {statistics.mean(acc_gs):.4f}   (mean of {args.repeats})")
