@@ -22,7 +22,8 @@ import torch
 
 from healing_pl.data.datamodule import HealingDataModule
 from healing_pl.models.classifier import evaluate
-from healing_pl.unlearning.methods import UnlearnConfig, unlearn_with_repeats
+from healing_pl.phases.config import UnlearnConfig
+from healing_pl.unlearning.methods import unlearn_with_repeats
 from healing_pl.unlearning.naive import train_classifier
 
 HP = dict(backbone="small_cnn", num_classes=10, in_chans=1, image_size=28, lr=1e-3)

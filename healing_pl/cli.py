@@ -1,4 +1,4 @@
-"""The ``healing-pl`` command: a LightningCLI with per-run folders, W&B tracking and clear errors.
+"""The LightningCLI of healing-pl: per-run folders, W&B tracking, clear errors, DDP-safe.
 
     healing-pl fit      --config configs/mnist5k.yaml     train a baseline, then test it
     healing-pl validate --config ... --ckpt_path ...      validate a checkpoint
@@ -6,40 +6,36 @@
     healing-pl unlearn  --config ... --ckpt_path ...      unlearn an adversary's forget set
     healing-pl heal     --config ... --ckpt_path ...      unlearn, find twins, heal by fine-tuning
     healing-pl stream   --config ... --ckpt_path ...      benign + adversarial requests in rounds
-    healing-pl grid     configs/grids/<grid>.yaml         baseline + grid of heal runs + table
-    healing-pl report   runs/<folder>                     comparison tables from results.json
 
+(``grid`` and ``report`` are dispatched by :mod:`healing_pl.main` before this CLI.)
 Every run writes to its own folder (``--run_dir``, default
 ``runs/<dataset>-<subcommand>-<time>``): ``config.yaml``, ``splits.json``,
-``checkpoints/last.ckpt``, ``results.json`` and the W&B run under ``wandb/``.
+``checkpoints/``, ``results.json``, ``ledger.jsonl`` and the W&B run under ``wandb/``.
+Only global rank zero writes them; the subcommands print their summary from
+``results.json``, so a run under ``ddp_spawn`` reports what its rank zero measured.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import sys
 
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from healing_pl.data.datamodule import HealingDataModule
 from healing_pl.models.classifier import Classifier
+from healing_pl.phases.config import Tracking
+from healing_pl.phases.record import read_record
+from healing_pl.tracking import build_logger, finish_wandb, make_run_dir
 from healing_pl.trainer import HealingTrainer
-from healing_pl.tracking import Tracking, build_logger, finish_wandb, log_summary, make_run_dir, write_results
 
 #: exceptions that mean "bad input": printed as one sentence, exit status 2
 USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
-
-
-class _SaveConfig(SaveConfigCallback):
-    """Writes config.yaml into the run folder (overwriting is allowed: one folder per run)."""
-
-    def save_config(self, trainer, pl_module, stage) -> None:
-        if trainer.logger is not None and hasattr(trainer.logger, "experiment"):
-            flat = self.parser.dump(self.config, skip_none=False, format="json")
-            import json
-
-            trainer.logger.experiment.config.update({"cli": json.loads(flat)}, allow_val_change=True)
+#: the environment variable through which rank zero tells launched ranks the run folder
+RUN_DIR_ENV = "HEALING_PL_RUN_DIR"
 
 
 class HealingCLI(LightningCLI):
@@ -50,8 +46,7 @@ class HealingCLI(LightningCLI):
             Classifier,
             HealingDataModule,
             trainer_class=HealingTrainer,
-            save_config_callback=_SaveConfig,
-            save_config_kwargs={"overwrite": True},
+            save_config_callback=None,  # the run's writer saves config.yaml on rank zero
             seed_everything_default=0,
             auto_configure_optimizers=False,
             args=args,
@@ -86,15 +81,28 @@ class HealingCLI(LightningCLI):
         parser.add_argument("--wandb", type=Tracking, default=Tracking(), help="Weights & Biases tracking.")
         for key in ("num_classes", "in_chans", "image_size"):
             parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
-        parser.set_defaults({"trainer.max_epochs": 10, "trainer.log_every_n_steps": 10})
+        # the datamodule shards each global batch across ranks itself (so N ranks train like one process),
+        # and every rank evaluates the full validation set
+        parser.set_defaults({"trainer.max_epochs": 10, "trainer.log_every_n_steps": 10,
+                             "trainer.use_distributed_sampler": False})
 
     # ------------------------------------------------------------------ setup
     def _cfg(self):
         return self.config[self.subcommand] if self.subcommand else self.config
 
+    def _run_dir(self, cfg) -> str:
+        """``--run_dir``, else a fresh timestamped folder chosen by rank zero (launched ranks inherit it)."""
+        if cfg.run_dir:
+            return cfg.run_dir
+        if os.environ.get("LOCAL_RANK", "0") != "0" and os.environ.get(RUN_DIR_ENV):
+            return os.environ[RUN_DIR_ENV]
+        run_dir = make_run_dir("runs", f"{cfg.data.dataset}-{self.subcommand}")
+        os.environ[RUN_DIR_ENV] = run_dir  # ranks launched by `ddp` re-run this command with this environment
+        return run_dir
+
     def instantiate_trainer(self, **kwargs):
         cfg = self._cfg()
-        self.run_dir = cfg.run_dir or make_run_dir("runs", f"{cfg.data.dataset}-{self.subcommand}")
+        self.run_dir = self._run_dir(cfg)
         trainer_cfg = self._get(self.config_init, "trainer", default={})
         logger = trainer_cfg.get("logger")
         if logger is None or logger is True:
@@ -106,72 +114,49 @@ class HealingCLI(LightningCLI):
         kwargs.setdefault("callbacks", (user_callbacks if isinstance(user_callbacks, list) else [user_callbacks]) + callbacks)
         kwargs.setdefault("default_root_dir", self.run_dir)
         kwargs.setdefault("logger", logger)
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.run_dir = self.run_dir
+        trainer.run_config = json.loads(self._parser(self.subcommand).dump(cfg, skip_none=False, format="json"))
+        if self.subcommand == "fit":
+            trainer.callbacks.extend(trainer.baseline_fit_callbacks())
+        return trainer
 
     # ------------------------------------------------------------- subcommands
     def before_fit(self) -> None:
-        print(self.datamodule.summary())
-        self.datamodule.save_splits(os.path.join(self.run_dir, "splits.json"))
+        self._print_data()
+
+    before_unlearn = before_heal = before_stream = before_fit
+
+    def _print_data(self) -> None:
+        if self.trainer.is_global_zero:
+            print(self.datamodule.summary())
 
     def after_fit(self) -> None:
-        if self.trainer.interrupted:
-            return
-        fit_seconds = self.trainer.fit_seconds
-        tested = self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)[0]
-        metrics = {"test/acc": tested["test/acc"], "train/time_s": fit_seconds,
-                   "checkpoint": os.path.join(self.run_dir, "checkpoints", "last.ckpt")}
-        print(f"test accuracy: {metrics['test/acc']:.4f} (after {self.trainer.current_epoch} epochs, "
-              f"{metrics['train/time_s']:.1f} s)")
-        self._finish_phase("fit", metrics)
-
-
-    def _save_config(self) -> None:
-        os.makedirs(self.run_dir, exist_ok=True)
-        self._parser(self.subcommand).save(self._cfg(), os.path.join(self.run_dir, "config.yaml"),
-                                           skip_none=False, overwrite=True)
-
-    def _finish_phase(self, phase: str, metrics: dict | None = None) -> None:
-        """Log the phase's scalars to W&B (history and summary), write results.json, print a summary."""
-        record = {"phase": phase, "dataset": self.datamodule.hparams.dataset, "backbone": self.model.hparams.backbone,
-                  "run_dir": self.run_dir, **(metrics if metrics is not None else self.trainer.record or {})}
-        logger = self.trainer.logger
-        if logger is not None:
-            scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            logger.log_metrics(scalars)
-            log_summary(logger, scalars)
-        path = write_results(self.run_dir, record)
-        if phase != "fit":
-            print(phase_summary(record))
-        print(f"results written to {path}")
-
-    def before_unlearn(self) -> None:
-        print(self.datamodule.summary())
+        record = self._record()
+        if record is not None:
+            print(f"test accuracy: {record['test/acc']:.4f} (after {record['train/epochs']} epochs, "
+                  f"{record['train/time_s']:.1f} s)")
 
     def after_unlearn(self) -> None:
-        self._save_config()
-        if self.trainer.logger is not None:
-            import json
+        self._record()
 
-            self.trainer.logger.log_hyperparams(json.loads(self._parser(self.subcommand).dump(
-                self._cfg(), skip_none=False, format="json")))
-        self._finish_phase("unlearn")
+    after_heal = after_stream = after_unlearn
 
-    def before_stream(self) -> None:
-        print(self.datamodule.summary())
-
-    def after_stream(self) -> None:
-        self._save_config()
-        self._finish_phase("stream")
-
-    def before_heal(self) -> None:
-        print(self.datamodule.summary())
-
-    def after_heal(self) -> None:
-        self._finish_phase("heal")
+    def _record(self) -> dict | None:
+        """Print what rank zero recorded (read back from results.json) and return it."""
+        if not self.trainer.is_global_zero or self.trainer.interrupted:
+            return None
+        record = read_record(self.run_dir)
+        if record is None:
+            raise RuntimeError(f"the run finished but wrote no results to '{self.run_dir}'.")
+        if record["phase"] != "fit":
+            print(phase_summary(record))
+        print(f"results written to {os.path.join(self.run_dir, 'results.json')}")
+        return record
 
 
 def phase_summary(record: dict) -> str:
-    """A few lines that sum up an unlearn or heal run."""
+    """A few lines that sum up an unlearn, heal or stream run."""
     keys = [("baseline/test/acc", "baseline"), ("gold/test/acc", "gold standard"), ("sisa/test/acc", "SISA"),
             ("unlearned/test/acc", "unlearned"), ("attack/random_forget/test/acc", "unlearned (random set)"),
             ("healed/test/acc_epoch_1", "healed, 1 epoch"), ("stream/final/test/acc", "after the whole stream")]
@@ -183,14 +168,21 @@ def phase_summary(record: dict) -> str:
     return "\n".join(lines)
 
 
-def main(args=None) -> int:
-    """Entry point of ``healing-pl``; bad input ends with one sentence and exit status 2."""
-    argv = sys.argv[1:] if args is None else list(args)
-    if argv and argv[0] in ("report", "grid"):
-        from healing_pl.report.cli import grid_main, report_main
+def _failed_rank(err: Exception) -> tuple[int, str]:
+    """Exit status and sentence for a training process that raised (its traceback's last line)."""
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else str(err)
+    match = re.match(r"^\s*(?:[\w.]+\.)?(\w+): (.*)$", last)
+    if match and match.group(1) in {e.__name__ for e in USER_ERRORS}:
+        return 2, match.group(2)
+    return 1, f"a training process failed: {last.strip()}"
 
-        return (report_main if argv[0] == "report" else grid_main)(argv[1:])
+
+def run_cli(args=None) -> int:
+    """Run the LightningCLI; bad input ends with one sentence and exit status 2, a failed rank with status 1."""
     import warnings
+
+    from torch.multiprocessing.spawn import ProcessException
 
     warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
     try:
@@ -200,12 +192,16 @@ def main(args=None) -> int:
             raise
         print(f"healing-pl: error: {err}", file=sys.stderr)
         return 2
+    except ProcessException as err:  # a rank of a spawned run raised or died
+        if os.environ.get("HEALING_PL_DEBUG"):
+            raise
+        code, sentence = _failed_rank(err)
+        print(f"healing-pl: error: {sentence}", file=sys.stderr)
+        return code
     except SystemExit as exit_:  # the parser's own errors (a config typo) and --help / --print_config
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
     finally:
         finish_wandb()
+        if os.environ.get("LOCAL_RANK", "0") == "0":
+            os.environ.pop(RUN_DIR_ENV, None)  # the next command in this process picks its own folder
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,31 +5,9 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
-
-@dataclass
-class Tracking:
-    """Weights & Biases settings (offline unless WANDB_MODE=online is set).
-
-    Args:
-        enabled: log to W&B (False: no logger, the results record is still written).
-        project: W&B project.
-        entity: W&B entity (team or user); None uses the default.
-        group: W&B group, e.g. one group per experiment grid.
-        job_type: W&B job type; None uses the subcommand (fit, unlearn, heal).
-        tags: W&B tags.
-        name: W&B run name; None uses the run folder's name.
-    """
-
-    enabled: bool = True
-    project: str = "healing-pl"
-    entity: str | None = None
-    group: str | None = None
-    job_type: str | None = None
-    tags: list[str] = field(default_factory=list)
-    name: str | None = None
+from lightning.pytorch.loggers import WandbLogger
 
 
 def wandb_mode() -> str:
@@ -48,14 +26,15 @@ def make_run_dir(base: str, stem: str) -> str:
     return candidate
 
 
-def build_logger(tracking: Tracking, run_dir: str, job_type: str, config: dict | None = None):
-    """A WandbLogger writing under ``run_dir`` (None when tracking is off or W&B is disabled)."""
+def build_logger(tracking, run_dir: str, job_type: str, config: dict | None = None):
+    """A W&B logger writing under ``run_dir`` (None when tracking is off or W&B is disabled).
+
+    ``tracking`` is the ``--wandb`` config (:class:`healing_pl.phases.config.Tracking`).
+    """
     mode = wandb_mode()
     if not tracking.enabled or mode == "disabled":
         return None
-    from lightning.pytorch.loggers import WandbLogger
-
-    return WandbLogger(
+    return RunLogger(
         save_dir=run_dir, project=tracking.project, entity=tracking.entity, group=tracking.group,
         job_type=tracking.job_type or job_type, tags=list(tracking.tags),
         name=tracking.name or os.path.basename(os.path.normpath(run_dir)),
@@ -63,12 +42,25 @@ def build_logger(tracking: Tracking, run_dir: str, job_type: str, config: dict |
     )
 
 
+class RunLogger(WandbLogger):
+    """Lightning's WandbLogger, except that a spawned run (``ddp_spawn``) opens its W&B run in rank zero's
+    process: Lightning's own logger opens it in the launching process and attaches the workers to it, which
+    hangs in offline mode."""
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_experiment"] = None
+        return state
+
+
 def write_results(run_dir: str, record: dict[str, Any], name: str = "results.json") -> str:
     """Write the run's machine-readable results record (atomically) and return its path."""
+    import tempfile
+
     os.makedirs(run_dir, exist_ok=True)
     path = os.path.join(run_dir, name)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=run_dir)
+    with os.fdopen(fd, "w") as f:
         json.dump(record, f, indent=2, sort_keys=True, default=_jsonable)
     os.replace(tmp, path)
     return path

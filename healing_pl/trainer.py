@@ -1,41 +1,61 @@
-"""The Trainer of healing-pl: Lightning's Trainer plus the ``unlearn`` and ``heal`` subcommands.
+"""The Trainer of healing-pl: Lightning's Trainer plus the ``unlearn``, ``heal`` and ``stream`` subcommands.
 
-LightningCLI turns every public method listed in :meth:`extra_subcommands`
-into a subcommand whose typed arguments (the config dataclasses) become
-``--unlearn.*``, ``--adversary.*``, ``--twins.*`` and ``--heal.*`` options.
+LightningCLI turns every method listed in :meth:`extra_subcommands` into a
+subcommand whose typed arguments (the config dataclasses of
+:mod:`healing_pl.phases.config`) become ``--unlearn.*``, ``--adversary.*``,
+``--twins.*``, ``--heal.*`` and ``--stream.*`` options.
+
+Each subcommand reads top to bottom: load the baseline, check the request
+against the data, then one ``fit`` whose callbacks are the phases
+(:mod:`healing_pl.callbacks.phases`). Running inside the fit is what puts every
+phase on the trainer's device and precision and runs it once under DDP.
 """
 
 from __future__ import annotations
 
 import os
-import time
 
 import lightning as L
 
-from healing_pl.adversary.config import AdversaryConfig
-from healing_pl.pipeline import HealConfig, StreamConfig, TwinsConfig
-from healing_pl.unlearning.methods import UnlearnConfig
+from healing_pl.callbacks.phases import (
+    FitEvaluation,
+    HealEvaluation,
+    Phase,
+    RunWriter,
+    StreamPhase,
+    TwinSearch,
+    UnlearnPhase,
+)
+from healing_pl.phases.baseline import load_baseline
+from healing_pl.phases.config import AdversaryConfig, HealConfig, StreamConfig, TwinsConfig, UnlearnConfig
 
 
 class HealingTrainer(L.Trainer):
-    """A Lightning Trainer that times ``fit`` and runs the unlearning and healing phases."""
+    """A Lightning Trainer whose extra subcommands compose the phases of an experiment.
 
-    fit_seconds: float = 0.0
-    #: what the last unlearn/heal measured (read by the CLI to write results.json)
-    record: dict | None = None
+    The CLI sets :attr:`run_dir` (the run's folder) and :attr:`run_config` (the full
+    configuration, as written to ``config.yaml``) before a subcommand runs.
+    """
+
+    run_dir: str = "runs/unnamed"
+    run_config: dict | None = None
 
     @staticmethod
     def extra_subcommands() -> dict[str, set[str]]:
         """Subcommands beyond fit/validate/test/predict and the arguments the CLI fills in."""
         return {"unlearn": {"model", "datamodule"}, "heal": {"model", "datamodule"}, "stream": {"model", "datamodule"}}
 
-    def fit(self, *args, **kwargs):
-        """Train the model (a baseline on the primary set), then test it."""
-        start = time.perf_counter()
-        try:
-            return super().fit(*args, **kwargs)
-        finally:
-            self.fit_seconds = time.perf_counter() - start
+    def fit_phases(self, subcommand: str, model, datamodule, phases: list[Phase], epochs: int) -> None:
+        """One fit of ``model`` for ``epochs`` epochs with ``phases`` and the run's writer as callbacks."""
+        writer = RunWriter(subcommand, self.run_dir, self.run_config or {}, phases)
+        self.callbacks[:0] = [*phases, writer]
+        self.fit_loop.max_epochs = epochs
+        self.fit(model, datamodule=datamodule)
+
+    def baseline_fit_callbacks(self) -> list:
+        """The callbacks of ``healing-pl fit``: test on the full test set, then record (see the CLI)."""
+        evaluation = FitEvaluation(os.path.join(self.run_dir, "checkpoints", "last.ckpt"))
+        return [evaluation, RunWriter("fit", self.run_dir, self.run_config or {}, [evaluation])]
 
     def unlearn(self, model, datamodule, ckpt_path: str | None = None, unlearn: UnlearnConfig = UnlearnConfig(),
                 adversary: AdversaryConfig = AdversaryConfig(), gold: bool = False, attack_strength: bool = False):
@@ -49,31 +69,11 @@ class HealingTrainer(L.Trainer):
             attack_strength: also unlearn a random forget set of the same size and report
                 the accuracy drop of the adversary's set relative to it.
         """
-        from healing_pl import pipeline as P
-
-        baseline, recipe = P.load_baseline(ckpt_path, model, datamodule)
-        progress = self.progress_bar_callback is not None
-        forget, requests, _ = P.request_forget_set(adversary, baseline, datamodule, self.default_root_dir, progress)
-        record = {**P.forget_set_record(adversary, datamodule, forget), **requests}
-        record.update({f"unlearn/{k}": v for k, v in unlearn.hyperparameters().items()})
-        record.update(P.evaluate_sets(baseline, datamodule, forget, "baseline"))
-        if unlearn.method == "sisa":
-            record.update(P.sisa_phase(baseline, recipe, datamodule, forget, unlearn, progress))
-            unlearned = None
-        else:
-            unlearned, summary = P.unlearned_model(baseline, recipe, datamodule, forget, unlearn, progress)
-            record.update(P.unlearn_record(summary))
-            record.update(P.evaluate_sets(unlearned, datamodule, forget, "unlearned"))
-        if gold:
-            record.update(P.gold_record(baseline, recipe, datamodule, forget, unlearn, progress)[1])
-        if attack_strength and unlearn.method != "sisa":
-            record.update(P.attack_strength(baseline, recipe, datamodule, forget, unlearn, record, progress))
-        if unlearned is not None:
-            path = os.path.join(self.default_root_dir, "checkpoints", "unlearned.ckpt")
-            P.save_model(unlearned, datamodule, path, recipe=recipe, forget_ids=forget)
-            record["checkpoint"] = path
-        self.record = record
-        return record
+        baseline = load_baseline(ckpt_path, model, datamodule)
+        adversary.validate(len(datamodule.primary_ids), datamodule.num_classes)
+        phase = UnlearnPhase(baseline, adversary, unlearn, gold=gold, attack_strength=attack_strength,
+                             run_dir=self.run_dir, save_to=os.path.join(self.run_dir, "checkpoints", "unlearned.ckpt"))
+        self.fit_phases("unlearn", model, datamodule, [phase], epochs=0)
 
     def heal(self, model, datamodule, ckpt_path: str | None = None, unlearn: UnlearnConfig = UnlearnConfig(),
              adversary: AdversaryConfig = AdversaryConfig(), twins: TwinsConfig = TwinsConfig(),
@@ -87,41 +87,21 @@ class HealingTrainer(L.Trainer):
             twins: the twin metric (none: heal on R alone) and spare policy.
             heal: the fine-tune: epochs (default N/2), learning rate, gold standard.
         """
-        from healing_pl import pipeline as P
-        from healing_pl.callbacks.phases import HealEvaluation, TwinSearch, UnlearnPhase
-
         if unlearn.method == "sisa":
             raise ValueError("heal supports the naive, fisher and influence methods; SISA is exact and keeps its own shards.")
-        baseline, recipe = P.load_baseline(ckpt_path, model, datamodule)
-        progress = self.progress_bar_callback is not None
-        forget, requests, ledger = P.request_forget_set(adversary, baseline, datamodule, self.default_root_dir, progress)
-        epochs = heal.epochs or max(1, recipe["epochs"] // 2)
-        record = {**P.forget_set_record(adversary, datamodule, forget), **requests}
-        record.update({f"unlearn/{k}": v for k, v in unlearn.hyperparameters().items()})
-        record.update({"twins/metric": twins.metric, "twins/policy": twins.policy, "heal/setup": twins.setup,
-                       "heal/epochs": epochs, "baseline/epochs": recipe["epochs"]})
-        record.update(P.evaluate_sets(baseline, datamodule, forget, "baseline"))
-        if heal.gold:
-            record.update(P.gold_record(baseline, recipe, datamodule, forget, unlearn, progress)[1])
-        model.load_state_dict(baseline.state_dict())
+        baseline = load_baseline(ckpt_path, model, datamodule)
+        adversary.validate(len(datamodule.primary_ids), datamodule.num_classes)
         if heal.lr is not None:
-            model.hparams.lr = heal.lr
-        record["heal/lr"] = model.hparams.lr
+            model.hparams.lr = heal.lr  # before the fit builds its optimizer
         model.log_prefix = "healed/"
-        self.callbacks[:0] = [UnlearnPhase(baseline, recipe, forget, unlearn, record, progress),
-                              TwinSearch(baseline, forget, twins, record, P.ledger_twins(ledger, datamodule)),
-                              HealEvaluation(record)]
-        self.fit_loop.max_epochs = epochs
-        start = time.perf_counter()
-        self.fit(model, datamodule=datamodule)
-        record["heal/time_s"] = time.perf_counter() - start
-        record.update(P.evaluate_sets(model, datamodule, forget, "healed"))
-        self.record = record
-        return record
+        unlearned = UnlearnPhase(baseline, adversary, unlearn, gold=heal.gold, run_dir=self.run_dir)
+        epochs = heal.epochs_for(baseline.epochs)
+        phases = [unlearned, TwinSearch(unlearned, twins), HealEvaluation(unlearned, epochs, model.hparams.lr)]
+        self.fit_phases("heal", model, datamodule, phases, epochs=epochs)
 
     def stream(self, model, datamodule, ckpt_path: str | None = None, unlearn: UnlearnConfig = UnlearnConfig(),
                adversary: AdversaryConfig = AdversaryConfig(), stream: StreamConfig = StreamConfig(),
-               twins: TwinsConfig = TwinsConfig()):
+               twins: TwinsConfig = TwinsConfig(), heal: HealConfig = HealConfig()):
         """Apply a stream of benign and adversarial unlearn requests in rounds, evaluating after each.
 
         Args:
@@ -130,10 +110,10 @@ class HealingTrainer(L.Trainer):
             adversary: who picks the adversarial requests, with which knowledge and budget.
             stream: the mix of benign requests, the arrival order, the round size and healing.
             twins: the twin metric and policy when the stream heals after each round.
+            heal: the learning rate of each round's fine-tune (heal.lr; epochs come from stream.heal_epochs).
         """
-        from healing_pl import pipeline as P
-
-        baseline, recipe = P.load_baseline(ckpt_path, model, datamodule)
-        self.record = P.run_stream(baseline, recipe, datamodule, unlearn, adversary, stream, twins,
-                                   self.default_root_dir, self.logger, self.progress_bar_callback is not None)
-        return self.record
+        baseline = load_baseline(ckpt_path, model, datamodule)
+        adversary.validate(len(datamodule.primary_ids), datamodule.num_classes)
+        phase = StreamPhase(baseline, unlearn=unlearn, adversary=adversary, stream=stream, twins=twins, heal=heal,
+                            run_dir=self.run_dir)
+        self.fit_phases("stream", model, datamodule, [phase], epochs=0)

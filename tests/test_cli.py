@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from healing_pl.cli import main
+from healing_pl.main import main
 from healing_pl.tracking import read_offline_run
 
 FAST = ["--trainer.max_epochs=3", "--trainer.enable_progress_bar=false", "--data.batch_size=128"]

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from healing_pl.cli import main
+from healing_pl.main import main
 from healing_pl.models.classifier import load_classifier
 
 QUIET = ["--trainer.enable_progress_bar=false", "--wandb.enabled=false"]

@@ -1,6 +1,5 @@
 """Adversaries and unlearn requests: selectors, membership check, ledger and request streams."""
 
-from healing_pl.adversary.config import AdversaryConfig
 from healing_pl.adversary.selectors import SELECTORS, select_forget_set
 
-__all__ = ["SELECTORS", "AdversaryConfig", "select_forget_set"]
+__all__ = ["SELECTORS", "select_forget_set"]

@@ -1,70 +1,302 @@
-"""Lightning callbacks that run the phases of ``healing-pl heal`` around the fine-tune.
+"""Lightning callbacks through which the phases act around a fit; shared by ``fit``, ``unlearn``, ``heal`` and ``stream``.
 
-``heal`` is a ``fit`` of the unlearned model on the heal set: at the start of
-fit :class:`UnlearnPhase` replaces the weights by the unlearned model's and
-:class:`TwinSearch` points the training loader at R plus the twins; the
-fine-tune is the fit itself; :class:`HealEvaluation` records the test
-accuracy after every epoch (the paper's 1-epoch and N/2-epoch columns).
-All three write into one shared ``record`` dict.
+Every subcommand is a ``fit`` of the model with some of these callbacks:
+
+==========  =====================================================  ==============
+subcommand  callbacks                                              epochs
+==========  =====================================================  ==============
+fit         FitEvaluation, RunWriter                               N
+unlearn     UnlearnPhase, RunWriter                                0
+heal        UnlearnPhase, TwinSearch, HealEvaluation, RunWriter    N/2 (heal.epochs)
+stream      StreamPhase, RunWriter                                 0
+==========  =====================================================  ==============
+
+At the start of fit the strategy has put the model on its device, in its
+precision, and (under DDP) started every rank. :class:`UnlearnPhase` then runs
+the forget set, the baseline evaluation, the gold standard and the unlearning
+once, on global rank zero, on that device, and hands the unlearned weights to
+every rank; :class:`TwinSearch` finds the twins (rank zero) and points every
+rank's training loader at R plus the twins; the fine-tune is the fit itself;
+:class:`HealEvaluation` measures the full test set after every epoch (rank
+zero). Each phase keeps its typed result; :class:`RunWriter` (rank zero) turns
+them into ``results.json`` and the W&B run. No callback writes into another's
+state: a later phase reads an earlier one's typed result.
 """
 
 from __future__ import annotations
 
+import os
 import time
+from dataclasses import dataclass
 
 import lightning as L
-import torch
 
-from healing_pl.models.classifier import evaluate
-from healing_pl.pipeline import evaluate_sets, find_twins, unlearn_record, unlearned_model
+from healing_pl.models.classifier import Classifier, evaluate
+from healing_pl.phases.baseline import Baseline
+from healing_pl.phases.config import AdversaryConfig, HealConfig, StreamConfig, TwinsConfig, UnlearnConfig
+from healing_pl.phases.distributed import cpu_state, inner_trainer, rank_zero_run
+from healing_pl.phases.evaluate import Evaluation, evaluate_sets
+from healing_pl.phases.forget import ForgetSet, request_forget_set
+from healing_pl.phases.gold import Gold, gold_phase
+from healing_pl.phases.heal import HealCurve
+from healing_pl.phases.record import compose, save_config, save_model, write_record
+from healing_pl.phases.twins import TwinSet, ledger_twins, twin_phase
+from healing_pl.phases.unlearn import AttackStrength, Unlearned, attack_strength, unlearn_phase
+from healing_pl.unlearning.methods import Context
+from healing_pl.unlearning.naive import model_hparams
 
 
-class UnlearnPhase(L.Callback):
-    """Unlearn the forget set from the baseline (with repeats) and start the fine-tune from it."""
+def detached_copy(model: Classifier) -> Classifier:
+    """A stand-alone copy of a Classifier (no trainer attached) on its device and dtype, in eval mode."""
+    hparams = {**model_hparams(model), "pretrained": False, "weights": None}  # the weights come from the state dict
+    clone = Classifier(**hparams)
+    clone.load_state_dict(model.state_dict())
+    clone.hparams.update({k: model.hparams[k] for k in ("pretrained", "weights") if k in model.hparams})
+    param = next(model.parameters())
+    return clone.to(device=param.device, dtype=param.dtype).eval()
 
-    def __init__(self, baseline, recipe: dict, forget_ids: torch.Tensor, cfg, record: dict, progress: bool = True):
-        self.baseline, self.recipe, self.forget_ids, self.cfg = baseline, recipe, forget_ids, cfg
-        self.record, self.progress = record, progress
+
+def _progress(trainer) -> bool:
+    return trainer.progress_bar_callback is not None and trainer.is_global_zero
+
+
+def _ledger(run_dir: str):
+    from healing_pl.adversary.ledger import Ledger
+
+    return Ledger(run_dir)
+
+
+class Phase(L.Callback):
+    """A phase callback: it keeps typed results that :class:`RunWriter` records."""
+
+    def results(self) -> list:
+        return []
+
+
+# --------------------------------------------------------------------------- fit
+@dataclass(frozen=True)
+class Trained:
+    """A baseline trained by ``healing-pl fit``, tested on the full test set."""
+
+    test: dict
+    epochs: int
+    time_s: float
+    checkpoint: str
+
+    def record(self) -> dict:
+        return {"test/acc": self.test["acc"], "test/loss": self.test["loss"], "test/acc_class": self.test["acc_class"],
+                "train/epochs": self.epochs, "train/time_s": self.time_s, "checkpoint": self.checkpoint}
+
+
+class FitEvaluation(Phase):
+    """Times the fit and tests the trained model over the whole test set on global rank zero."""
+
+    def __init__(self, checkpoint: str):
+        self.checkpoint = checkpoint
+        self.trained: Trained | None = None
+        self._start = 0.0
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        dm = trainer.datamodule
-        model, summary = unlearned_model(self.baseline, self.recipe, dm, self.forget_ids, self.cfg, self.progress)
-        pl_module.load_state_dict(model.state_dict())
-        self.record.update(unlearn_record(summary))
-        self.record.update(evaluate_sets(pl_module, dm, self.forget_ids, "unlearned"))
-        print(f"unlearned ({self.cfg.method}): test accuracy {self.record['unlearned/test/acc']:.4f} "
-              f"(mean {summary['acc_mean']:.4f} ± {summary['acc_std']:.4f} over {len(summary['acc_repeats'])} runs)")
+        self._start = time.perf_counter()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.interrupted or not trainer.is_global_zero:
+            return
+        seconds = time.perf_counter() - self._start
+        tested = evaluate(pl_module, trainer.datamodule.test_dataloader())  # on the training device, full test set
+        self.trained = Trained(tested, trainer.current_epoch, seconds, self.checkpoint)
+
+    def results(self) -> list:
+        return [self.trained]
 
 
-class TwinSearch(L.Callback):
-    """Find twins for the forget set and train on the heal set R ∪ T."""
+# --------------------------------------------------------------------------- unlearn
+@dataclass(frozen=True)
+class UnlearnOutcome:
+    """What the pre-fit phases hand to every rank (plain, picklable, CPU)."""
 
-    def __init__(self, baseline, forget_ids: torch.Tensor, cfg, record: dict, on_twins=None):
-        self.baseline, self.forget_ids, self.cfg, self.record = baseline, forget_ids, cfg, record
-        self.on_twins = on_twins  # called with the twin records (e.g. to write them to the ledger)
+    forget: ForgetSet
+    baseline: Evaluation
+    gold: Gold | None
+    unlearned: Unlearned
+    attack: AttackStrength | None
+    weights: dict | None  # the unlearned Classifier's state dict (None when the method keeps its own model)
+
+
+class UnlearnPhase(Phase):
+    """Forget set, baseline evaluation, gold standard and unlearning, once on rank zero; every rank starts
+    from the unlearned weights.
+
+    Args:
+        baseline: the loaded baseline checkpoint (its weights are in the fitted model).
+        adversary, unlearn: who picks the forget set; how it is unlearned.
+        gold: also train (or load) the gold standard.
+        attack_strength: also unlearn a random set of the same size and report the extra drop.
+        run_dir: the run folder (the ledger lives there).
+        save_to: save the unlearned model to this checkpoint path (the ``unlearn`` subcommand).
+    """
+
+    def __init__(self, baseline: Baseline, adversary: AdversaryConfig, unlearn: UnlearnConfig, *, gold: bool,
+                 run_dir: str, attack_strength: bool = False, save_to: str | None = None):
+        self.baseline, self.adversary, self.unlearn = baseline, adversary, unlearn
+        self.gold, self.attack_strength, self.run_dir, self.save_to = gold, attack_strength, run_dir, save_to
+        self.outcome: UnlearnOutcome | None = None
+        self.checkpoint: str | None = None
+        # rank zero only: the baseline copy (embeddings for twins), the unlearned model, the ledger
+        self.baseline_model = self.unlearned_model = self.ledger = None
 
     def on_fit_start(self, trainer, pl_module) -> None:
+        self.outcome = rank_zero_run(trainer, lambda: self._compute(trainer, pl_module))
+        if self.outcome.weights is not None:
+            pl_module.load_state_dict(self.outcome.weights)
+
+    def _compute(self, trainer, pl_module) -> UnlearnOutcome:
+        dm, progress = trainer.datamodule, _progress(trainer)
+        context = Context(epochs=self.baseline.epochs, seed=self.baseline.seed, trainer=inner_trainer(trainer),
+                          progress=progress)
+        self.baseline_model = model = detached_copy(pl_module)
+        self.ledger = _ledger(self.run_dir)
+        forget = request_forget_set(self.adversary, model, dm, self.ledger, progress)
+        before = evaluate_sets(model, dm, forget.ids, "baseline")
+        gold = None
+        if self.gold:
+            _, gold = gold_phase(model, self.baseline, dm, forget.ids, cache_dir=self.unlearn.cache_dir,
+                                 trainer=context.trainer, progress=progress)
+        self.unlearned_model, unlearned = unlearn_phase(model, self.baseline, dm, forget.ids, self.unlearn, context)
+        s = unlearned.summary
+        print(f"unlearned ({self.unlearn.method}): test accuracy {unlearned.evaluation.test:.4f} "
+              f"(mean {s['acc_mean']:.4f} ± {s['acc_std']:.4f} over {len(s['acc_repeats'])} runs)")
+        attack = None
+        if self.attack_strength:
+            attack = attack_strength(model, self.baseline, dm, forget.ids, self.unlearn, context, before.test,
+                                     unlearned.evaluation.test)
+        weights = cpu_state(self.unlearned_model) if isinstance(self.unlearned_model, Classifier) else None
+        return UnlearnOutcome(forget, before, gold, unlearned, attack, weights)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if self.save_to and trainer.is_global_zero and isinstance(self.unlearned_model, Classifier):
+            save_model(self.unlearned_model, trainer.datamodule, self.save_to, recipe={
+                "epochs": self.baseline.epochs, "seed": self.baseline.seed}, forget_ids=self.outcome.forget.ids)
+            self.checkpoint = self.save_to
+
+    def results(self) -> list:
+        o = self.outcome
+        saved = _Checkpoint(self.checkpoint) if self.checkpoint else None
+        return [self.baseline, o.forget, o.baseline, o.gold, o.unlearned, o.attack, saved]
+
+
+@dataclass(frozen=True)
+class _Checkpoint:
+    path: str
+
+    def record(self) -> dict:
+        return {"checkpoint": self.path}
+
+
+# --------------------------------------------------------------------------- twins and healing
+class TwinSearch(Phase):
+    """Twins for the forget set (rank zero, with the baseline's embeddings); every rank trains on R plus the twins."""
+
+    def __init__(self, unlearned: UnlearnPhase, twins: TwinsConfig):
+        self.unlearned, self.twins = unlearned, twins
+        self.twin_set: TwinSet | None = None
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        forget = self.unlearned.outcome.forget.ids
         dm = trainer.datamodule
-        start = time.perf_counter()
-        pairs = find_twins(self.cfg, self.baseline, dm, self.forget_ids)
-        twin_ids = [p["twin_id"] for p in pairs]
-        dm.set_train_ids(dm.heal_ids(self.forget_ids, twin_ids))
-        same = sum(int(dm.targets[p["twin_id"]] == dm.targets[p["request_id"]]) for p in pairs)
-        self.record.update({"twins/pairs": pairs, "twins/count": len(pairs), "twins/time_s": time.perf_counter() - start,
-                            "twins/same_class": same / len(pairs) if pairs else None,
-                            "heal/train_size": len(dm.train_ids)})
-        if self.on_twins is not None and pairs:
-            self.on_twins(pairs)
+
+        def search() -> TwinSet:
+            found = twin_phase(self.twins, self.unlearned.baseline_model, dm, forget)
+            if found.pairs:
+                ledger_twins(self.unlearned.ledger, dm, found.pairs)
+            return found
+
+        self.twin_set = rank_zero_run(trainer, search)
+        dm.set_train_ids(dm.heal_ids(forget, self.twin_set.twin_ids))
+
+    def results(self) -> list:
+        return [self.twin_set]
 
 
-class HealEvaluation(L.Callback):
-    """Test accuracy of the healed model after every fine-tuning epoch."""
+class HealEvaluation(Phase):
+    """Test accuracy of the healing model over the full test set after every epoch (rank zero); epoch 0 is the
+    unlearned start. At the end of training, the healed model's test, remain and forget accuracy."""
 
-    def __init__(self, record: dict):
-        self.record = record
+    def __init__(self, unlearned: UnlearnPhase, epochs: int, lr: float):
+        self.unlearned = unlearned
+        self.curve = HealCurve(epochs, lr)
+        self.healed: Evaluation | None = None
+        self._start = 0.0
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.curve.accs[0] = self.unlearned.outcome.unlearned.evaluation.test
+        self._start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        epoch = trainer.current_epoch + 1
-        acc = evaluate(pl_module, trainer.datamodule.test_dataloader())["acc"]
-        self.record[f"healed/test/acc_epoch_{epoch}"] = acc
-        pl_module.log("healed/test/acc", acc)
+        if trainer.is_global_zero:
+            acc = evaluate(pl_module, trainer.datamodule.test_dataloader())["acc"]
+            self.curve.accs[trainer.current_epoch + 1] = acc
+            pl_module.log("healed/test/acc", acc, rank_zero_only=True)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.curve.time_s = time.perf_counter() - self._start
+        if trainer.is_global_zero:  # still on the training device (the strategy's teardown comes later)
+            self.healed = evaluate_sets(pl_module, trainer.datamodule, self.unlearned.outcome.forget.ids, "healed")
+
+    def results(self) -> list:
+        return [self.curve, self.healed]
+
+
+# --------------------------------------------------------------------------- streams
+class StreamPhase(Phase):
+    """A stream of requests in rounds, applied on rank zero on the model's device (see :mod:`healing_pl.phases.stream`)."""
+
+    def __init__(self, baseline: Baseline, *, unlearn: UnlearnConfig, adversary: AdversaryConfig,
+                 stream: StreamConfig, twins: TwinsConfig, heal: HealConfig, run_dir: str):
+        self.baseline, self.run_dir = baseline, run_dir
+        self.configs = {"unlearn": unlearn, "adversary": adversary, "stream": stream, "twins": twins, "heal": heal}
+        self.result = None
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        from healing_pl.phases.stream import run_stream
+
+        def run():
+            context = Context(epochs=self.baseline.epochs, seed=self.baseline.seed, trainer=inner_trainer(trainer),
+                              progress=_progress(trainer))
+            logger = trainer.logger
+            log = (lambda metrics, step: logger.log_metrics(metrics, step=step)) if logger is not None else None
+            return run_stream(detached_copy(pl_module), self.baseline, trainer.datamodule, ledger=_ledger(self.run_dir),
+                              context=context, log=log, **self.configs)
+
+        self.result = rank_zero_run(trainer, run)
+
+    def results(self) -> list:
+        return [self.baseline, self.result]
+
+
+# --------------------------------------------------------------------------- the writer
+class RunWriter(L.Callback):
+    """Writes the run's files on global rank zero: ``config.yaml`` and ``splits.json`` once the phases before
+    the fit succeeded, then ``results.json`` and the W&B summary from every phase's typed results."""
+
+    def __init__(self, subcommand: str, run_dir: str, config: dict, phases: list[Phase]):
+        self.subcommand, self.run_dir, self.config, self.phases = subcommand, run_dir, config, list(phases)
+        self.path: str | None = None
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            save_config(self.run_dir, self.config, trainer.logger)
+            trainer.datamodule.save_splits(os.path.join(self.run_dir, "splits.json"))
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if trainer.interrupted or not trainer.is_global_zero:
+            return
+        header = {"dataset": trainer.datamodule.hparams.dataset, "backbone": pl_module.hparams.backbone,
+                  "run_dir": self.run_dir, "world_size": trainer.world_size,
+                  "device": str(trainer.strategy.root_device), "precision": str(trainer.precision)}
+        record = compose(self.subcommand, header, [r for phase in self.phases for r in phase.results()])
+        self.path = write_record(self.run_dir, record, trainer.logger)
+        if trainer.world_size > 1:  # a spawned rank zero ends with its process: close its W&B run here
+            from healing_pl.tracking import finish_wandb
+
+            finish_wandb()

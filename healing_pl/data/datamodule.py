@@ -17,7 +17,7 @@ from typing import Iterable
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
 from healing_pl.data.datasets import Pool, build_pool
 
@@ -36,6 +36,31 @@ class IdView(Dataset):
 
     def __getitem__(self, index: int):
         return self.dataset[int(self.ids[index])]
+
+
+class ShardedBatches:
+    """A rank's share of every global batch of a batch sampler: positions ``rank, rank + world, ...``.
+
+    Wrapped around the very batch sampler a single-process loader uses (a seeded shuffle in batches
+    of ``batch_size``), and given the same generator, every rank sees the same global batches as one
+    process would; averaging the ranks' gradients (DDP) then gives the single-process batch's
+    gradient, so N ranks train like one process with the same ``batch_size`` (up to float summation
+    order, and the weighting of a last batch that does not split evenly).
+    """
+
+    def __init__(self, batches: BatchSampler, world: int, rank: int):
+        self.batches, self.world, self.rank = batches, world, rank
+
+    def __iter__(self):
+        for batch in self.batches:
+            mine = batch[self.rank::self.world]
+            if mine:
+                yield mine
+
+    def __len__(self) -> int:
+        n, size = len(self.batches.sampler), self.batches.batch_size
+        full, rest = divmod(n, size)
+        return full + int(rest > self.rank)
 
 
 def _as_ids(ids: Iterable[int] | Tensor) -> Tensor:
@@ -207,7 +232,22 @@ class HealingDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------ lightning
     def train_dataloader(self) -> DataLoader:
-        return self.loader(self.train_ids, shuffle=True, batch_size=self.hparams.batch_size)
+        """The shuffled training loader; under DDP each rank serves its share of every global batch
+        (``batch_size`` is the batch of the whole run, see :class:`ShardedBatches`)."""
+        trainer = self.trainer
+        world = trainer.world_size if trainer is not None else 1
+        if world == 1:
+            return self.loader(self.train_ids, shuffle=True, batch_size=self.hparams.batch_size)
+        if self.hparams.batch_size % world:
+            raise ValueError(f"data.batch_size={self.hparams.batch_size} does not split across {world} devices; "
+                             f"use a multiple of {world}.")
+        # the generator is drawn exactly as by the one-process loader (its base seed, then the shuffle)
+        generator = torch.Generator().manual_seed(self.hparams.seed)
+        dataset = self.subset(self.train_ids)
+        batches = BatchSampler(RandomSampler(dataset, generator=generator), self.hparams.batch_size, drop_last=False)
+        return DataLoader(dataset, batch_sampler=ShardedBatches(batches, world, trainer.global_rank),
+                          generator=generator, num_workers=self.hparams.num_workers,
+                          persistent_workers=self.hparams.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
         return self.loader(self.splits["val"])

@@ -65,7 +65,7 @@ class Classifier(L.LightningModule):
         p = self.log_prefix
         acc = self.metrics[f"{stage}_acc"]
         acc(logits, y)
-        self.log(f"{p}{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        self.log(f"{p}{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "train", sync_dist=True)
         self.log(f"{p}{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True)
         if stage != "train":
             self.metrics[f"{stage}_class_acc"].update(logits, y)
@@ -105,11 +105,14 @@ class Classifier(L.LightningModule):
 
 
 def load_classifier(path: str, map_location="cpu") -> Classifier:
-    """Load a Classifier checkpoint, or stop with one sentence saying what is wrong with it."""
+    """Load a Classifier checkpoint, or stop with one sentence saying what is wrong with it.
+
+    The file is read with ``weights_only=True``: a checkpoint someone else wrote cannot run code.
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint '{path}' does not exist.")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated or not a torch file
         raise ValueError(f"checkpoint '{path}' is corrupt or not a checkpoint ({type(err).__name__}).") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
@@ -134,17 +137,30 @@ def check_compatible(model: Classifier, ckpt_model: Classifier, path: str) -> No
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader) -> dict[str, float]:
-    """Accuracy and mean cross-entropy of ``model`` over ``loader`` (eval mode, no grad)."""
+def evaluate(model: nn.Module, loader) -> dict:
+    """Accuracy, mean cross-entropy and per-class accuracy of ``model`` over ``loader`` (eval mode, no grad).
+
+    Batches run on the model's device and in its floating dtype (a ``64-true`` or ``bf16-true``
+    model gets inputs of its own dtype), so the evaluation happens where the model lives.
+    """
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    param = next(model.parameters())
     correct, loss, n = 0, 0.0, 0
+    hits: Tensor | None = None
+    counts: Tensor | None = None
     for x, y in loader:
-        x, y = x.to(device), y.to(device)
+        x, y = x.to(device=param.device, dtype=param.dtype), y.to(param.device)
         logits = model(x)
-        loss += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
+        loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
+        right = logits.argmax(1) == y
+        correct += right.sum().item()
         n += len(y)
+        size = max(logits.shape[1], int(y.max()) + 1)
+        batch_counts = torch.bincount(y, minlength=size)
+        batch_hits = torch.bincount(y[right], minlength=size)
+        counts = batch_counts if counts is None else counts + batch_counts
+        hits = batch_hits if hits is None else hits + batch_hits
     model.train(was_training)
-    return {"acc": correct / max(n, 1), "loss": loss / max(n, 1)}
+    per_class = [] if counts is None else (hits.double() / counts.clamp(min=1).double()).tolist()
+    return {"acc": correct / max(n, 1), "loss": loss / max(n, 1), "acc_class": per_class}

@@ -1,25 +1,22 @@
-"""``healing-pl report`` and ``healing-pl grid``: read finished runs back, or run a grid of them.
+"""``healing-pl report``: read finished runs back into comparison tables.
 
     healing-pl report runs/table4-mnist5k            # markdown tables to stdout
     healing-pl report runs/ --output report.md        # ... and to a file (.md, .html or .json)
-    healing-pl grid configs/grids/table4_mnist5k.yaml # baseline + every heal run, then the table
 """
 
 from __future__ import annotations
 
 import argparse
 import html
-import itertools
 import json
 import os
 import sys
 
-import yaml
 
 from healing_pl.report.tables import healing_rows, load_records, report
 
 
-def _write(text: str, records: list[dict], output: str) -> None:
+def write_report(text: str, records: list[dict], output: str) -> None:
     os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
     if output.endswith(".json"):
         payload = json.dumps({"healing": healing_rows(records), "runs": records}, indent=2, default=str)
@@ -46,80 +43,5 @@ def report_main(argv: list[str]) -> int:
     text = report(records)
     print(text)
     if args.output:
-        _write(text, records, args.output)
+        write_report(text, records, args.output)
     return 0
-
-
-def _overrides(pairs: dict) -> list[str]:
-    return [f"--{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in (pairs or {}).items()]
-
-
-def grid_main(argv: list[str]) -> int:
-    """Run a baseline and a grid of heal (or unlearn, stream) runs from one YAML, then print the tables.
-
-    The YAML names the base ``config``, overrides for ``fit`` and for every run of ``command``
-    (heal by default), and ``axes``: lists of override sets whose product is the grid.
-    """
-    from healing_pl.cli import main as cli_main
-
-    parser = argparse.ArgumentParser(prog="healing-pl grid", description=(
-        "Train a baseline, then run `heal` for every combination of the grid's axes (finished runs are "
-        "skipped, so an interrupted grid resumes), then print the comparison table."))
-    parser.add_argument("grid", help="grid YAML (see configs/grids/)")
-    parser.add_argument("--out", help="output folder (default: runs/<grid name>)")
-    parser.add_argument("--dry_run", action="store_true", help="print the commands without running them")
-    args = parser.parse_args(argv)
-    try:
-        with open(args.grid) as f:
-            spec = yaml.safe_load(f)
-        if not isinstance(spec, dict) or "config" not in spec or "axes" not in spec:
-            raise ValueError(f"'{args.grid}' must be a mapping with 'config' and 'axes' keys.")
-    except (OSError, yaml.YAMLError, ValueError) as err:
-        print(f"healing-pl grid: error: {err}", file=sys.stderr)
-        return 2
-    name = spec.get("name") or os.path.splitext(os.path.basename(args.grid))[0]
-    out = args.out or os.path.join("runs", name)
-    common = ["--config", spec["config"], f"--wandb.group={name}"]
-    if not sys.stdout.isatty():  # progress bars in a terminal; one line per run in a log
-        common.append("--trainer.enable_progress_bar=false")
-    os.environ.setdefault("WANDB_SILENT", "true")  # W&B's per-run banners would drown the grid's output
-    baseline_dir = os.path.join(out, "baseline")
-    commands = []
-    if not os.path.isfile(os.path.join(baseline_dir, "results.json")):
-        commands.append(["fit", *common, f"--run_dir={baseline_dir}", *_overrides(spec.get("fit"))])
-    ckpt = os.path.join(baseline_dir, "checkpoints", "last.ckpt")
-    subcommand = spec.get("command", "heal")
-    if subcommand not in ("heal", "unlearn", "stream"):
-        print(f"healing-pl grid: error: command must be heal, unlearn or stream, got '{subcommand}'.", file=sys.stderr)
-        return 2
-    axes = [spec["axes"][k] for k in spec["axes"]]
-    seen: set[str] = set()
-    for combo in itertools.product(*axes):
-        merged = dict(spec.get(subcommand) or {})
-        for part in combo:
-            merged.update(part)
-        label = "-".join(f"{v:g}" if isinstance(v, float) else str(v) for part in combo for v in part.values())
-        run_dir = os.path.join(out, f"{subcommand}-{label}")
-        if run_dir in seen:
-            print(f"healing-pl grid: error: two runs of the grid would share the folder '{run_dir}'.", file=sys.stderr)
-            return 2
-        seen.add(run_dir)
-        if not os.path.isfile(os.path.join(run_dir, "results.json")):
-            commands.append([subcommand, *common, f"--ckpt_path={ckpt}", f"--run_dir={run_dir}", *_overrides(merged)])
-    for i, command in enumerate(commands, 1):
-        print(f"[{i}/{len(commands)}] healing-pl {' '.join(command)}", flush=True)
-        if not args.dry_run:
-            code = cli_main(command)
-            if code:
-                return code
-    if args.dry_run:
-        return 0
-    text = report(load_records([out]))
-    print(text)
-    _write(text, load_records([out]), os.path.join(out, "report.md"))
-    print(f"report written to {os.path.join(out, 'report.md')}")
-    return 0
-
-
-def main(argv: list[str]) -> int:
-    return report_main(argv)

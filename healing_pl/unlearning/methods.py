@@ -1,9 +1,14 @@
 """The unlearning methods behind one interface, a registry by name, and repeats.
 
-Every method is a function ``(model, datamodule, forget_ids, cfg, seed) ->
-model`` that returns a new model and leaves the input untouched. A config
-names the method by string (``--unlearn.method fisher``); a new method is one
-module plus one line in :data:`METHODS`.
+Every method is a :class:`Method`: a function ``run(model, datamodule,
+forget_ids, cfg, context, seed) -> (model, info)`` that returns a new model
+(a :class:`~healing_pl.models.classifier.Classifier`, or for SISA its shard
+ensemble) and leaves the input untouched, plus the names of the config knobs
+it reads. A config names the method by string (``--unlearn.method fisher``);
+a new method is one module plus one line in :data:`METHODS`.
+
+``cfg`` is the ``unlearn`` config (:class:`healing_pl.phases.config.UnlearnConfig`);
+this module reads its attributes and never imports it.
 """
 
 from __future__ import annotations
@@ -11,79 +16,44 @@ from __future__ import annotations
 import copy
 import statistics
 import time
-from dataclasses import asdict, dataclass
-from typing import Callable, Literal
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
+import torch
 import torch.nn.functional as F
+from torch import nn
 
 from healing_pl.models.classifier import evaluate
 
 
 @dataclass
-class UnlearnConfig:
-    """How the forget set is unlearned.
+class Context:
+    """What a method may use besides its config: the baseline's recipe and where to compute.
 
-    Args:
-        method: naive (retrain from scratch: the gold standard), sisa, fisher or influence.
-        repeats: runs of a stochastic method (paper: 5); the representative model is the
-            run whose test accuracy is closest to the mean.
-        seed: seed of the first repeat (repeat i uses seed + i).
-        batch_r: batch size over the remain set (Fisher information, Hessian-vector products).
-        batch_f: forget-set minibatch: influence removes the forget set in sequential
-            minibatches of this size (the paper's batch_f).
-        max_norm: clip the L2 norm of each update (None: no clip).
-        alpha: Fisher noise strength (calibrate it: the small MNIST CNN collapses near 1e-4).
-        fisher_kind: true (expectation over the model's predicted labels) or empirical Fisher.
-        lam: damping of the Fisher Newton step.
-        noise_only: Fisher noise only (the paper's form for deep networks) or Newton step plus noise.
-        damping: LiSSA damping d: inverts (H + d I).
-        scale: LiSSA scale s: must exceed half the largest eigenvalue of H + d I.
-        depth: LiSSA recursion depth.
-        lissa_repeats: LiSSA estimates averaged per inverse-Hessian-vector product.
-        shards: SISA shards.
-        slices: SISA slices per shard.
-        aggregation: SISA aggregation: majority vote or averaged softmax.
-        cache_dir: where gold standards are cached by content hash (None: no cache).
+    Attributes:
+        epochs: the baseline's epochs N (retraining methods repeat the recipe).
+        seed: the baseline's seed.
+        trainer: keyword arguments of a Lightning Trainer for inner trainings (gold standard,
+            fine-tunes): the outer trainer's accelerator, device and precision.
+        progress: show progress bars.
     """
 
-    method: Literal["naive", "sisa", "fisher", "influence"] = "fisher"
-    repeats: int = 1
+    epochs: int = 10
     seed: int = 0
-    batch_r: int = 512
-    batch_f: int = 64
-    max_norm: float | None = None
-    alpha: float = 1e-6
-    fisher_kind: Literal["true", "empirical"] = "true"
-    lam: float = 1e-3
-    noise_only: bool = True
-    damping: float = 0.01
-    scale: float = 100.0
-    depth: int = 100
-    lissa_repeats: int = 1
-    shards: int = 3
-    slices: int = 5
-    aggregation: Literal["vote", "softmax"] = "vote"
-    cache_dir: str | None = "runs/cache"
+    trainer: dict = field(default_factory=lambda: {"accelerator": "cpu", "devices": 1})
+    progress: bool = False
 
-    def __post_init__(self):
-        if self.method not in (*METHODS, "sisa"):
-            raise ValueError(f"unknown unlearning method '{self.method}'; choose one of {', '.join(METHODS)}, sisa.")
-        for name in ("repeats", "batch_r", "batch_f", "depth", "lissa_repeats", "shards", "slices"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"unlearn.{name} must be at least 1, got {getattr(self, name)}.")
-        for name in ("alpha", "lam", "damping"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"unlearn.{name} must be non-negative, got {getattr(self, name)}.")
-        if self.scale <= 0:
-            raise ValueError(f"unlearn.scale must be positive, got {self.scale}.")
 
-    def hyperparameters(self) -> dict:
-        """The settings that matter for this method (for logs and cache keys)."""
-        common = {"method", "repeats", "seed", "max_norm"}
-        own = {"fisher": {"batch_r", "alpha", "fisher_kind", "lam", "noise_only", "batch_f"},
-               "influence": {"batch_r", "batch_f", "damping", "scale", "depth", "lissa_repeats"},
-               "sisa": {"shards", "slices", "aggregation"}, "naive": set()}[self.method]
-        return {k: v for k, v in asdict(self).items() if k in common | own}
+@dataclass(frozen=True)
+class Method:
+    """One unlearning method: its function, the config knobs it reads, and how it is repeated."""
+
+    name: str
+    run: Callable
+    knobs: tuple[str, ...] = ()
+    stochastic: bool = False  # repeated ``cfg.repeats`` times with seeds seed, seed+1, ...
+    cacheable: bool = True    # its result can be cached as a Classifier state dict
+    in_streams: bool = True   # can be applied round after round to one model (request streams)
 
 
 def _loss(model, batch):
@@ -91,16 +61,16 @@ def _loss(model, batch):
     return F.cross_entropy(model(x), y)
 
 
-def _fisher(model, dm, forget_ids, cfg: UnlearnConfig, seed: int, progress: bool):
+def _fisher(model, dm, forget_ids, cfg, context: Context, seed: int):
     from healing_pl.unlearning.fisher import fisher_forget
 
     remain = dm.remain_ids(forget_ids)
     return fisher_forget(model, dm.loader(remain, batch_size=cfg.batch_r), dm.loader(forget_ids, batch_size=cfg.batch_f),
                          alpha=cfg.alpha, kind=cfg.fisher_kind, lam=cfg.lam, noise_only=cfg.noise_only,
-                         max_norm=cfg.max_norm, seed=seed, progress=progress)
+                         max_norm=cfg.max_norm, seed=seed, progress=context.progress), {}
 
 
-def _influence(model, dm, forget_ids, cfg: UnlearnConfig, seed: int, progress: bool):
+def _influence(model, dm, forget_ids, cfg, context: Context, seed: int):
     from healing_pl.unlearning.influence import influence_unlearn
 
     remain = dm.remain_ids(forget_ids)
@@ -108,27 +78,51 @@ def _influence(model, dm, forget_ids, cfg: UnlearnConfig, seed: int, progress: b
     return influence_unlearn(model, _loss, dm.loader(remain, shuffle=True, batch_size=cfg.batch_r, seed=seed),
                              dm.loader(forget_ids, batch_size=cfg.batch_f), n_train=len(dm.primary_ids),
                              damping=cfg.damping, scale=cfg.scale, depth=cfg.depth, repeats=cfg.lissa_repeats,
-                             max_norm=cfg.max_norm, progress=progress)
+                             max_norm=cfg.max_norm, progress=context.progress), {}
 
 
-def _naive(model, dm, forget_ids, cfg: UnlearnConfig, seed: int, progress: bool, epochs: int = 10):
-    from healing_pl.unlearning.naive import naive_unlearn
+def _naive(model, dm, forget_ids, cfg, context: Context, seed: int):
+    from healing_pl.unlearning.naive import gold_standard, model_hparams
 
-    return naive_unlearn(model, dm, forget_ids, epochs=epochs, seed=seed, cache_dir=cfg.cache_dir, progress=progress)
+    # the gold standard repeats the baseline's recipe (its seed), whatever the repeat seed
+    gold, info = gold_standard(model_hparams(model), dm, forget_ids, epochs=context.epochs, seed=context.seed,
+                               cache_dir=cfg.cache_dir, trainer=context.trainer, progress=context.progress)
+    return gold, {"gold_cached": info["cached"]}
 
 
-#: name -> function(model, datamodule, forget_ids, cfg, seed, progress) -> new model.
-#: SISA is not among them: it unlearns its own shard ensemble (healing_pl.unlearning.sisa).
-METHODS: dict[str, Callable] = {"naive": _naive, "fisher": _fisher, "influence": _influence}
-STOCHASTIC = {"fisher", "influence"}
+def _sisa(model, dm, forget_ids, cfg, context: Context, seed: int):
+    """Train the shard ensemble on the primary set (timed, as the paper's Table 1), then unlearn exactly."""
+    from healing_pl.unlearning.naive import model_hparams
+    from healing_pl.unlearning.sisa import train_sisa, unlearn_sisa
+
+    param = next(model.parameters())
+    state = train_sisa(model_hparams(model), dm, shards=cfg.shards, slices=cfg.slices, epochs=context.epochs,
+                       seed=context.seed, aggregation=cfg.aggregation, device=param.device, progress=context.progress)
+    trained = evaluate(state.ensemble, dm.test_dataloader())["acc"]
+    new_state, info = unlearn_sisa(state, forget_ids, dm, progress=context.progress)
+    report = {"test/acc": trained, "train_time_s": state.train_time,
+              **{f"unlearn_{k}": v for k, v in info.items() if isinstance(v, (int, float, list, dict, str))}}
+    return new_state.ensemble, report
+
+
+#: name -> method. A new method is one module plus one line here.
+METHODS: dict[str, Method] = {
+    "naive": Method("naive", _naive, cacheable=False),  # the gold standard keeps its own cache
+    "sisa": Method("sisa", _sisa, ("shards", "slices", "aggregation"), cacheable=False, in_streams=False),
+    "fisher": Method("fisher", _fisher, ("batch_r", "alpha", "fisher_kind", "lam", "noise_only", "batch_f"),
+                     stochastic=True),
+    "influence": Method("influence", _influence, ("batch_r", "batch_f", "damping", "scale", "depth", "lissa_repeats"),
+                        stochastic=True),
+}
 
 
 @dataclass
 class UnlearnResult:
-    model: object               # the representative model
+    model: nn.Module            # the representative model
     accs: list[float]           # test accuracy of every repeat
     times: list[float]          # wall time of every repeat
     representative: int         # index of the representative repeat
+    info: dict = field(default_factory=dict)  # what the method reports (e.g. SISA's retrained shards)
 
     @property
     def summary(self) -> dict:
@@ -138,25 +132,29 @@ class UnlearnResult:
                 "acc_repeats": list(self.accs)}
 
 
-def unlearn_with_repeats(model, dm, forget_ids, cfg: UnlearnConfig, *, epochs: int = 10, progress: bool = False,
+def unlearn_with_repeats(model, dm, forget_ids, cfg, context: Context | None = None, *,
                          test_loader=None) -> UnlearnResult:
-    """Run ``cfg.method`` ``cfg.repeats`` times and keep the run closest to the mean test accuracy."""
-    if cfg.method == "sisa":
-        raise ValueError("sisa unlearns its own shard ensemble; use healing_pl.unlearning.sisa.")
+    """Run ``cfg.method`` (``cfg.repeats`` times when stochastic); keep the run closest to the mean test accuracy."""
+    context = context or Context()
     forget_ids = dm.check_members(forget_ids)
     dm.remain_ids(forget_ids)  # validates: not the whole primary set
     test_loader = test_loader or dm.test_dataloader()
-    fn = METHODS[cfg.method]
-    repeats = cfg.repeats if cfg.method in STOCHASTIC else 1
-    models, accs, times = [], [], []
+    method = METHODS[cfg.method]
+    repeats = cfg.repeats if method.stochastic else 1
+    models, accs, times, infos = [], [], [], []
     for i in range(repeats):
         start = time.perf_counter()
-        kwargs = {"epochs": epochs} if cfg.method == "naive" else {}
-        out = fn(copy.deepcopy(model) if cfg.method == "naive" else model, dm, forget_ids, cfg, cfg.seed + i,
-                 progress, **kwargs)
+        out, info = method.run(model, dm, forget_ids, cfg, context, cfg.seed + i)
         times.append(time.perf_counter() - start)
         accs.append(evaluate(out, test_loader)["acc"])
         models.append(out)
+        infos.append(info)
     mean = statistics.fmean(accs)
     best = min(range(repeats), key=lambda i: (abs(accs[i] - mean), i))
-    return UnlearnResult(models[best], accs, times, best)
+    return UnlearnResult(models[best], accs, times, best, infos[best])
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """A detached copy of ``model`` on the same device and dtype."""
+    with torch.no_grad():
+        return copy.deepcopy(model)

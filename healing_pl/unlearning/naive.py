@@ -24,25 +24,28 @@ def model_hparams(model: Classifier) -> dict:
     return {k: v for k, v in model.hparams.items() if not k.startswith("_")}
 
 
-def fit_on(model: Classifier, datamodule, train_ids, *, epochs: int, progress: bool = False) -> Classifier:
+def fit_on(model: Classifier, datamodule, train_ids, *, epochs: int, trainer: dict | None = None,
+           progress: bool = False) -> Classifier:
     """Train ``model`` in place on ``train_ids`` with a quiet Lightning Trainer (no logger, no validation).
 
-    Inner trainings (gold standards, fine-tunes) open no W&B run of their own:
-    their figures are logged through the outer run.
+    ``trainer`` holds the Trainer's accelerator, devices and precision (the outer trainer's, so an
+    inner training runs where the experiment runs; default: one CPU). The loader is the one
+    ``healing-pl fit`` trains with (the datamodule's seed, batch size and shuffle), so a retrain on
+    the remain set is the same run as a ``fit`` on it. Inner trainings open no W&B run of their own:
+    their figures are logged through the outer run. The model stays on the trainer's device.
     """
-    previous = datamodule.train_ids
-    datamodule.set_train_ids(train_ids)
-    try:
-        trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False,
-                            enable_model_summary=False, enable_progress_bar=progress,
-                            limit_val_batches=0, num_sanity_val_steps=0, devices=1)
-        trainer.fit(model, datamodule=datamodule)
-    finally:
-        datamodule.train_ids = previous
-    return model.cpu().eval()
+    ids = torch.as_tensor(train_ids, dtype=torch.long)
+    if ids.numel() == 0:
+        raise ValueError("the training set is empty.")
+    loader = datamodule.loader(ids, shuffle=True, batch_size=datamodule.hparams.batch_size)
+    settings = {"accelerator": "cpu", "devices": 1, **(trainer or {})}
+    inner = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_model_summary=False,
+                      enable_progress_bar=progress, limit_val_batches=0, num_sanity_val_steps=0, **settings)
+    inner.fit(model, train_dataloaders=loader)
+    return model.eval()
 
 
-def train_classifier(hparams: dict, datamodule, train_ids, *, epochs: int, seed: int,
+def train_classifier(hparams: dict, datamodule, train_ids, *, epochs: int, seed: int, trainer: dict | None = None,
                      progress: bool = False) -> Classifier:
     """Train a fresh ``Classifier(**hparams)`` on ``train_ids``: the baseline's recipe.
 
@@ -51,7 +54,7 @@ def train_classifier(hparams: dict, datamodule, train_ids, *, epochs: int, seed:
     a ``fit`` on it with that seed.
     """
     L.seed_everything(seed, verbose=False)
-    return fit_on(Classifier(**hparams), datamodule, train_ids, epochs=epochs, progress=progress)
+    return fit_on(Classifier(**hparams), datamodule, train_ids, epochs=epochs, trainer=trainer, progress=progress)
 
 
 def gold_key(hparams: dict, datamodule, forget_ids, *, epochs: int, seed: int) -> str:
@@ -68,33 +71,76 @@ def gold_key(hparams: dict, datamodule, forget_ids, *, epochs: int, seed: int) -
 
 
 def gold_standard(hparams: dict, datamodule, forget_ids, *, epochs: int, seed: int,
-                  cache_dir: str | None = "runs/cache", progress: bool = False) -> tuple[Classifier, dict]:
+                  cache_dir: str | None = "runs/cache", trainer: dict | None = None,
+                  progress: bool = False) -> tuple[Classifier, dict]:
     """The GS for ``forget_ids``: loaded from the cache when present, else trained (and cached).
 
-    Returns the model and ``{"key", "cached", "time_s"}`` (time of the training that made it).
+    ``trainer``: accelerator, devices and precision of the training (see :func:`fit_on`); a cached
+    model is moved to that device. Returns the model and ``{"key", "cached", "time_s"}`` (time of
+    the training that made it).
     """
     remain = datamodule.remain_ids(forget_ids)
     key = gold_key(hparams, datamodule, forget_ids, epochs=epochs, seed=seed)
     path = os.path.join(cache_dir, f"gold-{key}.pt") if cache_dir else None
     if path and os.path.isfile(path):
-        saved = torch.load(path, map_location="cpu", weights_only=False)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
         model = Classifier(**saved["hyper_parameters"])
         model.load_state_dict(saved["state_dict"])
-        return model.eval(), {"key": key, "cached": True, "time_s": saved["time_s"]}
+        return place_like(model.eval(), trainer), {"key": key, "cached": True, "time_s": saved["time_s"]}
     start = time.perf_counter()
-    model = train_classifier(hparams, datamodule, remain, epochs=epochs, seed=seed, progress=progress)
+    model = train_classifier(hparams, datamodule, remain, epochs=epochs, seed=seed, trainer=trainer, progress=progress)
     seconds = time.perf_counter() - start
     if path:
         os.makedirs(cache_dir, exist_ok=True)
-        tmp = path + ".tmp"
-        torch.save({"state_dict": model.state_dict(), "hyper_parameters": hparams, "time_s": seconds}, tmp)
-        os.replace(tmp, path)
+        save_atomic({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "hyper_parameters": hparams,
+                     "time_s": seconds}, path)
     return model, {"key": key, "cached": False, "time_s": seconds}
 
 
 def naive_unlearn(model: Classifier, datamodule, forget_ids, *, epochs: int, seed: int,
-                  cache_dir: str | None = "runs/cache", progress: bool = False) -> Classifier:
+                  cache_dir: str | None = "runs/cache", trainer: dict | None = None, progress: bool = False) -> Classifier:
     """Naive unlearning of ``forget_ids``: the gold standard (the input model is only read for its recipe)."""
     gold, _ = gold_standard(model_hparams(model), datamodule, forget_ids, epochs=epochs, seed=seed,
-                            cache_dir=cache_dir, progress=progress)
+                            cache_dir=cache_dir, trainer=trainer, progress=progress)
     return gold
+
+
+def place_like(model: Classifier, trainer: dict | None) -> Classifier:
+    """Move a model loaded on the CPU to the device (and floating dtype) an inner trainer would use."""
+    if not trainer:
+        return model
+    device = trainer_device(trainer)
+    dtype = PRECISION_DTYPES.get(str(trainer.get("precision", "32-true")))
+    return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+
+
+#: Lightning's "true" precisions convert the model's parameters to this dtype
+PRECISION_DTYPES = {"64-true": torch.float64, "64": torch.float64, "32-true": torch.float32, "32": torch.float32,
+                    "16-true": torch.float16, "bf16-true": torch.bfloat16}
+
+
+def trainer_device(trainer: dict) -> torch.device:
+    """The device a Trainer built from ``trainer`` (accelerator and a one-device list) trains on."""
+    accelerator = str(trainer.get("accelerator", "cpu"))
+    devices = trainer.get("devices", 1)
+    index = devices[0] if isinstance(devices, (list, tuple)) and devices else None
+    if accelerator == "cpu":
+        return torch.device("cpu")
+    return torch.device(accelerator, index) if index is not None else torch.device(accelerator)
+
+
+def save_atomic(payload: dict, path: str) -> None:
+    """``torch.save`` through a unique temporary file in the same folder, then an atomic rename."""
+    import tempfile
+
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

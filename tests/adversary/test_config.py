@@ -2,7 +2,7 @@
 
 import pytest
 
-from healing_pl.adversary.config import AdversaryConfig
+from healing_pl.phases.config import AdversaryConfig
 
 
 def test_defaults_are_a_valid_blind_random_adversary():

@@ -6,7 +6,8 @@ import torch
 
 from healing_pl.data.datamodule import HealingDataModule
 from healing_pl.models.classifier import Classifier, evaluate
-from healing_pl.unlearning.methods import UnlearnConfig, unlearn_with_repeats
+from healing_pl.phases.config import UnlearnConfig
+from healing_pl.unlearning.methods import unlearn_with_repeats
 from healing_pl.unlearning.naive import gold_key, gold_standard, naive_unlearn
 
 HP = dict(backbone="small_cnn", num_classes=10, in_chans=1, image_size=8, lr=3e-3)

@@ -1,0 +1,30 @@
+"""The ``healing-pl`` entry point: ``grid`` and ``report`` here, every other subcommand through the LightningCLI.
+
+    healing-pl fit | validate | test | unlearn | heal | stream ...   (healing_pl.cli)
+    healing-pl grid configs/grids/<grid>.yaml                         (healing_pl.experiments.grid)
+    healing-pl report runs/<folder>                                   (healing_pl.report.cli)
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(args=None) -> int:
+    """Run ``healing-pl`` with ``args`` (default: the command line); return the exit status."""
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv and argv[0] == "grid":
+        from healing_pl.experiments.grid import grid_main
+
+        return grid_main(argv[1:])
+    if argv and argv[0] == "report":
+        from healing_pl.report.cli import report_main
+
+        return report_main(argv[1:])
+    from healing_pl.cli import run_cli
+
+    return run_cli(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

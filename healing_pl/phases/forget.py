@@ -1,0 +1,75 @@
+"""Forget-set phase: the adversary's requests, the membership check, and the ledger."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+
+from healing_pl.phases.config import AdversaryConfig
+
+
+@dataclass(frozen=True)
+class ForgetSet:
+    """The accepted forget set F and what happened to every request."""
+
+    ids: torch.Tensor              # accepted pool ids, in request order
+    adversary: AdversaryConfig
+    requested: int
+    reasons: dict[str, int]        # decision reason -> count
+    classes: list[int]             # samples of F per class
+    primary_count: int
+
+    @property
+    def accepted(self) -> int:
+        return int(self.ids.numel())
+
+    def record(self) -> dict:
+        a = self.adversary
+        return {"adversary/selector": a.selector, "adversary/budget": a.budget,
+                "adversary/system_knowledge": a.system_knowledge, "adversary/data_knowledge": a.data_knowledge,
+                "adversary/target_class": a.target_class, "forget/count": self.accepted,
+                "forget/ids": self.ids.tolist(), "forget/classes": self.classes, "primary/count": self.primary_count,
+                "requests/count": self.requested, "requests/accepted": self.accepted,
+                "requests/rejected": self.requested - self.accepted, "requests/reasons": self.reasons}
+
+
+def select_forget_ids(adversary: AdversaryConfig, model, datamodule, progress: bool = False) -> torch.Tensor:
+    """The adversary's requested ids (only what its knowledge allows reaches the selector).
+
+    A data-blind adversary may name samples that were never trained on: :func:`request_forget_set`
+    passes the requests through the membership check.
+    """
+    from healing_pl.adversary.selectors import select_forget_set
+
+    pool = torch.arange(len(datamodule.pool))
+    non_members = pool[~torch.isin(pool, datamodule.primary_ids)]
+    ids = select_forget_set(adversary, dataset=datamodule.pool.train, primary_ids=datamodule.primary_ids,
+                            non_member_ids=non_members, num_classes=datamodule.num_classes, model=model,
+                            val_ids=datamodule.splits["val"], progress=progress)
+    return torch.as_tensor(ids, dtype=torch.long).cpu()
+
+
+def request_forget_set(adversary: AdversaryConfig, model, datamodule, ledger=None, progress: bool = False) -> ForgetSet:
+    """Select the adversary's requests, check membership, and write every decision to ``ledger`` (if any).
+
+    Requests for non-members, duplicates and samples already unlearned are rejected with a reason.
+    Runs on one rank (the ledger is written once).
+    """
+    from healing_pl.adversary.membership import MembershipIndex, Request
+
+    requested = select_forget_ids(adversary, model, datamodule, progress)
+    membership = MembershipIndex(datamodule.pool.train, datamodule.primary_ids)
+    requester = f"adversary-{adversary.selector}"
+    decisions = membership.check([Request(requester, sample_id=int(i), kind="adversarial") for i in requested])
+    accepted = torch.tensor([d.sample_id for d in decisions if d.accepted], dtype=torch.long)
+    reasons = dict(Counter(d.reason for d in decisions))
+    if accepted.numel() == 0:
+        raise ValueError(f"all {len(decisions)} unlearn requests were rejected ({reasons}); nothing to unlearn.")
+    if accepted.numel() == len(datamodule.primary_ids):
+        raise ValueError("the forget set covers the whole primary set; nothing would remain to train on.")
+    if ledger is not None:
+        ledger.record(decisions, round_index=0)
+    classes = torch.bincount(datamodule.targets[accepted], minlength=datamodule.num_classes).tolist()
+    return ForgetSet(accepted, adversary, len(decisions), reasons, classes, len(datamodule.primary_ids))

@@ -1,0 +1,35 @@
+"""Heal phase: the fine-tune's test accuracy after every epoch, from the unlearned start (epoch 0)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class HealCurve:
+    """Test accuracy of the healed model after each fine-tuning epoch (epoch 0: the unlearned start)."""
+
+    epochs: int
+    lr: float
+    accs: dict[int, float] = field(default_factory=dict)
+    time_s: float | None = None
+
+    def record(self) -> dict:
+        out = {"heal/epochs": self.epochs, "heal/lr": self.lr, "heal/time_s": self.time_s}
+        out.update({f"healed/test/acc_epoch_{e}": a for e, a in sorted(self.accs.items()) if e > 0})
+        return out
+
+
+def fine_tune(model, datamodule, train_ids, *, epochs: int, seed: int, lr: float | None, trainer: dict,
+              progress: bool = False):
+    """Fine-tune ``model`` in place on ``train_ids`` (Adam at ``lr`` or the model's own) on the trainer's device."""
+    import lightning as L
+
+    from healing_pl.unlearning.naive import fit_on
+
+    L.seed_everything(seed, verbose=False)
+    if lr is not None:
+        model.hparams.lr = lr
+    return fit_on(model, datamodule, torch.as_tensor(train_ids), epochs=epochs, trainer=trainer, progress=progress)

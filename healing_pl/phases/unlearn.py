@@ -1,0 +1,101 @@
+"""Unlearning phase: the configured method, with repeats, cached by content hash; and the attack strength."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from healing_pl.models.classifier import Classifier, evaluate
+from healing_pl.phases.baseline import Baseline
+from healing_pl.phases.config import AdversaryConfig, UnlearnConfig
+from healing_pl.phases.evaluate import Evaluation, evaluate_sets
+from healing_pl.unlearning.methods import METHODS, Context, unlearn_with_repeats
+from healing_pl.unlearning.naive import model_hparams, save_atomic
+
+
+@dataclass(frozen=True)
+class Unlearned:
+    """The unlearned model's figures: the representative repeat and the spread over repeats."""
+
+    config: UnlearnConfig
+    evaluation: Evaluation
+    summary: dict          # acc_mean, acc_std, time_mean_s, representative, acc_repeats
+    cached: bool
+    info: dict = field(default_factory=dict)  # what the method reports (e.g. SISA's retrained shards)
+
+    def record(self) -> dict:
+        s = self.summary
+        return {**{f"unlearn/{k}": v for k, v in self.config.hyperparameters().items()}, **self.evaluation.record(),
+                "unlearned/acc_mean": s["acc_mean"], "unlearned/acc_std": s["acc_std"],
+                "unlearned/time_s": s["time_mean_s"], "unlearned/representative": s["representative"],
+                "unlearned/acc_repeats": s["acc_repeats"], "unlearned/cached": self.cached,
+                **{f"{self.config.method}/{k}": v for k, v in self.info.items() if _plain(v)}}
+
+
+@dataclass(frozen=True)
+class AttackStrength:
+    """Extra accuracy drop of the adversary's forget set over a random forget set of the same size."""
+
+    random_acc: float
+    drop: float
+    drop_random: float
+
+    def record(self) -> dict:
+        return {"attack/random_forget/test/acc": self.random_acc, "attack/drop": self.drop,
+                "attack/drop_random": self.drop_random, "attack/strength": self.drop - self.drop_random}
+
+
+def _plain(value) -> bool:
+    return isinstance(value, (int, float, str, bool, list, dict)) or value is None
+
+
+def _cache_path(cfg: UnlearnConfig, baseline: Baseline, forget_ids) -> str | None:
+    if not cfg.cache_dir or not METHODS[cfg.method].cacheable:
+        return None
+    content = {"baseline": baseline.sha256, "forget": sorted(forget_ids.tolist()), "cfg": cfg.hyperparameters()}
+    key = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:20]
+    return os.path.join(cfg.cache_dir, f"unlearned-{key}.pt")
+
+
+def unlearned_model(model, baseline: Baseline, datamodule, forget_ids, cfg: UnlearnConfig,
+                    context: Context) -> tuple[torch.nn.Module, dict, dict, bool]:
+    """Unlearn ``forget_ids`` from ``model`` (the baseline, on its device) with repeats.
+
+    Returns the representative model (on the baseline's device and dtype), the summary over repeats,
+    the method's info and whether it came from the cache (so a grid unlearns once).
+    """
+    path = _cache_path(cfg, baseline, forget_ids)
+    param = next(model.parameters())
+    if path and os.path.isfile(path):
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        out = Classifier(**saved["hyper_parameters"])
+        out.load_state_dict(saved["state_dict"])
+        return out.to(device=param.device, dtype=param.dtype).eval(), saved["summary"], {}, True
+    result = unlearn_with_repeats(model, datamodule, forget_ids, cfg, context)
+    if path:
+        save_atomic({"state_dict": {k: v.cpu() for k, v in result.model.state_dict().items()},
+                     "hyper_parameters": model_hparams(model), "summary": result.summary}, path)
+    return result.model.eval(), result.summary, result.info, False
+
+
+def unlearn_phase(model, baseline: Baseline, datamodule, forget_ids, cfg: UnlearnConfig,
+                  context: Context) -> tuple[torch.nn.Module, Unlearned]:
+    """The unlearned model and its figures."""
+    out, summary, info, cached = unlearned_model(model, baseline, datamodule, forget_ids, cfg, context)
+    return out, Unlearned(cfg, evaluate_sets(out, datamodule, forget_ids, "unlearned"), summary, cached, info)
+
+
+def attack_strength(model, baseline: Baseline, datamodule, forget_ids, cfg: UnlearnConfig, context: Context,
+                    baseline_acc: float, unlearned_acc: float) -> AttackStrength:
+    """Unlearn a random forget set of the same size and compare the accuracy drops."""
+    from healing_pl.phases.forget import select_forget_ids
+
+    reference = AdversaryConfig(selector="random", budget=len(forget_ids), seed=cfg.seed)
+    random_ids = select_forget_ids(reference, model, datamodule)
+    out, _, _, _ = unlearned_model(model, baseline, datamodule, random_ids, cfg, context)
+    random_acc = evaluate(out, datamodule.test_dataloader())["acc"]
+    return AttackStrength(random_acc, baseline_acc - unlearned_acc, baseline_acc - random_acc)
