@@ -22,12 +22,15 @@ from healing_pl.callbacks.phases import (
     HealEvaluation,
     Phase,
     RunWriter,
+    ShardHealing,
+    SisaShardJob,
     StreamPhase,
     TwinSearch,
     UnlearnPhase,
 )
 from healing_pl.phases.baseline import load_baseline
 from healing_pl.phases.config import AdversaryConfig, HealConfig, StreamConfig, TwinsConfig, UnlearnConfig
+from healing_pl.unlearning.methods import METHODS
 
 
 class HealingTrainer(L.Trainer):
@@ -70,6 +73,9 @@ class HealingTrainer(L.Trainer):
                 the accuracy drop of the adversary's set relative to it.
         """
         baseline = load_baseline(ckpt_path, model, datamodule)
+        if unlearn.method == "sisa" and unlearn.sisa_shard is not None:  # one shard job of a cluster's SISA training
+            self.fit_phases("unlearn", model, datamodule, [SisaShardJob(baseline, unlearn)], epochs=0)
+            return
         adversary.validate(len(datamodule.primary_ids), datamodule.num_classes)
         phase = UnlearnPhase(baseline, adversary, unlearn, gold=gold, attack_strength=attack_strength,
                              run_dir=self.run_dir, save_to=os.path.join(self.run_dir, "checkpoints", "unlearned.ckpt"))
@@ -82,21 +88,24 @@ class HealingTrainer(L.Trainer):
 
         Args:
             ckpt_path: the baseline checkpoint (written by healing-pl fit).
-            unlearn: the unlearning method (naive, fisher or influence) and its hyperparameters.
+            unlearn: the unlearning method and its hyperparameters (SISA heals each affected shard).
             adversary: who picks the forget set, with which knowledge and budget.
             twins: the twin metric (none: heal on R alone) and spare policy.
             heal: the fine-tune: epochs (default N/2), learning rate, gold standard.
         """
-        if unlearn.method == "sisa":
-            raise ValueError("heal supports the naive, fisher and influence methods; SISA is exact and keeps its own shards.")
         baseline = load_baseline(ckpt_path, model, datamodule)
         adversary.validate(len(datamodule.primary_ids), datamodule.num_classes)
+        unlearned = UnlearnPhase(baseline, adversary, unlearn, gold=heal.gold, run_dir=self.run_dir)
+        search = TwinSearch(unlearned, twins)
+        epochs = heal.epochs_for(baseline.epochs)
+        if METHODS[unlearn.method].ensemble:  # SISA: each affected shard heals on its own data plus twins
+            self.fit_phases("heal", model, datamodule, [unlearned, search, ShardHealing(unlearned, search, epochs, heal.lr)],
+                            epochs=0)
+            return
         if heal.lr is not None:
             model.hparams.lr = heal.lr  # before the fit builds its optimizer
         model.log_prefix = "healed/"
-        unlearned = UnlearnPhase(baseline, adversary, unlearn, gold=heal.gold, run_dir=self.run_dir)
-        epochs = heal.epochs_for(baseline.epochs)
-        phases = [unlearned, TwinSearch(unlearned, twins), HealEvaluation(unlearned, epochs, model.hparams.lr)]
+        phases = [unlearned, search, HealEvaluation(unlearned, epochs, model.hparams.lr)]
         self.fit_phases("heal", model, datamodule, phases, epochs=epochs)
 
     def stream(self, model, datamodule, ckpt_path: str | None = None, unlearn: UnlearnConfig = UnlearnConfig(),

@@ -247,6 +247,86 @@ class HealEvaluation(Phase):
         return [self.curve, self.healed]
 
 
+class ShardHealing(Phase):
+    """Heals an ensemble method's model (SISA): each affected shard is fine-tuned on its remain set plus the twins
+    of the requests it held (rank zero, on the ensemble's device); test accuracy after every epoch."""
+
+    def __init__(self, unlearned: UnlearnPhase, twins: TwinSearch, epochs: int, lr: float | None):
+        self.unlearned, self.twins = unlearned, twins
+        self.epochs, self.lr = epochs, lr
+        self.curve: HealCurve | None = None
+        self.healed: Evaluation | None = None
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        from healing_pl.unlearning.sisa import heal_sisa
+
+        def heal() -> tuple[HealCurve, Evaluation]:
+            ensemble, dm = self.unlearned.unlearned_model, trainer.datamodule
+            forget = self.unlearned.outcome.forget.ids
+            curve = HealCurve(self.epochs, self.lr if self.lr is not None else pl_module.hparams.lr)
+            curve.accs[0] = self.unlearned.outcome.unlearned.evaluation.test
+            test = dm.test_dataloader()
+
+            def on_epoch(epoch: int, healed) -> None:
+                curve.accs[epoch] = evaluate(healed, test)["acc"]
+
+            start = time.perf_counter()
+            state = heal_sisa(ensemble.sisa_state, forget, self.twins.twin_set.pairs, dm, epochs=self.epochs,
+                              lr=self.lr, seed=self.unlearned.baseline.seed, on_epoch=on_epoch,
+                              progress=_progress(trainer))
+            curve.time_s = time.perf_counter() - start
+            return curve, evaluate_sets(state.ensemble, dm, forget, "healed")
+
+        self.curve, self.healed = rank_zero_run(trainer, heal)
+
+    def results(self) -> list:
+        return [self.curve, self.healed]
+
+
+class SisaShardJob(Phase):
+    """Trains one SISA shard into the cache (``--unlearn.sisa_shard i``): one job per shard on a cluster; a later
+    ``unlearn`` or ``heal`` run aggregates the cached shards."""
+
+    def __init__(self, baseline: Baseline, unlearn: UnlearnConfig):
+        self.baseline, self.unlearn = baseline, unlearn
+        self.job: _ShardJob | None = None
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        from healing_pl.unlearning.methods import sisa_directory
+        from healing_pl.unlearning.sisa import train_sisa_shard
+
+        def train() -> _ShardJob:
+            cfg, dm = self.unlearn, trainer.datamodule
+            if not cfg.cache_dir:
+                raise ValueError("training one SISA shard needs --unlearn.cache_dir, where the shards meet.")
+            context = Context(epochs=self.baseline.epochs, seed=self.baseline.seed)
+            param = next(pl_module.parameters())
+            directory = sisa_directory(pl_module, dm, cfg, context)
+            start = time.perf_counter()
+            path = train_sisa_shard(model_hparams(pl_module), dm, cfg.sisa_shard, shards=cfg.shards, slices=cfg.slices,
+                                    epochs=self.baseline.epochs, seed=self.baseline.seed, device=param.device,
+                                    dtype=param.dtype, directory=directory, progress=_progress(trainer))
+            print(f"SISA shard {cfg.sisa_shard} of {cfg.shards} written to {path}")
+            return _ShardJob(cfg.sisa_shard, cfg.shards, path, time.perf_counter() - start)
+
+        self.job = rank_zero_run(trainer, train)
+
+    def results(self) -> list:
+        return [self.baseline, self.job]
+
+
+@dataclass(frozen=True)
+class _ShardJob:
+    shard: int
+    shards: int
+    path: str
+    time_s: float
+
+    def record(self) -> dict:
+        return {"sisa/shard": self.shard, "sisa/shards": self.shards, "sisa/shard_file": self.path,
+                "sisa/shard_time_s": self.time_s}
+
+
 # --------------------------------------------------------------------------- streams
 class StreamPhase(Phase):
     """A stream of requests in rounds, applied on rank zero on the model's device (see :mod:`healing_pl.phases.stream`)."""

@@ -86,6 +86,6 @@ def grid_main(argv: list[str]) -> int:
         return 0
     text = report(load_records([out]))
     print(text)
-    _write(text, load_records([out]), os.path.join(out, "report.md"))
+    write_report(text, load_records([out]), os.path.join(out, "report.md"))
     print(f"report written to {os.path.join(out, 'report.md')}")
     return 0

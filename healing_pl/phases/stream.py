@@ -58,7 +58,7 @@ def run_stream(model, baseline: Baseline, datamodule, *, unlearn: UnlearnConfig,
     from healing_pl.adversary.membership import MembershipIndex
     from healing_pl.adversary.streams import RequestStream, run_rounds
 
-    if not METHODS[unlearn.method].in_streams:
+    if METHODS[unlearn.method].ensemble:
         raise ValueError(f"request streams cannot apply '{unlearn.method}' round by round; use naive, fisher or influence.")
     adversarial = select_forget_ids(adversary, model, datamodule, context.progress)
     requests = RequestStream(adversarial, datamodule.primary_ids, benign_ratio=stream.benign_ratio, order=stream.order,

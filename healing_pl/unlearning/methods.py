@@ -53,7 +53,7 @@ class Method:
     knobs: tuple[str, ...] = ()
     stochastic: bool = False  # repeated ``cfg.repeats`` times with seeds seed, seed+1, ...
     cacheable: bool = True    # its result can be cached as a Classifier state dict
-    in_streams: bool = True   # can be applied round after round to one model (request streams)
+    ensemble: bool = False    # keeps its own shard ensemble (no single model to fine-tune; heals its shards)
 
 
 def _loss(model, batch):
@@ -90,25 +90,48 @@ def _naive(model, dm, forget_ids, cfg, context: Context, seed: int):
     return gold, {"gold_cached": info["cached"]}
 
 
+def sisa_directory(model, dm, cfg, context: Context) -> str | None:
+    """The cache folder of a SISA ensemble: a content hash of everything that determines its shards."""
+    if not cfg.cache_dir:
+        return None
+    import hashlib
+    import json
+    import os
+
+    from healing_pl.unlearning.naive import model_hparams
+
+    content = {"hparams": model_hparams(model), "primary": hashlib.sha256(dm.primary_ids.numpy().tobytes()).hexdigest(),
+               "shards": cfg.shards, "slices": cfg.slices, "epochs": context.epochs, "seed": context.seed,
+               "batch_size": dm.hparams.batch_size, "dtype": str(next(model.parameters()).dtype)}
+    key = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return os.path.join(cfg.cache_dir, f"sisa-{key}")
+
+
 def _sisa(model, dm, forget_ids, cfg, context: Context, seed: int):
-    """Train the shard ensemble on the primary set (timed, as the paper's Table 1), then unlearn exactly."""
+    """Train (or load the cached shards of) the ensemble on the primary set, then unlearn exactly.
+
+    The returned ensemble carries its state (``sisa_state``) so that healing can fine-tune its shards.
+    """
     from healing_pl.unlearning.naive import model_hparams
     from healing_pl.unlearning.sisa import train_sisa, unlearn_sisa
 
     param = next(model.parameters())
     state = train_sisa(model_hparams(model), dm, shards=cfg.shards, slices=cfg.slices, epochs=context.epochs,
-                       seed=context.seed, aggregation=cfg.aggregation, device=param.device, progress=context.progress)
+                       seed=context.seed, aggregation=cfg.aggregation, device=param.device, dtype=param.dtype,
+                       directory=sisa_directory(model, dm, cfg, context), progress=context.progress)
     trained = evaluate(state.ensemble, dm.test_dataloader())["acc"]
     new_state, info = unlearn_sisa(state, forget_ids, dm, progress=context.progress)
     report = {"test/acc": trained, "train_time_s": state.train_time,
               **{f"unlearn_{k}": v for k, v in info.items() if isinstance(v, (int, float, list, dict, str))}}
-    return new_state.ensemble, report
+    ensemble = new_state.ensemble
+    ensemble.sisa_state = new_state
+    return ensemble, report
 
 
 #: name -> method. A new method is one module plus one line here.
 METHODS: dict[str, Method] = {
     "naive": Method("naive", _naive, cacheable=False),  # the gold standard keeps its own cache
-    "sisa": Method("sisa", _sisa, ("shards", "slices", "aggregation"), cacheable=False, in_streams=False),
+    "sisa": Method("sisa", _sisa, ("shards", "slices", "aggregation"), cacheable=False, ensemble=True),
     "fisher": Method("fisher", _fisher, ("batch_r", "alpha", "fisher_kind", "lam", "noise_only", "batch_f"),
                      stochastic=True),
     "influence": Method("influence", _influence, ("batch_r", "batch_f", "damping", "scale", "depth", "lissa_repeats"),

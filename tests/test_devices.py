@@ -1,0 +1,88 @@
+"""Every phase runs on the model's device and in its precision.
+
+The probe is a callback that, for the whole command, watches every module call: each floating input
+and each parameter of the called module must be on the trainer's device and in the precision's dtype.
+On the CPU the run uses ``--trainer.precision=64-true`` (Lightning converts the model to float64): a phase
+that built a fresh model, fed float32 data or fell back to another device would show up as a float32 or
+foreign-device tensor. On CUDA (when present) the same run checks the device itself.
+"""
+
+import json
+
+import lightning as L
+import pytest
+import torch
+
+from healing_pl.main import main
+
+QUIET = ["--trainer.enable_progress_bar=false", "--wandb.enabled=false"]
+
+
+class DeviceProbe(L.Callback):
+    """Records (device type, dtype) of every floating input and parameter of every module call."""
+
+    seen: set = set()
+    calls: int = 0
+
+    def setup(self, trainer, pl_module, stage):
+        DeviceProbe.seen, DeviceProbe.calls = set(), 0
+
+        def hook(module, args):
+            DeviceProbe.calls += 1
+            tensors = [a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()]
+            tensors += [p for p in module.parameters(recurse=False)]
+            DeviceProbe.seen.update((t.device.type, t.dtype) for t in tensors)
+
+        self.handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
+
+    def teardown(self, trainer, pl_module, stage):
+        self.handle.remove()
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory, configs_dir):
+    run = tmp_path_factory.mktemp("probe") / "fit"
+    assert main(["fit", "--config", f"{configs_dir}/digits.yaml", f"--run_dir={run}", "--trainer.max_epochs=2",
+                 *QUIET]) == 0
+    return run / "checkpoints" / "last.ckpt"
+
+
+def _probe(in_tmp, configs_dir, baseline, accelerator, *extra):
+    args = ["--config", f"{configs_dir}/digits.yaml", f"--ckpt_path={baseline}", "--adversary.budget=6",
+            f"--unlearn.cache_dir={in_tmp / 'cache'}", "--trainer.callbacks+=test_devices.DeviceProbe",
+            f"--trainer.accelerator={accelerator}", "--trainer.precision=64-true", *QUIET]
+    return args
+
+
+PHASES = [
+    # subcommand, options: together they run every phase (adversaries, gold, each method, each twin metric, streams)
+    ("heal", ["--adversary.selector=gradient", "--adversary.system_knowledge=parameter_aware",
+              "--unlearn.method=fisher", "--twins.metric=feat_mahalanobis", "--heal.epochs=1"]),
+    ("heal", ["--adversary.selector=worst_logits", "--adversary.system_knowledge=output_aware",
+              "--unlearn.method=influence", "--unlearn.depth=5", "--twins.metric=feat_cosine", "--heal.epochs=1",
+              "--heal.gold=false"]),
+    ("unlearn", ["--unlearn.method=naive", "--gold=true", "--attack_strength=true"]),
+    ("unlearn", ["--unlearn.method=sisa", "--unlearn.shards=2", "--unlearn.slices=2"]),
+    ("stream", ["--unlearn.method=fisher", "--stream.heal=true", "--stream.round_size=4", "--twins.metric=raw_l2"]),
+]
+
+
+def _check(in_tmp, configs_dir, baseline, accelerator, subcommand, options):
+    run = in_tmp / f"{subcommand}-{accelerator}"
+    code = main([subcommand, *_probe(in_tmp, configs_dir, baseline, accelerator), f"--run_dir={run}", *options])
+    assert code == 0
+    assert DeviceProbe.calls > 0
+    assert DeviceProbe.seen == {(accelerator, torch.float64)}, DeviceProbe.seen
+    record = json.loads((run / "results.json").read_text())
+    assert record["precision"] == "64-true" and record["device"].startswith(accelerator)
+
+
+@pytest.mark.parametrize("subcommand, options", PHASES, ids=[f"{s}-{o[0].split('=')[1]}" for s, o in PHASES])
+def test_every_phase_runs_in_the_trainers_precision_on_cpu(in_tmp, configs_dir, baseline, subcommand, options):
+    _check(in_tmp, configs_dir, baseline, "cpu", subcommand, options)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("subcommand, options", PHASES, ids=[f"{s}-{o[0].split('=')[1]}" for s, o in PHASES])
+def test_every_phase_runs_on_the_gpu(in_tmp, configs_dir, baseline, subcommand, options):
+    _check(in_tmp, configs_dir, baseline, "cuda", subcommand, options)

@@ -1,0 +1,88 @@
+"""fit and heal under DDP (``ddp_spawn``, 2 CPU processes) against the same commands on one process.
+
+The datamodule splits every global batch across the ranks (``ShardedBatches``) and DDP averages the
+ranks' gradients, so two ranks train like one process; every file is written once, by rank zero.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+DDP = ["--trainer.devices=2", "--trainer.strategy=ddp_spawn"]
+
+
+def _run(cwd, *args, ok=True):
+    exe = os.path.join(os.path.dirname(sys.executable), "healing-pl")
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": TESTS,
+           "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([exe, *args, "--trainer.enable_progress_bar=false"], cwd=cwd, env=env, capture_output=True,
+                         text=True, timeout=600)
+    if ok:
+        assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def _results(root):
+    return [os.path.join(d, f) for d, _, files in os.walk(root) for f in files if f == "results.json"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, configs_dir):
+    """Baselines and heal runs on 1 and 2 processes, from the same config and seed."""
+    root = tmp_path_factory.mktemp("ddp")
+    fit = ["fit", "--config", f"{configs_dir}/digits.yaml", "--trainer.max_epochs=3"]
+    heal = ["heal", "--config", f"{configs_dir}/digits.yaml", "--adversary.selector=class", "--adversary.target_class=3",
+            "--adversary.budget=10", "--unlearn.method=fisher", "--unlearn.alpha=1e-5", "--heal.epochs=2",
+            "--twins.metric=raw_l2", f"--unlearn.cache_dir={root / 'cache'}"]
+    _run(root, *fit, f"--run_dir={root / 'fit1'}")
+    _run(root, *fit, f"--run_dir={root / 'fit2'}", *DDP)
+    ckpt = f"--ckpt_path={root / 'fit1' / 'checkpoints' / 'last.ckpt'}"
+    _run(root, *heal, ckpt, f"--run_dir={root / 'heal1'}")
+    _run(root, *heal, ckpt, f"--run_dir={root / 'heal2'}", *DDP)
+    return root
+
+
+def _record(run):
+    return json.loads((run / "results.json").read_text())
+
+
+def test_fit_on_two_ranks_trains_like_one_process(runs):
+    one, two = _record(runs / "fit1"), _record(runs / "fit2")
+    assert two["world_size"] == 2 and one["world_size"] == 1
+    assert two["train/epochs"] == 3
+    assert len(_results(runs / "fit2")) == 1 and (runs / "fit2" / "checkpoints" / "last.ckpt").is_file()
+    # the full test set, evaluated once on rank zero: within one test digit of the one-process run
+    n_test = len(json.loads((runs / "fit1" / "splits.json").read_text())["splits"]["test"])
+    assert abs(one["test/acc"] - two["test/acc"]) <= 1 / n_test + 1e-12
+
+
+def test_heal_on_two_ranks_matches_one_process_and_writes_once(runs):
+    one, two = _record(runs / "heal1"), _record(runs / "heal2")
+    assert len(_results(runs / "heal2")) == 1 and two["world_size"] == 2
+    # the pre-fit phases ran once, on rank zero: the same forget set, unlearned model and twins
+    assert one["forget/ids"] == two["forget/ids"] and one["twins/pairs"] == two["twins/pairs"]
+    assert one["unlearned/test/acc"] == two["unlearned/test/acc"]
+    n_test = len(json.loads((runs / "heal1" / "splits.json").read_text())["splits"]["test"])
+    for epoch in (1, 2):
+        key = f"healed/test/acc_epoch_{epoch}"
+        assert abs(one[key] - two[key]) <= 1 / n_test + 1e-12, (key, one[key], two[key])
+    # every ledger line exactly once: 10 requests, 10 twins
+    lines = [json.loads(x) for x in (runs / "heal2" / "ledger.jsonl").read_text().splitlines()]
+    assert sorted(x["type"] for x in lines) == ["request"] * 10 + ["twin"] * 10
+    assert len({x["request_id"] for x in lines if x["type"] == "request"}) == 10
+    # one W&B run, written by rank zero
+    assert len(os.listdir(runs / "heal2" / "wandb")) >= 1
+    assert len([d for d in os.listdir(runs / "heal2" / "wandb") if d.startswith("offline-run-")]) == 1
+
+
+def test_a_failing_rank_fails_the_command(runs, configs_dir):
+    out = _run(runs, "fit", "--config", f"{configs_dir}/digits.yaml", "--trainer.max_epochs=1", *DDP,
+               f"--run_dir={runs / 'failing'}", "--trainer.callbacks+=_ranks.RaiseOnRank", "--wandb.enabled=false",
+               ok=False)
+    assert out.returncode != 0
+    assert "rank 1 failed on purpose" in out.stderr.strip().splitlines()[-1]
+    assert not (runs / "failing" / "results.json").exists()
