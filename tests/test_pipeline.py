@@ -151,3 +151,34 @@ def test_unlearn_with_sisa_trains_the_ensemble_and_unlearns_exactly(in_tmp, conf
     r = json.loads((run / "results.json").read_text())
     assert r["sisa/train_time_s"] > 0 and r["sisa/test/acc"] > 0.5 and r["unlearned/test/acc"] > 0.5
     assert set(r["sisa/unlearn_affected_shards"]) <= {0, 1} and r["forget/count"] == 4
+
+
+def test_sisa_shards_as_separate_jobs_then_heal_the_affected_shards(in_tmp, configs_dir, baseline):
+    cache = in_tmp / "cache"
+    common = ["--config", f"{configs_dir}/digits.yaml", f"--ckpt_path={baseline}", "--unlearn.method=sisa",
+              "--unlearn.shards=2", "--unlearn.slices=2", f"--unlearn.cache_dir={cache}", *QUIET]
+    # one job per shard (as on a cluster), each writing its shard file into the shared cache
+    for shard in (0, 1):
+        assert main(["unlearn", *common, f"--unlearn.sisa_shard={shard}", f"--run_dir={in_tmp / f'job{shard}'}"]) == 0
+        job = json.loads((in_tmp / f"job{shard}" / "results.json").read_text())
+        assert job["sisa/shard"] == shard and os.path.isfile(job["sisa/shard_file"])
+    files = sorted(p.name for p in cache.glob("sisa-*/shard*.pt"))
+    assert files == ["shard0.pt", "shard1.pt"]
+    stamps = {p: p.stat().st_mtime_ns for p in cache.glob("sisa-*/shard*.pt")}
+    # heal aggregates the cached shards (trains none again) and heals the shards that held a forgotten id
+    run = in_tmp / "heal"
+    assert main(["heal", *common, f"--run_dir={run}", "--adversary.selector=class", "--adversary.target_class=2",
+                 "--adversary.budget=4", "--twins.metric=raw_l2", "--heal.epochs=2"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in cache.glob("sisa-*/shard*.pt")} == stamps
+    r = json.loads((run / "results.json").read_text())
+    assert r["unlearn/method"] == "sisa" and r["twins/count"] == 4 and r["heal/epochs"] == 2
+    assert set(r["sisa/unlearn_affected_shards"]) <= {0, 1}
+    for key in ("unlearned/test/acc", "healed/test/acc_epoch_1", "healed/test/acc_epoch_2", "healed/test/acc"):
+        assert 0.5 < r[key] <= 1.0, key
+    assert r["healed/test/acc"] == r["healed/test/acc_epoch_2"]
+
+
+def test_stream_refuses_an_ensemble_method(in_tmp, configs_dir, baseline, capsys):
+    code = main(["stream", "--config", f"{configs_dir}/digits.yaml", f"--ckpt_path={baseline}", "--unlearn.method=sisa",
+                 f"--run_dir={in_tmp / 's'}", *QUIET])
+    assert code == 2 and "cannot apply 'sisa' round by round" in capsys.readouterr().err
