@@ -11,7 +11,12 @@ random 1x28x28 inputs.  Rows, each over the same N samples:
   backward per class for the true Fisher), autograd.grad, squared; timed on
   ``--loop-n`` samples and scaled to N;
 * ``torch.func vmap``  per-sample gradients with functional_call + vmap(grad),
-  squared and summed (empirical Fisher).
+  squared and summed (empirical Fisher);
+* ``engine vmap``  the same through the project's shared per-sample engine
+  (``healing_pl.unlearning._per_sample.sum_of_squares`` with the cotangents
+  ``p - onehot(y)``): what ``diagonal_fisher`` pays for parameters outside
+  the Linear/Conv2d/norm layers (its fallback), and the engine of the
+  gradient selector.
 
 Usage: ``python benchmarks/bench_fisher.py [--n 2048] [--batch-size 256]``.
 Times are medians of ``--repeats`` interleaved rounds after one warm-up run
@@ -27,6 +32,7 @@ import torch.nn.functional as F
 
 from _timing import interleaved_medians, mnist_cnn
 
+from healing_pl.unlearning._per_sample import sum_of_squares
 from healing_pl.unlearning.fisher import diagonal_fisher
 
 
@@ -84,6 +90,16 @@ def main() -> None:
             for k in acc:
                 acc[k] += g[k].square().sum(0)
 
+    def engine_fisher():
+        """The Fisher fallback's computation for every parameter: cotangents p - onehot(y) at the logits."""
+        acc = {k: torch.zeros_like(v) for k, v in named.items()}
+        for xb, yb in loader:
+            with torch.no_grad():
+                p = model(xb).softmax(-1)
+            cots = (p - F.one_hot(yb, p.shape[1]).to(p.dtype)).unsqueeze(1)  # (B, 1, C)
+            for k, s in sum_of_squares(model, xb, cotangents=cots, engine="vmap").items():
+                acc[k] += s
+
     loop_n = min(args.loop_n, args.n)
     scale = args.n / loop_n
     loop_emp = f"per-sample loop empirical (x{scale:g})"
@@ -96,6 +112,7 @@ def main() -> None:
             loop_emp: loop(loop_n, "empirical"),
             loop_true: loop(loop_n, "true"),
             "torch.func vmap(grad) empirical": vmap_fisher,
+            "engine vmap empirical": engine_fisher,
         },
         args.repeats,
     )

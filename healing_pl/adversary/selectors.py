@@ -3,7 +3,7 @@
 The threat model (paper, section 3) limits an adversary along three axes:
 
 * a **budget**: how many samples it may name (a count, or a fraction of the
-  training set, see :class:`~healing_pl.adversary.config.AdversaryConfig`);
+  training set; the adversary's config turns it into a count);
 * its **knowledge of the system**: ``blind`` (no access), ``output_aware``
   (it can have chosen samples classified) or ``parameter_aware`` (it holds
   the model itself);
@@ -39,21 +39,32 @@ ones.  The same surface and seed always give the same ids.
 
 Registry: :data:`SELECTORS` maps a config name to a selector class; a new
 adversary is one class plus one line there.
+
+Device and precision: every computation on the model (the oracle's
+predictions, per-sample gradients, the influence direction) runs on the
+model's device and in its floating dtype; samples from the dataset are moved
+there (integer labels stay integer).  Only the results handed back (ids,
+the oracle's logits) live on the CPU.  The per-sample gradients come from the
+shared engine :mod:`healing_pl.unlearning._per_sample`.
+
+Imports: this module imports nothing of the pipeline or of the configs (the
+adversary's config imports *this* module for its registry; :func:`make_selector`
+reads the attributes listed in :class:`SelectorConfig`).  The unlearning
+helpers are imported inside the functions that use them, so importing the
+adversary package does not import the unlearning package.
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, ClassVar, Optional, Sequence
+from typing import ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-if TYPE_CHECKING:  # pragma: no cover - import for type hints only
-    from healing_pl.adversary.config import AdversaryConfig
 
 __all__ = [
     "SYSTEM_KNOWLEDGE",
@@ -68,6 +79,7 @@ __all__ = [
     "GradientSelector",
     "BlindGuessSelector",
     "SELECTORS",
+    "SelectorConfig",
     "make_selector",
     "select_forget_set",
     "per_sample_grad_norms",
@@ -97,14 +109,8 @@ def _as_ids(ids, what: str) -> Tensor:
     return t.reshape(-1).to(device="cpu", dtype=torch.long)
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
 def _stack_samples(dataset, ids: Tensor) -> tuple[Tensor, Tensor]:
-    """Load ``dataset[i]`` for every id into one batch ``(x, y)``."""
+    """Load ``dataset[i]`` for every id into one CPU batch ``(x, y)`` (move it with ``to_model``)."""
     xs, ys = [], []
     for i in ids.tolist():
         x, y = dataset[i]
@@ -141,8 +147,8 @@ class GlassBox:
     model: nn.Module
     loss_fn: LossFn
     dataset: object
-    train_ids: Optional[Tensor]
-    val_ids: Optional[Tensor]
+    train_ids: Tensor | None
+    val_ids: Tensor | None
 
 
 @dataclass(frozen=True)
@@ -156,7 +162,8 @@ class AttackSurface:
         labels: labels aligned with ``candidate_ids`` when the training set
             is known, else None.
         num_classes: number of classes of the task.
-        predict: ``predict(ids) -> logits`` (detached, CPU, float) for
+        predict: ``predict(ids) -> logits`` (detached, on the CPU, in the
+            model's floating dtype or float32 if that is narrower) for
             output-aware and parameter-aware adversaries, else None.
         glass_box: the model, loss and data for parameter-aware adversaries,
             else None.
@@ -171,11 +178,11 @@ class AttackSurface:
     system_knowledge: str
     data_knowledge: str
     candidate_ids: Tensor
-    labels: Optional[Tensor]
+    labels: Tensor | None
     num_classes: int
-    predict: Optional[Callable[[Tensor], Tensor]] = None
-    glass_box: Optional[GlassBox] = None
-    guess_pools: Optional[tuple[Tensor, Tensor]] = None
+    predict: Callable[[Tensor], Tensor] | None = None
+    glass_box: GlassBox | None = None
+    guess_pools: tuple[Tensor, Tensor] | None = None
 
     @property
     def system_level(self) -> int:
@@ -191,14 +198,17 @@ def _make_predict(model: nn.Module, dataset, batch_size: int) -> Callable[[Tenso
 
     The model is only captured by the closure; the returned logits carry no
     autograd graph, so nothing reachable from them leads to the weights.
-    The model's train/eval mode is restored after each call.
+    The samples are run on the model's device in its floating dtype; the
+    logits come back on the CPU in that dtype (at least float32).  The
+    model's train/eval mode is restored after each call.
     """
 
     def predict(ids) -> Tensor:
+        from healing_pl.unlearning._params import to_model
+
         ids = _as_ids(ids, "predict ids")
         if len(ids) == 0:
             raise ValueError("predict needs at least one id.")
-        device = _model_device(model)
         was_training = model.training
         model.eval()
         out = []
@@ -206,10 +216,11 @@ def _make_predict(model: nn.Module, dataset, batch_size: int) -> Callable[[Tenso
             with torch.inference_mode():
                 for start in range(0, len(ids), batch_size):
                     x, _ = _stack_samples(dataset, ids[start : start + batch_size])
-                    out.append(model(x.to(device)).float().cpu())
+                    out.append(model(to_model(x, model)))
         finally:
             model.train(was_training)
-        return torch.cat(out).clone()  # a normal tensor, outside inference mode
+        logits = torch.cat(out).clone()  # a normal tensor, outside inference mode
+        return logits.to(device="cpu", dtype=torch.promote_types(logits.dtype, torch.float32))
 
     return predict
 
@@ -221,9 +232,9 @@ def build_surface(
     dataset,
     primary_ids,
     non_member_ids=None,
-    num_classes: Optional[int] = None,
-    model: Optional[nn.Module] = None,
-    loss_fn: Optional[LossFn] = None,
+    num_classes: int | None = None,
+    model: nn.Module | None = None,
+    loss_fn: LossFn | None = None,
     val_ids=None,
     batch_size: int = 256,
 ) -> AttackSurface:
@@ -267,9 +278,7 @@ def build_surface(
         else:
             outsiders = torch.unique(_as_ids(non_member_ids, "non_member_ids"))
             if len(outsiders) and (outsiders.min() < 0 or outsiders.max() >= pool_size):
-                raise ValueError(
-                    f"non_member_ids must lie in [0, {pool_size}), the pool's id range."
-                )
+                raise ValueError(f"non_member_ids must lie in [0, {pool_size}), the pool's id range.")
             if is_member[outsiders].any():
                 raise ValueError("non_member_ids overlaps the training set (primary_ids).")
         candidates = torch.sort(torch.cat([primary, outsiders])).values
@@ -448,13 +457,6 @@ class WorstLogitsSelector(Selector):
         return _lowest(scores, surface.candidate_ids, budget)
 
 
-def _grad_params(model: nn.Module) -> dict[str, Tensor]:
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    if not params:
-        raise ValueError("The model has no parameters that require gradients.")
-    return params
-
-
 def per_sample_grads_apply(
     model: nn.Module,
     loss_fn: LossFn,
@@ -469,52 +471,26 @@ def per_sample_grads_apply(
 
     ``reduce`` gets a dict name -> gradient with a leading batch dimension and
     returns one value per sample.  The loss of one sample is
-    ``loss_fn(model(x_i[None]), y_i[None])``.  ``engine="vmap"`` uses
-    ``torch.func`` (functional_call + vmap(grad)) on chunks that hold at most
-    ``max_elements`` gradient numbers; ``engine="loop"`` runs one backward
-    pass per sample (often faster for small CNNs on few cores).  The caller
-    sets the model's mode (eval, so batch norm and dropout behave per sample).
+    ``loss_fn(model(x_i[None]), y_i[None])``; the gradients are over every
+    trainable parameter.  ``engine="vmap"`` uses ``torch.func``
+    (functional_call + vmap of a vjp), ``engine="loop"`` one backward pass per
+    sample (often faster for small CNNs on few cores); both work on chunks
+    whose gradients hold at most ``max_elements`` numbers.  A thin wrapper of
+    :func:`healing_pl.unlearning._per_sample.per_sample_reduce`: ``x`` and
+    ``y`` are moved to the model's device and floating dtype, and the values
+    stay there.  The caller sets the model's mode (eval, so batch norm and
+    dropout behave per sample).
     """
-    params = _grad_params(model)
-    n_params = sum(p.numel() for p in params.values())
-    if engine == "loop":
-        out = []
-        names = list(params)
-        for i in range(len(x)):
-            loss = loss_fn(model(x[i : i + 1]), y[i : i + 1])
-            grads = torch.autograd.grad(loss, [params[n] for n in names])
-            out.append(reduce({n: g.unsqueeze(0) for n, g in zip(names, grads)}))
-        return torch.cat(out)
-    if engine != "vmap":
-        raise ValueError(f"Unknown gradient engine {engine!r}; expected 'vmap' or 'loop'.")
+    from healing_pl.unlearning._per_sample import per_sample_reduce
 
-    from torch.func import functional_call, grad, vmap
-
-    detached = {n: p.detach() for n, p in params.items()}
-    buffers = {n: b.detach() for n, b in model.named_buffers()}
-
-    def sample_loss(p, xi, yi):
-        logits = functional_call(model, (p, buffers), (xi.unsqueeze(0),))
-        return loss_fn(logits, yi.unsqueeze(0))
-
-    per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0))
-    chunk = max(1, min(len(x), max_elements // max(n_params, 1)))
-    out = []
-    for start in range(0, len(x), chunk):
-        grads = per_sample(detached, x[start : start + chunk], y[start : start + chunk])
-        out.append(reduce(grads).detach())
-    return torch.cat(out)
+    return per_sample_reduce(model, x, reduce, loss_fn=loss_fn, targets=y, engine=engine, max_elements=max_elements)
 
 
-def _grad_norms(grads: dict[str, Tensor]) -> Tensor:
-    return torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in grads.values()))
-
-
-def per_sample_grad_norms(
-    model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, *, engine: str = "vmap"
-) -> Tensor:
+def per_sample_grad_norms(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, *, engine: str = "vmap") -> Tensor:
     """L2 norm of each sample's loss gradient over all trainable parameters."""
-    return per_sample_grads_apply(model, loss_fn, x, y, _grad_norms, engine=engine)
+    from healing_pl.unlearning._per_sample import grad_norms
+
+    return per_sample_grads_apply(model, loss_fn, x, y, grad_norms, engine=engine)
 
 
 class GradientSelector(Selector):
@@ -553,9 +529,7 @@ class GradientSelector(Selector):
         progress: bool = False,
     ):
         if mode not in ("grad_norm", "influence"):
-            raise ValueError(
-                f"Unknown gradient_mode {mode!r}; expected 'grad_norm' or 'influence'."
-            )
+            raise ValueError(f"Unknown gradient_mode {mode!r}; expected 'grad_norm' or 'influence'.")
         if engine not in ("vmap", "loop"):
             raise ValueError(f"Unknown gradient engine {engine!r}; expected 'vmap' or 'loop'.")
         self.mode = mode
@@ -569,30 +543,26 @@ class GradientSelector(Selector):
         self.progress = progress
 
     def _choose(self, surface, budget):
+        from healing_pl.unlearning._per_sample import grad_dots, grad_norms
+
         box = surface.glass_box
         model = box.model
         was_training = model.training
         model.eval()
         try:
             if self.mode == "grad_norm":
-                scores = self._scores(box, surface.candidate_ids, _grad_norms)
+                scores = self._scores(box, surface.candidate_ids, grad_norms)
             else:
                 direction = self._influence_direction(box)
-                scores = self._scores(box, surface.candidate_ids, self._dot_reduce(direction))
+                scores = self._scores(box, surface.candidate_ids, grad_dots(direction))
         finally:
             model.train(was_training)
-        return _lowest(-scores, surface.candidate_ids, budget)
-
-    @staticmethod
-    def _dot_reduce(direction: Tensor):
-        def dot(grads):
-            flat = torch.cat([g.flatten(1) for g in grads.values()], dim=1)
-            return flat @ direction.to(flat.device, flat.dtype)
-
-        return dot
+        return _lowest(-scores.cpu(), surface.candidate_ids, budget)  # ranked with the (CPU) ids
 
     def _scores(self, box: GlassBox, ids: Tensor, reduce) -> Tensor:
-        device = _model_device(box.model)
+        """One score per id, on the model's device and in its dtype."""
+        from healing_pl.unlearning._params import to_model
+
         out = []
         starts = range(0, len(ids), self.batch_size)
         if self.progress:
@@ -600,34 +570,31 @@ class GradientSelector(Selector):
 
             starts = tqdm(starts, desc=f"per-sample gradients ({self.mode})", leave=False)
         for start in starts:
-            x, y = _stack_samples(box.dataset, ids[start : start + self.batch_size])
-            out.append(
-                per_sample_grads_apply(
-                    box.model, box.loss_fn, x.to(device), y.to(device), reduce, engine=self.engine
-                ).float().cpu()
-            )
+            x, y = to_model(_stack_samples(box.dataset, ids[start : start + self.batch_size]), box.model)
+            out.append(per_sample_grads_apply(box.model, box.loss_fn, x, y, reduce, engine=self.engine))
         return torch.cat(out)
 
     def _influence_direction(self, box: GlassBox) -> Tensor:
         """``(H + dI)^-1 g_val`` as a flat vector over the trainable parameters."""
         if box.val_ids is None or len(box.val_ids) == 0:
-            raise ValueError(
-                "gradient_mode='influence' needs validation ids (val_ids) for the validation loss."
-            )
+            raise ValueError("gradient_mode='influence' needs validation ids (val_ids) for the validation loss.")
         from torch.utils.data import DataLoader, Subset
 
+        from healing_pl.unlearning._params import flatten, to_model, trainable_parameters
         from healing_pl.unlearning.influence import lissa_inverse_hvp
 
-        model, device = box.model, _model_device(box.model)
-        params = list(_grad_params(model).values())
+        model = box.model
+        params = trainable_parameters(model)
+        if not params:
+            raise ValueError("The model has no parameters that require gradients.")
         g_val = [torch.zeros_like(p) for p in params]
         n_val = len(box.val_ids)
         for start in range(0, n_val, self.batch_size):
-            x, y = _stack_samples(box.dataset, box.val_ids[start : start + self.batch_size])
-            loss = box.loss_fn(model(x.to(device)), y.to(device)) * (len(x) / n_val)
-            for acc, g in zip(g_val, torch.autograd.grad(loss, params)):
+            x, y = to_model(_stack_samples(box.dataset, box.val_ids[start : start + self.batch_size]), model)
+            loss = box.loss_fn(model(x), y) * (len(x) / n_val)
+            for acc, g in zip(g_val, torch.autograd.grad(loss, params), strict=True):
                 acc += g
-        vector = torch.cat([g.reshape(-1) for g in g_val]).detach()
+        vector = flatten(g_val).detach()
         loader = DataLoader(
             Subset(box.dataset, box.train_ids.tolist()),
             batch_size=self.batch_size,
@@ -636,7 +603,8 @@ class GradientSelector(Selector):
         )
 
         def batch_loss(m: nn.Module, batch) -> Tensor:  # LiSSA's loss_fn(model, batch) form
-            return box.loss_fn(m(batch[0]), batch[1])
+            x, y = to_model((batch[0], batch[1]), m)  # LiSSA moves them already: then a no-op
+            return box.loss_fn(m(x), y)
 
         return lissa_inverse_hvp(
             model,
@@ -672,8 +640,7 @@ class BlindGuessSelector(Selector):
     def _choose(self, surface, budget):
         if surface.guess_pools is None:
             raise ValueError(
-                "blind_guess models an adversary blind to the training set; "
-                "use data_knowledge='blind'."
+                "blind_guess models an adversary blind to the training set; use data_knowledge='blind'."
             )
         members, outsiders = surface.guess_pools
         n_members = int(math.floor(self.member_fraction * budget + 0.5))
@@ -703,7 +670,35 @@ SELECTORS: dict[str, type[Selector]] = {
 }
 
 
-def make_selector(config: "AdversaryConfig", *, progress: bool = False) -> Selector:
+class SelectorConfig(Protocol):
+    """What :func:`make_selector` and :func:`select_forget_set` read from an adversary config.
+
+    The project's adversary config dataclass has these attributes (and
+    checks them); it is not imported here, because it imports this module.
+    """
+
+    selector: str
+    budget: int | float
+    system_knowledge: str
+    data_knowledge: str
+    target_class: int | None
+    score: str
+    gradient_mode: str
+    member_fraction: float
+    seed: int
+    gradient_engine: str
+    batch_size: int
+    influence_damping: float
+    influence_scale: float
+    influence_depth: int
+    influence_repeats: int
+
+    def validate(self, n_train: int, num_classes: int) -> int:
+        """Check the config against the data; return the budget as a count."""
+        ...
+
+
+def make_selector(config: SelectorConfig, *, progress: bool = False) -> Selector:
     """Instantiate the selector a config names, with its options.
 
     ``progress`` shows progress bars for the long selectors (``gradient``).
@@ -733,14 +728,14 @@ def make_selector(config: "AdversaryConfig", *, progress: bool = False) -> Selec
 
 
 def select_forget_set(
-    config: "AdversaryConfig",
+    config: SelectorConfig,
     *,
     dataset,
     primary_ids,
     non_member_ids=None,
-    num_classes: Optional[int] = None,
-    model: Optional[nn.Module] = None,
-    loss_fn: Optional[LossFn] = None,
+    num_classes: int | None = None,
+    model: nn.Module | None = None,
+    loss_fn: LossFn | None = None,
     val_ids=None,
     progress: bool = False,
 ) -> Tensor:

@@ -36,9 +36,7 @@ def unflatten(flat: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
     """Split the flat vector ``flat`` into views shaped like ``like``."""
     total = sum(t.numel() for t in like)
     if flat.numel() != total:
-        raise ValueError(
-            f"the flat vector has {flat.numel()} entries but the parameters have {total}."
-        )
+        raise ValueError(f"the flat vector has {flat.numel()} entries but the parameters have {total}.")
     out, start = [], 0
     for t in like:
         out.append(flat[start : start + t.numel()].view_as(t))
@@ -92,17 +90,49 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def to_device(batch, device: torch.device):
-    """Move every tensor inside ``batch`` (tensor, tuple, list or dict) to ``device``."""
+def model_dtype(model: nn.Module) -> torch.dtype | None:
+    """The dtype of the model's first floating parameter (or floating buffer), else None."""
+    for t in model.parameters():
+        if t.is_floating_point():
+            return t.dtype
+    for t in model.buffers():
+        if t.is_floating_point():
+            return t.dtype
+    return None
+
+
+def to_model(batch, model: nn.Module):
+    """Move ``batch`` (tensor, tuple, list, namedtuple or dict of them) to where ``model`` computes.
+
+    Floating tensors go to the model's device *and* floating dtype (a float64 model gets float64
+    inputs from a float32 loader); other tensors (integer labels, ids, masks) keep their dtype and
+    only change device.  Anything else is returned as it is.  A tensor already in place is returned
+    itself, not copied.
+    """
+    return _move(batch, model_device(model), model_dtype(model))
+
+
+def _move(batch, device: torch.device, dtype: torch.dtype | None):
     if isinstance(batch, Tensor):
-        return batch.to(device, non_blocking=True)
+        non_blocking = device.type != "cpu"  # a non-blocking copy to the CPU may be read too early
+        if dtype is not None and batch.is_floating_point():
+            return batch.to(device=device, dtype=dtype, non_blocking=non_blocking)
+        return batch.to(device=device, non_blocking=non_blocking)
     if isinstance(batch, Mapping):
-        return type(batch)({k: to_device(v, device) for k, v in batch.items()})
+        return type(batch)({k: _move(v, device, dtype) for k, v in batch.items()})
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
-        return type(batch)(*(to_device(v, device) for v in batch))
+        return type(batch)(*(_move(v, device, dtype) for v in batch))
     if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(v, device) for v in batch)
+        return type(batch)(_move(v, device, dtype) for v in batch)
     return batch
+
+
+def to_device(batch, device: torch.device):
+    """Move every tensor inside ``batch`` (tensor, tuple, list or dict) to ``device``, dtypes kept.
+
+    The unlearning methods use :func:`to_model`, which also matches the model's floating dtype.
+    """
+    return _move(batch, torch.device(device), None)
 
 
 def batch_size(batch) -> int:

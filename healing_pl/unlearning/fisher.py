@@ -60,19 +60,23 @@ Every other trainable parameter (e.g. PReLU, a module subclass with its own
 ``forward`` such as weight-standardised or dynamically padded convolutions
 or timm's BatchNormAct2d, parametrised or tied weights, parameters used
 directly in a parent's ``forward`` such as attention projections) falls back
-to exact per-sample gradients with ``torch.func`` (``functional_call`` +
-``vjp`` inside ``vmap``), computed for those parameters only; if the model
-cannot run under ``vmap``, a per-sample loop with ``torch.autograd.grad`` is
-used instead.  On the first batch, the hook-based gradients of each layer
-are checked against autograd's own gradient for a random cotangent, and a
-layer that fails the check (its weight is also used outside its own
-``forward``) or whose input does not have the batch as its first dimension
-moves to the fallback.
+to exact per-sample gradients of the same cotangents from the shared engine
+(:mod:`._per_sample`): ``torch.func`` (``functional_call`` + ``vjp`` inside
+``vmap``), computed for those parameters only; if the model cannot run under
+``vmap`` (or disagrees with the engine's per-sample loop on the first
+samples), the per-sample loop with ``torch.autograd.grad`` is used instead.
+On the first batch, the hook-based gradients of each layer are checked
+against autograd's own gradient for a random cotangent, and a layer that
+fails the check (its weight is also used outside its own ``forward``) or
+whose input does not have the batch as its first dimension moves to the
+fallback.
 The Fisher is therefore exact for any model, just slower for unusual layers.
 
 The model runs in eval mode during the computation (BatchNorm uses its
 running statistics, so samples are independent; dropout is off); every
 module's training flag is restored afterwards, and the hooks are removed.
+Batches are moved to the model's device and floating dtype (a float64 model
+gets float64 inputs from a float32 loader) and everything is computed there.
 """
 
 from __future__ import annotations
@@ -87,14 +91,8 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
-from ._params import (
-    add_,
-    all_finite,
-    clip_by_global_norm,
-    eval_mode,
-    model_device,
-    trainable_named_parameters,
-)
+from ._params import add_, all_finite, clip_by_global_norm, eval_mode, to_model, trainable_named_parameters
+from ._per_sample import sum_of_squares
 
 __all__ = ["diagonal_fisher", "fisher_forget"]
 
@@ -357,16 +355,23 @@ class _FisherComputer:
     def _fallback(self, names: list[str], x: Tensor, cots: Tensor) -> dict[str, Tensor]:
         """Exact ``sum_i sum_k (J_i^T cots[k, i])^2`` for the parameters ``names``.
 
-        Uses ``torch.func`` (``vmap`` over samples) when it runs this model
-        and agrees with a per-sample loop on the first samples it sees (a
-        missing or wrong batching rule must not go unnoticed); otherwise the
-        per-sample loop.
+        Uses the shared per-sample engine (:mod:`._per_sample`) with
+        ``engine="vmap"`` when it runs this model and agrees with the
+        engine's per-sample loop on the first samples it sees (a missing or
+        wrong batching rule must not go unnoticed); otherwise ``"loop"``.
         """
+        w = cots.transpose(0, 1)  # (B, K, C): sample i's cotangents at its logits
+
+        def squares(engine: str, rows: slice) -> dict[str, Tensor]:
+            return sum_of_squares(
+                self.model, x[rows], cotangents=w[rows], names=names, engine=engine, max_elements=_CHUNK_ELEMENTS
+            )
+
         if self.fallback_mode is None:
-            k = min(_CHECK_SAMPLES, x.shape[0])
+            k = slice(0, min(_CHECK_SAMPLES, x.shape[0]))
             try:
-                fast = _fallback_vmap(self.model, names, x[:k], cots[:, :k])
-                slow = _fallback_loop(self.model, names, x[:k], cots[:, :k])
+                fast = squares("vmap", k)
+                slow = squares("loop", k)
                 bad = [
                     n
                     for n in names
@@ -383,9 +388,7 @@ class _FisherComputer:
                     stacklevel=4,
                 )
             self.fallback_mode = "loop" if reason else "vmap"
-        if self.fallback_mode == "vmap":
-            return _fallback_vmap(self.model, names, x, cots)
-        return _fallback_loop(self.model, names, x, cots)
+        return squares(self.fallback_mode, slice(None))
 
     def _hook(self, module, args, output):
         if not self.recording or module not in self.fast:
@@ -610,52 +613,6 @@ class _FisherComputer:
         return out
 
 
-def _fallback_vmap(model: nn.Module, names: list[str], x: Tensor, cots: Tensor) -> dict[str, Tensor]:
-    from torch.func import functional_call, vjp, vmap
-
-    params = dict(model.named_parameters())
-    chosen = {n: params[n].detach() for n in names}
-    rest = {n: p.detach() for n, p in params.items() if n not in chosen}
-    rest.update(dict(model.named_buffers()))
-    w = cots.transpose(0, 1)  # (B, K, C)
-
-    def one_sample(chosen_params, xi, wi):
-        def logits_of(cp):
-            return functional_call(model, (cp, rest), (xi.unsqueeze(0),)).squeeze(0)
-
-        _, pullback = vjp(logits_of, chosen_params)
-        total: dict[str, Tensor] = {}
-        # one pullback per cotangent (a nested vmap over them trips batching
-        # rules of some backward ops, e.g. PReLU's)
-        for k in range(wi.shape[0]):
-            (grads,) = pullback(wi[k])
-            for n, g in grads.items():
-                total[n] = total[n] + g.square() if n in total else g.square()
-        return total
-
-    size = sum(t.numel() for t in chosen.values())
-    chunk = max(1, _CHUNK_ELEMENTS // max(1, size))
-    per_sample = vmap(one_sample, in_dims=(None, 0, 0), chunk_size=chunk)(chosen, x, w)
-    return {n: t.sum(0) for n, t in per_sample.items()}
-
-
-def _fallback_loop(model: nn.Module, names: list[str], x: Tensor, cots: Tensor) -> dict[str, Tensor]:
-    params = dict(model.named_parameters())
-    chosen = [params[n] for n in names]
-    out = {n: torch.zeros_like(p) for n, p in zip(names, chosen, strict=True)}
-    k = cots.shape[0]
-    for i in range(x.shape[0]):
-        logits = model(x[i : i + 1])
-        for j in range(k):
-            grads = torch.autograd.grad(
-                logits, chosen, cots[j, i : i + 1], retain_graph=j + 1 < k, allow_unused=True
-            )
-            for n, g in zip(names, grads, strict=True):
-                if g is not None:
-                    out[n] += g.square()
-    return out
-
-
 def _split_batch(batch) -> tuple[Tensor, Tensor | None]:
     if isinstance(batch, Tensor):
         return batch, None
@@ -670,13 +627,11 @@ def _diagonal_fisher(
     """``diagonal_fisher`` plus the number of samples it saw."""
     if kind not in _KINDS:
         raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}.")
-    device = model_device(model)
     with eval_mode(model):
         comp = _FisherComputer(model, kind)
         try:
             for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
-                x, y = _split_batch(batch)
-                x = x.to(device)
+                x, y = to_model(_split_batch(batch), model)
                 if x.shape[0] == 0:
                     continue
                 while not comp.process(x, y):
@@ -721,13 +676,12 @@ def _forget_gradient_sum(model: nn.Module, loader, progress: bool) -> tuple[list
     params = [p for _, p in trainable_named_parameters(model)]
     total = [torch.zeros_like(p) for p in params]
     count = 0
-    device = model_device(model)
     with eval_mode(model):
         for batch in tqdm(loader, desc="forget gradient", disable=not progress, leave=False):
             x, y = _split_batch(batch)
             if y is None:
                 raise ValueError("the Newton step needs labels: the forget loader must yield (x, y) batches.")
-            x, y = x.to(device), y.to(device)
+            x, y = to_model((x, y), model)
             loss = F.cross_entropy(model(x), y, reduction="sum")
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             for t, g in zip(total, grads, strict=True):

@@ -37,6 +37,9 @@ Any regulariser in it counts as part of every sample's loss.
 
 Both functions run the model in eval mode (BatchNorm statistics are neither
 used per batch nor updated, dropout is off) and restore every module's flag.
+Batches are moved to the model's device and floating dtype (a float64 model
+gets float64 inputs from a float32 loader; labels stay integer) and every
+vector lives there too.
 """
 
 from __future__ import annotations
@@ -57,8 +60,7 @@ from ._params import (
     cycle,
     eval_mode,
     flatten,
-    model_device,
-    to_device,
+    to_model,
     trainable_parameters,
     unflatten,
 )
@@ -82,11 +84,14 @@ def cross_entropy_loss(model: nn.Module, batch) -> Tensor:
 def hessian_vector_product(model: nn.Module, loss_fn, batch, vector: Tensor) -> Tensor:
     """Flat ``H v`` for the Hessian of ``loss_fn(model, batch)`` (double backward).
 
-    ``vector`` and the result are flat over the model's trainable parameters.
+    ``vector`` and the result are flat over the model's trainable parameters;
+    both and the batch are moved to the model's device and floating dtype.
     The model is not put in eval mode here and nothing is written to ``.grad``.
     """
     params = trainable_parameters(model)
-    return flatten(_hvp(model, params, loss_fn, batch, unflatten(vector, params)))
+    if params:
+        vector = vector.to(device=params[0].device, dtype=params[0].dtype)
+    return flatten(_hvp(model, params, loss_fn, to_model(batch, model), unflatten(vector, params)))
 
 
 def _hvp(model: nn.Module, params: list[Tensor], loss_fn, batch, vec: list[Tensor]) -> list[Tensor]:
@@ -163,9 +168,9 @@ def lissa_inverse_hvp(
             in ``model.parameters()`` order) are the variables.
         loss_fn: ``loss_fn(model, batch) -> scalar`` mean loss of a batch.
         loader: batches whose mean loss defines ``H`` (cycled as needed; the
-            batches are moved to the model's device).  ``loss_fn`` must be
-            deterministic given the batch: a batch equal to the previous one
-            reuses its gradient graph.
+            batches are moved to the model's device and floating dtype).
+            ``loss_fn`` must be deterministic given the batch: a batch equal
+            to the previous one reuses its gradient graph.
         vector: flat tensor over the trainable parameters.
         damping: ``d`` in ``(H + d I)^-1`` (>= 0).
         scale: ``s`` (> 0); must exceed half the largest eigenvalue of
@@ -189,26 +194,21 @@ def lissa_inverse_hvp(
     params = trainable_parameters(model)
     n = sum(p.numel() for p in params)
     if vector.numel() != n:
-        raise ValueError(
-            f"vector has {vector.numel()} entries but the model has {n} trainable parameter entries."
-        )
+        raise ValueError(f"vector has {vector.numel()} entries but the model has {n} trainable parameter entries.")
     if not params:
         return vector.detach().clone()
-    device = params[0].device
-    v = vector.detach().reshape(-1).to(device=device, dtype=params[0].dtype)
+    v = vector.detach().reshape(-1).to(device=params[0].device, dtype=params[0].dtype)
     if not all_finite([v]):
         raise ValueError("the vector given to LiSSA is not finite.")
     v_norm = float(v.norm())
     batches = cycle(loader)
     total = torch.zeros_like(v)
     graph: _GradientGraph | None = None
-    with eval_mode(model), tqdm(
-        total=repeats * depth, desc="LiSSA", disable=not progress, leave=False
-    ) as bar:
+    with eval_mode(model), tqdm(total=repeats * depth, desc="LiSSA", disable=not progress, leave=False) as bar:
         for _ in range(repeats):
             h = v.clone()
             for j in range(1, depth + 1):
-                batch = to_device(next(batches), device)
+                batch = to_model(next(batches), model)
                 if graph is None or not graph.same_batch(batch):
                     graph = None  # free the previous graph first
                     graph = _GradientGraph(model, params, loss_fn, batch)
@@ -278,9 +278,8 @@ def influence_unlearn(
     _check_knobs(damping, scale, depth, repeats)
     new = copy.deepcopy(model)
     params = trainable_parameters(new)
-    device = model_device(new)
     for batch in tqdm(forget_loader, desc="influence (forget batches)", disable=not progress, leave=False):
-        batch = to_device(batch, device)
+        batch = to_model(batch, new)
         with eval_mode(new):
             loss = loss_fn(new, batch) * batch_size(batch)
             grads = torch.autograd.grad(loss, params, allow_unused=True)

@@ -1,5 +1,7 @@
 """Forget-set selectors on sklearn's digits with a tiny linear classifier."""
 
+from __future__ import annotations
+
 import sys
 import types
 
@@ -10,7 +12,6 @@ from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import Dataset
 
-from healing_pl.adversary.config import AdversaryConfig
 from healing_pl.adversary.selectors import (
     SELECTORS,
     AttackSurface,
@@ -23,6 +24,7 @@ from healing_pl.adversary.selectors import (
     per_sample_grad_norms,
     select_forget_set,
 )
+from healing_pl.phases.config import AdversaryConfig
 
 
 class DigitsPool(Dataset):
@@ -496,3 +498,69 @@ def test_output_aware_config_without_a_model_raises(pool, split):
             dataset=pool,
             primary_ids=split["primary"],
         )
+
+
+# ------------------------------------------------- device and precision
+
+
+class Float64Pool(DigitsPool):
+    """The same pool with its images already in float64."""
+
+    def __init__(self, pool):
+        self.data = pool.data.double()
+        self.targets = pool.targets
+
+
+@pytest.fixture(scope="module")
+def cnn64():
+    """A small CNN converted to float64 (the pool serves float32 images)."""
+    torch.manual_seed(2)
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10)).double()
+
+
+def float64_grad_norms(model, pool, ids):
+    params = list(model.parameters())
+    norms = []
+    for i in ids.tolist():
+        loss = F.cross_entropy(model(pool.data[i : i + 1].double()), pool.targets[i : i + 1])
+        norms.append(torch.sqrt(sum(g.square().sum() for g in torch.autograd.grad(loss, params))))
+    return torch.stack(norms)
+
+
+def test_float64_model_on_float32_data_random_class_worst_logits(pool, split, cnn64):
+    assert pool.data.dtype == torch.float32
+    s = surface(pool, split, "output_aware", model=cnn64)
+    logits = s.predict(split["primary"][:5])
+    assert logits.dtype == torch.float64 and logits.device.type == "cpu"
+    for selector in (RandomSelector(seed=1), ClassSelector(3, seed=1)):
+        check_contract(selector.select(s, 20), 20, split["primary"])
+    ids = WorstLogitsSelector().select(s, 20)
+    primary = torch.sort(split["primary"]).values
+    with torch.no_grad():
+        out = cnn64(pool.data[primary].double())
+    y = pool.targets[primary]
+    other = out.clone()
+    other[torch.arange(len(y)), y] = -float("inf")
+    margins = out[torch.arange(len(y)), y] - other.max(1).values
+    assert torch.equal(ids, primary[torch.argsort(margins, stable=True)[:20]])
+
+
+@pytest.mark.parametrize("engine", ["vmap", "loop"])
+def test_float64_model_on_float32_data_gradient(pool, split, cnn64, engine):
+    ids = torch.arange(12)
+    norms = per_sample_grad_norms(cnn64, F.cross_entropy, pool.data[ids], pool.targets[ids], engine=engine)
+    assert norms.dtype == torch.float64
+    torch.testing.assert_close(norms, float64_grad_norms(cnn64, pool, ids), rtol=1e-10, atol=1e-12)
+
+    s = surface(pool, split, "parameter_aware", model=cnn64, val_ids=split["val"])
+    ids = GradientSelector(engine=engine, batch_size=500).select(s, 20)
+    primary = torch.sort(split["primary"]).values
+    expected = primary[torch.argsort(-float64_grad_norms(cnn64, pool, primary), stable=True)[:20]]
+    assert torch.equal(ids, expected)
+
+    # influence mode: the same ids as with the images already in float64
+    selector = GradientSelector("influence", engine=engine, damping=0.1, scale=50.0, depth=5, batch_size=400)
+    ids = selector.select(s, 20)
+    check_contract(ids, 20, split["primary"])
+    s64 = surface(Float64Pool(pool), split, "parameter_aware", model=cnn64, val_ids=split["val"])
+    assert torch.equal(ids, selector.select(s64, 20))

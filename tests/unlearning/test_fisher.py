@@ -326,3 +326,40 @@ def test_fisher_forget_non_finite_raises(digits_mlp):
         fisher_forget(model, remain, alpha=-1.0)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+# --------------------------------------------------------------------------
+# device and precision: the model's dtype wins over the loader's
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["true", "empirical"])
+def test_diagonal_fisher_float64_model_float32_loader(kind):
+    """A float64 model fed float32 batches computes in float64 (fast layers and the PReLU fallback)."""
+    torch.manual_seed(5)
+    model = ConvNet().double()
+    x, y = conv_data(9)
+    assert x.dtype == torch.float32
+    got = diagonal_fisher(model, DataLoader(TensorDataset(x, y), batch_size=4), kind)
+    assert all(v.dtype == torch.float64 for v in got.values())
+    assert_fisher_close(got, reference_fisher(model, x.double(), y, kind), rtol=1e-9)
+
+
+def test_fisher_forget_float64_model_float32_loaders():
+    torch.manual_seed(6)
+    model = ConvNet().double()
+    x, y = conv_data(12)
+    kw = dict(alpha=1e-8, noise_only=False, lam=1e-2, seed=0)
+    new = fisher_forget(
+        model,
+        DataLoader(TensorDataset(x[:8], y[:8]), batch_size=4),
+        DataLoader(TensorDataset(x[8:], y[8:]), batch_size=4),
+        **kw,
+    )
+    assert all(p.dtype == torch.float64 for p in new.parameters())
+    assert all(b.dtype == model.bn.running_mean.dtype for b in new.buffers() if b.is_floating_point())
+    # the same update as with the data already in float64
+    want = fisher_forget(model, batches(x[:8].double(), y[:8], 4), batches(x[8:].double(), y[8:], 4), **kw)
+    delta = flat_delta(new, model)
+    assert float(delta.norm()) > 0
+    torch.testing.assert_close(delta, flat_delta(want, model), rtol=1e-10, atol=1e-14)

@@ -273,3 +273,42 @@ def test_influence_max_norm_and_divergence(digits, trained):
         influence_unlearn(model, cross_entropy_loss, [(x[60:], y[60:])], forget, **kw)
     assert torch.equal(flat_params(model), start)
     assert all(p.grad is None for p in model.parameters())
+
+
+# --------------------------------------------------------------------------
+# device and precision: the model's dtype wins over the loader's
+# --------------------------------------------------------------------------
+
+
+def test_influence_float64_cnn_float32_loaders(digits):
+    """A CNN converted to float64 fed float32 batches: LiSSA and the update run in float64."""
+    x, y = digits
+    images = x.float().reshape(-1, 1, 8, 8)[:160]
+    labels = y[:160]
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10)).double()
+    kw = dict(n_train=160, damping=DAMPING, scale=20.0, depth=4)
+    new = influence_unlearn(
+        model,
+        cross_entropy_loss,
+        DataLoader(TensorDataset(images[40:], labels[40:]), batch_size=60),
+        DataLoader(TensorDataset(images[:40], labels[:40]), batch_size=20),
+        **kw,
+    )
+    assert all(p.dtype == torch.float64 for p in new.parameters())
+    want = influence_unlearn(
+        model,
+        cross_entropy_loss,
+        [(images[40:100].double(), labels[40:100]), (images[100:].double(), labels[100:])],
+        [(images[:20].double(), labels[:20]), (images[20:40].double(), labels[20:40])],
+        **kw,
+    )
+    start = flat_params(model)
+    assert float((flat_params(new) - start).norm()) > 0
+    torch.testing.assert_close(flat_params(new), flat_params(want), rtol=1e-12, atol=1e-14)
+    v = torch.randn(start.numel(), generator=torch.Generator().manual_seed(8))  # float32 vector
+    est = lissa_inverse_hvp(
+        model, cross_entropy_loss, DataLoader(TensorDataset(images, labels), batch_size=80), v,
+        damping=DAMPING, scale=20.0, depth=3,
+    )
+    assert est.dtype == torch.float64
