@@ -11,10 +11,14 @@ from torch import nn
 def mnist_cnn() -> nn.Module:
     """conv32-conv64-maxpool-fc128-fc10, the common MNIST CNN (heavier than the project's small_cnn)."""
     return nn.Sequential(
-        nn.Conv2d(1, 32, 3), nn.ReLU(),
-        nn.Conv2d(32, 64, 3), nn.ReLU(),
-        nn.MaxPool2d(2), nn.Flatten(),
-        nn.Linear(9216, 128), nn.ReLU(),
+        nn.Conv2d(1, 32, 3),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(9216, 128),
+        nn.ReLU(),
         nn.Linear(128, 10),
     )
 

@@ -29,7 +29,6 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-
 from _timing import interleaved_medians, mnist_cnn
 
 from healing_pl.unlearning._per_sample import sum_of_squares
@@ -61,6 +60,7 @@ def main() -> None:
 
     def loop(n, kind):
         """The naive peer: one sample (and, for the true Fisher, one class) at a time."""
+
         def run():
             acc = [torch.zeros_like(p) for p in params]
             for i in range(n):
@@ -75,6 +75,7 @@ def main() -> None:
                     grads = torch.autograd.grad(loss, params, retain_graph=k + 1 < len(pairs))
                     for a, g in zip(acc, grads):
                         a += weight * g.square()
+
         return run
 
     from torch.func import functional_call, grad, vmap
@@ -84,6 +85,7 @@ def main() -> None:
     def vmap_fisher():
         def loss_one(p, xi, yi):
             return F.cross_entropy(functional_call(model, p, (xi.unsqueeze(0),)), yi.unsqueeze(0))
+
         acc = {k: torch.zeros_like(v) for k, v in named.items()}
         for xb, yb in loader:
             g = vmap(grad(loss_one), in_dims=(None, 0, 0))(named, xb, yb)

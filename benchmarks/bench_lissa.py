@@ -26,7 +26,6 @@ import copy
 
 import torch
 import torch.nn.functional as F
-
 from _timing import interleaved_medians, mnist_cnn
 
 from healing_pl.unlearning.influence import cross_entropy_loss, hessian_vector_product, lissa_inverse_hvp
@@ -64,6 +63,7 @@ def main() -> None:
     def lissa_steps(loader):
         def run():
             lissa_inverse_hvp(model, cross_entropy_loss, loader, v, damping=0.01, scale=1e3, depth=args.depth)
+
         return run
 
     def hvp_steps():

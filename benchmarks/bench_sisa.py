@@ -38,8 +38,9 @@ from healing_pl.models.classifier import Classifier, evaluate
 from healing_pl.unlearning.sisa import fit_plain, seed_for, train_sisa, unlearn_sisa
 
 
-def naive(hparams: dict, dm: HealingDataModule, ids, epochs: int, seed: int,
-          device: str = "cpu") -> tuple[Classifier, float]:
+def naive(
+    hparams: dict, dm: HealingDataModule, ids, epochs: int, seed: int, device: str = "cpu"
+) -> tuple[Classifier, float]:
     """A fresh model trained from scratch on ``ids`` with the plain loop; returns it and the seconds taken."""
     t0 = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
@@ -67,42 +68,59 @@ def main() -> None:
     dm = HealingDataModule("mnist5k", batch_size=args.batch_size, seed=args.seed)
     hp = dict(backbone="small_cnn", num_classes=10, in_chans=1, image_size=28, lr=1e-3)
     test = dm.test_dataloader()
-    print(f"{dm.summary()}; small_cnn, Adam lr 1e-3, batch {args.batch_size}, "
-          f"{args.epochs} epochs, SISA {args.shards}x{args.slices}, torch threads {torch.get_num_threads()}, "
-          f"device {args.device}")
+    print(
+        f"{dm.summary()}; small_cnn, Adam lr 1e-3, batch {args.batch_size}, "
+        f"{args.epochs} epochs, SISA {args.shards}x{args.slices}, torch threads {torch.get_num_threads()}, "
+        f"device {args.device}"
+    )
 
     base, t_base = naive(hp, dm, dm.primary_ids, args.epochs, args.seed, args.device)
     acc_base = evaluate(base, test)["acc"]
-    state = train_sisa(hp, dm, shards=args.shards, slices=args.slices, epochs=args.epochs, seed=args.seed,
-                       batch_size=args.batch_size, device=args.device, progress=args.progress)
+    state = train_sisa(
+        hp,
+        dm,
+        shards=args.shards,
+        slices=args.slices,
+        epochs=args.epochs,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        device=args.device,
+        progress=args.progress,
+    )
     acc_sisa = evaluate(state.ensemble, test)["acc"]
     print(f"{'baseline':<14} time {t_base:7.2f} s   acc {acc_base:.4f}")
-    print(f"{'SISA train':<14} time {state.train_time:7.2f} s   acc {acc_sisa:.4f}   "
-          f"({state.epochs_per_slice} epochs per slice; {state.train_time / t_base:.2f}x the baseline's time)")
+    print(
+        f"{'SISA train':<14} time {state.train_time:7.2f} s   acc {acc_sisa:.4f}   "
+        f"({state.epochs_per_slice} epochs per slice; {state.train_time / t_base:.2f}x the baseline's time)"
+    )
 
     gen = torch.Generator().manual_seed(seed_for("bench-forget", args.seed))
-    picks = dm.primary_ids[torch.randperm(dm.primary_ids.numel(), generator=gen)[:args.repeats]]
+    picks = dm.primary_ids[torch.randperm(dm.primary_ids.numel(), generator=gen)[: args.repeats]]
     t_sisa, t_naive, acc_u, acc_gs, work = [], [], [], [], []
     for i, fid in enumerate(picks.tolist()):
         unlearned, info = unlearn_sisa(state, [fid], dm, progress=args.progress)
         gs, t_gs = naive(hp, dm, dm.remain_ids([fid]), args.epochs, args.seed, args.device)
-        (s, r), = info["restart_slice"].items()
+        ((s, r),) = info["restart_slice"].items()
         work.append(info["samples_retrained"])
         t_sisa.append(info["time"])
         t_naive.append(t_gs)
         acc_u.append(evaluate(unlearned.ensemble, test)["acc"])
         acc_gs.append(evaluate(gs, test)["acc"])
-        print(f"  request {i + 1}: id {fid:5d}  shard {s} restart slice {r} "
-              f"({info['samples_retrained']} sample-epochs)  SISA {info['time']:6.2f} s acc {acc_u[-1]:.4f} | "
-              f"naive {t_gs:6.2f} s acc {acc_gs[-1]:.4f}  -> {t_gs / info['time']:.1f}x")
+        print(
+            f"  request {i + 1}: id {fid:5d}  shard {s} restart slice {r} "
+            f"({info['samples_retrained']} sample-epochs)  SISA {info['time']:6.2f} s acc {acc_u[-1]:.4f} | "
+            f"naive {t_gs:6.2f} s acc {acc_gs[-1]:.4f}  -> {t_gs / info['time']:.1f}x"
+        )
     m_sisa, m_naive = statistics.mean(t_sisa), statistics.mean(t_naive)
     print(f"{'SISA unlearn':<14} time {m_sisa:7.2f} s   acc {statistics.mean(acc_u):.4f}   (mean of {args.repeats})")
     print(f"{'naive retrain':<14} time {m_naive:7.2f} s   acc {statistics.mean(acc_gs):.4f}   (mean of {args.repeats})")
     ratio = m_naive / m_sisa
     naive_work = args.epochs * (dm.primary_ids.numel() - 1)
     print(f"ratio naive / SISA unlearning time: {ratio:.1f}x  (goal >= 5x: {'met' if ratio >= 5 else 'NOT met'})")
-    print(f"ratio of work (sample-epochs, immune to load on shared cores): naive {naive_work} / SISA mean "
-          f"{statistics.mean(work):.0f} = {naive_work / statistics.mean(work):.1f}x")
+    print(
+        f"ratio of work (sample-epochs, immune to load on shared cores): naive {naive_work} / SISA mean "
+        f"{statistics.mean(work):.0f} = {naive_work / statistics.mean(work):.1f}x"
+    )
 
 
 if __name__ == "__main__":

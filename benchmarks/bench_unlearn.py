@@ -46,16 +46,27 @@ def main() -> None:
     test = dm.test_dataloader()
     t0 = time.perf_counter()
     baseline = train_classifier(HP, dm, dm.primary_ids, epochs=args.epochs, seed=0)
-    print(f"baseline: {args.epochs} epochs on {len(dm.primary_ids)} samples in {time.perf_counter() - t0:.1f} s, "
-          f"test acc {evaluate(baseline, test)['acc']:.4f}; torch threads {torch.get_num_threads()}")
-    forget = dm.primary_ids[torch.randperm(len(dm.primary_ids), generator=torch.Generator().manual_seed(1))[:args.forget]]
+    print(
+        f"baseline: {args.epochs} epochs on {len(dm.primary_ids)} samples in {time.perf_counter() - t0:.1f} s, "
+        f"test acc {evaluate(baseline, test)['acc']:.4f}; torch threads {torch.get_num_threads()}"
+    )
+    forget = dm.primary_ids[
+        torch.randperm(len(dm.primary_ids), generator=torch.Generator().manual_seed(1))[: args.forget]
+    ]
     rows = {}
     t0 = time.perf_counter()
     gold = train_classifier(HP, dm, dm.remain_ids(forget), epochs=args.epochs, seed=0)
     rows["naive (retrain)"] = (time.perf_counter() - t0, evaluate(gold, test)["acc"])
     configs = {
-        "influence (LiSSA)": UnlearnConfig(method="influence", depth=args.depth, scale=args.scale, damping=args.damping,
-                                           batch_r=args.batch_r, batch_f=args.forget, cache_dir=None),
+        "influence (LiSSA)": UnlearnConfig(
+            method="influence",
+            depth=args.depth,
+            scale=args.scale,
+            damping=args.damping,
+            batch_r=args.batch_r,
+            batch_f=args.forget,
+            cache_dir=None,
+        ),
         "fisher (noise)": UnlearnConfig(method="fisher", alpha=args.alpha, cache_dir=None),
     }
     for name, cfg in configs.items():

@@ -72,19 +72,25 @@ class HealingCLI(LightningCLI):
         self._add_arguments(parser)
         skip = set(self.subcommands()[subcommand])
         self._subcommand_method_arguments[subcommand] = parser.add_method_arguments(
-            klass, subcommand, skip=skip, as_group=False)
+            klass, subcommand, skip=skip, as_group=False
+        )
         return parser
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument("--run_dir", type=str | None, default=None,
-                            help="Folder of this run (default: runs/<dataset>-<subcommand>-<time>).")
+        parser.add_argument(
+            "--run_dir",
+            type=str | None,
+            default=None,
+            help="Folder of this run (default: runs/<dataset>-<subcommand>-<time>).",
+        )
         parser.add_argument("--wandb", type=Tracking, default=Tracking(), help="Weights & Biases tracking.")
         for key in ("num_classes", "in_chans", "image_size"):
             parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
         # the datamodule shards each global batch across ranks itself (so N ranks train like one process),
         # and every rank evaluates the full validation set
-        parser.set_defaults({"trainer.max_epochs": 10, "trainer.log_every_n_steps": 10,
-                             "trainer.use_distributed_sampler": False})
+        parser.set_defaults(
+            {"trainer.max_epochs": 10, "trainer.log_every_n_steps": 10, "trainer.use_distributed_sampler": False}
+        )
 
     # ------------------------------------------------------------------ setup
     def _cfg(self):
@@ -111,7 +117,9 @@ class HealingCLI(LightningCLI):
         if trainer_cfg.get("enable_checkpointing") is False or self.subcommand not in ("fit", "heal"):
             callbacks = []
         user_callbacks = trainer_cfg.get("callbacks") or []
-        kwargs.setdefault("callbacks", (user_callbacks if isinstance(user_callbacks, list) else [user_callbacks]) + callbacks)
+        kwargs.setdefault(
+            "callbacks", (user_callbacks if isinstance(user_callbacks, list) else [user_callbacks]) + callbacks
+        )
         kwargs.setdefault("default_root_dir", self.run_dir)
         kwargs.setdefault("logger", logger)
         trainer = super().instantiate_trainer(**kwargs)
@@ -134,8 +142,10 @@ class HealingCLI(LightningCLI):
     def after_fit(self) -> None:
         record = self._record()
         if record is not None:
-            print(f"test accuracy: {record['test/acc']:.4f} (after {record['train/epochs']} epochs, "
-                  f"{record['train/time_s']:.1f} s)")
+            print(
+                f"test accuracy: {record['test/acc']:.4f} (after {record['train/epochs']} epochs, "
+                f"{record['train/time_s']:.1f} s)"
+            )
 
     def after_unlearn(self) -> None:
         self._record()
@@ -157,9 +167,15 @@ class HealingCLI(LightningCLI):
 
 def phase_summary(record: dict) -> str:
     """A few lines that sum up an unlearn, heal or stream run."""
-    keys = [("baseline/test/acc", "baseline"), ("gold/test/acc", "gold standard"), ("sisa/test/acc", "SISA"),
-            ("unlearned/test/acc", "unlearned"), ("attack/random_forget/test/acc", "unlearned (random set)"),
-            ("healed/test/acc_epoch_1", "healed, 1 epoch"), ("stream/final/test/acc", "after the whole stream")]
+    keys = [
+        ("baseline/test/acc", "baseline"),
+        ("gold/test/acc", "gold standard"),
+        ("sisa/test/acc", "SISA"),
+        ("unlearned/test/acc", "unlearned"),
+        ("attack/random_forget/test/acc", "unlearned (random set)"),
+        ("healed/test/acc_epoch_1", "healed, 1 epoch"),
+        ("stream/final/test/acc", "after the whole stream"),
+    ]
     epochs = record.get("heal/epochs")
     if epochs and epochs > 1:
         keys.append((f"healed/test/acc_epoch_{epochs}", f"healed, {epochs} epochs"))

@@ -1,8 +1,8 @@
 """The ``healing-pl`` entry point: ``grid`` and ``report`` here, every other subcommand through the LightningCLI.
 
-    healing-pl fit | validate | test | unlearn | heal | stream ...   (healing_pl.cli)
-    healing-pl grid configs/grids/<grid>.yaml                         (healing_pl.experiments.grid)
-    healing-pl report runs/<folder>                                   (healing_pl.report.cli)
+healing-pl fit | validate | test | unlearn | heal | stream ...   (healing_pl.cli)
+healing-pl grid configs/grids/<grid>.yaml                         (healing_pl.experiments.grid)
+healing-pl report runs/<folder>                                   (healing_pl.report.cli)
 """
 
 from __future__ import annotations

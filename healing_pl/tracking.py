@@ -35,10 +35,15 @@ def build_logger(tracking, run_dir: str, job_type: str, config: dict | None = No
     if not tracking.enabled or mode == "disabled":
         return None
     return RunLogger(
-        save_dir=run_dir, project=tracking.project, entity=tracking.entity, group=tracking.group,
-        job_type=tracking.job_type or job_type, tags=list(tracking.tags),
+        save_dir=run_dir,
+        project=tracking.project,
+        entity=tracking.entity,
+        group=tracking.group,
+        job_type=tracking.job_type or job_type,
+        tags=list(tracking.tags),
         name=tracking.name or os.path.basename(os.path.normpath(run_dir)),
-        offline=mode != "online", config=config,
+        offline=mode != "online",
+        config=config,
     )
 
 
@@ -112,12 +117,12 @@ def read_offline_run(run_folder: str) -> dict[str, dict]:
         if block - pos % block < 7:  # block trailer too small for a header: skip to the next block
             pos += block - pos % block
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         pos += 7
         if kind == 0:  # zero padding up to the block's end
             pos += (block - pos % block) % block
             continue
-        pending += data[pos:pos + length]
+        pending += data[pos : pos + length]
         pos += length
         if kind in (1, 4):  # a full record, or the last piece of one
             records.append(pending)

@@ -60,8 +60,16 @@ class HealingTrainer(L.Trainer):
         evaluation = FitEvaluation(os.path.join(self.run_dir, "checkpoints", "last.ckpt"))
         return [evaluation, RunWriter("fit", self.run_dir, self.run_config or {}, [evaluation])]
 
-    def unlearn(self, model, datamodule, ckpt_path: str | None = None, unlearn: UnlearnConfig = UnlearnConfig(),
-                adversary: AdversaryConfig = AdversaryConfig(), gold: bool = False, attack_strength: bool = False):
+    def unlearn(
+        self,
+        model,
+        datamodule,
+        ckpt_path: str | None = None,
+        unlearn: UnlearnConfig = UnlearnConfig(),
+        adversary: AdversaryConfig = AdversaryConfig(),
+        gold: bool = False,
+        attack_strength: bool = False,
+    ):
         """Unlearn an adversary's forget set from a baseline checkpoint and evaluate the result.
 
         Args:
@@ -77,13 +85,27 @@ class HealingTrainer(L.Trainer):
             self.fit_phases("unlearn", model, datamodule, [SisaShardJob(baseline, unlearn)], epochs=0)
             return
         adversary.validate(len(datamodule.primary_ids), datamodule.num_classes)
-        phase = UnlearnPhase(baseline, adversary, unlearn, gold=gold, attack_strength=attack_strength,
-                             run_dir=self.run_dir, save_to=os.path.join(self.run_dir, "checkpoints", "unlearned.ckpt"))
+        phase = UnlearnPhase(
+            baseline,
+            adversary,
+            unlearn,
+            gold=gold,
+            attack_strength=attack_strength,
+            run_dir=self.run_dir,
+            save_to=os.path.join(self.run_dir, "checkpoints", "unlearned.ckpt"),
+        )
         self.fit_phases("unlearn", model, datamodule, [phase], epochs=0)
 
-    def heal(self, model, datamodule, ckpt_path: str | None = None, unlearn: UnlearnConfig = UnlearnConfig(),
-             adversary: AdversaryConfig = AdversaryConfig(), twins: TwinsConfig = TwinsConfig(),
-             heal: HealConfig = HealConfig()):
+    def heal(
+        self,
+        model,
+        datamodule,
+        ckpt_path: str | None = None,
+        unlearn: UnlearnConfig = UnlearnConfig(),
+        adversary: AdversaryConfig = AdversaryConfig(),
+        twins: TwinsConfig = TwinsConfig(),
+        heal: HealConfig = HealConfig(),
+    ):
         """Unlearn a forget set from a baseline, find twins, and heal by fine-tuning on R plus twins.
 
         Args:
@@ -99,8 +121,13 @@ class HealingTrainer(L.Trainer):
         search = TwinSearch(unlearned, twins)
         epochs = heal.epochs_for(baseline.epochs)
         if METHODS[unlearn.method].ensemble:  # SISA: each affected shard heals on its own data plus twins
-            self.fit_phases("heal", model, datamodule, [unlearned, search, ShardHealing(unlearned, search, epochs, heal.lr)],
-                            epochs=0)
+            self.fit_phases(
+                "heal",
+                model,
+                datamodule,
+                [unlearned, search, ShardHealing(unlearned, search, epochs, heal.lr)],
+                epochs=0,
+            )
             return
         if heal.lr is not None:
             model.hparams.lr = heal.lr  # before the fit builds its optimizer
@@ -108,9 +135,17 @@ class HealingTrainer(L.Trainer):
         phases = [unlearned, search, HealEvaluation(unlearned, epochs, model.hparams.lr)]
         self.fit_phases("heal", model, datamodule, phases, epochs=epochs)
 
-    def stream(self, model, datamodule, ckpt_path: str | None = None, unlearn: UnlearnConfig = UnlearnConfig(),
-               adversary: AdversaryConfig = AdversaryConfig(), stream: StreamConfig = StreamConfig(),
-               twins: TwinsConfig = TwinsConfig(), heal: HealConfig = HealConfig()):
+    def stream(
+        self,
+        model,
+        datamodule,
+        ckpt_path: str | None = None,
+        unlearn: UnlearnConfig = UnlearnConfig(),
+        adversary: AdversaryConfig = AdversaryConfig(),
+        stream: StreamConfig = StreamConfig(),
+        twins: TwinsConfig = TwinsConfig(),
+        heal: HealConfig = HealConfig(),
+    ):
         """Apply a stream of benign and adversarial unlearn requests in rounds, evaluating after each.
 
         Args:
@@ -123,6 +158,7 @@ class HealingTrainer(L.Trainer):
         """
         baseline = load_baseline(ckpt_path, model, datamodule)
         adversary.validate(len(datamodule.primary_ids), datamodule.num_classes)
-        phase = StreamPhase(baseline, unlearn=unlearn, adversary=adversary, stream=stream, twins=twins, heal=heal,
-                            run_dir=self.run_dir)
+        phase = StreamPhase(
+            baseline, unlearn=unlearn, adversary=adversary, stream=stream, twins=twins, heal=heal, run_dir=self.run_dir
+        )
         self.fit_phases("stream", model, datamodule, [phase], epochs=0)

@@ -37,8 +37,15 @@ def test_fit_end_to_end_on_digits(in_tmp, configs_dir):
 def test_fit_is_reproducible(in_tmp, configs_dir):
     accs = []
     for name in ("a", "b"):
-        args = ["fit", "--config", f"{configs_dir}/digits.yaml", f"--run_dir={in_tmp / name}",
-                "--wandb.enabled=false", "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false"]
+        args = [
+            "fit",
+            "--config",
+            f"{configs_dir}/digits.yaml",
+            f"--run_dir={in_tmp / name}",
+            "--wandb.enabled=false",
+            "--trainer.max_epochs=1",
+            "--trainer.enable_progress_bar=false",
+        ]
         assert main(args) == 0
         accs.append(json.loads((in_tmp / name / "results.json").read_text())["test/acc"])
         sd = torch.load(in_tmp / name / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
@@ -55,12 +62,15 @@ def test_print_config_round_trips(in_tmp, configs_dir, capsys):
     assert yaml.safe_load(first)["model"]["lr"] == 0.0003
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--data.dataset=mnsit"], "unknown dataset 'mnsit'"),
-    (["--model.backbone=resnet5O"], "unknown backbone 'resnet5O'"),
-    (["--data.primary=0.9", "--data.backup=0.2"], "splits do not fit"),
-    (["--data.dataset=cifar10", "--data.root=nowhere"], "not found at 'nowhere'"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--data.dataset=mnsit"], "unknown dataset 'mnsit'"),
+        (["--model.backbone=resnet5O"], "unknown backbone 'resnet5O'"),
+        (["--data.primary=0.9", "--data.backup=0.2"], "splits do not fit"),
+        (["--data.dataset=cifar10", "--data.root=nowhere"], "not found at 'nowhere'"),
+    ],
+)
 def test_bad_input_is_one_sentence_and_writes_nothing(in_tmp, configs_dir, capsys, args, words):
     code = main(["fit", "--config", f"{configs_dir}/digits.yaml", *args])
     err = capsys.readouterr().err.strip()
@@ -71,15 +81,26 @@ def test_bad_input_is_one_sentence_and_writes_nothing(in_tmp, configs_dir, capsy
 
 def test_console_script_config_typo_exits_non_zero(in_tmp, configs_dir):
     exe = os.path.join(os.path.dirname(sys.executable), "healing-pl")
-    out = subprocess.run([exe, "fit", "--config", f"{configs_dir}/digits.yaml", "--model.lrr=0.1"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [exe, "fit", "--config", f"{configs_dir}/digits.yaml", "--model.lrr=0.1"], capture_output=True, text=True
+    )
     assert out.returncode != 0 and "lrr" in out.stderr
     assert os.listdir(in_tmp) == []
 
 
 def test_diverging_hyperparameters_stop_with_a_sentence(in_tmp, configs_dir, capsys):
-    code = main(["fit", "--config", f"{configs_dir}/digits.yaml", "--model.lr=1e12", "--trainer.max_epochs=3",
-                 "--wandb.enabled=false", "--trainer.enable_progress_bar=false", f"--run_dir={in_tmp / 'r'}"])
+    code = main(
+        [
+            "fit",
+            "--config",
+            f"{configs_dir}/digits.yaml",
+            "--model.lr=1e12",
+            "--trainer.max_epochs=3",
+            "--wandb.enabled=false",
+            "--trainer.enable_progress_bar=false",
+            f"--run_dir={in_tmp / 'r'}",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "diverge" in err and "--model.lr" in err
     assert not (in_tmp / "r" / "results.json").exists()

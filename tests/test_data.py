@@ -27,12 +27,15 @@ def test_splits_same_seed_same_sets_other_seed_other_sets():
     assert not torch.equal(a["primary"], c["primary"])
 
 
-@pytest.mark.parametrize("kw, words", [
-    (dict(primary=0.8, backup=0.2, val=0.1), "do not fit"),
-    (dict(primary=0.0, backup=0.1, val=0.1), "primary split is empty"),
-    (dict(primary=-1, backup=0.1, val=0.1), "non-negative"),
-    (dict(primary=1.5, backup=0.1, val=0.1), "whole count"),
-])
+@pytest.mark.parametrize(
+    "kw, words",
+    [
+        (dict(primary=0.8, backup=0.2, val=0.1), "do not fit"),
+        (dict(primary=0.0, backup=0.1, val=0.1), "primary split is empty"),
+        (dict(primary=-1, backup=0.1, val=0.1), "non-negative"),
+        (dict(primary=1.5, backup=0.1, val=0.1), "whole count"),
+    ],
+)
 def test_bad_fractions_stop_with_a_sentence(kw, words):
     with pytest.raises(ValueError, match=words):
         split_ids(100, 0, **kw)
@@ -115,8 +118,9 @@ def test_imagefolder_reads_a_png_tree(tmp_path):
     assert x.shape == (3, 16, 16) and y == 1
     gray = build_pool("imagefolder", root=str(tmp_path / "train"), image_size=8, channels=1)
     assert gray.test is None and gray.train[0][0].shape == (1, 8, 8)
-    dm = HealingDataModule("imagefolder", root=str(tmp_path / "train"), image_size=8, channels=1,
-                           primary=6, backup=2, val=2)
+    dm = HealingDataModule(
+        "imagefolder", root=str(tmp_path / "train"), image_size=8, channels=1, primary=6, backup=2, val=2
+    )
     assert len(dm.splits["test"]) == 2
 
 

@@ -42,25 +42,52 @@ class DeviceProbe(L.Callback):
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory, configs_dir):
     run = tmp_path_factory.mktemp("probe") / "fit"
-    assert main(["fit", "--config", f"{configs_dir}/digits.yaml", f"--run_dir={run}", "--trainer.max_epochs=2",
-                 *QUIET]) == 0
+    assert (
+        main(["fit", "--config", f"{configs_dir}/digits.yaml", f"--run_dir={run}", "--trainer.max_epochs=2", *QUIET])
+        == 0
+    )
     return run / "checkpoints" / "last.ckpt"
 
 
 def _probe(in_tmp, configs_dir, baseline, accelerator, *extra):
-    args = ["--config", f"{configs_dir}/digits.yaml", f"--ckpt_path={baseline}", "--adversary.budget=6",
-            f"--unlearn.cache_dir={in_tmp / 'cache'}", "--trainer.callbacks+=test_devices.DeviceProbe",
-            f"--trainer.accelerator={accelerator}", "--trainer.precision=64-true", *QUIET]
+    args = [
+        "--config",
+        f"{configs_dir}/digits.yaml",
+        f"--ckpt_path={baseline}",
+        "--adversary.budget=6",
+        f"--unlearn.cache_dir={in_tmp / 'cache'}",
+        "--trainer.callbacks+=test_devices.DeviceProbe",
+        f"--trainer.accelerator={accelerator}",
+        "--trainer.precision=64-true",
+        *QUIET,
+    ]
     return args
 
 
 PHASES = [
     # subcommand, options: together they run every phase (adversaries, gold, each method, each twin metric, streams)
-    ("heal", ["--adversary.selector=gradient", "--adversary.system_knowledge=parameter_aware",
-              "--unlearn.method=fisher", "--twins.metric=feat_mahalanobis", "--heal.epochs=1"]),
-    ("heal", ["--adversary.selector=worst_logits", "--adversary.system_knowledge=output_aware",
-              "--unlearn.method=influence", "--unlearn.depth=5", "--twins.metric=feat_cosine", "--heal.epochs=1",
-              "--heal.gold=false"]),
+    (
+        "heal",
+        [
+            "--adversary.selector=gradient",
+            "--adversary.system_knowledge=parameter_aware",
+            "--unlearn.method=fisher",
+            "--twins.metric=feat_mahalanobis",
+            "--heal.epochs=1",
+        ],
+    ),
+    (
+        "heal",
+        [
+            "--adversary.selector=worst_logits",
+            "--adversary.system_knowledge=output_aware",
+            "--unlearn.method=influence",
+            "--unlearn.depth=5",
+            "--twins.metric=feat_cosine",
+            "--heal.epochs=1",
+            "--heal.gold=false",
+        ],
+    ),
     ("unlearn", ["--unlearn.method=naive", "--gold=true", "--attack_strength=true"]),
     ("unlearn", ["--unlearn.method=sisa", "--unlearn.shards=2", "--unlearn.slices=2"]),
     ("stream", ["--unlearn.method=fisher", "--stream.heal=true", "--stream.round_size=4", "--twins.metric=raw_l2"]),

@@ -17,10 +17,15 @@ DDP = ["--trainer.devices=2", "--trainer.strategy=ddp_spawn"]
 
 def _run(cwd, *args, ok=True):
     exe = os.path.join(os.path.dirname(sys.executable), "healing-pl")
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": TESTS,
-           "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([exe, *args, "--trainer.enable_progress_bar=false"], cwd=cwd, env=env, capture_output=True,
-                         text=True, timeout=600)
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": TESTS, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [exe, *args, "--trainer.enable_progress_bar=false"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if ok:
         assert out.returncode == 0, out.stderr[-3000:]
     return out
@@ -35,9 +40,19 @@ def runs(tmp_path_factory, configs_dir):
     """Baselines and heal runs on 1 and 2 processes, from the same config and seed."""
     root = tmp_path_factory.mktemp("ddp")
     fit = ["fit", "--config", f"{configs_dir}/digits.yaml", "--trainer.max_epochs=3"]
-    heal = ["heal", "--config", f"{configs_dir}/digits.yaml", "--adversary.selector=class", "--adversary.target_class=3",
-            "--adversary.budget=10", "--unlearn.method=fisher", "--unlearn.alpha=1e-5", "--heal.epochs=2",
-            "--twins.metric=raw_l2", f"--unlearn.cache_dir={root / 'cache'}"]
+    heal = [
+        "heal",
+        "--config",
+        f"{configs_dir}/digits.yaml",
+        "--adversary.selector=class",
+        "--adversary.target_class=3",
+        "--adversary.budget=10",
+        "--unlearn.method=fisher",
+        "--unlearn.alpha=1e-5",
+        "--heal.epochs=2",
+        "--twins.metric=raw_l2",
+        f"--unlearn.cache_dir={root / 'cache'}",
+    ]
     _run(root, *fit, f"--run_dir={root / 'fit1'}")
     _run(root, *fit, f"--run_dir={root / 'fit2'}", *DDP)
     ckpt = f"--ckpt_path={root / 'fit1' / 'checkpoints' / 'last.ckpt'}"
@@ -80,9 +95,18 @@ def test_heal_on_two_ranks_matches_one_process_and_writes_once(runs):
 
 
 def test_a_failing_rank_fails_the_command(runs, configs_dir):
-    out = _run(runs, "fit", "--config", f"{configs_dir}/digits.yaml", "--trainer.max_epochs=1", *DDP,
-               f"--run_dir={runs / 'failing'}", "--trainer.callbacks+=_ranks.RaiseOnRank", "--wandb.enabled=false",
-               ok=False)
+    out = _run(
+        runs,
+        "fit",
+        "--config",
+        f"{configs_dir}/digits.yaml",
+        "--trainer.max_epochs=1",
+        *DDP,
+        f"--run_dir={runs / 'failing'}",
+        "--trainer.callbacks+=_ranks.RaiseOnRank",
+        "--wandb.enabled=false",
+        ok=False,
+    )
     assert out.returncode != 0
     assert "rank 1 failed on purpose" in out.stderr.strip().splitlines()[-1]
     assert not (runs / "failing" / "results.json").exists()

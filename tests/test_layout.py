@@ -13,13 +13,18 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "healing_pl"
 
 #: layer of each top-level part of the package; a module may import only from its own layer or lower ones
 LAYERS = {
-    "tracking": 0, "data": 0, "models": 0,
-    "unlearning": 1, "adversary": 1, "healing": 1,
+    "tracking": 0,
+    "data": 0,
+    "models": 0,
+    "unlearning": 1,
+    "adversary": 1,
+    "healing": 1,
     "phases": 2,
     "callbacks": 3,
     "trainer": 4,
     "cli": 5,
-    "report": 6, "experiments": 6,
+    "report": 6,
+    "experiments": 6,
     "main": 7,
 }
 
@@ -41,7 +46,9 @@ def _imports() -> dict[str, set[str]]:
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:
-                    base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                    base = ".".join(
+                        package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                    )
                 found = [base] + [f"{base}.{a.name}" for a in node.names]
             else:
                 continue
@@ -63,7 +70,7 @@ def test_no_import_cycles():
         state[node] = 1
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                cycle = stack[stack.index(nxt):] + [nxt] if nxt in stack else [node, nxt]
+                cycle = stack[stack.index(nxt) :] + [nxt] if nxt in stack else [node, nxt]
                 pytest.fail("import cycle: " + " -> ".join(cycle))
             if nxt not in state:
                 visit(nxt, stack + [nxt])

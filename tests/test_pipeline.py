@@ -16,15 +16,31 @@ QUIET = ["--trainer.enable_progress_bar=false", "--wandb.enabled=false"]
 def baseline(tmp_path_factory, configs_dir):
     root = tmp_path_factory.mktemp("baseline")
     run = root / "fit"
-    assert main(["fit", "--config", f"{configs_dir}/digits.yaml", f"--run_dir={run}", "--trainer.max_epochs=4", *QUIET]) == 0
+    assert (
+        main(["fit", "--config", f"{configs_dir}/digits.yaml", f"--run_dir={run}", "--trainer.max_epochs=4", *QUIET])
+        == 0
+    )
     return run / "checkpoints" / "last.ckpt"
 
 
 def _heal_args(configs_dir, baseline, run_dir, *extra):
-    return ["heal", "--config", f"{configs_dir}/digits.yaml", f"--ckpt_path={baseline}", f"--run_dir={run_dir}",
-            "--adversary.selector=class", "--adversary.target_class=3", "--adversary.budget=10",
-            "--unlearn.method=fisher", "--unlearn.alpha=1e-5", "--unlearn.repeats=2",
-            f"--unlearn.cache_dir={run_dir.parent / 'cache'}", "--heal.epochs=2", *QUIET, *extra]
+    return [
+        "heal",
+        "--config",
+        f"{configs_dir}/digits.yaml",
+        f"--ckpt_path={baseline}",
+        f"--run_dir={run_dir}",
+        "--adversary.selector=class",
+        "--adversary.target_class=3",
+        "--adversary.budget=10",
+        "--unlearn.method=fisher",
+        "--unlearn.alpha=1e-5",
+        "--unlearn.repeats=2",
+        f"--unlearn.cache_dir={run_dir.parent / 'cache'}",
+        "--heal.epochs=2",
+        *QUIET,
+        *extra,
+    ]
 
 
 def test_heal_end_to_end_records_every_figure(in_tmp, configs_dir, baseline):
@@ -38,8 +54,16 @@ def test_heal_end_to_end_records_every_figure(in_tmp, configs_dir, baseline):
     twins = [p["twin_id"] for p in r["twins/pairs"]]
     assert len(set(twins)) == 10 and set(twins) <= backup and r["twins/same_class"] == 1.0
     assert r["heal/train_size"] == len(primary) - 10 + 10
-    for key in ("baseline/test/acc", "gold/test/acc", "unlearned/test/acc", "unlearned/acc_mean",
-                "unlearned/acc_std", "healed/test/acc_epoch_1", "healed/test/acc_epoch_2", "heal/epochs"):
+    for key in (
+        "baseline/test/acc",
+        "gold/test/acc",
+        "unlearned/test/acc",
+        "unlearned/acc_mean",
+        "unlearned/acc_std",
+        "healed/test/acc_epoch_1",
+        "healed/test/acc_epoch_2",
+        "heal/epochs",
+    ):
         assert r[key] is not None, key
     assert len(r["unlearned/acc_repeats"]) == 2 and r["heal/setup"] == "T-raw_l2"
     # every request and every twin is in the run's ledger, once
@@ -65,9 +89,18 @@ def test_heal_on_remain_only_and_cache_reuse(in_tmp, configs_dir, baseline):
 
 def test_unlearn_subcommand_saves_a_loadable_model(in_tmp, configs_dir, baseline):
     run = in_tmp / "u"
-    args = ["unlearn", "--config", f"{configs_dir}/digits.yaml", f"--ckpt_path={baseline}", f"--run_dir={run}",
-            "--adversary.budget=0.05", "--unlearn.method=fisher", "--unlearn.alpha=1e-6",
-            f"--unlearn.cache_dir={in_tmp / 'cache'}", *QUIET]
+    args = [
+        "unlearn",
+        "--config",
+        f"{configs_dir}/digits.yaml",
+        f"--ckpt_path={baseline}",
+        f"--run_dir={run}",
+        "--adversary.budget=0.05",
+        "--unlearn.method=fisher",
+        "--unlearn.alpha=1e-6",
+        f"--unlearn.cache_dir={in_tmp / 'cache'}",
+        *QUIET,
+    ]
     assert main(args) == 0
     r = json.loads((run / "results.json").read_text())
     assert r["phase"] == "unlearn" and r["forget/count"] == round(0.05 * r["primary/count"])
@@ -76,13 +109,16 @@ def test_unlearn_subcommand_saves_a_loadable_model(in_tmp, configs_dir, baseline
     assert (run / "config.yaml").is_file()
 
 
-@pytest.mark.parametrize("extra, words", [
-    (["--ckpt_path=missing.ckpt"], "does not exist"),
-    (["--ckpt_path=corrupt.ckpt"], "corrupt"),
-    (["--adversary.budget=5000"], "exceeds the training set"),
-    (["--adversary.selector=class", "--adversary.target_class=12"], "target_class 12"),
-    (["--twins.metric=raw_l3"], "raw_l3"),
-])
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--ckpt_path=missing.ckpt"], "does not exist"),
+        (["--ckpt_path=corrupt.ckpt"], "corrupt"),
+        (["--adversary.budget=5000"], "exceeds the training set"),
+        (["--adversary.selector=class", "--adversary.target_class=12"], "target_class 12"),
+        (["--twins.metric=raw_l3"], "raw_l3"),
+    ],
+)
 def test_heal_bad_input_is_one_sentence_and_writes_nothing(in_tmp, configs_dir, baseline, capsys, extra, words):
     (in_tmp / "corrupt.ckpt").write_bytes(b"\x00not a checkpoint")
     before = sorted(os.listdir(in_tmp))
@@ -105,7 +141,7 @@ name: tiny
 config: {configs_dir}/digits.yaml
 fit: {{trainer.max_epochs: 2, wandb.enabled: false, trainer.enable_progress_bar: false}}
 heal: {{adversary.selector: class, adversary.target_class: 1, adversary.budget: 5, heal.epochs: 1,
-        wandb.enabled: false, trainer.enable_progress_bar: false, unlearn.cache_dir: {in_tmp / 'cache'}}}
+        wandb.enabled: false, trainer.enable_progress_bar: false, unlearn.cache_dir: {in_tmp / "cache"}}}
 axes:
   unlearn: [{{unlearn.method: fisher, unlearn.alpha: 1.0e-5}}]
   twins: [{{twins.metric: none}}, {{twins.metric: raw_l2}}]
@@ -126,10 +162,23 @@ axes:
 
 def test_stream_rounds_mix_benign_and_adversarial_requests(in_tmp, configs_dir, baseline):
     run = in_tmp / "s"
-    args = ["stream", "--config", f"{configs_dir}/digits.yaml", f"--ckpt_path={baseline}", f"--run_dir={run}",
-            "--adversary.selector=class", "--adversary.target_class=5", "--adversary.budget=6",
-            "--stream.benign_ratio=0.5", "--stream.round_size=4", "--stream.heal=true",
-            "--twins.metric=raw_l2", "--unlearn.method=fisher", "--unlearn.alpha=1e-6", *QUIET]
+    args = [
+        "stream",
+        "--config",
+        f"{configs_dir}/digits.yaml",
+        f"--ckpt_path={baseline}",
+        f"--run_dir={run}",
+        "--adversary.selector=class",
+        "--adversary.target_class=5",
+        "--adversary.budget=6",
+        "--stream.benign_ratio=0.5",
+        "--stream.round_size=4",
+        "--stream.heal=true",
+        "--twins.metric=raw_l2",
+        "--unlearn.method=fisher",
+        "--unlearn.alpha=1e-6",
+        *QUIET,
+    ]
     assert main(args) == 0
     r = json.loads((run / "results.json").read_text())
     assert (r["stream/n_adversarial"], r["stream/n_benign"]) == (6, 6)
@@ -145,8 +194,18 @@ def test_stream_rounds_mix_benign_and_adversarial_requests(in_tmp, configs_dir, 
 
 def test_unlearn_with_sisa_trains_the_ensemble_and_unlearns_exactly(in_tmp, configs_dir, baseline):
     run = in_tmp / "sisa"
-    args = ["unlearn", "--config", f"{configs_dir}/digits.yaml", f"--ckpt_path={baseline}", f"--run_dir={run}",
-            "--adversary.budget=4", "--unlearn.method=sisa", "--unlearn.shards=2", "--unlearn.slices=2", *QUIET]
+    args = [
+        "unlearn",
+        "--config",
+        f"{configs_dir}/digits.yaml",
+        f"--ckpt_path={baseline}",
+        f"--run_dir={run}",
+        "--adversary.budget=4",
+        "--unlearn.method=sisa",
+        "--unlearn.shards=2",
+        "--unlearn.slices=2",
+        *QUIET,
+    ]
     assert main(args) == 0
     r = json.loads((run / "results.json").read_text())
     assert r["sisa/train_time_s"] > 0 and r["sisa/test/acc"] > 0.5 and r["unlearned/test/acc"] > 0.5
@@ -155,8 +214,16 @@ def test_unlearn_with_sisa_trains_the_ensemble_and_unlearns_exactly(in_tmp, conf
 
 def test_sisa_shards_as_separate_jobs_then_heal_the_affected_shards(in_tmp, configs_dir, baseline):
     cache = in_tmp / "cache"
-    common = ["--config", f"{configs_dir}/digits.yaml", f"--ckpt_path={baseline}", "--unlearn.method=sisa",
-              "--unlearn.shards=2", "--unlearn.slices=2", f"--unlearn.cache_dir={cache}", *QUIET]
+    common = [
+        "--config",
+        f"{configs_dir}/digits.yaml",
+        f"--ckpt_path={baseline}",
+        "--unlearn.method=sisa",
+        "--unlearn.shards=2",
+        "--unlearn.slices=2",
+        f"--unlearn.cache_dir={cache}",
+        *QUIET,
+    ]
     # one job per shard (as on a cluster), each writing its shard file into the shared cache
     for shard in (0, 1):
         assert main(["unlearn", *common, f"--unlearn.sisa_shard={shard}", f"--run_dir={in_tmp / f'job{shard}'}"]) == 0
@@ -167,8 +234,21 @@ def test_sisa_shards_as_separate_jobs_then_heal_the_affected_shards(in_tmp, conf
     stamps = {p: p.stat().st_mtime_ns for p in cache.glob("sisa-*/shard*.pt")}
     # heal aggregates the cached shards (trains none again) and heals the shards that held a forgotten id
     run = in_tmp / "heal"
-    assert main(["heal", *common, f"--run_dir={run}", "--adversary.selector=class", "--adversary.target_class=2",
-                 "--adversary.budget=4", "--twins.metric=raw_l2", "--heal.epochs=2"]) == 0
+    assert (
+        main(
+            [
+                "heal",
+                *common,
+                f"--run_dir={run}",
+                "--adversary.selector=class",
+                "--adversary.target_class=2",
+                "--adversary.budget=4",
+                "--twins.metric=raw_l2",
+                "--heal.epochs=2",
+            ]
+        )
+        == 0
+    )
     assert {p: p.stat().st_mtime_ns for p in cache.glob("sisa-*/shard*.pt")} == stamps
     r = json.loads((run / "results.json").read_text())
     assert r["unlearn/method"] == "sisa" and r["twins/count"] == 4 and r["heal/epochs"] == 2
@@ -179,6 +259,15 @@ def test_sisa_shards_as_separate_jobs_then_heal_the_affected_shards(in_tmp, conf
 
 
 def test_stream_refuses_an_ensemble_method(in_tmp, configs_dir, baseline, capsys):
-    code = main(["stream", "--config", f"{configs_dir}/digits.yaml", f"--ckpt_path={baseline}", "--unlearn.method=sisa",
-                 f"--run_dir={in_tmp / 's'}", *QUIET])
+    code = main(
+        [
+            "stream",
+            "--config",
+            f"{configs_dir}/digits.yaml",
+            f"--ckpt_path={baseline}",
+            "--unlearn.method=sisa",
+            f"--run_dir={in_tmp / 's'}",
+            *QUIET,
+        ]
+    )
     assert code == 2 and "cannot apply 'sisa' round by round" in capsys.readouterr().err

@@ -33,10 +33,10 @@ import hashlib
 import json
 import os
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -53,7 +53,7 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _sample_key(sample_id: Optional[int], sample_hash: Optional[str]) -> str:
+def _sample_key(sample_id: int | None, sample_hash: str | None) -> str:
     return sample_hash if sample_hash is not None else f"id:{sample_id}"
 
 
@@ -128,7 +128,7 @@ class Ledger:
 
     FILENAME = "ledger.jsonl"
 
-    def __init__(self, path: Union[str, os.PathLike]):
+    def __init__(self, path: str | os.PathLike):
         path = Path(path)
         if path.suffix != ".jsonl":
             path = path / self.FILENAME
@@ -188,9 +188,7 @@ class Ledger:
                 self._accepted_by_request[rid] = d.sample_id
         return ids
 
-    def append_twin(
-        self, request_id: str, twin_id: int, twin_hash: str, score: Optional[float] = None
-    ) -> bool:
+    def append_twin(self, request_id: str, twin_id: int, twin_hash: str, score: float | None = None) -> bool:
         """Record the twin that replaced an accepted request's sample.
 
         Returns False (and writes nothing) when the ledger already says this
@@ -233,7 +231,7 @@ class Ledger:
         """Number of request records."""
         return len(self._request_ids)
 
-    def round_record(self, round_index: int) -> Optional[dict]:
+    def round_record(self, round_index: int) -> dict | None:
         """The summary of a round already applied, or None."""
         return self._rounds.get(int(round_index))
 
@@ -247,12 +245,10 @@ class Ledger:
         try:
             return self._accepted_by_sample[int(sample_id)]
         except KeyError:
-            raise ValueError(
-                f"No accepted request in the ledger unlearned sample {sample_id}."
-            ) from None
+            raise ValueError(f"No accepted request in the ledger unlearned sample {sample_id}.") from None
 
     @staticmethod
-    def replay(path: Union[str, os.PathLike]) -> LedgerState:
+    def replay(path: str | os.PathLike) -> LedgerState:
         """Read a ledger file (or run folder) back into a :class:`LedgerState`."""
         path = Path(path)
         if path.suffix != ".jsonl":
@@ -274,9 +270,7 @@ class Ledger:
                     raise ValueError(f"Line {number} of {path} has no known record type.")
                 if kind == "request":
                     if record["request_id"] in seen:
-                        raise ValueError(
-                            f"Line {number} of {path} repeats request {record['request_id']}."
-                        )
+                        raise ValueError(f"Line {number} of {path} repeats request {record['request_id']}.")
                     seen.add(record["request_id"])
                     state.requests.append(record)
                 elif kind == "twin":

@@ -30,31 +30,18 @@ still present, and one request unlearns one copy.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
-__all__ = [
-    "KINDS",
-    "REASONS",
-    "sample_hash",
-    "Request",
-    "Decision",
-    "MembershipIndex",
-]
+__all__ = ["KINDS", "REASONS", "sample_hash", "Request", "Decision", "MembershipIndex"]
 
 #: Who sent a request: a regular user or the adversary.
 KINDS: tuple[str, ...] = ("benign", "adversarial")
 #: Every reason a decision may carry; only ``member`` accepts.
-REASONS: tuple[str, ...] = (
-    "member",
-    "unknown_id",
-    "not_a_member",
-    "already_unlearned",
-    "duplicate",
-)
+REASONS: tuple[str, ...] = ("member", "unknown_id", "not_a_member", "already_unlearned", "duplicate")
 
 
 def sample_hash(x) -> str:
@@ -87,27 +74,23 @@ class Request:
     """
 
     requester: str
-    sample_id: Optional[int] = None
-    sample_hash: Optional[str] = None
+    sample_id: int | None = None
+    sample_hash: str | None = None
     kind: str = "benign"
 
     def __post_init__(self) -> None:
         if not isinstance(self.requester, str) or not self.requester:
             raise ValueError("A request needs a non-empty requester name.")
         if (self.sample_id is None) == (self.sample_hash is None):
-            raise ValueError(
-                "A request names its sample by exactly one of sample_id or sample_hash."
-            )
+            raise ValueError("A request names its sample by exactly one of sample_id or sample_hash.")
         if self.sample_id is not None:
             if isinstance(self.sample_id, bool) or not isinstance(self.sample_id, int):
                 raise ValueError(f"sample_id must be an int, got {self.sample_id!r}.")
         if self.kind not in KINDS:
-            raise ValueError(
-                f"Unknown request kind {self.kind!r}; expected one of {', '.join(KINDS)}."
-            )
+            raise ValueError(f"Unknown request kind {self.kind!r}; expected one of {', '.join(KINDS)}.")
 
     @classmethod
-    def for_content(cls, x, requester: str, kind: str = "benign") -> "Request":
+    def for_content(cls, x, requester: str, kind: str = "benign") -> Request:
         """A request that names a sample by its content (the tensor is hashed)."""
         return cls(requester=requester, sample_hash=sample_hash(x), kind=kind)
 
@@ -128,8 +111,8 @@ class Decision:
     """
 
     request: Request
-    sample_id: Optional[int]
-    sample_hash: Optional[str]
+    sample_id: int | None
+    sample_hash: str | None
     reason: str
 
     @property
@@ -141,7 +124,7 @@ class Decision:
         return "accept" if self.accepted else "reject"
 
 
-RequestLike = Union[Request, int, str, Tensor]
+RequestLike = Request | int | str | Tensor
 
 
 class MembershipIndex:
@@ -164,7 +147,7 @@ class MembershipIndex:
         self._member[ids] = True
         self._unlearned = torch.zeros(self.pool_size, dtype=torch.bool)
         self._progress = progress
-        self._by_hash: Optional[dict[str, list[int]]] = None
+        self._by_hash: dict[str, list[int]] | None = None
 
     # ------------------------------------------------------------------ state
     @property
@@ -217,7 +200,7 @@ class MembershipIndex:
             return Request(requester, sample_id=int(request))
         raise ValueError(f"Cannot read {request!r} as an unlearn request.")
 
-    def resolve(self, request: RequestLike) -> tuple[Optional[int], Optional[str]]:
+    def resolve(self, request: RequestLike) -> tuple[int | None, str | None]:
         """The pool id and content hash a request names.
 
         By id: ``(id, hash)``, or ``(id, None)`` for an id outside the pool.
@@ -227,7 +210,7 @@ class MembershipIndex:
         """
         return self._resolve(self.as_request(request), claimed=set())
 
-    def _resolve(self, request: Request, claimed: set[int]) -> tuple[Optional[int], Optional[str]]:
+    def _resolve(self, request: Request, claimed: set[int]) -> tuple[int | None, str | None]:
         if request.sample_id is not None:
             sid = request.sample_id
             if not 0 <= sid < self.pool_size:
@@ -279,14 +262,10 @@ class MembershipIndex:
         """
         accepted = [d.sample_id for d in decisions if d.accepted]
         if len(set(accepted)) != len(accepted):
-            raise ValueError(
-                "The decisions accept the same sample twice; decide them in one check()."
-            )
+            raise ValueError("The decisions accept the same sample twice; decide them in one check().")
         for sid in accepted:
             if not self._member[sid] or self._unlearned[sid]:
-                raise ValueError(
-                    f"Decision for sample {sid} is stale: it is no longer unlearnable."
-                )
+                raise ValueError(f"Decision for sample {sid} is stale: it is no longer unlearnable.")
         ids = torch.tensor(accepted, dtype=torch.long)
         self._unlearned[ids] = True
         return ids

@@ -345,19 +345,12 @@ class Selector(ABC):
             raise ValueError(f"The budget must be a whole number of samples >= 1, got {budget!r}.")
         if budget > len(surface.candidate_ids):
             raise ValueError(
-                f"The budget ({budget}) exceeds the {len(surface.candidate_ids)} samples "
-                f"the adversary may name."
+                f"The budget ({budget}) exceeds the {len(surface.candidate_ids)} samples the adversary may name."
             )
         ids = _as_ids(self._choose(surface, budget), "selected ids")
         # The contract every selector promises; a failure here is a bug in the selector.
-        if (
-            len(ids) != budget
-            or len(torch.unique(ids)) != budget
-            or not torch.isin(ids, surface.candidate_ids).all()
-        ):
-            raise RuntimeError(
-                f"Selector {self.name!r} broke its contract: {budget} distinct candidate ids."
-            )
+        if len(ids) != budget or len(torch.unique(ids)) != budget or not torch.isin(ids, surface.candidate_ids).all():
+            raise RuntimeError(f"Selector {self.name!r} broke its contract: {budget} distinct candidate ids.")
         return ids
 
     @abstractmethod
@@ -406,14 +399,11 @@ class ClassSelector(Selector):
 
     def _choose(self, surface, budget):
         if not 0 <= self.target_class < surface.num_classes:
-            raise ValueError(
-                f"target_class {self.target_class} is outside [0, {surface.num_classes})."
-            )
+            raise ValueError(f"target_class {self.target_class} is outside [0, {surface.num_classes}).")
         pool = surface.candidate_ids[surface.labels == self.target_class]
         if len(pool) < budget:
             raise ValueError(
-                f"Class {self.target_class} has {len(pool)} training samples, fewer than the "
-                f"budget of {budget}."
+                f"Class {self.target_class} has {len(pool)} training samples, fewer than the budget of {budget}."
             )
         perm = torch.randperm(len(pool), generator=_generator(self.seed))
         return pool[perm[:budget]]
@@ -639,9 +629,7 @@ class BlindGuessSelector(Selector):
 
     def _choose(self, surface, budget):
         if surface.guess_pools is None:
-            raise ValueError(
-                "blind_guess models an adversary blind to the training set; use data_knowledge='blind'."
-            )
+            raise ValueError("blind_guess models an adversary blind to the training set; use data_knowledge='blind'.")
         members, outsiders = surface.guess_pools
         n_members = int(math.floor(self.member_fraction * budget + 0.5))
         n_outsiders = budget - n_members

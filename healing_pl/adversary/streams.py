@@ -17,7 +17,7 @@ unlearns, heals and evaluates.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Callable, Iterable, Iterator, Optional, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -69,10 +69,10 @@ class RequestStream:
         adversarial_ids=(),
         benign_pool_ids=None,
         *,
-        benign_ratio: Optional[float] = None,
-        n_benign: Optional[int] = None,
+        benign_ratio: float | None = None,
+        n_benign: int | None = None,
         order: str = "interleaved",
-        round_size: Optional[int] = None,
+        round_size: int | None = None,
         n_users: int = 100,
         adversary: str = "adversary",
         name_by: str = "id",
@@ -126,12 +126,9 @@ class RequestStream:
                 return {"sample_id": sid}
             return {"sample_hash": sample_hash(dataset[sid][0])}
 
-        adv_requests = [
-            Request(adversary, kind="adversarial", **name(i)) for i in adversarial.tolist()
-        ]
+        adv_requests = [Request(adversary, kind="adversarial", **name(i)) for i in adversarial.tolist()]
         benign_requests = [
-            Request(f"user-{u}", kind="benign", **name(i))
-            for i, u in zip(benign.tolist(), users.tolist())
+            Request(f"user-{u}", kind="benign", **name(i)) for i, u in zip(benign.tolist(), users.tolist())
         ]
         self.requests: list[Request] = self._arrange(adv_requests, benign_requests, order, g)
         self.round_size = round_size
@@ -174,7 +171,7 @@ class RequestStream:
         return sum(r.kind == "benign" for r in self.requests)
 
 
-OnRound = Callable[[int, Tensor], Optional[dict]]
+OnRound = Callable[[int, Tensor], dict | None]
 
 
 def _summary(round_index: int, decisions, metrics: dict) -> dict:
@@ -195,10 +192,7 @@ def _summary(round_index: int, decisions, metrics: dict) -> dict:
 
 
 def run_rounds(
-    stream: Iterable[Sequence[Request]],
-    membership: MembershipIndex,
-    ledger: Ledger,
-    on_round: Optional[OnRound] = None,
+    stream: Iterable[Sequence[Request]], membership: MembershipIndex, ledger: Ledger, on_round: OnRound | None = None
 ) -> list[dict]:
     """Check, record and apply the stream round by round.
 
@@ -233,9 +227,7 @@ def run_rounds(
         accepted = membership.commit(decisions)
         metrics = on_round(round_index, accepted) if on_round is not None else None
         if metrics is not None and not isinstance(metrics, dict):
-            raise TypeError(
-                f"on_round must return a dict of metrics or None, got {type(metrics).__name__}."
-            )
+            raise TypeError(f"on_round must return a dict of metrics or None, got {type(metrics).__name__}.")
         record = _summary(round_index, decisions, dict(metrics or {}))
         ledger.append_round(record)
         records.append(record)

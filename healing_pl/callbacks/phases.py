@@ -1,4 +1,4 @@
-"""Lightning callbacks through which the phases act around a fit; shared by ``fit``, ``unlearn``, ``heal`` and ``stream``.
+"""The Lightning callbacks through which the phases act around a fit, shared by every subcommand.
 
 Every subcommand is a ``fit`` of the model with some of these callbacks:
 
@@ -84,8 +84,14 @@ class Trained:
     checkpoint: str
 
     def record(self) -> dict:
-        return {"test/acc": self.test["acc"], "test/loss": self.test["loss"], "test/acc_class": self.test["acc_class"],
-                "train/epochs": self.epochs, "train/time_s": self.time_s, "checkpoint": self.checkpoint}
+        return {
+            "test/acc": self.test["acc"],
+            "test/loss": self.test["loss"],
+            "test/acc_class": self.test["acc_class"],
+            "train/epochs": self.epochs,
+            "train/time_s": self.time_s,
+            "checkpoint": self.checkpoint,
+        }
 
 
 class FitEvaluation(Phase):
@@ -136,8 +142,17 @@ class UnlearnPhase(Phase):
         save_to: save the unlearned model to this checkpoint path (the ``unlearn`` subcommand).
     """
 
-    def __init__(self, baseline: Baseline, adversary: AdversaryConfig, unlearn: UnlearnConfig, *, gold: bool,
-                 run_dir: str, attack_strength: bool = False, save_to: str | None = None):
+    def __init__(
+        self,
+        baseline: Baseline,
+        adversary: AdversaryConfig,
+        unlearn: UnlearnConfig,
+        *,
+        gold: bool,
+        run_dir: str,
+        attack_strength: bool = False,
+        save_to: str | None = None,
+    ):
         self.baseline, self.adversary, self.unlearn = baseline, adversary, unlearn
         self.gold, self.attack_strength, self.run_dir, self.save_to = gold, attack_strength, run_dir, save_to
         self.outcome: UnlearnOutcome | None = None
@@ -152,31 +167,47 @@ class UnlearnPhase(Phase):
 
     def _compute(self, trainer, pl_module) -> UnlearnOutcome:
         dm, progress = trainer.datamodule, _progress(trainer)
-        context = Context(epochs=self.baseline.epochs, seed=self.baseline.seed, trainer=inner_trainer(trainer),
-                          progress=progress)
+        context = Context(
+            epochs=self.baseline.epochs, seed=self.baseline.seed, trainer=inner_trainer(trainer), progress=progress
+        )
         self.baseline_model = model = detached_copy(pl_module)
         self.ledger = _ledger(self.run_dir)
         forget = request_forget_set(self.adversary, model, dm, self.ledger, progress)
         before = evaluate_sets(model, dm, forget.ids, "baseline")
         gold = None
         if self.gold:
-            _, gold = gold_phase(model, self.baseline, dm, forget.ids, cache_dir=self.unlearn.cache_dir,
-                                 trainer=context.trainer, progress=progress)
+            _, gold = gold_phase(
+                model,
+                self.baseline,
+                dm,
+                forget.ids,
+                cache_dir=self.unlearn.cache_dir,
+                trainer=context.trainer,
+                progress=progress,
+            )
         self.unlearned_model, unlearned = unlearn_phase(model, self.baseline, dm, forget.ids, self.unlearn, context)
         s = unlearned.summary
-        print(f"unlearned ({self.unlearn.method}): test accuracy {unlearned.evaluation.test:.4f} "
-              f"(mean {s['acc_mean']:.4f} ± {s['acc_std']:.4f} over {len(s['acc_repeats'])} runs)")
+        print(
+            f"unlearned ({self.unlearn.method}): test accuracy {unlearned.evaluation.test:.4f} "
+            f"(mean {s['acc_mean']:.4f} ± {s['acc_std']:.4f} over {len(s['acc_repeats'])} runs)"
+        )
         attack = None
         if self.attack_strength:
-            attack = attack_strength(model, self.baseline, dm, forget.ids, self.unlearn, context, before.test,
-                                     unlearned.evaluation.test)
+            attack = attack_strength(
+                model, self.baseline, dm, forget.ids, self.unlearn, context, before.test, unlearned.evaluation.test
+            )
         weights = cpu_state(self.unlearned_model) if isinstance(self.unlearned_model, Classifier) else None
         return UnlearnOutcome(forget, before, gold, unlearned, attack, weights)
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if self.save_to and trainer.is_global_zero and isinstance(self.unlearned_model, Classifier):
-            save_model(self.unlearned_model, trainer.datamodule, self.save_to, recipe={
-                "epochs": self.baseline.epochs, "seed": self.baseline.seed}, forget_ids=self.outcome.forget.ids)
+            save_model(
+                self.unlearned_model,
+                trainer.datamodule,
+                self.save_to,
+                recipe={"epochs": self.baseline.epochs, "seed": self.baseline.seed},
+                forget_ids=self.outcome.forget.ids,
+            )
             self.checkpoint = self.save_to
 
     def results(self) -> list:
@@ -271,9 +302,17 @@ class ShardHealing(Phase):
                 curve.accs[epoch] = evaluate(healed, test)["acc"]
 
             start = time.perf_counter()
-            state = heal_sisa(ensemble.sisa_state, forget, self.twins.twin_set.pairs, dm, epochs=self.epochs,
-                              lr=self.lr, seed=self.unlearned.baseline.seed, on_epoch=on_epoch,
-                              progress=_progress(trainer))
+            state = heal_sisa(
+                ensemble.sisa_state,
+                forget,
+                self.twins.twin_set.pairs,
+                dm,
+                epochs=self.epochs,
+                lr=self.lr,
+                seed=self.unlearned.baseline.seed,
+                on_epoch=on_epoch,
+                progress=_progress(trainer),
+            )
             curve.time_s = time.perf_counter() - start
             return curve, evaluate_sets(state.ensemble, dm, forget, "healed")
 
@@ -303,9 +342,19 @@ class SisaShardJob(Phase):
             param = next(pl_module.parameters())
             directory = sisa_directory(pl_module, dm, cfg, context)
             start = time.perf_counter()
-            path = train_sisa_shard(model_hparams(pl_module), dm, cfg.sisa_shard, shards=cfg.shards, slices=cfg.slices,
-                                    epochs=self.baseline.epochs, seed=self.baseline.seed, device=param.device,
-                                    dtype=param.dtype, directory=directory, progress=_progress(trainer))
+            path = train_sisa_shard(
+                model_hparams(pl_module),
+                dm,
+                cfg.sisa_shard,
+                shards=cfg.shards,
+                slices=cfg.slices,
+                epochs=self.baseline.epochs,
+                seed=self.baseline.seed,
+                device=param.device,
+                dtype=param.dtype,
+                directory=directory,
+                progress=_progress(trainer),
+            )
             print(f"SISA shard {cfg.sisa_shard} of {cfg.shards} written to {path}")
             return _ShardJob(cfg.sisa_shard, cfg.shards, path, time.perf_counter() - start)
 
@@ -323,16 +372,29 @@ class _ShardJob:
     time_s: float
 
     def record(self) -> dict:
-        return {"sisa/shard": self.shard, "sisa/shards": self.shards, "sisa/shard_file": self.path,
-                "sisa/shard_time_s": self.time_s}
+        return {
+            "sisa/shard": self.shard,
+            "sisa/shards": self.shards,
+            "sisa/shard_file": self.path,
+            "sisa/shard_time_s": self.time_s,
+        }
 
 
 # --------------------------------------------------------------------------- streams
 class StreamPhase(Phase):
-    """A stream of requests in rounds, applied on rank zero on the model's device (see :mod:`healing_pl.phases.stream`)."""
+    """A stream of requests in rounds, applied on rank zero on the model's device (:mod:`healing_pl.phases.stream`)."""
 
-    def __init__(self, baseline: Baseline, *, unlearn: UnlearnConfig, adversary: AdversaryConfig,
-                 stream: StreamConfig, twins: TwinsConfig, heal: HealConfig, run_dir: str):
+    def __init__(
+        self,
+        baseline: Baseline,
+        *,
+        unlearn: UnlearnConfig,
+        adversary: AdversaryConfig,
+        stream: StreamConfig,
+        twins: TwinsConfig,
+        heal: HealConfig,
+        run_dir: str,
+    ):
         self.baseline, self.run_dir = baseline, run_dir
         self.configs = {"unlearn": unlearn, "adversary": adversary, "stream": stream, "twins": twins, "heal": heal}
         self.result = None
@@ -341,12 +403,23 @@ class StreamPhase(Phase):
         from healing_pl.phases.stream import run_stream
 
         def run():
-            context = Context(epochs=self.baseline.epochs, seed=self.baseline.seed, trainer=inner_trainer(trainer),
-                              progress=_progress(trainer))
+            context = Context(
+                epochs=self.baseline.epochs,
+                seed=self.baseline.seed,
+                trainer=inner_trainer(trainer),
+                progress=_progress(trainer),
+            )
             logger = trainer.logger
             log = (lambda metrics, step: logger.log_metrics(metrics, step=step)) if logger is not None else None
-            return run_stream(detached_copy(pl_module), self.baseline, trainer.datamodule, ledger=_ledger(self.run_dir),
-                              context=context, log=log, **self.configs)
+            return run_stream(
+                detached_copy(pl_module),
+                self.baseline,
+                trainer.datamodule,
+                ledger=_ledger(self.run_dir),
+                context=context,
+                log=log,
+                **self.configs,
+            )
 
         self.result = rank_zero_run(trainer, run)
 
@@ -371,9 +444,14 @@ class RunWriter(L.Callback):
     def on_fit_end(self, trainer, pl_module) -> None:
         if trainer.interrupted or not trainer.is_global_zero:
             return
-        header = {"dataset": trainer.datamodule.hparams.dataset, "backbone": pl_module.hparams.backbone,
-                  "run_dir": self.run_dir, "world_size": trainer.world_size,
-                  "device": str(trainer.strategy.root_device), "precision": str(trainer.precision)}
+        header = {
+            "dataset": trainer.datamodule.hparams.dataset,
+            "backbone": pl_module.hparams.backbone,
+            "run_dir": self.run_dir,
+            "world_size": trainer.world_size,
+            "device": str(trainer.strategy.root_device),
+            "precision": str(trainer.precision),
+        }
         record = compose(self.subcommand, header, [r for phase in self.phases for r in phase.results()])
         self.path = write_record(self.run_dir, record, trainer.logger)
         if trainer.world_size > 1:  # a spawned rank zero ends with its process: close its W&B run here

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Iterable
+from collections.abc import Iterable
 
 import lightning as L
 import torch
@@ -53,7 +53,7 @@ class ShardedBatches:
 
     def __iter__(self):
         for batch in self.batches:
-            mine = batch[self.rank::self.world]
+            mine = batch[self.rank :: self.world]
             if mine:
                 yield mine
 
@@ -83,8 +83,11 @@ def split_ids(n: int, seed: int, primary, backup, val, test=None) -> dict[str, T
     Each size is a fraction of ``n`` (a float <= 1) or a count (an int).
     ``test=None`` gives the test split whatever is left.
     """
-    sizes = {"primary": _count("primary", primary, n), "backup": _count("backup", backup, n),
-             "val": _count("val", val, n)}
+    sizes = {
+        "primary": _count("primary", primary, n),
+        "backup": _count("backup", backup, n),
+        "val": _count("val", val, n),
+    }
     sizes["test"] = n - sum(sizes.values()) if test is None else _count("test", test, n)
     if sizes["primary"] < 1:
         raise ValueError(f"the primary split is empty: primary={primary!r} of a pool of {n} samples.")
@@ -94,7 +97,7 @@ def split_ids(n: int, seed: int, primary, backup, val, test=None) -> dict[str, T
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     out, start = {}, 0
     for name in SPLITS:
-        out[name] = order[start:start + sizes[name]].sort().values
+        out[name] = order[start : start + sizes[name]].sort().values
         start += sizes[name]
     return out
 
@@ -137,7 +140,9 @@ class HealingDataModule(L.LightningDataModule):
     ):
         super().__init__()
         if batch_size < 1 or eval_batch_size < 1:
-            raise ValueError(f"batch sizes must be positive, got batch_size={batch_size}, eval_batch_size={eval_batch_size}.")
+            raise ValueError(
+                f"batch sizes must be positive, got batch_size={batch_size}, eval_batch_size={eval_batch_size}."
+            )
         self.pool: Pool = build_pool(dataset, root, download, image_size, channels)
         self.save_hyperparameters()
         # record the resolved image size and channels (they must agree with the model's when logged)
@@ -148,7 +153,10 @@ class HealingDataModule(L.LightningDataModule):
         official = self.pool.test is not None and test is None
         self.splits = split_ids(len(self.pool), seed, primary, backup, val, 0 if official else test)
         if not official and self.splits["test"].numel() == 0:
-            raise ValueError(f"dataset '{dataset}' has no test set of its own and the splits leave no test samples; lower primary/backup/val or set test.")
+            raise ValueError(
+                f"dataset '{dataset}' has no test set of its own and the splits leave no test samples; "
+                "lower primary/backup/val or set test."
+            )
         self.train_ids: Tensor = self.splits["primary"]
 
     # ------------------------------------------------------------------ facts
@@ -187,7 +195,9 @@ class HealingDataModule(L.LightningDataModule):
             raise ValueError(f"the {what} names some samples twice (e.g. ids {uniq[counts > 1][:5].tolist()}).")
         outside = ids[~torch.isin(ids, self.splits[of])]
         if outside.numel():
-            raise ValueError(f"the {what} holds {outside.numel()} id(s) outside the {of} set (e.g. {outside[:5].tolist()}).")
+            raise ValueError(
+                f"the {what} holds {outside.numel()} id(s) outside the {of} set (e.g. {outside[:5].tolist()})."
+            )
         return ids
 
     def remain_ids(self, forget_ids) -> Tensor:
@@ -204,7 +214,9 @@ class HealingDataModule(L.LightningDataModule):
         if twins.numel():
             inside = twins[torch.isin(twins, self.primary_ids)]
             if inside.numel():
-                raise ValueError(f"twins must come from outside the primary set, but ids {inside[:5].tolist()} are in it.")
+                raise ValueError(
+                    f"twins must come from outside the primary set, but ids {inside[:5].tolist()} are in it."
+                )
         return torch.cat([self.remain_ids(forget_ids), twins])
 
     def set_train_ids(self, ids) -> None:
@@ -219,13 +231,19 @@ class HealingDataModule(L.LightningDataModule):
     def subset(self, ids) -> Dataset:
         return IdView(self.pool.train, _as_ids(ids))
 
-    def loader(self, ids, *, shuffle: bool = False, batch_size: int | None = None, seed: int | None = None) -> DataLoader:
+    def loader(
+        self, ids, *, shuffle: bool = False, batch_size: int | None = None, seed: int | None = None
+    ) -> DataLoader:
         """A loader over the pool samples ``ids`` (in order unless ``shuffle``)."""
         generator = torch.Generator().manual_seed(self.hparams.seed if seed is None else seed)
-        return DataLoader(self.subset(ids), batch_size=batch_size or self.hparams.eval_batch_size,
-                          shuffle=shuffle, generator=generator if shuffle else None,
-                          num_workers=self.hparams.num_workers,
-                          persistent_workers=self.hparams.num_workers > 0)
+        return DataLoader(
+            self.subset(ids),
+            batch_size=batch_size or self.hparams.eval_batch_size,
+            shuffle=shuffle,
+            generator=generator if shuffle else None,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+        )
 
     def test_dataset(self) -> Dataset:
         return self.subset(self.splits["test"]) if self.splits["test"].numel() else self.pool.test
@@ -239,35 +257,47 @@ class HealingDataModule(L.LightningDataModule):
         if world == 1:
             return self.loader(self.train_ids, shuffle=True, batch_size=self.hparams.batch_size)
         if self.hparams.batch_size % world:
-            raise ValueError(f"data.batch_size={self.hparams.batch_size} does not split across {world} devices; "
-                             f"use a multiple of {world}.")
+            raise ValueError(
+                f"data.batch_size={self.hparams.batch_size} does not split across {world} devices; "
+                f"use a multiple of {world}."
+            )
         # the generator is drawn exactly as by the one-process loader (its base seed, then the shuffle)
         generator = torch.Generator().manual_seed(self.hparams.seed)
         dataset = self.subset(self.train_ids)
         batches = BatchSampler(RandomSampler(dataset, generator=generator), self.hparams.batch_size, drop_last=False)
-        return DataLoader(dataset, batch_sampler=ShardedBatches(batches, world, trainer.global_rank),
-                          generator=generator, num_workers=self.hparams.num_workers,
-                          persistent_workers=self.hparams.num_workers > 0)
+        return DataLoader(
+            dataset,
+            batch_sampler=ShardedBatches(batches, world, trainer.global_rank),
+            generator=generator,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self.loader(self.splits["val"])
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.test_dataset(), batch_size=self.hparams.eval_batch_size,
-                          num_workers=self.hparams.num_workers)
+        return DataLoader(
+            self.test_dataset(), batch_size=self.hparams.eval_batch_size, num_workers=self.hparams.num_workers
+        )
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
 
     def state_dict(self) -> dict:
-        return {"dataset": self.hparams.dataset, "pool_size": len(self.pool), "seed": self.hparams.seed,
-                "splits": {k: v.tolist() for k, v in self.splits.items()}}
+        return {
+            "dataset": self.hparams.dataset,
+            "pool_size": len(self.pool),
+            "seed": self.hparams.seed,
+            "splits": {k: v.tolist() for k, v in self.splits.items()},
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Adopt the splits saved with a run (checked against this pool)."""
         if state.get("dataset") != self.hparams.dataset or state.get("pool_size") != len(self.pool):
             raise ValueError(
-                f"the checkpoint was trained on dataset '{state.get('dataset')}' with {state.get('pool_size')} samples, "
+                f"the checkpoint was trained on dataset '{state.get('dataset')}' with {state.get('pool_size')} "
+                "samples, "
                 f"but the data config gives '{self.hparams.dataset}' with {len(self.pool)}."
             )
         self.splits = {k: torch.tensor(v, dtype=torch.long) for k, v in state["splits"].items()}

@@ -14,8 +14,8 @@ datasets (torchvision): ``mnist`` and ``cifar10``. Image trees:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -69,9 +69,7 @@ class FolderImages(Dataset):
         steps += [transforms.ToTensor(), transforms.Normalize(mean, std)]
         self.folder = datasets.ImageFolder(root, transform=transforms.Compose(steps))
         if classes is not None and self.folder.classes != sorted(classes):
-            raise ValueError(
-                f"{root} holds the classes {self.folder.classes}, expected {sorted(classes)}."
-            )
+            raise ValueError(f"{root} holds the classes {self.folder.classes}, expected {sorted(classes)}.")
         self.classes = self.folder.classes
         self.targets = torch.tensor(self.folder.targets, dtype=torch.long)
 
@@ -149,20 +147,35 @@ def _torchvision(name: str, cls_name: str, mean, std, channels_last: bool):
             data = data.permute(0, 3, 1, 2) if channels_last else data[:, None]
             parts.append(TensorImages(data.contiguous(), torch.as_tensor(ds.targets), mean, std, size=image_size))
         size = image_size or parts[0].images.shape[-1]
-        return Pool(name, parts[0], len(splits[0].classes), parts[0].images.shape[1], size,
-                    test=parts[1], classes=list(splits[0].classes))
+        return Pool(
+            name,
+            parts[0],
+            len(splits[0].classes),
+            parts[0].images.shape[1],
+            size,
+            test=parts[1],
+            classes=list(splits[0].classes),
+        )
 
     return build
 
 
-def _imagefolder(root=None, download=False, image_size=None, channels=None, *, name="imagefolder",
-                 classes: list[str] | None = None) -> Pool:
+def _imagefolder(
+    root=None, download=False, image_size=None, channels=None, *, name="imagefolder", classes: list[str] | None = None
+) -> Pool:
     if download:
-        raise ValueError(f"dataset '{name}' cannot be downloaded automatically; place the class folders under --data.root.")
+        raise ValueError(
+            f"dataset '{name}' cannot be downloaded automatically; place the class folders under --data.root."
+        )
     if root is None:
-        raise ValueError(f"dataset '{name}' needs --data.root: a folder with one sub-folder per class (or train/ and val/ or test/ holding them).")
+        raise ValueError(
+            f"dataset '{name}' needs --data.root: a folder with one sub-folder per class "
+            "(or train/ and val/ or test/ holding them)."
+        )
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"dataset '{name}' not found at '{root}': put one folder per class there (or train/ and val/).")
+        raise FileNotFoundError(
+            f"dataset '{name}' not found at '{root}': put one folder per class there (or train/ and val/)."
+        )
     image_size = image_size or 224
     channels = channels or 3
     train_dir = os.path.join(root, "train") if os.path.isdir(os.path.join(root, "train")) else root
@@ -181,22 +194,35 @@ def _imagefolder(root=None, download=False, image_size=None, channels=None, *, n
 
 def _afhq(root=None, download=False, image_size=None, channels=None) -> Pool:
     """AFHQ (cat / dog / wild), the ``imagefolder`` preset resized for EfficientNet-B0."""
-    return _imagefolder(root or os.path.join("data", "afhq"), download, image_size or 224, channels or 3,
-                        name="afhq", classes=["cat", "dog", "wild"])
+    return _imagefolder(
+        root or os.path.join("data", "afhq"),
+        download,
+        image_size or 224,
+        channels or 3,
+        name="afhq",
+        classes=["cat", "dog", "wild"],
+    )
 
 
 DATASETS: dict[str, Callable[..., Pool]] = {
     "mnist5k": _mnist5k,
     "digits": _digits,
     "mnist": _torchvision("mnist", "MNIST", (0.1307,), (0.3081,), channels_last=False),
-    "cifar10": _torchvision("cifar10", "CIFAR10", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), channels_last=True),
+    "cifar10": _torchvision(
+        "cifar10", "CIFAR10", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), channels_last=True
+    ),
     "imagefolder": _imagefolder,
     "afhq": _afhq,
 }
 
 
-def build_pool(name: str, root: str | None = None, download: bool = False,
-               image_size: int | None = None, channels: int | None = None) -> Pool:
+def build_pool(
+    name: str,
+    root: str | None = None,
+    download: bool = False,
+    image_size: int | None = None,
+    channels: int | None = None,
+) -> Pool:
     """Load the dataset ``name`` from the registry as a :class:`Pool`."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset '{name}'; choose one of {', '.join(sorted(DATASETS))}.")

@@ -32,9 +32,13 @@ def grid_main(argv: list[str]) -> int:
     The YAML names the base ``config``, overrides for ``fit`` and for every run of ``command``
     (heal by default), and ``axes``: lists of override sets whose product is the grid.
     """
-    parser = argparse.ArgumentParser(prog="healing-pl grid", description=(
-        "Train a baseline, then run `heal` for every combination of the grid's axes (finished runs are "
-        "skipped, so an interrupted grid resumes), then print the comparison table."))
+    parser = argparse.ArgumentParser(
+        prog="healing-pl grid",
+        description=(
+            "Train a baseline, then run `heal` for every combination of the grid's axes (finished runs are "
+            "skipped, so an interrupted grid resumes), then print the comparison table."
+        ),
+    )
     parser.add_argument("grid", help="grid YAML (see configs/grids/)")
     parser.add_argument("--out", help="output folder (default: runs/<grid name>)")
     parser.add_argument("--dry_run", action="store_true", help="print the commands without running them")

@@ -20,8 +20,15 @@ class SmallCNN(nn.Module):
     Works for any square image side divisible by 4 (28 for MNIST, 8 for digits).
     """
 
-    def __init__(self, in_chans: int = 1, num_classes: int = 10, image_size: int = 28, width: int = 16,
-                 hidden: int = 128, drop_rate: float = 0.0):
+    def __init__(
+        self,
+        in_chans: int = 1,
+        num_classes: int = 10,
+        image_size: int = 28,
+        width: int = 16,
+        hidden: int = 128,
+        drop_rate: float = 0.0,
+    ):
         super().__init__()
         if image_size % 4:
             raise ValueError(f"small_cnn needs an image side divisible by 4, got {image_size}.")
@@ -44,8 +51,15 @@ class SmallCNN(nn.Module):
 class TimmBackbone(nn.Module):
     """Any timm model (``resnet50``, ``efficientnet_b0``, ...) with an ``embed`` method."""
 
-    def __init__(self, name: str, in_chans: int, num_classes: int, pretrained: bool = False,
-                 weights: str | None = None, drop_rate: float = 0.0):
+    def __init__(
+        self,
+        name: str,
+        in_chans: int,
+        num_classes: int,
+        pretrained: bool = False,
+        weights: str | None = None,
+        drop_rate: float = 0.0,
+    ):
         super().__init__()
         import timm
 
@@ -67,8 +81,16 @@ class TimmBackbone(nn.Module):
         return self.net(x)
 
 
-def build_backbone(name: str, *, in_chans: int, num_classes: int, image_size: int, pretrained: bool = False,
-                   weights: str | None = None, drop_rate: float = 0.0) -> nn.Module:
+def build_backbone(
+    name: str,
+    *,
+    in_chans: int,
+    num_classes: int,
+    image_size: int,
+    pretrained: bool = False,
+    weights: str | None = None,
+    drop_rate: float = 0.0,
+) -> nn.Module:
     """``small_cnn`` or a timm model name; anything else stops with a sentence."""
     if name == "small_cnn":
         if pretrained or weights:
@@ -77,5 +99,7 @@ def build_backbone(name: str, *, in_chans: int, num_classes: int, image_size: in
     import timm
 
     if not timm.is_model(name):
-        raise ValueError(f"unknown backbone '{name}'; use small_cnn or a timm model name such as resnet50 or efficientnet_b0.")
+        raise ValueError(
+            f"unknown backbone '{name}'; use small_cnn or a timm model name such as resnet50 or efficientnet_b0."
+        )
     return TimmBackbone(name, in_chans, num_classes, pretrained, weights, drop_rate)

@@ -31,19 +31,36 @@ class Classifier(L.LightningModule):
         drop_rate: dropout before the classifier.
     """
 
-    def __init__(self, backbone: str = "small_cnn", num_classes: int = 10, in_chans: int = 1, image_size: int = 28,
-                 pretrained: bool = False, weights: str | None = None, lr: float = 1e-3, weight_decay: float = 0.0,
-                 drop_rate: float = 0.0):
+    def __init__(
+        self,
+        backbone: str = "small_cnn",
+        num_classes: int = 10,
+        in_chans: int = 1,
+        image_size: int = 28,
+        pretrained: bool = False,
+        weights: str | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        drop_rate: float = 0.0,
+    ):
         super().__init__()
         if lr <= 0:
             raise ValueError(f"the learning rate must be positive, got lr={lr}.")
         self.save_hyperparameters()
-        self.net = build_backbone(backbone, in_chans=in_chans, num_classes=num_classes, image_size=image_size,
-                                  pretrained=pretrained, weights=weights, drop_rate=drop_rate)
+        self.net = build_backbone(
+            backbone,
+            in_chans=in_chans,
+            num_classes=num_classes,
+            image_size=image_size,
+            pretrained=pretrained,
+            weights=weights,
+            drop_rate=drop_rate,
+        )
         #: prefix of every logged key, e.g. "healed/" during a healing fine-tune
         self.log_prefix = ""
-        self.metrics = nn.ModuleDict({f"{s}_acc": MulticlassAccuracy(num_classes, average="micro")
-                                      for s in ("train", "val", "test")})
+        self.metrics = nn.ModuleDict(
+            {f"{s}_acc": MulticlassAccuracy(num_classes, average="micro") for s in ("train", "val", "test")}
+        )
         self.metrics.update({f"{s}_class_acc": MulticlassAccuracy(num_classes, average=None) for s in ("val", "test")})
 
     def forward(self, x: Tensor) -> Tensor:
@@ -97,8 +114,7 @@ class Classifier(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # the training recipe, so a gold standard can be retrained exactly like this model
-        checkpoint["recipe"] = {"epochs": self.trainer.max_epochs,
-                                "seed": int(os.environ.get("PL_GLOBAL_SEED", 0))}
+        checkpoint["recipe"] = {"epochs": self.trainer.max_epochs, "seed": int(os.environ.get("PL_GLOBAL_SEED", 0))}
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

@@ -38,4 +38,6 @@ def load_baseline(ckpt_path: str | None, model: Classifier, datamodule) -> Basel
     recipe = dict(saved.checkpoint.get("recipe") or {})
     with open(ckpt_path, "rb") as f:
         sha256 = hashlib.sha256(f.read()).hexdigest()
-    return Baseline(path=ckpt_path, sha256=sha256, epochs=int(recipe.get("epochs", 10)), seed=int(recipe.get("seed", 0)))
+    return Baseline(
+        path=ckpt_path, sha256=sha256, epochs=int(recipe.get("epochs", 10)), seed=int(recipe.get("seed", 0))
+    )

@@ -159,18 +159,14 @@ class AdversaryConfig:
         if isinstance(budget, int) and budget < 1:
             raise ValueError(f"The budget must be at least 1 sample, got {budget}.")
         if isinstance(budget, float) and not 0.0 < budget <= 1.0:
-            raise ValueError(
-                f"A fractional budget must lie in (0, 1], got {budget}; use an int for a count."
-            )
+            raise ValueError(f"A fractional budget must lie in (0, 1], got {budget}; use an int for a count.")
         if not 0.0 <= self.member_fraction <= 1.0:
             raise ValueError(f"member_fraction must lie in [0, 1], got {self.member_fraction}.")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}.")
 
         needs = SELECTORS[self.selector]
-        if SYSTEM_KNOWLEDGE.index(self.system_knowledge) < SYSTEM_KNOWLEDGE.index(
-            needs.system_knowledge
-        ):
+        if SYSTEM_KNOWLEDGE.index(self.system_knowledge) < SYSTEM_KNOWLEDGE.index(needs.system_knowledge):
             raise ValueError(
                 f"Selector {self.selector!r} needs system_knowledge {needs.system_knowledge!r} "
                 f"or more, but {self.system_knowledge!r} was granted."
@@ -198,25 +194,17 @@ class AdversaryConfig:
         if isinstance(self.budget, float):
             count = int(math.floor(self.budget * n_train + 0.5))
             if count < 1:
-                raise ValueError(
-                    f"A budget of {self.budget} of {n_train} training samples is less than "
-                    f"1 sample."
-                )
+                raise ValueError(f"A budget of {self.budget} of {n_train} training samples is less than 1 sample.")
         else:
             count = int(self.budget)
         if count > n_train:
-            raise ValueError(
-                f"The budget ({count} samples) exceeds the training set ({n_train} samples)."
-            )
+            raise ValueError(f"The budget ({count} samples) exceeds the training set ({n_train} samples).")
         return count
 
     def validate(self, n_train: int, num_classes: int) -> int:
         """Check the config against the data; return the budget as a count."""
         if self.target_class is not None and not 0 <= self.target_class < num_classes:
-            raise ValueError(
-                f"target_class {self.target_class} is outside [0, {num_classes}), "
-                f"the task's classes."
-            )
+            raise ValueError(f"target_class {self.target_class} is outside [0, {num_classes}), the task's classes.")
         return self.resolve_budget(n_train)
 
 

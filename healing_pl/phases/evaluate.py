@@ -24,6 +24,9 @@ class Evaluation:
 def evaluate_sets(model, datamodule, forget_ids, prefix: str) -> Evaluation:
     """Evaluate ``model`` (on its own device) over the full test set, the remain set R and the forget set F."""
     remain = datamodule.remain_ids(forget_ids)
-    return Evaluation(prefix, evaluate(model, datamodule.test_dataloader())["acc"],
-                      evaluate(model, datamodule.loader(remain))["acc"],
-                      evaluate(model, datamodule.loader(forget_ids))["acc"])
+    return Evaluation(
+        prefix,
+        evaluate(model, datamodule.test_dataloader())["acc"],
+        evaluate(model, datamodule.loader(remain))["acc"],
+        evaluate(model, datamodule.loader(forget_ids))["acc"],
+    )

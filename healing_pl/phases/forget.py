@@ -14,11 +14,11 @@ from healing_pl.phases.config import AdversaryConfig
 class ForgetSet:
     """The accepted forget set F and what happened to every request."""
 
-    ids: torch.Tensor              # accepted pool ids, in request order
+    ids: torch.Tensor  # accepted pool ids, in request order
     adversary: AdversaryConfig
     requested: int
-    reasons: dict[str, int]        # decision reason -> count
-    classes: list[int]             # samples of F per class
+    reasons: dict[str, int]  # decision reason -> count
+    classes: list[int]  # samples of F per class
     primary_count: int
 
     @property
@@ -27,12 +27,21 @@ class ForgetSet:
 
     def record(self) -> dict:
         a = self.adversary
-        return {"adversary/selector": a.selector, "adversary/budget": a.budget,
-                "adversary/system_knowledge": a.system_knowledge, "adversary/data_knowledge": a.data_knowledge,
-                "adversary/target_class": a.target_class, "forget/count": self.accepted,
-                "forget/ids": self.ids.tolist(), "forget/classes": self.classes, "primary/count": self.primary_count,
-                "requests/count": self.requested, "requests/accepted": self.accepted,
-                "requests/rejected": self.requested - self.accepted, "requests/reasons": self.reasons}
+        return {
+            "adversary/selector": a.selector,
+            "adversary/budget": a.budget,
+            "adversary/system_knowledge": a.system_knowledge,
+            "adversary/data_knowledge": a.data_knowledge,
+            "adversary/target_class": a.target_class,
+            "forget/count": self.accepted,
+            "forget/ids": self.ids.tolist(),
+            "forget/classes": self.classes,
+            "primary/count": self.primary_count,
+            "requests/count": self.requested,
+            "requests/accepted": self.accepted,
+            "requests/rejected": self.requested - self.accepted,
+            "requests/reasons": self.reasons,
+        }
 
 
 def select_forget_ids(adversary: AdversaryConfig, model, datamodule, progress: bool = False) -> torch.Tensor:
@@ -45,9 +54,16 @@ def select_forget_ids(adversary: AdversaryConfig, model, datamodule, progress: b
 
     pool = torch.arange(len(datamodule.pool))
     non_members = pool[~torch.isin(pool, datamodule.primary_ids)]
-    ids = select_forget_set(adversary, dataset=datamodule.pool.train, primary_ids=datamodule.primary_ids,
-                            non_member_ids=non_members, num_classes=datamodule.num_classes, model=model,
-                            val_ids=datamodule.splits["val"], progress=progress)
+    ids = select_forget_set(
+        adversary,
+        dataset=datamodule.pool.train,
+        primary_ids=datamodule.primary_ids,
+        non_member_ids=non_members,
+        num_classes=datamodule.num_classes,
+        model=model,
+        val_ids=datamodule.splits["val"],
+        progress=progress,
+    )
     return torch.as_tensor(ids, dtype=torch.long).cpu()
 
 

@@ -22,8 +22,9 @@ class HealCurve:
         return out
 
 
-def fine_tune(model, datamodule, train_ids, *, epochs: int, seed: int, lr: float | None, trainer: dict,
-              progress: bool = False):
+def fine_tune(
+    model, datamodule, train_ids, *, epochs: int, seed: int, lr: float | None, trainer: dict, progress: bool = False
+):
     """Fine-tune ``model`` in place on ``train_ids`` (Adam at ``lr`` or the model's own) on the trainer's device."""
     import lightning as L
 

@@ -39,8 +39,9 @@ def compose(subcommand: str, header: dict, results) -> dict:
 
 def write_record(run_dir: str, record: dict, logger=None) -> str:
     """Write ``results.json`` and put the record's scalars into the W&B summary; return the file's path."""
-    scalars = {k: v for k, v in record.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None}
+    scalars = {
+        k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None
+    }
     log_summary(logger, scalars)
     return write_results(run_dir, record)
 
@@ -49,9 +50,12 @@ def save_model(model, datamodule, path: str, **extra) -> None:
     """Save a Classifier as a checkpoint that ``load_classifier`` and ``--ckpt_path`` accept (atomically)."""
     from healing_pl.unlearning.naive import model_hparams, save_atomic
 
-    payload = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-               "hyper_parameters": model_hparams(model), type(datamodule).__qualname__: datamodule.state_dict(),
-               **{k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in extra.items()}}
+    payload = {
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "hyper_parameters": model_hparams(model),
+        type(datamodule).__qualname__: datamodule.state_dict(),
+        **{k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in extra.items()},
+    }
     save_atomic(payload, path)
 
 

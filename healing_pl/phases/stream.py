@@ -21,7 +21,7 @@ from healing_pl.unlearning.methods import METHODS, Context
 @dataclass(frozen=True)
 class StreamResult:
     rounds: list[dict]
-    curve: list[dict]           # test accuracy after every round (round -1: the baseline)
+    curve: list[dict]  # test accuracy after every round (round -1: the baseline)
     n_adversarial: int
     n_benign: int
     unlearned_count: int
@@ -29,11 +29,18 @@ class StreamResult:
     ledger: str
 
     def record(self) -> dict:
-        return {"stream/rounds": self.rounds, "stream/curve": self.curve, "stream/n_adversarial": self.n_adversarial,
-                "stream/n_benign": self.n_benign, "baseline/test/acc": self.curve[0]["test/acc"],
-                "stream/final/test/acc": self.curve[-1]["test/acc"], "stream/unlearned_count": self.unlearned_count,
-                "adversary/selector": self.adversary.selector, "forget/count": self.unlearned_count,
-                "stream/ledger": self.ledger}
+        return {
+            "stream/rounds": self.rounds,
+            "stream/curve": self.curve,
+            "stream/n_adversarial": self.n_adversarial,
+            "stream/n_benign": self.n_benign,
+            "baseline/test/acc": self.curve[0]["test/acc"],
+            "stream/final/test/acc": self.curve[-1]["test/acc"],
+            "stream/unlearned_count": self.unlearned_count,
+            "adversary/selector": self.adversary.selector,
+            "forget/count": self.unlearned_count,
+            "stream/ledger": self.ledger,
+        }
 
 
 def state_sha256(model: torch.nn.Module) -> str:
@@ -45,9 +52,20 @@ def state_sha256(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def run_stream(model, baseline: Baseline, datamodule, *, unlearn: UnlearnConfig, adversary: AdversaryConfig,
-               stream: StreamConfig, twins: TwinsConfig, heal: HealConfig, ledger, context: Context,
-               log: Callable[[dict, int], None] | None = None) -> StreamResult:
+def run_stream(
+    model,
+    baseline: Baseline,
+    datamodule,
+    *,
+    unlearn: UnlearnConfig,
+    adversary: AdversaryConfig,
+    stream: StreamConfig,
+    twins: TwinsConfig,
+    heal: HealConfig,
+    ledger,
+    context: Context,
+    log: Callable[[dict, int], None] | None = None,
+) -> StreamResult:
     """Mix the adversary's requests with benign ones and unlearn (and heal) them round by round.
 
     After each round the accepted samples leave the training set for good (the next round's remain
@@ -59,11 +77,21 @@ def run_stream(model, baseline: Baseline, datamodule, *, unlearn: UnlearnConfig,
     from healing_pl.adversary.streams import RequestStream, run_rounds
 
     if METHODS[unlearn.method].ensemble:
-        raise ValueError(f"request streams cannot apply '{unlearn.method}' round by round; use naive, fisher or influence.")
+        raise ValueError(
+            f"request streams cannot apply '{unlearn.method}' round by round; use naive, fisher or influence."
+        )
     adversarial = select_forget_ids(adversary, model, datamodule, context.progress)
-    requests = RequestStream(adversarial, datamodule.primary_ids, benign_ratio=stream.benign_ratio, order=stream.order,
-                             round_size=stream.round_size, n_users=stream.n_users, name_by=stream.name_by,
-                             dataset=datamodule.pool.train, seed=stream.seed)
+    requests = RequestStream(
+        adversarial,
+        datamodule.primary_ids,
+        benign_ratio=stream.benign_ratio,
+        order=stream.order,
+        round_size=stream.round_size,
+        n_users=stream.n_users,
+        name_by=stream.name_by,
+        dataset=datamodule.pool.train,
+        seed=stream.seed,
+    )
     membership = MembershipIndex(datamodule.pool.train, datamodule.primary_ids)
     policy = spare_policy(twins, model, datamodule) if stream.heal and twins.metric != "none" else None
     embedder = model
@@ -86,8 +114,15 @@ def run_stream(model, baseline: Baseline, datamodule, *, unlearn: UnlearnConfig,
                     ledger_twins(ledger, datamodule, twin_set.pairs)
                     twin_ids.extend(twin_set.twin_ids)
                 heal_ids = torch.cat([datamodule.primary_ids, torch.tensor(twin_ids, dtype=torch.long)])
-                fine_tune(current["model"], datamodule, heal_ids, epochs=stream.heal_epochs, seed=baseline.seed + index,
-                          lr=heal.lr, trainer=context.trainer)
+                fine_tune(
+                    current["model"],
+                    datamodule,
+                    heal_ids,
+                    epochs=stream.heal_epochs,
+                    seed=baseline.seed + index,
+                    lr=heal.lr,
+                    trainer=context.trainer,
+                )
                 metrics["healed/test/acc"] = evaluate(current["model"], test)["acc"]
             else:
                 datamodule.splits["primary"] = datamodule.remain_ids(accepted)
@@ -99,5 +134,12 @@ def run_stream(model, baseline: Baseline, datamodule, *, unlearn: UnlearnConfig,
         return metrics
 
     rounds = run_rounds(requests, membership, ledger, on_round)
-    return StreamResult(rounds, curve, requests.n_adversarial, requests.n_benign,
-                        int(membership.unlearned_ids.numel()), adversary, ledger.path.as_posix())
+    return StreamResult(
+        rounds,
+        curve,
+        requests.n_adversarial,
+        requests.n_benign,
+        int(membership.unlearned_ids.numel()),
+        adversary,
+        ledger.path.as_posix(),
+    )

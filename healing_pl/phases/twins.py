@@ -17,17 +17,24 @@ class TwinSet:
     config: TwinsConfig
     pairs: list[dict]
     time_s: float
-    same_class: float | None   # share of twins of their request's class
-    train_size: int            # size of the heal set R + T
+    same_class: float | None  # share of twins of their request's class
+    train_size: int  # size of the heal set R + T
 
     @property
     def twin_ids(self) -> list[int]:
         return [p["twin_id"] for p in self.pairs]
 
     def record(self) -> dict:
-        return {"twins/metric": self.config.metric, "twins/policy": self.config.policy, "heal/setup": self.config.setup,
-                "twins/pairs": self.pairs, "twins/count": len(self.pairs), "twins/time_s": self.time_s,
-                "twins/same_class": self.same_class, "heal/train_size": self.train_size}
+        return {
+            "twins/metric": self.config.metric,
+            "twins/policy": self.config.policy,
+            "heal/setup": self.config.setup,
+            "twins/pairs": self.pairs,
+            "twins/count": len(self.pairs),
+            "twins/time_s": self.time_s,
+            "twins/same_class": self.same_class,
+            "heal/train_size": self.train_size,
+        }
 
 
 def spare_policy(twins: TwinsConfig, model, datamodule):
@@ -38,25 +45,38 @@ def spare_policy(twins: TwinsConfig, model, datamodule):
 
     metric_kwargs = {"seed": twins.seed} if twins.metric == "random" else {}
     policy_kwargs = {"k": twins.k} if twins.policy == "twins" else {}
-    policy = get_policy(twins.policy, metric=twins.metric, same_class=twins.same_class, group=twins.group,
-                        metric_kwargs=metric_kwargs, **policy_kwargs)
+    policy = get_policy(
+        twins.policy,
+        metric=twins.metric,
+        same_class=twins.same_class,
+        group=twins.group,
+        metric_kwargs=metric_kwargs,
+        **policy_kwargs,
+    )
     metric = policy.metric
     dataset, embedder = datamodule.pool.train, model if metric.needs_features else None
     backup = datamodule.backup_ids
-    policy.fit(backup.tolist(), metric.representations(dataset, backup, embedder), datamodule.targets[backup],
-               forbidden_ids=datamodule.primary_ids.tolist())
+    policy.fit(
+        backup.tolist(),
+        metric.representations(dataset, backup, embedder),
+        datamodule.targets[backup],
+        forbidden_ids=datamodule.primary_ids.tolist(),
+    )
     if twins.policy == "twins":  # surrogates for every primary sample, found before any request
         primary = datamodule.primary_ids
-        policy.precompute(primary.tolist(), metric.representations(dataset, primary, embedder),
-                          datamodule.targets[primary])
+        policy.precompute(
+            primary.tolist(), metric.representations(dataset, primary, embedder), datamodule.targets[primary]
+        )
     return policy
 
 
 def assign_twins(policy, model, datamodule, forget_ids) -> list[dict]:
     """Twins for ``forget_ids`` from a fitted policy: ``[{request_id, twin_id, score}]`` (spares used up)."""
     if policy.remaining < len(forget_ids):
-        raise ValueError(f"the backup set has {policy.remaining} unused spares, too few to replace "
-                         f"{len(forget_ids)} requests; enlarge --data.backup.")
+        raise ValueError(
+            f"the backup set has {policy.remaining} unused spares, too few to replace "
+            f"{len(forget_ids)} requests; enlarge --data.backup."
+        )
     embedder = model if policy.metric.needs_features else None
     queries = policy.metric.representations(datamodule.pool.train, forget_ids, embedder)
     return policy.assign(forget_ids.tolist(), queries, datamodule.targets[forget_ids]).records()
@@ -83,8 +103,12 @@ def ledger_twins(ledger, datamodule, pairs: list[dict]) -> None:
     from healing_pl.adversary.membership import sample_hash
 
     for p in pairs:
-        ledger.append_twin(ledger.request_id_for_sample(p["request_id"]), p["twin_id"],
-                           sample_hash(datamodule.pool.train[p["twin_id"]][0]), p.get("score"))
+        ledger.append_twin(
+            ledger.request_id_for_sample(p["request_id"]),
+            p["twin_id"],
+            sample_hash(datamodule.pool.train[p["twin_id"]][0]),
+            p.get("score"),
+        )
 
 
 def heal_set(datamodule, forget_ids, twin_set: TwinSet) -> torch.Tensor:

@@ -23,17 +23,23 @@ class Unlearned:
 
     config: UnlearnConfig
     evaluation: Evaluation
-    summary: dict          # acc_mean, acc_std, time_mean_s, representative, acc_repeats
+    summary: dict  # acc_mean, acc_std, time_mean_s, representative, acc_repeats
     cached: bool
     info: dict = field(default_factory=dict)  # what the method reports (e.g. SISA's retrained shards)
 
     def record(self) -> dict:
         s = self.summary
-        return {**{f"unlearn/{k}": v for k, v in self.config.hyperparameters().items()}, **self.evaluation.record(),
-                "unlearned/acc_mean": s["acc_mean"], "unlearned/acc_std": s["acc_std"],
-                "unlearned/time_s": s["time_mean_s"], "unlearned/representative": s["representative"],
-                "unlearned/acc_repeats": s["acc_repeats"], "unlearned/cached": self.cached,
-                **{f"{self.config.method}/{k}": v for k, v in self.info.items() if _plain(v)}}
+        return {
+            **{f"unlearn/{k}": v for k, v in self.config.hyperparameters().items()},
+            **self.evaluation.record(),
+            "unlearned/acc_mean": s["acc_mean"],
+            "unlearned/acc_std": s["acc_std"],
+            "unlearned/time_s": s["time_mean_s"],
+            "unlearned/representative": s["representative"],
+            "unlearned/acc_repeats": s["acc_repeats"],
+            "unlearned/cached": self.cached,
+            **{f"{self.config.method}/{k}": v for k, v in self.info.items() if _plain(v)},
+        }
 
 
 @dataclass(frozen=True)
@@ -45,8 +51,12 @@ class AttackStrength:
     drop_random: float
 
     def record(self) -> dict:
-        return {"attack/random_forget/test/acc": self.random_acc, "attack/drop": self.drop,
-                "attack/drop_random": self.drop_random, "attack/strength": self.drop - self.drop_random}
+        return {
+            "attack/random_forget/test/acc": self.random_acc,
+            "attack/drop": self.drop,
+            "attack/drop_random": self.drop_random,
+            "attack/strength": self.drop - self.drop_random,
+        }
 
 
 def _plain(value) -> bool:
@@ -61,8 +71,9 @@ def _cache_path(cfg: UnlearnConfig, baseline: Baseline, forget_ids) -> str | Non
     return os.path.join(cfg.cache_dir, f"unlearned-{key}.pt")
 
 
-def unlearned_model(model, baseline: Baseline, datamodule, forget_ids, cfg: UnlearnConfig,
-                    context: Context) -> tuple[torch.nn.Module, dict, dict, bool]:
+def unlearned_model(
+    model, baseline: Baseline, datamodule, forget_ids, cfg: UnlearnConfig, context: Context
+) -> tuple[torch.nn.Module, dict, dict, bool]:
     """Unlearn ``forget_ids`` from ``model`` (the baseline, on its device) with repeats.
 
     Returns the representative model (on the baseline's device and dtype), the summary over repeats,
@@ -77,20 +88,35 @@ def unlearned_model(model, baseline: Baseline, datamodule, forget_ids, cfg: Unle
         return out.to(device=param.device, dtype=param.dtype).eval(), saved["summary"], {}, True
     result = unlearn_with_repeats(model, datamodule, forget_ids, cfg, context)
     if path:
-        save_atomic({"state_dict": {k: v.cpu() for k, v in result.model.state_dict().items()},
-                     "hyper_parameters": model_hparams(model), "summary": result.summary}, path)
+        save_atomic(
+            {
+                "state_dict": {k: v.cpu() for k, v in result.model.state_dict().items()},
+                "hyper_parameters": model_hparams(model),
+                "summary": result.summary,
+            },
+            path,
+        )
     return result.model.eval(), result.summary, result.info, False
 
 
-def unlearn_phase(model, baseline: Baseline, datamodule, forget_ids, cfg: UnlearnConfig,
-                  context: Context) -> tuple[torch.nn.Module, Unlearned]:
+def unlearn_phase(
+    model, baseline: Baseline, datamodule, forget_ids, cfg: UnlearnConfig, context: Context
+) -> tuple[torch.nn.Module, Unlearned]:
     """The unlearned model and its figures."""
     out, summary, info, cached = unlearned_model(model, baseline, datamodule, forget_ids, cfg, context)
     return out, Unlearned(cfg, evaluate_sets(out, datamodule, forget_ids, "unlearned"), summary, cached, info)
 
 
-def attack_strength(model, baseline: Baseline, datamodule, forget_ids, cfg: UnlearnConfig, context: Context,
-                    baseline_acc: float, unlearned_acc: float) -> AttackStrength:
+def attack_strength(
+    model,
+    baseline: Baseline,
+    datamodule,
+    forget_ids,
+    cfg: UnlearnConfig,
+    context: Context,
+    baseline_acc: float,
+    unlearned_acc: float,
+) -> AttackStrength:
     """Unlearn a random forget set of the same size and compare the accuracy drops."""
     from healing_pl.phases.forget import select_forget_ids
 

@@ -1,7 +1,7 @@
 """``healing-pl report``: read finished runs back into comparison tables.
 
-    healing-pl report runs/table4-mnist5k            # markdown tables to stdout
-    healing-pl report runs/ --output report.md        # ... and to a file (.md, .html or .json)
+healing-pl report runs/table4-mnist5k            # markdown tables to stdout
+healing-pl report runs/ --output report.md        # ... and to a file (.md, .html or .json)
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import json
 import os
 import sys
 
-
 from healing_pl.report.tables import healing_rows, load_records, report
 
 
@@ -21,8 +20,7 @@ def write_report(text: str, records: list[dict], output: str) -> None:
     if output.endswith(".json"):
         payload = json.dumps({"healing": healing_rows(records), "runs": records}, indent=2, default=str)
     elif output.endswith(".html"):
-        payload = ("<!doctype html><meta charset='utf-8'><title>healing-pl report</title>"
-                   f"<pre>{html.escape(text)}</pre>")
+        payload = f"<!doctype html><meta charset='utf-8'><title>healing-pl report</title><pre>{html.escape(text)}</pre>"
     else:
         payload = text + "\n"
     with open(output, "w") as f:
@@ -30,8 +28,9 @@ def write_report(text: str, records: list[dict], output: str) -> None:
 
 
 def report_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="healing-pl report",
-                                     description="Tables comparing finished runs (reads their results.json).")
+    parser = argparse.ArgumentParser(
+        prog="healing-pl report", description="Tables comparing finished runs (reads their results.json)."
+    )
     parser.add_argument("paths", nargs="+", help="run folders (searched recursively) or results.json files")
     parser.add_argument("--output", help="also write the report to this file (.md, .html or .json)")
     args = parser.parse_args(argv)

@@ -49,18 +49,32 @@ def healing_rows(records: list[dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
         if r.get("phase") == "heal":
-            key = (r.get("dataset"), r.get("backbone"), r.get("unlearn/method"), r.get("adversary/selector"),
-                   tuple(r.get("forget/ids", [])))
+            key = (
+                r.get("dataset"),
+                r.get("backbone"),
+                r.get("unlearn/method"),
+                r.get("adversary/selector"),
+                tuple(r.get("forget/ids", [])),
+            )
             groups[key].append(r)
     rows = []
     for (dataset, backbone, method, selector, _), runs in sorted(groups.items(), key=lambda kv: kv[0][:4]):
         first = runs[0]
         n_half = first.get("heal/epochs")
-        row = {"dataset": dataset, "backbone": backbone, "method": method, "selector": selector,
-               "forget": first.get("forget/count"), "BL": first.get("baseline/test/acc"),
-               "GS": first.get("gold/test/acc"), "Init": first.get("unlearned/test/acc"),
-               "Init mean": first.get("unlearned/acc_mean"), "Init std": first.get("unlearned/acc_std"),
-               "N/2": n_half, "setups": {}}
+        row = {
+            "dataset": dataset,
+            "backbone": backbone,
+            "method": method,
+            "selector": selector,
+            "forget": first.get("forget/count"),
+            "BL": first.get("baseline/test/acc"),
+            "GS": first.get("gold/test/acc"),
+            "Init": first.get("unlearned/test/acc"),
+            "Init mean": first.get("unlearned/acc_mean"),
+            "Init std": first.get("unlearned/acc_std"),
+            "N/2": n_half,
+            "setups": {},
+        }
         for col, epoch in (("1", 1), ("N/2", n_half)):
             scored = [(r.get(f"healed/test/acc_epoch_{epoch}"), r.get("heal/setup")) for r in runs]
             scored = [(a, s) for a, s in scored if a is not None]
@@ -80,9 +94,11 @@ def healing_table(records: list[dict]) -> str:
     rows = healing_rows(records)
     if not rows:
         return "no heal runs found."
-    out = ["| dataset (model) | method | forget set | BL | GS | Init (mean ± std) | best 1 ep | worst 1 ep "
-           "| best N/2 ep | worst N/2 ep | Best−GS 1 ep | Best−GS N/2 ep |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        "| dataset (model) | method | forget set | BL | GS | Init (mean ± std) | best 1 ep | worst 1 ep "
+        "| best N/2 ep | worst N/2 ep | Best−GS 1 ep | Best−GS N/2 ep |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         init = f"{_pct(r['Init'])} ({_pct(r['Init mean'])} ± {_pct(r['Init std'])})"
         out.append(
@@ -90,7 +106,8 @@ def healing_table(records: list[dict]) -> str:
             f"| {_pct(r['BL'])} | {_pct(r['GS'])} | {init} "
             f"| {_pct(r.get('best 1'))} ({r.get('best 1 setup')}) | {_pct(r.get('worst 1'))} "
             f"| {_pct(r.get('best N/2'))} ({r.get('best N/2 setup')}) | {_pct(r.get('worst N/2'))} "
-            f"| {_delta(r.get('best-GS 1'))} | {_delta(r.get('best-GS N/2'))} |")
+            f"| {_delta(r.get('best-GS 1'))} | {_delta(r.get('best-GS N/2'))} |"
+        )
     out.append("")
     out.append("Every heal setup (test accuracy %, after 1 epoch / after N/2 epochs):")
     out.append("")
@@ -112,18 +129,30 @@ def unlearning_table(records: list[dict]) -> str:
     runs = [r for r in records if r.get("phase") == "unlearn"]
     if not runs:
         return "no unlearn runs found."
-    out = ["| dataset | method | forget set | BL | unlearned (mean ± std) | GS | random set | attack strength "
-           "| time [s] | run |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(runs, key=lambda r: (r.get("dataset") or "", r.get("unlearn/method") or "",
-                                         r.get("adversary/selector") or "", r.get("forget/count") or 0)):
+    out = [
+        "| dataset | method | forget set | BL | unlearned (mean ± std) | GS | random set | attack strength "
+        "| time [s] | run |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(
+        runs,
+        key=lambda r: (
+            r.get("dataset") or "",
+            r.get("unlearn/method") or "",
+            r.get("adversary/selector") or "",
+            r.get("forget/count") or 0,
+        ),
+    ):
         mean = r.get("unlearned/acc_mean")
         spread = f" ({_pct(mean)} ± {_pct(r.get('unlearned/acc_std'))})" if mean is not None else ""
         out.append(
-            f"| {r.get('dataset')} | {r.get('unlearn/method')} | {r.get('forget/count')} × {r.get('adversary/selector')} "
+            f"| {r.get('dataset')} | {r.get('unlearn/method')} "
+            f"| {r.get('forget/count')} × {r.get('adversary/selector')} "
             f"| {_pct(r.get('baseline/test/acc'))} | {_pct(r.get('unlearned/test/acc'))}{spread} "
             f"| {_pct(r.get('gold/test/acc'))} | {_pct(r.get('attack/random_forget/test/acc'))} "
             f"| {_delta(r.get('attack/strength'))} | {r.get('unlearned/time_s', 0):.1f} "
-            f"| {os.path.basename(str(r.get('run_dir')))} |")
+            f"| {os.path.basename(str(r.get('run_dir')))} |"
+        )
     return "\n".join(out)
 
 
@@ -133,8 +162,10 @@ def fit_table(records: list[dict]) -> str:
         return "no fit runs found."
     out = ["| dataset | backbone | test acc | train time [s] | run |", "|---|---|---|---|---|"]
     for r in runs:
-        out.append(f"| {r.get('dataset')} | {r.get('backbone')} | {_pct(r.get('test/acc'))} "
-                   f"| {r.get('train/time_s', 0):.1f} | {os.path.basename(str(r.get('run_dir')))} |")
+        out.append(
+            f"| {r.get('dataset')} | {r.get('backbone')} | {_pct(r.get('test/acc'))} "
+            f"| {r.get('train/time_s', 0):.1f} | {os.path.basename(str(r.get('run_dir')))} |"
+        )
     return "\n".join(out)
 
 

@@ -200,16 +200,12 @@ def _loop_step(model: nn.Module, chosen: dict[str, Tensor], loss_fn: LossFn | No
                 continue
             k = aux.shape[1]
             rows.append([grads_of(out, aux[i : i + 1, j], j + 1 < k) for j in range(k)])
-        return [
-            {n: torch.stack([row[k][j] for row in rows]) for j, n in enumerate(names)} for k in range(len(rows[0]))
-        ]
+        return [{n: torch.stack([row[k][j] for row in rows]) for j, n in enumerate(names)} for k in range(len(rows[0]))]
 
     return step
 
 
-def per_sample_reduce(
-    model: nn.Module, x: Tensor, reduce: Callable[[dict[str, Tensor]], Tensor], **kwargs
-) -> Tensor:
+def per_sample_reduce(model: nn.Module, x: Tensor, reduce: Callable[[dict[str, Tensor]], Tensor], **kwargs) -> Tensor:
     """``reduce`` every chunk's gradients to per-sample values and concatenate them.
 
     ``reduce`` gets a chunk's ``grads`` (see :func:`iter_per_sample_grads`, which takes the

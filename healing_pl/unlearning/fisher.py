@@ -319,9 +319,7 @@ class _FisherComputer:
             names = {
                 attr: param_names[id(p)]
                 for attr in ("weight", "bias")
-                if isinstance(p := getattr(m, attr, None), nn.Parameter)
-                and p.requires_grad
-                and owners[id(p)] == 1
+                if isinstance(p := getattr(m, attr, None), nn.Parameter) and p.requires_grad and owners[id(p)] == 1
             }
             if names and len(names) == len(own_trainable):
                 self.fast[m] = (layer, names)

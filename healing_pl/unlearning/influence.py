@@ -285,8 +285,15 @@ def influence_unlearn(
             grads = torch.autograd.grad(loss, params, allow_unused=True)
         g = flatten([torch.zeros_like(p) if gr is None else gr for p, gr in zip(params, grads, strict=True)])
         u = lissa_inverse_hvp(
-            new, loss_fn, remain_loader, g,
-            damping=damping, scale=scale, depth=depth, repeats=repeats, progress=progress,
+            new,
+            loss_fn,
+            remain_loader,
+            g,
+            damping=damping,
+            scale=scale,
+            depth=depth,
+            repeats=repeats,
+            progress=progress,
         )
         deltas = clip_by_global_norm(unflatten(u / n_train, params), max_norm)
         if not all_finite(deltas):

@@ -52,8 +52,8 @@ class Method:
     run: Callable
     knobs: tuple[str, ...] = ()
     stochastic: bool = False  # repeated ``cfg.repeats`` times with seeds seed, seed+1, ...
-    cacheable: bool = True    # its result can be cached as a Classifier state dict
-    ensemble: bool = False    # keeps its own shard ensemble (no single model to fine-tune; heals its shards)
+    cacheable: bool = True  # its result can be cached as a Classifier state dict
+    ensemble: bool = False  # keeps its own shard ensemble (no single model to fine-tune; heals its shards)
 
 
 def _loss(model, batch):
@@ -65,9 +65,18 @@ def _fisher(model, dm, forget_ids, cfg, context: Context, seed: int):
     from healing_pl.unlearning.fisher import fisher_forget
 
     remain = dm.remain_ids(forget_ids)
-    return fisher_forget(model, dm.loader(remain, batch_size=cfg.batch_r), dm.loader(forget_ids, batch_size=cfg.batch_f),
-                         alpha=cfg.alpha, kind=cfg.fisher_kind, lam=cfg.lam, noise_only=cfg.noise_only,
-                         max_norm=cfg.max_norm, seed=seed, progress=context.progress), {}
+    return fisher_forget(
+        model,
+        dm.loader(remain, batch_size=cfg.batch_r),
+        dm.loader(forget_ids, batch_size=cfg.batch_f),
+        alpha=cfg.alpha,
+        kind=cfg.fisher_kind,
+        lam=cfg.lam,
+        noise_only=cfg.noise_only,
+        max_norm=cfg.max_norm,
+        seed=seed,
+        progress=context.progress,
+    ), {}
 
 
 def _influence(model, dm, forget_ids, cfg, context: Context, seed: int):
@@ -75,18 +84,35 @@ def _influence(model, dm, forget_ids, cfg, context: Context, seed: int):
 
     remain = dm.remain_ids(forget_ids)
     # the Hessian batches are drawn in a seeded shuffled order: repeats differ, reruns do not
-    return influence_unlearn(model, _loss, dm.loader(remain, shuffle=True, batch_size=cfg.batch_r, seed=seed),
-                             dm.loader(forget_ids, batch_size=cfg.batch_f), n_train=len(dm.primary_ids),
-                             damping=cfg.damping, scale=cfg.scale, depth=cfg.depth, repeats=cfg.lissa_repeats,
-                             max_norm=cfg.max_norm, progress=context.progress), {}
+    return influence_unlearn(
+        model,
+        _loss,
+        dm.loader(remain, shuffle=True, batch_size=cfg.batch_r, seed=seed),
+        dm.loader(forget_ids, batch_size=cfg.batch_f),
+        n_train=len(dm.primary_ids),
+        damping=cfg.damping,
+        scale=cfg.scale,
+        depth=cfg.depth,
+        repeats=cfg.lissa_repeats,
+        max_norm=cfg.max_norm,
+        progress=context.progress,
+    ), {}
 
 
 def _naive(model, dm, forget_ids, cfg, context: Context, seed: int):
     from healing_pl.unlearning.naive import gold_standard, model_hparams
 
     # the gold standard repeats the baseline's recipe (its seed), whatever the repeat seed
-    gold, info = gold_standard(model_hparams(model), dm, forget_ids, epochs=context.epochs, seed=context.seed,
-                               cache_dir=cfg.cache_dir, trainer=context.trainer, progress=context.progress)
+    gold, info = gold_standard(
+        model_hparams(model),
+        dm,
+        forget_ids,
+        epochs=context.epochs,
+        seed=context.seed,
+        cache_dir=cfg.cache_dir,
+        trainer=context.trainer,
+        progress=context.progress,
+    )
     return gold, {"gold_cached": info["cached"]}
 
 
@@ -100,9 +126,16 @@ def sisa_directory(model, dm, cfg, context: Context) -> str | None:
 
     from healing_pl.unlearning.naive import model_hparams
 
-    content = {"hparams": model_hparams(model), "primary": hashlib.sha256(dm.primary_ids.numpy().tobytes()).hexdigest(),
-               "shards": cfg.shards, "slices": cfg.slices, "epochs": context.epochs, "seed": context.seed,
-               "batch_size": dm.hparams.batch_size, "dtype": str(next(model.parameters()).dtype)}
+    content = {
+        "hparams": model_hparams(model),
+        "primary": hashlib.sha256(dm.primary_ids.numpy().tobytes()).hexdigest(),
+        "shards": cfg.shards,
+        "slices": cfg.slices,
+        "epochs": context.epochs,
+        "seed": context.seed,
+        "batch_size": dm.hparams.batch_size,
+        "dtype": str(next(model.parameters()).dtype),
+    }
     key = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:20]
     return os.path.join(cfg.cache_dir, f"sisa-{key}")
 
@@ -116,13 +149,26 @@ def _sisa(model, dm, forget_ids, cfg, context: Context, seed: int):
     from healing_pl.unlearning.sisa import train_sisa, unlearn_sisa
 
     param = next(model.parameters())
-    state = train_sisa(model_hparams(model), dm, shards=cfg.shards, slices=cfg.slices, epochs=context.epochs,
-                       seed=context.seed, aggregation=cfg.aggregation, device=param.device, dtype=param.dtype,
-                       directory=sisa_directory(model, dm, cfg, context), progress=context.progress)
+    state = train_sisa(
+        model_hparams(model),
+        dm,
+        shards=cfg.shards,
+        slices=cfg.slices,
+        epochs=context.epochs,
+        seed=context.seed,
+        aggregation=cfg.aggregation,
+        device=param.device,
+        dtype=param.dtype,
+        directory=sisa_directory(model, dm, cfg, context),
+        progress=context.progress,
+    )
     trained = evaluate(state.ensemble, dm.test_dataloader())["acc"]
     new_state, info = unlearn_sisa(state, forget_ids, dm, progress=context.progress)
-    report = {"test/acc": trained, "train_time_s": state.train_time,
-              **{f"unlearn_{k}": v for k, v in info.items() if isinstance(v, (int, float, list, dict, str))}}
+    report = {
+        "test/acc": trained,
+        "train_time_s": state.train_time,
+        **{f"unlearn_{k}": v for k, v in info.items() if isinstance(v, (int, float, list, dict, str))},
+    }
     ensemble = new_state.ensemble
     ensemble.sisa_state = new_state
     return ensemble, report
@@ -132,31 +178,37 @@ def _sisa(model, dm, forget_ids, cfg, context: Context, seed: int):
 METHODS: dict[str, Method] = {
     "naive": Method("naive", _naive, cacheable=False),  # the gold standard keeps its own cache
     "sisa": Method("sisa", _sisa, ("shards", "slices", "aggregation"), cacheable=False, ensemble=True),
-    "fisher": Method("fisher", _fisher, ("batch_r", "alpha", "fisher_kind", "lam", "noise_only", "batch_f"),
-                     stochastic=True),
-    "influence": Method("influence", _influence, ("batch_r", "batch_f", "damping", "scale", "depth", "lissa_repeats"),
-                        stochastic=True),
+    "fisher": Method(
+        "fisher", _fisher, ("batch_r", "alpha", "fisher_kind", "lam", "noise_only", "batch_f"), stochastic=True
+    ),
+    "influence": Method(
+        "influence", _influence, ("batch_r", "batch_f", "damping", "scale", "depth", "lissa_repeats"), stochastic=True
+    ),
 }
 
 
 @dataclass
 class UnlearnResult:
-    model: nn.Module            # the representative model
-    accs: list[float]           # test accuracy of every repeat
-    times: list[float]          # wall time of every repeat
-    representative: int         # index of the representative repeat
+    model: nn.Module  # the representative model
+    accs: list[float]  # test accuracy of every repeat
+    times: list[float]  # wall time of every repeat
+    representative: int  # index of the representative repeat
     info: dict = field(default_factory=dict)  # what the method reports (e.g. SISA's retrained shards)
 
     @property
     def summary(self) -> dict:
-        return {"acc_mean": statistics.fmean(self.accs),
-                "acc_std": statistics.stdev(self.accs) if len(self.accs) > 1 else 0.0,
-                "time_mean_s": statistics.fmean(self.times), "representative": self.representative,
-                "acc_repeats": list(self.accs)}
+        return {
+            "acc_mean": statistics.fmean(self.accs),
+            "acc_std": statistics.stdev(self.accs) if len(self.accs) > 1 else 0.0,
+            "time_mean_s": statistics.fmean(self.times),
+            "representative": self.representative,
+            "acc_repeats": list(self.accs),
+        }
 
 
-def unlearn_with_repeats(model, dm, forget_ids, cfg, context: Context | None = None, *,
-                         test_loader=None) -> UnlearnResult:
+def unlearn_with_repeats(
+    model, dm, forget_ids, cfg, context: Context | None = None, *, test_loader=None
+) -> UnlearnResult:
     """Run ``cfg.method`` (``cfg.repeats`` times when stochastic); keep the run closest to the mean test accuracy."""
     context = context or Context()
     forget_ids = dm.check_members(forget_ids)

@@ -24,8 +24,9 @@ def model_hparams(model: Classifier) -> dict:
     return {k: v for k, v in model.hparams.items() if not k.startswith("_")}
 
 
-def fit_on(model: Classifier, datamodule, train_ids, *, epochs: int, trainer: dict | None = None,
-           progress: bool = False) -> Classifier:
+def fit_on(
+    model: Classifier, datamodule, train_ids, *, epochs: int, trainer: dict | None = None, progress: bool = False
+) -> Classifier:
     """Train ``model`` in place on ``train_ids`` with a quiet Lightning Trainer (no logger, no validation).
 
     ``trainer`` holds the Trainer's accelerator, devices and precision (the outer trainer's, so an
@@ -39,14 +40,23 @@ def fit_on(model: Classifier, datamodule, train_ids, *, epochs: int, trainer: di
         raise ValueError("the training set is empty.")
     loader = datamodule.loader(ids, shuffle=True, batch_size=datamodule.hparams.batch_size)
     settings = {"accelerator": "cpu", "devices": 1, **(trainer or {})}
-    inner = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_model_summary=False,
-                      enable_progress_bar=progress, limit_val_batches=0, num_sanity_val_steps=0, **settings)
+    inner = L.Trainer(
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=progress,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        **settings,
+    )
     inner.fit(model, train_dataloaders=loader)
     return model.eval()
 
 
-def train_classifier(hparams: dict, datamodule, train_ids, *, epochs: int, seed: int, trainer: dict | None = None,
-                     progress: bool = False) -> Classifier:
+def train_classifier(
+    hparams: dict, datamodule, train_ids, *, epochs: int, seed: int, trainer: dict | None = None, progress: bool = False
+) -> Classifier:
     """Train a fresh ``Classifier(**hparams)`` on ``train_ids``: the baseline's recipe.
 
     Seeds everything with ``seed`` right before building the model, as
@@ -64,15 +74,25 @@ def gold_key(hparams: dict, datamodule, forget_ids, *, epochs: int, seed: int) -
         "primary": hashlib.sha256(datamodule.primary_ids.numpy().tobytes()).hexdigest(),
         "forget": sorted(int(i) for i in torch.as_tensor(forget_ids).tolist()),
         "model": {k: hparams[k] for k in sorted(hparams)},
-        "epochs": epochs, "batch_size": datamodule.hparams.batch_size,
-        "data_seed": datamodule.hparams.seed, "seed": seed,
+        "epochs": epochs,
+        "batch_size": datamodule.hparams.batch_size,
+        "data_seed": datamodule.hparams.seed,
+        "seed": seed,
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def gold_standard(hparams: dict, datamodule, forget_ids, *, epochs: int, seed: int,
-                  cache_dir: str | None = "runs/cache", trainer: dict | None = None,
-                  progress: bool = False) -> tuple[Classifier, dict]:
+def gold_standard(
+    hparams: dict,
+    datamodule,
+    forget_ids,
+    *,
+    epochs: int,
+    seed: int,
+    cache_dir: str | None = "runs/cache",
+    trainer: dict | None = None,
+    progress: bool = False,
+) -> tuple[Classifier, dict]:
     """The GS for ``forget_ids``: loaded from the cache when present, else trained (and cached).
 
     ``trainer``: accelerator, devices and precision of the training (see :func:`fit_on`); a cached
@@ -92,16 +112,39 @@ def gold_standard(hparams: dict, datamodule, forget_ids, *, epochs: int, seed: i
     seconds = time.perf_counter() - start
     if path:
         os.makedirs(cache_dir, exist_ok=True)
-        save_atomic({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "hyper_parameters": hparams,
-                     "time_s": seconds}, path)
+        save_atomic(
+            {
+                "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                "hyper_parameters": hparams,
+                "time_s": seconds,
+            },
+            path,
+        )
     return model, {"key": key, "cached": False, "time_s": seconds}
 
 
-def naive_unlearn(model: Classifier, datamodule, forget_ids, *, epochs: int, seed: int,
-                  cache_dir: str | None = "runs/cache", trainer: dict | None = None, progress: bool = False) -> Classifier:
+def naive_unlearn(
+    model: Classifier,
+    datamodule,
+    forget_ids,
+    *,
+    epochs: int,
+    seed: int,
+    cache_dir: str | None = "runs/cache",
+    trainer: dict | None = None,
+    progress: bool = False,
+) -> Classifier:
     """Naive unlearning of ``forget_ids``: the gold standard (the input model is only read for its recipe)."""
-    gold, _ = gold_standard(model_hparams(model), datamodule, forget_ids, epochs=epochs, seed=seed,
-                            cache_dir=cache_dir, trainer=trainer, progress=progress)
+    gold, _ = gold_standard(
+        model_hparams(model),
+        datamodule,
+        forget_ids,
+        epochs=epochs,
+        seed=seed,
+        cache_dir=cache_dir,
+        trainer=trainer,
+        progress=progress,
+    )
     return gold
 
 
@@ -115,8 +158,14 @@ def place_like(model: Classifier, trainer: dict | None) -> Classifier:
 
 
 #: Lightning's "true" precisions convert the model's parameters to this dtype
-PRECISION_DTYPES = {"64-true": torch.float64, "64": torch.float64, "32-true": torch.float32, "32": torch.float32,
-                    "16-true": torch.float16, "bf16-true": torch.bfloat16}
+PRECISION_DTYPES = {
+    "64-true": torch.float64,
+    "64": torch.float64,
+    "32-true": torch.float32,
+    "32": torch.float32,
+    "16-true": torch.float16,
+    "bf16-true": torch.bfloat16,
+}
 
 
 def trainer_device(trainer: dict) -> torch.device:

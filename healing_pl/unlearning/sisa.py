@@ -103,8 +103,17 @@ from healing_pl.models.classifier import Classifier
 AGGREGATIONS = ("vote", "softmax")
 SHARD_FORMAT = "healing_pl.sisa_shard/1"
 #: the ``meta`` keys of a shard file that must agree before shards are mixed
-RECIPE_KEYS = ("hparams", "shards", "slices", "epochs_per_slice", "seed", "batch_size", "dtype", "primary_hash",
-               "assignment_hash")
+RECIPE_KEYS = (
+    "hparams",
+    "shards",
+    "slices",
+    "epochs_per_slice",
+    "seed",
+    "batch_size",
+    "dtype",
+    "primary_hash",
+    "assignment_hash",
+)
 _SHARD_FILE = re.compile(r"shard(\d+)\.pt")
 
 Assignment = list[list[Tensor]]  # assignment[shard][slice] -> pool ids
@@ -338,11 +347,13 @@ def make_assignment(ids, shards: int, slices: int, seed: int = 0) -> Assignment:
     if shards < 1 or slices < 1:
         raise ValueError(f"SISA needs at least one shard and one slice, got shards={shards}, slices={slices}.")
     if ids.numel() < shards * slices:
-        raise ValueError(f"{ids.numel()} samples cannot fill {shards} shards x {slices} slices "
-                         f"(one sample each at least).")
+        raise ValueError(
+            f"{ids.numel()} samples cannot fill {shards} shards x {slices} slices (one sample each at least)."
+        )
     order = ids[torch.randperm(ids.numel(), generator=torch.Generator().manual_seed(seed_for("assign", seed)))]
-    return [[sl.sort().values for sl in torch.tensor_split(shard, slices)]
-            for shard in torch.tensor_split(order, shards)]
+    return [
+        [sl.sort().values for sl in torch.tensor_split(shard, slices)] for shard in torch.tensor_split(order, shards)
+    ]
 
 
 def _check_assignment(assignment, datamodule) -> Assignment:
@@ -350,8 +361,10 @@ def _check_assignment(assignment, datamodule) -> Assignment:
         raise ValueError("the SISA assignment must hold at least one shard with at least one slice.")
     slices = len(assignment[0])
     if any(len(sh) != slices for sh in assignment):
-        raise ValueError(f"every shard of the SISA assignment must have the same number of slices, "
-                         f"got {[len(sh) for sh in assignment]}.")
+        raise ValueError(
+            f"every shard of the SISA assignment must have the same number of slices, "
+            f"got {[len(sh) for sh in assignment]}."
+        )
     out = [[_ids(sl) for sl in sh] for sh in assignment]
     for s, sh in enumerate(out):
         if sum(sl.numel() for sl in sh) == 0:
@@ -363,8 +376,9 @@ def _check_assignment(assignment, datamodule) -> Assignment:
 # ----------------------------------------------------------------- training
 def _adam(model: nn.Module, lr: float | None = None) -> torch.optim.Optimizer:
     hp = model.hparams
-    return torch.optim.Adam(model.parameters(), lr=hp["lr"] if lr is None else lr,
-                            weight_decay=hp.get("weight_decay", 0.0))
+    return torch.optim.Adam(
+        model.parameters(), lr=hp["lr"] if lr is None else lr, weight_decay=hp.get("weight_decay", 0.0)
+    )
 
 
 def _fresh_model(hparams: dict, init_seed: int, device: torch.device, dtype: torch.dtype) -> Classifier:
@@ -374,9 +388,19 @@ def _fresh_model(hparams: dict, init_seed: int, device: torch.device, dtype: tor
     return model.to(device=device, dtype=dtype)
 
 
-def fit_plain(model: nn.Module, datamodule, ids, *, epochs: int, seed: int, batch_size: int | None = None,
-              optimizer: torch.optim.Optimizer | None = None, device=None, dtype=None,
-              progress: bool = False) -> torch.optim.Optimizer:
+def fit_plain(
+    model: nn.Module,
+    datamodule,
+    ids,
+    *,
+    epochs: int,
+    seed: int,
+    batch_size: int | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    device=None,
+    dtype=None,
+    progress: bool = False,
+) -> torch.optim.Optimizer:
     """Train ``model`` on the samples ``ids`` for ``epochs`` epochs with a plain, deterministic loop.
 
     Cross-entropy, Adam with the model's ``lr`` (unless ``optimizer`` is given,
@@ -390,8 +414,9 @@ def fit_plain(model: nn.Module, datamodule, ids, *, epochs: int, seed: int, batc
     device = param.device if device is None else _as_device(device)
     if param.device != device:
         raise ValueError(f"the model lives on {param.device} but was asked to train on {device}; move it there first.")
-    dtype = (param.dtype if param.is_floating_point() else torch.get_default_dtype()) if dtype is None \
-        else _as_dtype(dtype)
+    dtype = (
+        (param.dtype if param.is_floating_point() else torch.get_default_dtype()) if dtype is None else _as_dtype(dtype)
+    )
     optimizer = optimizer or _adam(model)
     ids = _ids(ids)
     if ids.numel() == 0 or epochs <= 0:
@@ -439,8 +464,9 @@ def _model_from(hparams: dict, init_seed: int, weights: dict, device: torch.devi
     return model
 
 
-def _restore(hparams: dict, init_seed: int, ckpt: dict, device: torch.device,
-             dtype: torch.dtype) -> tuple[Classifier, torch.optim.Optimizer]:
+def _restore(
+    hparams: dict, init_seed: int, ckpt: dict, device: torch.device, dtype: torch.dtype
+) -> tuple[Classifier, torch.optim.Optimizer]:
     model = _model_from(hparams, init_seed, ckpt["model"], device, dtype)
     optimizer = _adam(model)
     # deep copy: load_state_dict may alias the saved tensors, which Adam then updates in place
@@ -457,30 +483,75 @@ def _save(ckpt: dict, checkpoint_dir: str | None, shard: int, k: int, slices: li
     torch.save({**ckpt, "shard": shard, "stage": k, "ids": ids}, path)
 
 
-def _train_stages(model, optimizer, datamodule, slices: list[Tensor], start: int, shard: int, *, seed: int,
-                  epochs_per_slice: int, batch_size: int, device: torch.device, ckpts: list[dict],
-                  checkpoint_dir: str | None, bar) -> None:
+def _train_stages(
+    model,
+    optimizer,
+    datamodule,
+    slices: list[Tensor],
+    start: int,
+    shard: int,
+    *,
+    seed: int,
+    epochs_per_slice: int,
+    batch_size: int,
+    device: torch.device,
+    ckpts: list[dict],
+    checkpoint_dir: str | None,
+    bar,
+) -> None:
     """Train stages ``start..R-1`` of one shard, appending a checkpoint after each."""
     for r in range(start, len(slices)):
         bar.set_postfix(shard=shard, slice=r)
-        fit_plain(model, datamodule, torch.cat(slices[:r + 1]), epochs=epochs_per_slice,
-                  seed=seed_for("stage", seed, shard, r), batch_size=batch_size, optimizer=optimizer, device=device)
+        fit_plain(
+            model,
+            datamodule,
+            torch.cat(slices[: r + 1]),
+            epochs=epochs_per_slice,
+            seed=seed_for("stage", seed, shard, r),
+            batch_size=batch_size,
+            optimizer=optimizer,
+            device=device,
+        )
         ckpts.append(_snapshot(model, optimizer))
         _save(ckpts[-1], checkpoint_dir, shard, r + 1, slices)
         bar.update(1)
 
 
-def _train_shard(hparams: dict, datamodule, slices: list[Tensor], shard: int, *, seed: int, epochs_per_slice: int,
-                 batch_size: int, device: torch.device, dtype: torch.dtype, checkpoint_dir: str | None,
-                 bar) -> tuple[Classifier, list[dict], float]:
+def _train_shard(
+    hparams: dict,
+    datamodule,
+    slices: list[Tensor],
+    shard: int,
+    *,
+    seed: int,
+    epochs_per_slice: int,
+    batch_size: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    checkpoint_dir: str | None,
+    bar,
+) -> tuple[Classifier, list[dict], float]:
     """Train every stage of one shard from its seeded initial weights: (model, checkpoints, seconds)."""
     t0 = time.perf_counter()
     model = _fresh_model(hparams, seed_for("init", seed, shard), device, dtype)
     optimizer = _adam(model)
     ckpts = [_snapshot(model, optimizer)]
     _save(ckpts[0], checkpoint_dir, shard, 0, slices)
-    _train_stages(model, optimizer, datamodule, slices, 0, shard, seed=seed, epochs_per_slice=epochs_per_slice,
-                  batch_size=batch_size, device=device, ckpts=ckpts, checkpoint_dir=checkpoint_dir, bar=bar)
+    _train_stages(
+        model,
+        optimizer,
+        datamodule,
+        slices,
+        0,
+        shard,
+        seed=seed,
+        epochs_per_slice=epochs_per_slice,
+        batch_size=batch_size,
+        device=device,
+        ckpts=ckpts,
+        checkpoint_dir=checkpoint_dir,
+        bar=bar,
+    )
     return model.eval(), ckpts, time.perf_counter() - t0
 
 
@@ -495,16 +566,32 @@ class _Recipe:
 
     def meta(self, datamodule) -> dict:
         """The ``meta`` dict of a shard file (plain values only)."""
-        return {"hparams": _plain(self.hparams, "hparams"), "shards": len(self.assignment),
-                "slices": len(self.assignment[0]), "epochs_per_slice": self.epochs_per_slice, "seed": self.seed,
-                "batch_size": self.batch_size, "dtype": _dtype_name(self.dtype),
-                "primary_hash": _hash_ids([datamodule.primary_ids]),
-                "assignment_hash": _hash_assignment(self.assignment)}
+        return {
+            "hparams": _plain(self.hparams, "hparams"),
+            "shards": len(self.assignment),
+            "slices": len(self.assignment[0]),
+            "epochs_per_slice": self.epochs_per_slice,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "dtype": _dtype_name(self.dtype),
+            "primary_hash": _hash_ids([datamodule.primary_ids]),
+            "assignment_hash": _hash_assignment(self.assignment),
+        }
 
 
-def _recipe(hparams: Mapping, datamodule, *, shards: int | None, slices: int | None, epochs: int,
-            epochs_per_slice: int | None, seed: int, assignment: Assignment | None, batch_size: int | None,
-            dtype) -> _Recipe:
+def _recipe(
+    hparams: Mapping,
+    datamodule,
+    *,
+    shards: int | None,
+    slices: int | None,
+    epochs: int,
+    epochs_per_slice: int | None,
+    seed: int,
+    assignment: Assignment | None,
+    batch_size: int | None,
+    dtype,
+) -> _Recipe:
     """Check and resolve a SISA training recipe (the seeded assignment unless one is given)."""
     hparams = _clean_hparams(hparams)
     if epochs < 1 and epochs_per_slice is None:
@@ -515,8 +602,10 @@ def _recipe(hparams: Mapping, datamodule, *, shards: int | None, slices: int | N
     else:
         assignment = _check_assignment(assignment, datamodule)
         if shards is not None and shards != len(assignment) or slices is not None and slices != len(assignment[0]):
-            raise ValueError(f"the assignment has {len(assignment)} shards x {len(assignment[0])} slices, "
-                             f"but shards={shards}, slices={slices} were asked for.")
+            raise ValueError(
+                f"the assignment has {len(assignment)} shards x {len(assignment[0])} slices, "
+                f"but shards={shards}, slices={slices} were asked for."
+            )
     n_slices = len(assignment[0])
     eps = max(1, round(epochs / n_slices)) if epochs_per_slice is None else int(epochs_per_slice)
     if eps < 1:
@@ -525,10 +614,24 @@ def _recipe(hparams: Mapping, datamodule, *, shards: int | None, slices: int | N
     return _Recipe(hparams, assignment, eps, int(seed), batch_size, _as_dtype(dtype))
 
 
-def train_sisa(hparams: Mapping, datamodule, *, shards: int | None = None, slices: int | None = None, epochs: int = 10,
-               epochs_per_slice: int | None = None, seed: int = 0, aggregation: str = "vote",
-               assignment: Assignment | None = None, batch_size: int | None = None, device="cpu", dtype=None,
-               directory: str | None = None, checkpoint_dir: str | None = None, progress: bool = False) -> SisaState:
+def train_sisa(
+    hparams: Mapping,
+    datamodule,
+    *,
+    shards: int | None = None,
+    slices: int | None = None,
+    epochs: int = 10,
+    epochs_per_slice: int | None = None,
+    seed: int = 0,
+    aggregation: str = "vote",
+    assignment: Assignment | None = None,
+    batch_size: int | None = None,
+    device="cpu",
+    dtype=None,
+    directory: str | None = None,
+    checkpoint_dir: str | None = None,
+    progress: bool = False,
+) -> SisaState:
     """Train a SISA ensemble on the primary set of ``datamodule``.
 
     Args:
@@ -553,9 +656,18 @@ def train_sisa(hparams: Mapping, datamodule, *, shards: int | None = None, slice
     """
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"unknown SISA aggregation '{aggregation}'; choose one of {', '.join(AGGREGATIONS)}.")
-    recipe = _recipe(hparams, datamodule, shards=shards, slices=slices, epochs=epochs,
-                     epochs_per_slice=epochs_per_slice, seed=seed, assignment=assignment, batch_size=batch_size,
-                     dtype=dtype)
+    recipe = _recipe(
+        hparams,
+        datamodule,
+        shards=shards,
+        slices=slices,
+        epochs=epochs,
+        epochs_per_slice=epochs_per_slice,
+        seed=seed,
+        assignment=assignment,
+        batch_size=batch_size,
+        dtype=dtype,
+    )
     device = _as_device(device)
     n_shards, n_slices = len(recipe.assignment), len(recipe.assignment[0])
     if directory is not None:
@@ -567,8 +679,16 @@ def train_sisa(hparams: Mapping, datamodule, *, shards: int | None = None, slice
                     _check_recipe(_read_shard(path, s)["meta"], meta, path, "the recipe asked for")
                     bar.update(n_slices)
                     continue
-                _train_shard_file(recipe, datamodule, s, meta=meta, device=device, directory=directory,
-                                  checkpoint_dir=checkpoint_dir, bar=bar)
+                _train_shard_file(
+                    recipe,
+                    datamodule,
+                    s,
+                    meta=meta,
+                    device=device,
+                    directory=directory,
+                    checkpoint_dir=checkpoint_dir,
+                    bar=bar,
+                )
         state = load_sisa(directory, datamodule, aggregation=aggregation, device=device)
         state.checkpoint_dir = checkpoint_dir
         return state
@@ -577,17 +697,37 @@ def train_sisa(hparams: Mapping, datamodule, *, shards: int | None = None, slice
     t_all = time.perf_counter()
     with tqdm(total=n_shards * n_slices, desc="SISA train", disable=not progress) as bar:
         for s, sl in enumerate(recipe.assignment):
-            model, ckpts, secs = _train_shard(recipe.hparams, datamodule, sl, s, seed=recipe.seed,
-                                              epochs_per_slice=recipe.epochs_per_slice, batch_size=recipe.batch_size,
-                                              device=device, dtype=recipe.dtype, checkpoint_dir=checkpoint_dir, bar=bar)
+            model, ckpts, secs = _train_shard(
+                recipe.hparams,
+                datamodule,
+                sl,
+                s,
+                seed=recipe.seed,
+                epochs_per_slice=recipe.epochs_per_slice,
+                batch_size=recipe.batch_size,
+                device=device,
+                dtype=recipe.dtype,
+                checkpoint_dir=checkpoint_dir,
+                bar=bar,
+            )
             models.append(model)
             checkpoints.append(ckpts)
             shard_times.append(secs)
     ensemble = SisaEnsemble.from_models(models, aggregation).eval()
-    return SisaState(ensemble=ensemble, assignment=recipe.assignment, checkpoints=checkpoints, hparams=recipe.hparams,
-                     seed=recipe.seed, epochs_per_slice=recipe.epochs_per_slice, batch_size=recipe.batch_size,
-                     train_time=time.perf_counter() - t_all, shard_times=shard_times, checkpoint_dir=checkpoint_dir,
-                     device=str(device), dtype=recipe.dtype)
+    return SisaState(
+        ensemble=ensemble,
+        assignment=recipe.assignment,
+        checkpoints=checkpoints,
+        hparams=recipe.hparams,
+        seed=recipe.seed,
+        epochs_per_slice=recipe.epochs_per_slice,
+        batch_size=recipe.batch_size,
+        train_time=time.perf_counter() - t_all,
+        shard_times=shard_times,
+        checkpoint_dir=checkpoint_dir,
+        device=str(device),
+        dtype=recipe.dtype,
+    )
 
 
 # ---------------------------------------------------------------- shard files
@@ -599,8 +739,10 @@ def _plain(value, where: str):
         return type(value)(_plain(v, where) for v in value)
     if isinstance(value, Mapping):
         return {k: _plain(v, f"{where}.{k}") for k, v in value.items()}
-    raise ValueError(f"{where} holds a {type(value).__name__}, which a SISA shard file cannot store; "
-                     f"use plain values (numbers, strings, lists, dicts).")
+    raise ValueError(
+        f"{where} holds a {type(value).__name__}, which a SISA shard file cannot store; "
+        f"use plain values (numbers, strings, lists, dicts)."
+    )
 
 
 def _hash_ids(tensors: Sequence[Tensor]) -> str:
@@ -637,22 +779,65 @@ def _write_atomic(payload: dict, path: str) -> None:
         raise
 
 
-def _train_shard_file(recipe: _Recipe, datamodule, shard: int, *, meta: dict, device: torch.device, directory: str,
-                      checkpoint_dir: str | None, bar) -> str:
+def _train_shard_file(
+    recipe: _Recipe,
+    datamodule,
+    shard: int,
+    *,
+    meta: dict,
+    device: torch.device,
+    directory: str,
+    checkpoint_dir: str | None,
+    bar,
+) -> str:
     """Train one shard of ``recipe`` and write its file; the per-shard code of train_sisa and train_sisa_shard."""
     slices = recipe.assignment[shard]
-    _, ckpts, secs = _train_shard(recipe.hparams, datamodule, slices, shard, seed=recipe.seed,
-                                  epochs_per_slice=recipe.epochs_per_slice, batch_size=recipe.batch_size,
-                                  device=device, dtype=recipe.dtype, checkpoint_dir=checkpoint_dir, bar=bar)
+    _, ckpts, secs = _train_shard(
+        recipe.hparams,
+        datamodule,
+        slices,
+        shard,
+        seed=recipe.seed,
+        epochs_per_slice=recipe.epochs_per_slice,
+        batch_size=recipe.batch_size,
+        device=device,
+        dtype=recipe.dtype,
+        checkpoint_dir=checkpoint_dir,
+        bar=bar,
+    )
     path = _shard_path(directory, shard)
-    _write_atomic({"format": SHARD_FORMAT, "shard": shard, "slices": [sl.clone() for sl in slices],
-                   "checkpoints": ckpts, "train_time": secs, "device": str(device), "meta": meta}, path)
+    _write_atomic(
+        {
+            "format": SHARD_FORMAT,
+            "shard": shard,
+            "slices": [sl.clone() for sl in slices],
+            "checkpoints": ckpts,
+            "train_time": secs,
+            "device": str(device),
+            "meta": meta,
+        },
+        path,
+    )
     return path
 
 
-def train_sisa_shard(hparams: Mapping, datamodule, shard: int, *, shards: int | None, slices: int | None, epochs: int,
-                     seed: int, batch_size: int | None = None, device, directory: str, progress: bool = False,
-                     epochs_per_slice: int | None = None, dtype=None, assignment: Assignment | None = None) -> str:
+def train_sisa_shard(
+    hparams: Mapping,
+    datamodule,
+    shard: int,
+    *,
+    shards: int | None,
+    slices: int | None,
+    epochs: int,
+    seed: int,
+    batch_size: int | None = None,
+    device,
+    directory: str,
+    progress: bool = False,
+    epochs_per_slice: int | None = None,
+    dtype=None,
+    assignment: Assignment | None = None,
+) -> str:
     """Train shard ``shard`` of a SISA ensemble (all its stages) and write ``directory/shard{shard}.pt``.
 
     Run it once per shard, e.g. as ``S`` cluster jobs, then aggregate with :func:`load_sisa`; the
@@ -672,16 +857,33 @@ def train_sisa_shard(hparams: Mapping, datamodule, shard: int, *, shards: int | 
     Returns:
         the path of the shard file.
     """
-    recipe = _recipe(hparams, datamodule, shards=shards, slices=slices, epochs=epochs,
-                     epochs_per_slice=epochs_per_slice, seed=seed, assignment=assignment, batch_size=batch_size,
-                     dtype=dtype)
+    recipe = _recipe(
+        hparams,
+        datamodule,
+        shards=shards,
+        slices=slices,
+        epochs=epochs,
+        epochs_per_slice=epochs_per_slice,
+        seed=seed,
+        assignment=assignment,
+        batch_size=batch_size,
+        dtype=dtype,
+    )
     n_shards = len(recipe.assignment)
     if not 0 <= int(shard) < n_shards:
         raise ValueError(f"shard must lie in 0..{n_shards - 1} for {n_shards} shards, got shard={shard}.")
     device = _as_device(device)
     with tqdm(total=len(recipe.assignment[0]), desc=f"SISA shard {shard}", disable=not progress) as bar:
-        return _train_shard_file(recipe, datamodule, int(shard), meta=recipe.meta(datamodule), device=device,
-                                 directory=directory, checkpoint_dir=None, bar=bar)
+        return _train_shard_file(
+            recipe,
+            datamodule,
+            int(shard),
+            meta=recipe.meta(datamodule),
+            device=device,
+            directory=directory,
+            checkpoint_dir=None,
+            bar=bar,
+        )
 
 
 def _read_shard(path: str, shard: int) -> dict:
@@ -689,17 +891,26 @@ def _read_shard(path: str, shard: int) -> dict:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated, not a torch file, or holding something weights_only refuses
-        raise ValueError(f"{path} is not a readable SISA shard file ({type(err).__name__}); "
-                         f"delete it and train shard {shard} again.") from None
+        raise ValueError(
+            f"{path} is not a readable SISA shard file ({type(err).__name__}); delete it and train shard {shard} again."
+        ) from None
     meta = data.get("meta") if isinstance(data, dict) else None
-    ok = (isinstance(meta, dict) and data.get("format") == SHARD_FORMAT and all(k in meta for k in RECIPE_KEYS)
-          and data.get("shard") == shard and isinstance(data.get("slices"), list)
-          and len(data["slices"]) == meta["slices"] and all(isinstance(t, Tensor) for t in data["slices"])
-          and isinstance(data.get("checkpoints"), list) and len(data["checkpoints"]) == meta["slices"] + 1
-          and all(isinstance(c, dict) and {"model", "optimizer"} <= c.keys() for c in data["checkpoints"]))
+    ok = (
+        isinstance(meta, dict)
+        and data.get("format") == SHARD_FORMAT
+        and all(k in meta for k in RECIPE_KEYS)
+        and data.get("shard") == shard
+        and isinstance(data.get("slices"), list)
+        and len(data["slices"]) == meta["slices"]
+        and all(isinstance(t, Tensor) for t in data["slices"])
+        and isinstance(data.get("checkpoints"), list)
+        and len(data["checkpoints"]) == meta["slices"] + 1
+        and all(isinstance(c, dict) and {"model", "optimizer"} <= c.keys() for c in data["checkpoints"])
+    )
     if not ok:
-        raise ValueError(f"{path} is corrupt or not a {SHARD_FORMAT} file of shard {shard}; "
-                         f"delete it and train shard {shard} again.")
+        raise ValueError(
+            f"{path} is corrupt or not a {SHARD_FORMAT} file of shard {shard}; delete it and train shard {shard} again."
+        )
     return data
 
 
@@ -719,8 +930,10 @@ def _recipe_diff(a: dict, b: dict) -> list[str]:
 def _check_recipe(meta: dict, want: dict, path: str, what: str) -> None:
     diff = _recipe_diff(meta, want)
     if diff:
-        raise ValueError(f"{path} was trained with another recipe than {what} ({'; '.join(diff)}), and SISA "
-                         f"never mixes shards of different recipes: delete it or use another folder.")
+        raise ValueError(
+            f"{path} was trained with another recipe than {what} ({'; '.join(diff)}), and SISA "
+            f"never mixes shards of different recipes: delete it or use another folder."
+        )
 
 
 def load_sisa(directory: str, datamodule, *, aggregation: str = "vote", device) -> SisaState:
@@ -736,11 +949,16 @@ def load_sisa(directory: str, datamodule, *, aggregation: str = "vote", device) 
     device = _as_device(device)
     if not os.path.isdir(directory):
         raise ValueError(f"the SISA shard folder '{directory}' does not exist.")
-    found = {int(m.group(1)): os.path.join(directory, name)
-             for name in os.listdir(directory) if (m := _SHARD_FILE.fullmatch(name))}
+    found = {
+        int(m.group(1)): os.path.join(directory, name)
+        for name in os.listdir(directory)
+        if (m := _SHARD_FILE.fullmatch(name))
+    }
     if not found:
-        raise ValueError(f"'{directory}' holds no SISA shard files (shard0.pt, shard1.pt, ...); "
-                         f"train them with train_sisa_shard first.")
+        raise ValueError(
+            f"'{directory}' holds no SISA shard files (shard0.pt, shard1.pt, ...); "
+            f"train them with train_sisa_shard first."
+        )
     files = {i: _read_shard(found[i], i) for i in sorted(found)}
     first = min(files)
     meta = files[first]["meta"]
@@ -749,19 +967,27 @@ def load_sisa(directory: str, datamodule, *, aggregation: str = "vote", device) 
     n_shards = meta["shards"]
     extra = [found[i] for i in files if i >= n_shards]
     if extra:
-        raise ValueError(f"{extra[0]} lies beyond the {n_shards} shards of the recipe of {found[first]}, and SISA "
-                         f"never mixes shards of different recipes: delete it or use another folder.")
+        raise ValueError(
+            f"{extra[0]} lies beyond the {n_shards} shards of the recipe of {found[first]}, and SISA "
+            f"never mixes shards of different recipes: delete it or use another folder."
+        )
     missing = [f"shard{i}.pt" for i in range(n_shards) if i not in files]
     if missing:
-        raise ValueError(f"the SISA folder '{directory}' misses the shard file(s) {', '.join(missing)} of its "
-                         f"{n_shards} shards; train them with train_sisa_shard first.")
+        raise ValueError(
+            f"the SISA folder '{directory}' misses the shard file(s) {', '.join(missing)} of its "
+            f"{n_shards} shards; train them with train_sisa_shard first."
+        )
     if meta["primary_hash"] != _hash_ids([datamodule.primary_ids]):
-        raise ValueError(f"the SISA shard files in '{directory}' were trained on another primary set than this "
-                         f"datamodule's; load them with the data config and seed they were trained with.")
+        raise ValueError(
+            f"the SISA shard files in '{directory}' were trained on another primary set than this "
+            f"datamodule's; load them with the data config and seed they were trained with."
+        )
     assignment = [[_ids(sl) for sl in files[i]["slices"]] for i in range(n_shards)]
     if _hash_assignment(assignment) != meta["assignment_hash"]:
-        raise ValueError(f"the slices of the SISA shard files in '{directory}' are not the assignment they were "
-                         f"trained on (a file is corrupt or was altered); delete them and train again.")
+        raise ValueError(
+            f"the slices of the SISA shard files in '{directory}' are not the assignment they were "
+            f"trained on (a file is corrupt or was altered); delete them and train again."
+        )
     hparams, dtype, seed = dict(meta["hparams"]), _as_dtype(meta["dtype"]), meta["seed"]
     models = []
     for i in range(n_shards):
@@ -769,14 +995,25 @@ def load_sisa(directory: str, datamodule, *, aggregation: str = "vote", device) 
             weights = files[i]["checkpoints"][-1]["model"]
             model = _model_from(hparams, seed_for("init", seed, i), weights, device, dtype)
         except (RuntimeError, KeyError, TypeError) as err:
-            raise ValueError(f"{found[i]} holds weights that do not fit the model of its recipe "
-                             f"({type(err).__name__}); delete it and train shard {i} again.") from None
+            raise ValueError(
+                f"{found[i]} holds weights that do not fit the model of its recipe "
+                f"({type(err).__name__}); delete it and train shard {i} again."
+            ) from None
         models.append(model.eval())
     shard_times = [float(files[i]["train_time"]) for i in range(n_shards)]
-    return SisaState(ensemble=SisaEnsemble.from_models(models, aggregation).eval(), assignment=assignment,
-                     checkpoints=[files[i]["checkpoints"] for i in range(n_shards)], hparams=hparams, seed=seed,
-                     epochs_per_slice=meta["epochs_per_slice"], batch_size=meta["batch_size"],
-                     train_time=sum(shard_times), shard_times=shard_times, device=str(device), dtype=dtype)
+    return SisaState(
+        ensemble=SisaEnsemble.from_models(models, aggregation).eval(),
+        assignment=assignment,
+        checkpoints=[files[i]["checkpoints"] for i in range(n_shards)],
+        hparams=hparams,
+        seed=seed,
+        epochs_per_slice=meta["epochs_per_slice"],
+        batch_size=meta["batch_size"],
+        train_time=sum(shard_times),
+        shard_times=shard_times,
+        device=str(device),
+        dtype=dtype,
+    )
 
 
 # --------------------------------------------------------------- unlearning
@@ -785,8 +1022,10 @@ def _check_forget(state: SisaState, forget_ids, datamodule) -> tuple[Tensor, Ten
     ids = _ids(forget_ids)
     done = ids[torch.isin(ids, state.deleted)]
     if done.numel():
-        raise ValueError(f"the forget set holds {done.numel()} id(s) this SISA model no longer trains on "
-                         f"(already unlearned, e.g. {done[:5].tolist()}).")
+        raise ValueError(
+            f"the forget set holds {done.numel()} id(s) this SISA model no longer trains on "
+            f"(already unlearned, e.g. {done[:5].tolist()})."
+        )
     is_twin = torch.isin(ids, state.twin_ids())
     if not is_twin.any():
         ids = datamodule.check_members(ids, "primary", "forget set")
@@ -799,16 +1038,36 @@ def _check_forget(state: SisaState, forget_ids, datamodule) -> tuple[Tensor, Ten
     shard_of, _ = state.locate(ids)
     absent = ids[(shard_of < 0) & ~is_twin]
     if absent.numel():
-        raise ValueError(f"the forget set holds {absent.numel()} primary id(s) this SISA model does not train on "
-                         f"(its assignment leaves them out, e.g. {absent[:5].tolist()}).")
+        raise ValueError(
+            f"the forget set holds {absent.numel()} primary id(s) this SISA model does not train on "
+            f"(its assignment leaves them out, e.g. {absent[:5].tolist()})."
+        )
     return ids, is_twin
 
 
-def _heal_epoch(model, optimizer, datamodule, ids: Tensor, *, seed: int, shard: int, epoch: int, batch_size: int,
-                device: torch.device) -> None:
+def _heal_epoch(
+    model,
+    optimizer,
+    datamodule,
+    ids: Tensor,
+    *,
+    seed: int,
+    shard: int,
+    epoch: int,
+    batch_size: int,
+    device: torch.device,
+) -> None:
     """Epoch ``epoch`` (1-based) of a heal step: its shuffle and dropout depend only on (seed, shard, epoch)."""
-    fit_plain(model, datamodule, ids, epochs=1, seed=seed_for("heal", seed, shard, epoch), batch_size=batch_size,
-              optimizer=optimizer, device=device)
+    fit_plain(
+        model,
+        datamodule,
+        ids,
+        epochs=1,
+        seed=seed_for("heal", seed, shard, epoch),
+        batch_size=batch_size,
+        optimizer=optimizer,
+        device=device,
+    )
 
 
 def unlearn_sisa(state: SisaState, forget_ids, datamodule, progress: bool = False) -> tuple[SisaState, dict]:
@@ -840,8 +1099,10 @@ def unlearn_sisa(state: SisaState, forget_ids, datamodule, progress: bool = Fals
         if primary.any():
             new_slices = [sl[~torch.isin(sl, forget)] for sl in state.assignment[s]]
             if sum(sl.numel() for sl in new_slices) == 0:
-                raise ValueError(f"unlearning would empty shard {s} (the forget set holds all its "
-                                 f"{state.shard_ids(s).numel()} samples); SISA cannot keep a shard without data.")
+                raise ValueError(
+                    f"unlearning would empty shard {s} (the forget set holds all its "
+                    f"{state.shard_ids(s).numel()} samples); SISA cannot keep a shard without data."
+                )
             new_assignment[s] = new_slices
             restart[s], heal_from[s] = int(slice_of[primary].min()), 0
         else:
@@ -850,15 +1111,16 @@ def unlearn_sisa(state: SisaState, forget_ids, datamodule, progress: bool = Fals
             new_heals[s] = [{**st, "twins": st["twins"][~torch.isin(st["twins"], forget)]} for st in state.heals[s]]
 
     def heal_ids(s: int, k: int) -> Tensor:  # the data of heal step k of shard s, after the deletion
-        return torch.cat(new_assignment[s] + [st["twins"] for st in new_heals[s][:k + 1]])
+        return torch.cat(new_assignment[s] + [st["twins"] for st in new_heals[s][: k + 1]])
 
     eps, device, dtype = state.epochs_per_slice, torch.device(state.device), state.dtype
     stages = sum(R - restart[s] for s in affected)
     replays = sum(len(new_heals[s]) - heal_from[s] for s in affected)
-    samples = sum(eps * sum(sum(sl.numel() for sl in new_assignment[s][:r + 1]) for r in range(restart[s], R))
-                  + sum(new_heals[s][k]["epochs"] * heal_ids(s, k).numel()
-                        for k in range(heal_from[s], len(new_heals[s])))
-                  for s in affected)
+    samples = sum(
+        eps * sum(sum(sl.numel() for sl in new_assignment[s][: r + 1]) for r in range(restart[s], R))
+        + sum(new_heals[s][k]["epochs"] * heal_ids(s, k).numel() for k in range(heal_from[s], len(new_heals[s])))
+        for s in affected
+    )
 
     models = list(state.ensemble.models)
     checkpoints = list(state.checkpoints)
@@ -869,42 +1131,85 @@ def unlearn_sisa(state: SisaState, forget_ids, datamodule, progress: bool = Fals
             ckpts = state.checkpoints[s]
             if r < R:
                 model, optimizer = _restore(state.hparams, init, state.checkpoints[s][r], device, dtype)
-                ckpts = list(state.checkpoints[s][:r + 1])
-                _train_stages(model, optimizer, datamodule, new_assignment[s], r, s, seed=state.seed,
-                              epochs_per_slice=eps, batch_size=state.batch_size, device=device, ckpts=ckpts,
-                              checkpoint_dir=state.checkpoint_dir, bar=bar)
+                ckpts = list(state.checkpoints[s][: r + 1])
+                _train_stages(
+                    model,
+                    optimizer,
+                    datamodule,
+                    new_assignment[s],
+                    r,
+                    s,
+                    seed=state.seed,
+                    epochs_per_slice=eps,
+                    batch_size=state.batch_size,
+                    device=device,
+                    ckpts=ckpts,
+                    checkpoint_dir=state.checkpoint_dir,
+                    bar=bar,
+                )
             steps, h = list(new_heals[s]), heal_from[s]
             if r == R:  # only twins go: start from the weights before heal step h
-                model = _model_from(state.hparams, init, ckpts[R]["model"] if h == 0 else steps[h - 1]["model"],
-                                    device, dtype)
+                model = _model_from(
+                    state.hparams, init, ckpts[R]["model"] if h == 0 else steps[h - 1]["model"], device, dtype
+                )
             for k in range(h, len(steps)):
                 bar.set_postfix(shard=s, heal_step=k)
                 ids, optimizer = heal_ids(s, k), _adam(model, steps[k]["lr"])
                 for epoch in range(1, steps[k]["epochs"] + 1):
-                    _heal_epoch(model, optimizer, datamodule, ids, seed=steps[k]["seed"], shard=s, epoch=epoch,
-                                batch_size=state.batch_size, device=device)
+                    _heal_epoch(
+                        model,
+                        optimizer,
+                        datamodule,
+                        ids,
+                        seed=steps[k]["seed"],
+                        shard=s,
+                        epoch=epoch,
+                        batch_size=state.batch_size,
+                        device=device,
+                    )
                 steps[k] = {**steps[k], "model": _cpu(model.state_dict())}
                 bar.update(1)
             new_heals[s] = steps
             models[s] = model.eval()
             checkpoints[s] = ckpts
     elapsed = time.perf_counter() - t0
-    info = {"affected_shards": affected, "restart_slice": restart,
-            "removed": {s: int((shard_of == s).sum()) for s in affected},
-            "stages_retrained": stages, "heal_steps_replayed": replays, "samples_retrained": samples, "time": elapsed}
+    info = {
+        "affected_shards": affected,
+        "restart_slice": restart,
+        "removed": {s: int((shard_of == s).sum()) for s in affected},
+        "stages_retrained": stages,
+        "heal_steps_replayed": replays,
+        "samples_retrained": samples,
+        "time": elapsed,
+    }
     ensemble = SisaEnsemble.from_models(models, state.ensemble.aggregation).eval()
     order = forget.argsort()
-    new_state = replace(state, ensemble=ensemble, assignment=new_assignment, checkpoints=checkpoints, heals=new_heals,
-                        deleted=torch.cat([state.deleted, forget[order]]),
-                        deleted_shards=torch.cat([state.deleted_shards, shard_of[order]]),
-                        history=[*state.history, info])
+    new_state = replace(
+        state,
+        ensemble=ensemble,
+        assignment=new_assignment,
+        checkpoints=checkpoints,
+        heals=new_heals,
+        deleted=torch.cat([state.deleted, forget[order]]),
+        deleted_shards=torch.cat([state.deleted_shards, shard_of[order]]),
+        history=[*state.history, info],
+    )
     return new_state, info
 
 
 # ------------------------------------------------------------------ healing
-def heal_sisa(state: SisaState, forget_ids, twin_pairs: Sequence[Mapping], datamodule, *, epochs: int,
-              lr: float | None = None, seed: int, on_epoch: Callable[[int, SisaEnsemble], object] | None = None,
-              progress: bool = False) -> SisaState:
+def heal_sisa(
+    state: SisaState,
+    forget_ids,
+    twin_pairs: Sequence[Mapping],
+    datamodule,
+    *,
+    epochs: int,
+    lr: float | None = None,
+    seed: int,
+    on_epoch: Callable[[int, SisaEnsemble], object] | None = None,
+    progress: bool = False,
+) -> SisaState:
     """Heal a SISA ensemble after unlearning: fine-tune the shards that held the forgotten ids.
 
     Each affected shard (one that held an id of ``forget_ids``) is fine-tuned for ``epochs`` epochs
@@ -947,13 +1252,14 @@ def heal_sisa(state: SisaState, forget_ids, twin_pairs: Sequence[Mapping], datam
         raise ValueError("the forget set to heal is empty.")
     uniq, counts = forget.unique(return_counts=True)
     if (counts > 1).any():
-        raise ValueError(f"the forget set to heal names some samples twice "
-                         f"(e.g. ids {uniq[counts > 1][:5].tolist()}).")
+        raise ValueError(f"the forget set to heal names some samples twice (e.g. ids {uniq[counts > 1][:5].tolist()}).")
     where = torch.isin(state.deleted, forget)
     missing = forget[~torch.isin(forget, state.deleted)]
     if missing.numel():
-        raise ValueError(f"the forget set holds {missing.numel()} id(s) this SISA state has not unlearned "
-                         f"(e.g. {missing[:5].tolist()}); unlearn them with unlearn_sisa before healing.")
+        raise ValueError(
+            f"the forget set holds {missing.numel()} id(s) this SISA state has not unlearned "
+            f"(e.g. {missing[:5].tolist()}); unlearn them with unlearn_sisa before healing."
+        )
     shard_of = dict(zip(state.deleted[where].tolist(), state.deleted_shards[where].tolist(), strict=True))
 
     requests, twins = [], []
@@ -965,26 +1271,32 @@ def heal_sisa(state: SisaState, forget_ids, twin_pairs: Sequence[Mapping], datam
     requests_t, twins_t = torch.tensor(requests, dtype=torch.long), torch.tensor(twins, dtype=torch.long)
     stray = requests_t[~torch.isin(requests_t, forget)]
     if stray.numel():
-        raise ValueError(f"the twin pairs name {stray.numel()} request(s) outside the forget set "
-                         f"(e.g. {stray[:5].tolist()}).")
+        raise ValueError(
+            f"the twin pairs name {stray.numel()} request(s) outside the forget set (e.g. {stray[:5].tolist()})."
+        )
     if requests_t.unique().numel() != requests_t.numel():
         raise ValueError("the twin pairs give some request more than one twin; give each request one twin at most.")
     if twins_t.numel():
         datamodule.check_members(twins_t, "backup", "twin set")
         reused = twins_t[torch.isin(twins_t, torch.cat([state.twin_ids(), state.deleted]))]
         if reused.numel():
-            raise ValueError(f"the twin set holds {reused.numel()} id(s) this SISA state already healed with or "
-                             f"unlearned (e.g. {reused[:5].tolist()}); choose other twins.")
+            raise ValueError(
+                f"the twin set holds {reused.numel()} id(s) this SISA state already healed with or "
+                f"unlearned (e.g. {reused[:5].tolist()}); choose other twins."
+            )
 
     affected = sorted(set(shard_of.values()))
-    new_twins = {s: torch.tensor(sorted(t for r, t in zip(requests, twins) if shard_of[r] == s), dtype=torch.long)
-                 for s in affected}
+    new_twins = {
+        s: torch.tensor(sorted(t for r, t in zip(requests, twins) if shard_of[r] == s), dtype=torch.long)
+        for s in affected
+    }
     lr_used = float(state.hparams["lr"] if lr is None else lr)
     device = torch.device(state.device)
     models = list(state.ensemble.models)
     for s in affected:
-        models[s] = _model_from(state.hparams, seed_for("init", state.seed, s), models[s].state_dict(), device,
-                                state.dtype).eval()
+        models[s] = _model_from(
+            state.hparams, seed_for("init", state.seed, s), models[s].state_dict(), device, state.dtype
+        ).eval()
     ensemble = SisaEnsemble.from_models(models, state.ensemble.aggregation).eval()
     data = {s: torch.cat([state.train_ids(s), new_twins[s]]) for s in affected}
     optimizers = {s: _adam(models[s], lr_used) for s in affected}
@@ -992,14 +1304,31 @@ def heal_sisa(state: SisaState, forget_ids, twin_pairs: Sequence[Mapping], datam
         for epoch in range(1, int(epochs) + 1):
             for s in affected:
                 bar.set_postfix(shard=s, epoch=epoch)
-                _heal_epoch(models[s], optimizers[s], datamodule, data[s], seed=seed, shard=s, epoch=epoch,
-                            batch_size=state.batch_size, device=device)
+                _heal_epoch(
+                    models[s],
+                    optimizers[s],
+                    datamodule,
+                    data[s],
+                    seed=seed,
+                    shard=s,
+                    epoch=epoch,
+                    batch_size=state.batch_size,
+                    device=device,
+                )
                 bar.update(1)
             if on_epoch is not None:
                 on_epoch(epoch, ensemble)
                 ensemble.eval()
     heals = list(state.heals)
     for s in affected:
-        heals[s] = [*heals[s], {"twins": new_twins[s], "epochs": int(epochs), "lr": lr_used, "seed": int(seed),
-                                "model": _cpu(models[s].state_dict())}]
+        heals[s] = [
+            *heals[s],
+            {
+                "twins": new_twins[s],
+                "epochs": int(epochs),
+                "lr": lr_used,
+                "seed": int(seed),
+                "model": _cpu(models[s].state_dict()),
+            },
+        ]
     return replace(state, ensemble=ensemble, heals=heals)

@@ -33,10 +33,7 @@ def test_budget_as_count_or_fraction(budget, n_train, expected):
         ({"data_knowledge": "psychic"}, "Unknown data_knowledge"),
         ({"selector": "worst_logits"}, "needs system_knowledge 'output_aware'"),
         ({"selector": "gradient", "system_knowledge": "output_aware"}, "parameter_aware"),
-        (
-            {"selector": "class", "data_knowledge": "blind", "target_class": 1},
-            "data_knowledge 'known'",
-        ),
+        ({"selector": "class", "data_knowledge": "blind", "target_class": 1}, "data_knowledge 'known'"),
         ({"selector": "class"}, "needs a target_class"),
         ({"selector": "blind_guess"}, "data_knowledge='blind'"),
         ({"member_fraction": 1.5}, "member_fraction"),

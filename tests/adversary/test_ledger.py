@@ -55,8 +55,18 @@ def test_every_request_is_one_valid_json_line(run):
     requests = [r for r in rows if r["type"] == "request"]
     assert len(requests) == 16 and len(ledger) == 16
     assert len([r for r in rows if r["type"] == "round"]) == 4
-    keys = {"request_id", "requester", "kind", "named_by", "time", "round", "sample_id",
-            "sample_hash", "decision", "reason"}
+    keys = {
+        "request_id",
+        "requester",
+        "kind",
+        "named_by",
+        "time",
+        "round",
+        "sample_id",
+        "sample_hash",
+        "decision",
+        "reason",
+    }
     for r in requests:
         assert keys <= set(r)
         assert r["time"].endswith("Z")
@@ -114,6 +124,7 @@ def test_resuming_a_crashed_round_appends_only_what_is_missing(tmp_path):
     n_before = len(lines(ledger.path))
 
     calls = []
+
     def on_round(round_index, accepted_ids):
         calls.append(round_index)
 
@@ -126,6 +137,7 @@ def test_resuming_a_crashed_round_appends_only_what_is_missing(tmp_path):
     # and a clean run writes the same requests
     clean = Ledger(tmp_path / "clean")
     run_rounds(make_stream(), MembershipIndex(pool, PRIMARY), clean, None)
+
     def requests(records):
         found = [r for r in records if r["type"] == "request"]
         untimed = [{k: v for k, v in r.items() if k != "time"} for r in found]

@@ -107,14 +107,7 @@ def test_unknown_ids_are_rejected(index):
 def test_duplicates_in_one_batch(pool, index):
     h4 = sample_hash(pool[4][0])
     decisions = index.check([4, 5, 4, Request("user-2", sample_hash=h4), 12, 12])
-    assert reasons(decisions) == [
-        "member",
-        "member",
-        "duplicate",
-        "duplicate",
-        "not_a_member",
-        "not_a_member",
-    ]
+    assert reasons(decisions) == ["member", "member", "duplicate", "duplicate", "not_a_member", "not_a_member"]
 
 
 def test_check_is_pure_and_commit_marks_unlearned(index):
@@ -149,9 +142,7 @@ def test_mark_unlearned_is_idempotent_and_members_only(index):
 
 def test_unlearn_and_burn_style_attack_is_blocked(pool, index):
     """A data-blind adversary names random pool ids; only real members get through."""
-    surface = build_surface(
-        system_knowledge="blind", data_knowledge="blind", dataset=pool, primary_ids=MEMBERS
-    )
+    surface = build_surface(system_knowledge="blind", data_knowledge="blind", dataset=pool, primary_ids=MEMBERS)
     ids = RandomSelector(seed=5).select(surface, 10)
     requests = [Request("adversary", sample_id=i, kind="adversarial") for i in ids.tolist()]
     decisions = index.check(requests)

@@ -68,12 +68,7 @@ def model(pool, split):
 
 def surface(pool, split, system="blind", data="known", model=None, **kw):
     return build_surface(
-        system_knowledge=system,
-        data_knowledge=data,
-        dataset=pool,
-        primary_ids=split["primary"],
-        model=model,
-        **kw,
+        system_knowledge=system, data_knowledge=data, dataset=pool, primary_ids=split["primary"], model=model, **kw
     )
 
 
@@ -176,9 +171,7 @@ def test_chosen_training_set_selects_like_a_known_one(pool, split):
         (ClassSelector(3), "blind", "blind"),
     ],
 )
-def test_selector_refuses_a_surface_with_too_little_knowledge(
-    pool, split, model, selector, system, data
-):
+def test_selector_refuses_a_surface_with_too_little_knowledge(pool, split, model, selector, system, data):
     s = surface(pool, split, system, data, model=model)
     with pytest.raises(ValueError, match="needs"):
         selector.select(s, 5)
@@ -392,9 +385,7 @@ def test_influence_mode_ranks_by_exact_influence(pool, split, model, monkeypatch
     exact = exact_influence_scores(model, pool, split, damping)
     train, scores, hessian = exact["train"], exact["scores"], exact["hessian"]
 
-    def exact_inverse_hvp(
-        m, loss_fn, loader, vector, *, damping, scale, depth, repeats=1, progress=False
-    ):
+    def exact_inverse_hvp(m, loss_fn, loader, vector, *, damping, scale, depth, repeats=1, progress=False):
         x, y = next(iter(loader))
         assert loss_fn(m, (x, y)).dim() == 0  # LiSSA's loss_fn(model, batch) form
         return torch.linalg.solve(hessian + damping * torch.eye(len(vector)), vector)
@@ -415,9 +406,7 @@ def test_influence_mode_with_lissa_agrees_with_the_exact_ranking(pool, split, mo
     train, scores, hessian = exact["train"], exact["scores"], exact["hessian"]
     scale = float(torch.linalg.eigvalsh(hessian).max()) + damping + 1.0
     s = surface(pool, split, "parameter_aware", model=model, val_ids=split["val"])
-    selector = GradientSelector(
-        "influence", damping=damping, scale=scale, depth=40, batch_size=2000
-    )
+    selector = GradientSelector("influence", damping=damping, scale=scale, depth=40, batch_size=2000)
     ids = selector.select(s, 20)
     expected = train[torch.argsort(-scores, stable=True)[:20]]
     assert len(set(ids.tolist()) & set(expected.tolist())) >= 19
@@ -485,9 +474,7 @@ def test_select_forget_set_rejects_bad_budget_and_class(pool, split):
         select_forget_set(AdversaryConfig(budget=1201), dataset=pool, primary_ids=split["primary"])
     with pytest.raises(ValueError, match="outside"):
         select_forget_set(
-            AdversaryConfig(selector="class", target_class=12),
-            dataset=pool,
-            primary_ids=split["primary"],
+            AdversaryConfig(selector="class", target_class=12), dataset=pool, primary_ids=split["primary"]
         )
 
 

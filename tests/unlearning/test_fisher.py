@@ -12,7 +12,6 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from healing_pl.unlearning.fisher import diagonal_fisher, fisher_forget
 
-
 # --------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------

@@ -196,8 +196,14 @@ def test_influence_matches_explicit_formula(digits, trained):
     n_train = x.shape[0]
     scale = top + DAMPING
     new = influence_unlearn(
-        model, cross_entropy_loss, [remain], forget,
-        n_train=n_train, damping=DAMPING, scale=scale, depth=depth_for(scale, DAMPING, 1e-4),
+        model,
+        cross_entropy_loss,
+        [remain],
+        forget,
+        n_train=n_train,
+        damping=DAMPING,
+        scale=scale,
+        depth=depth_for(scale, DAMPING, 1e-4),
     )
     theta = flat_params(model)
     for fx, fy in forget:
@@ -221,8 +227,9 @@ def test_influence_moves_toward_retrained_optimum(digits):
 
     def fit(xs, ys, start):
         theta = start.clone().requires_grad_(True)
-        opt = torch.optim.LBFGS([theta], lr=1, max_iter=200, tolerance_grad=1e-10,
-                                tolerance_change=1e-15, line_search_fn="strong_wolfe")
+        opt = torch.optim.LBFGS(
+            [theta], lr=1, max_iter=200, tolerance_grad=1e-10, tolerance_change=1e-15, line_search_fn="strong_wolfe"
+        )
 
         def closure():
             opt.zero_grad()
@@ -247,8 +254,14 @@ def test_influence_moves_toward_retrained_optimum(digits):
     top = float(torch.linalg.eigvalsh(hessian(theta_full, *remain[0], wd)).max())
     n_remain = int(keep.sum())
     new = influence_unlearn(
-        model, loss_fn, remain, [(x[forget_idx], y[forget_idx])],
-        n_train=n_remain, damping=0.0, scale=top, depth=depth_for(top, wd, 1e-4),
+        model,
+        loss_fn,
+        remain,
+        [(x[forget_idx], y[forget_idx])],
+        n_train=n_remain,
+        damping=0.0,
+        scale=top,
+        depth=depth_for(top, wd, 1e-4),
     )
     before = float((theta_full - theta_gold).norm())
     after = float((flat_params(new) - theta_gold).norm())
@@ -308,7 +321,12 @@ def test_influence_float64_cnn_float32_loaders(digits):
     torch.testing.assert_close(flat_params(new), flat_params(want), rtol=1e-12, atol=1e-14)
     v = torch.randn(start.numel(), generator=torch.Generator().manual_seed(8))  # float32 vector
     est = lissa_inverse_hvp(
-        model, cross_entropy_loss, DataLoader(TensorDataset(images, labels), batch_size=80), v,
-        damping=DAMPING, scale=20.0, depth=3,
+        model,
+        cross_entropy_loss,
+        DataLoader(TensorDataset(images, labels), batch_size=80),
+        v,
+        damping=DAMPING,
+        scale=20.0,
+        depth=3,
     )
     assert est.dtype == torch.float64

@@ -26,15 +26,27 @@ def test_naive_equals_fit_on_the_remain_set(dm, tmp_path):
     reference = Classifier(**HP)
     remain_dm = HealingDataModule("digits", batch_size=128, seed=0)
     remain_dm.set_train_ids(remain_dm.remain_ids(forget))
-    L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False, limit_val_batches=0).fit(reference, datamodule=remain_dm)
+    L.Trainer(
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    ).fit(reference, datamodule=remain_dm)
     for (name, a), b in zip(gold.state_dict().items(), reference.state_dict().values()):
         assert torch.equal(a, b), name
     # and it differs from a model that also saw the forget set
     L.seed_everything(7, verbose=False)
     full = Classifier(**HP)
-    L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False, limit_val_batches=0).fit(full, datamodule=HealingDataModule("digits", batch_size=128))
+    L.Trainer(
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    ).fit(full, datamodule=HealingDataModule("digits", batch_size=128))
     assert not torch.equal(full.net.fc2.weight, gold.net.fc2.weight)
 
 
@@ -66,12 +78,15 @@ def test_repeats_keep_the_run_closest_to_the_mean(dm):
     assert again.accs == result.accs  # reproducible by seed
 
 
-@pytest.mark.parametrize("forget, words", [
-    (lambda dm: dm.backup_ids[:3], "outside the primary set"),
-    (lambda dm: dm.primary_ids[[1, 1]], "twice"),
-    (lambda dm: dm.primary_ids[:0], "empty"),
-    (lambda dm: dm.primary_ids, "whole primary set"),
-])
+@pytest.mark.parametrize(
+    "forget, words",
+    [
+        (lambda dm: dm.backup_ids[:3], "outside the primary set"),
+        (lambda dm: dm.primary_ids[[1, 1]], "twice"),
+        (lambda dm: dm.primary_ids[:0], "empty"),
+        (lambda dm: dm.primary_ids, "whole primary set"),
+    ],
+)
 def test_bad_forget_sets_stop_with_a_sentence(dm, forget, words):
     with pytest.raises(ValueError, match=words):
         unlearn_with_repeats(Classifier(**HP), dm, forget(dm), UnlearnConfig(method="fisher", cache_dir=None))

@@ -175,9 +175,7 @@ def test_chosen_parameters_only(model, engine):
 def test_float32_inputs_run_in_the_models_dtype(model, engine):
     """A float64 model gets float32 inputs and cotangents: they are cast, the gradients are float64."""
     x, y, cots = data()
-    _, got = collect(
-        iter_per_sample_grads(model, x.float(), loss_fn=F.cross_entropy, targets=y, engine=engine)
-    )
+    _, got = collect(iter_per_sample_grads(model, x.float(), loss_fn=F.cross_entropy, targets=y, engine=engine))
     assert all(g.dtype == torch.float64 for g in got.values())
     assert_same(got, loop_loss_grads(model, x.float().double(), y))
     squares = sum_of_squares(model, x.float(), cotangents=cots.float(), engine=engine)

@@ -343,8 +343,10 @@ def hand_heal(model, dm, ids, *, epochs, lr, seed, shard, batch_size=32):
 def healed(dm, state):
     a = state.assignment
     forget = torch.stack([a[0][1][0], a[0][2][3], a[2][0][7]])  # shards 0 and 2; shard 1 untouched
-    pairs = [{"request_id": int(a[2][0][7]), "twin_id": int(dm.backup_ids[1])},
-             {"request_id": int(a[0][1][0]), "twin_id": int(dm.backup_ids[0])}]  # a[0][2][3] gets no twin
+    pairs = [
+        {"request_id": int(a[2][0][7]), "twin_id": int(dm.backup_ids[1])},
+        {"request_id": int(a[0][1][0]), "twin_id": int(dm.backup_ids[0])},
+    ]  # a[0][2][3] gets no twin
     unlearned, _ = unlearn_sisa(state, forget, dm)
     before = copy.deepcopy(unlearned.ensemble)
     calls = []
@@ -363,8 +365,9 @@ def test_healing_fine_tunes_the_affected_shards_on_remain_plus_twins(dm, healed)
     twins = {0: dm.backup_ids[:1], 2: dm.backup_ids[1:2]}
     for s in (0, 2):
         assert not same_params(out.ensemble.models[s], unlearned.ensemble.models[s])
-        ref = hand_heal(unlearned.ensemble.models[s], dm, torch.cat([unlearned.shard_ids(s), twins[s]]), shard=s,
-                        **HEAL)
+        ref = hand_heal(
+            unlearned.ensemble.models[s], dm, torch.cat([unlearned.shard_ids(s), twins[s]]), shard=s, **HEAL
+        )
         assert same_params(out.ensemble.models[s], ref), f"healed shard {s} differs from the hand-written fine-tune"
         assert torch.equal(out.twin_ids(s), twins[s])
     assert out.twin_ids(1).numel() == 0 and torch.equal(out.twin_ids().sort().values, dm.backup_ids[:2].sort().values)
