@@ -51,13 +51,13 @@ Usage::
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
-from healing_pl.healing.search import ArrayLike
+from healing_pl.healing.covariance import ArrayLike
 from healing_pl.healing.similarity import Ids, Metric, get_metric
 
 __all__ = [
@@ -85,21 +85,21 @@ class TwinAssignment:
 
     policy: str
     metric: str
-    request_ids: Tuple[int, ...]
-    twin_ids: Tuple[int, ...]
-    scores: Tuple[float, ...]
+    request_ids: tuple[int, ...]
+    twin_ids: tuple[int, ...]
+    scores: tuple[float, ...]
 
     @property
-    def twins(self) -> Dict[int, int]:
+    def twins(self) -> dict[int, int]:
         """``{request_id: twin_id}``."""
         return dict(zip(self.request_ids, self.twin_ids))
 
     @property
-    def score_of(self) -> Dict[int, float]:
+    def score_of(self) -> dict[int, float]:
         """``{request_id: score}``."""
         return dict(zip(self.request_ids, self.scores))
 
-    def records(self) -> List[dict]:
+    def records(self) -> list[dict]:
         """One plain dict per request, for a ledger or results record."""
         return [
             {"request_id": r, "twin_id": t, "score": s, "policy": self.policy, "metric": self.metric}
@@ -170,7 +170,7 @@ def match(cost: np.ndarray, cand: np.ndarray, usable: np.ndarray, mode: str) -> 
 # policies
 
 
-def _ids(ids: Ids, what: str) -> List[int]:
+def _ids(ids: Ids, what: str) -> list[int]:
     t = torch.as_tensor(ids)
     if t.is_floating_point() or t.dtype == torch.bool:
         raise ValueError(f"{what} must be integer ids.")
@@ -193,12 +193,12 @@ class SparePolicy:
 
     def __init__(
         self,
-        metric: Union[str, Metric] = "raw_l2",
+        metric: str | Metric = "raw_l2",
         *,
         same_class: bool = True,
         group: str = "sequential",
         max_candidates: int = 1024,
-        metric_kwargs: Optional[dict] = None,
+        metric_kwargs: dict | None = None,
     ):
         """
         Args:
@@ -216,24 +216,24 @@ class SparePolicy:
         self.same_class = bool(same_class)
         self.group = group
         self.max_candidates = int(max_candidates)
-        self._spare_ids: Optional[List[int]] = None
-        self._row_of: Dict[int, int] = {}
-        self._vectors: Optional[torch.Tensor] = None
-        self._labels: Optional[torch.Tensor] = None
-        self._cov: Optional[torch.Tensor] = None
+        self._spare_ids: list[int] | None = None
+        self._row_of: dict[int, int] = {}
+        self._vectors: torch.Tensor | None = None
+        self._labels: torch.Tensor | None = None
+        self._cov: torch.Tensor | None = None
         self._used: set = set()
-        self._served: Dict[int, int] = {}
+        self._served: dict[int, int] = {}
 
     # ---- pool ----------------------------------------------------------------
 
     def fit(
         self,
         spare_ids: Ids,
-        spare_vectors: Optional[ArrayLike],
-        spare_labels: Optional[ArrayLike] = None,
+        spare_vectors: ArrayLike | None,
+        spare_labels: ArrayLike | None = None,
         *,
-        forbidden_ids: Optional[Ids] = None,
-    ) -> "SparePolicy":
+        forbidden_ids: Ids | None = None,
+    ) -> SparePolicy:
         """Set the spare pool: ids, their metric vectors (rows in id order) and labels.
 
         ``spare_vectors`` may be None for the ``random`` metric, which reads none.
@@ -272,11 +272,11 @@ class SparePolicy:
         return self
 
     @property
-    def spare_ids(self) -> List[int]:
+    def spare_ids(self) -> list[int]:
         return list(self._spare_ids or [])
 
     @property
-    def used_ids(self) -> List[int]:
+    def used_ids(self) -> list[int]:
         """Spares already given out, sorted."""
         return sorted(self._used)
 
@@ -286,15 +286,12 @@ class SparePolicy:
         return len(self._spare_ids or []) - len(self._used)
 
     @property
-    def served(self) -> Dict[int, int]:
+    def served(self) -> dict[int, int]:
         """``{request_id: twin_id}`` of every earlier round."""
         return dict(self._served)
 
     def assign(
-        self,
-        request_ids: Ids,
-        request_vectors: Optional[ArrayLike] = None,
-        request_labels: Optional[ArrayLike] = None,
+        self, request_ids: Ids, request_vectors: ArrayLike | None = None, request_labels: ArrayLike | None = None
     ) -> TwinAssignment:
         """Choose a distinct, unused spare for every request; see the subclasses."""
         raise NotImplementedError
@@ -332,12 +329,12 @@ class SparePolicy:
 
     # ---- helpers -----------------------------------------------------------------
 
-    def _check_labels(self, labels, n: int, what: str) -> Optional[torch.Tensor]:
+    def _check_labels(self, labels, n: int, what: str) -> torch.Tensor | None:
         if labels is None:
             if self.same_class:
                 raise ValueError(f"same_class=True needs {what} labels; pass them or set same_class=False.")
             return None
-        t = torch.as_tensor(labels).reshape(-1)
+        t = torch.as_tensor(labels).reshape(-1).cpu()  # bookkeeping next to the CPU masks; tiny
         if t.is_floating_point() or t.shape[0] != n:
             raise ValueError(f"{what} labels must be {n} integers, got {t.dtype} of length {t.shape[0]}.")
         return t.long() if self.same_class else None
@@ -375,11 +372,11 @@ class SparePolicy:
 
     def _search_free(
         self,
-        positions: List[int],
+        positions: list[int],
         vectors: torch.Tensor,
-        labels: Optional[torch.Tensor],
+        labels: torch.Tensor | None,
         taken: torch.Tensor,
-        rows_out: Dict[int, Tuple[int, float]],
+        rows_out: dict[int, tuple[int, float]],
     ) -> None:
         """Nearest free spare for the requests at ``positions``, shared by ``group``.
 
@@ -391,8 +388,9 @@ class SparePolicy:
             while pending:
                 m = min(len(pending), avail.numel(), self.max_candidates)
                 scores, rows = self.metric.rank(
-                    vectors[pending], self._vectors[avail], m, covariance=self._cov
+                    vectors[pending], self._vectors[avail.to(self._vectors.device)], m, covariance=self._cov
                 )
+                scores, rows = scores.cpu(), rows.cpu()  # the final ids and scores: to the bookkeeping
                 cand = avail[rows].numpy()
                 picks = match(self._costs(scores), cand, np.ones_like(cand, dtype=bool), self.group)
                 left = []
@@ -406,13 +404,13 @@ class SparePolicy:
                 pending = left
                 avail = avail[~taken[avail]]
 
-    def _free(self, taken: torch.Tensor, cls: Optional[int]) -> torch.Tensor:
+    def _free(self, taken: torch.Tensor, cls: int | None) -> torch.Tensor:
         return ~taken if cls is None else ~taken & (self._labels == cls)
 
-    def _check_capacity(self, positions: List[int], labels, taken: torch.Tensor) -> Dict:
+    def _check_capacity(self, positions: list[int], labels, taken: torch.Tensor) -> dict[int | None, list[int]]:
         """Requests grouped by class (one group without labels); raises if a
         group has more requests than free spares."""
-        groups: Dict[Optional[int], List[int]] = {}
+        groups: dict[int | None, list[int]] = {}
         for p in positions:
             groups.setdefault(None if labels is None else int(labels[p]), []).append(p)
         for cls, group in groups.items():
@@ -431,7 +429,7 @@ class SparePolicy:
             taken[[self._row_of[i] for i in self._used]] = True
         return taken
 
-    def _commit(self, ids: List[int], rows_out: Dict[int, Tuple[int, float]]) -> TwinAssignment:
+    def _commit(self, ids: list[int], rows_out: dict[int, tuple[int, float]]) -> TwinAssignment:
         twins, scores = [], []
         for p, rid in enumerate(ids):
             row, score = rows_out[p]
@@ -463,7 +461,7 @@ class GeneralSpareSet(SparePolicy):
             ValueError: bad input, or fewer free spares (of a class) than requests.
         """
         ids, vectors, labels = self._requests(request_ids, request_vectors, request_labels, True)
-        rows_out: Dict[int, Tuple[int, float]] = {}
+        rows_out: dict[int, tuple[int, float]] = {}
         self._search_free(list(range(len(ids))), vectors, labels, self._taken_mask(), rows_out)
         return self._commit(ids, rows_out)
 
@@ -473,15 +471,15 @@ class Twins(SparePolicy):
 
     name = "twins"
 
-    def __init__(self, metric: Union[str, Metric] = "raw_l2", *, k: int = 3, **kwargs):
+    def __init__(self, metric: str | Metric = "raw_l2", *, k: int = 3, **kwargs):
         """``k``: surrogates kept per sample; other arguments as :class:`SparePolicy`."""
         super().__init__(metric, **kwargs)
         if isinstance(k, bool) or int(k) < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}.")
         self.k = int(k)
-        self._table: Dict[int, Tuple[List[int], List[float]]] = {}
+        self._table: dict[int, tuple[list[int], list[float]]] = {}
 
-    def precompute(self, ids: Ids, vectors: ArrayLike, labels: Optional[ArrayLike] = None) -> None:
+    def precompute(self, ids: Ids, vectors: ArrayLike, labels: ArrayLike | None = None) -> None:
         """Find and store the ``k`` nearest unused backups of each sample in ``ids``.
 
         ``ids`` are the primary samples to protect (all, or an exposed subset);
@@ -509,12 +507,13 @@ class Twins(SparePolicy):
             candidate_labels=self._labels if labels is not None else None,
             exclude=taken if bool(taken.any()) else None,
         )
+        scores, rows = scores.cpu(), rows.cpu()  # the final ids and scores: to the bookkeeping
         spare = torch.as_tensor(self._spare_ids)
         for i, sid in enumerate(ids):
             self._table[sid] = (spare[rows[i]].tolist(), [float(s) for s in scores[i]])
 
     @property
-    def surrogates(self) -> Dict[int, List[int]]:
+    def surrogates(self) -> dict[int, list[int]]:
         """``{sample_id: [surrogate ids, best first]}``."""
         return {i: list(t) for i, (t, _) in self._table.items()}
 
@@ -528,7 +527,7 @@ class Twins(SparePolicy):
         ids, vectors, labels = self._requests(request_ids, request_vectors, request_labels, False)
         taken = self._taken_mask()
         self._check_capacity(list(range(len(ids))), labels, taken)
-        rows_out: Dict[int, Tuple[int, float]] = {}
+        rows_out: dict[int, tuple[int, float]] = {}
         listed = [p for p, rid in enumerate(ids) if rid in self._table]
         if listed:
             cand = np.array([[self._row_of[t] for t in self._table[ids[p]][0]] for p in listed])
@@ -569,10 +568,7 @@ class Twins(SparePolicy):
 
 
 #: Registry: policy name -> class.
-POLICIES: Dict[str, Callable[..., SparePolicy]] = {
-    "general_spare_set": GeneralSpareSet,
-    "twins": Twins,
-}
+POLICIES: dict[str, Callable[..., SparePolicy]] = {"general_spare_set": GeneralSpareSet, "twins": Twins}
 
 
 def get_policy(name: str, **kwargs) -> SparePolicy:

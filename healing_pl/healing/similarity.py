@@ -21,8 +21,13 @@ is shrunk towards a scaled identity: Ledoit-Wolf by default
 (:func:`ledoit_wolf_covariance`, the formula of
 ``sklearn.covariance.ledoit_wolf``), or a fixed ``shrinkage`` in ``(0, 1]``
 (:func:`shrunk_covariance`).  The search whitens once with ``W``
-(``W^T W = Sigma^-1``, :func:`healing_pl.healing.search.whitening_matrix`) and
-runs L2 on the whitened vectors.
+(``W^T W = Sigma^-1``, :func:`whitening_matrix`) and runs L2 on the whitened
+vectors.  The three live in :mod:`healing_pl.healing.covariance` and are
+re-exported here.
+
+Devices: pixel vectors stay on the device of the dataset's tensors, features
+on the model's device, and ranking runs where the vectors are; only the
+policies bring the final ids and scores back to the CPU.
 
 Usage::
 
@@ -34,12 +39,13 @@ Usage::
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
-from healing_pl.healing.search import ArrayLike, nearest, whitening_matrix
+from healing_pl.healing.covariance import ArrayLike, ledoit_wolf_covariance, shrunk_covariance, whitening_matrix
+from healing_pl.healing.search import nearest
 
 __all__ = [
     "METRICS",
@@ -57,36 +63,36 @@ __all__ = [
     "whitening_matrix",
 ]
 
-Ids = Union[Sequence[int], torch.Tensor, np.ndarray]
+Ids = Sequence[int] | torch.Tensor | np.ndarray
 
 
 # --------------------------------------------------------------------------
 # representations
 
 
-def _id_list(ids: Ids) -> list:
+def _id_list(ids: Ids) -> list[int]:
     return [int(i) for i in torch.as_tensor(ids).reshape(-1).tolist()]
 
 
-def _batches(ids: list, batch_size: int):
+def _batches(ids: list[int], batch_size: int):
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
     for start in range(0, len(ids), batch_size):
         yield ids[start : start + batch_size]
 
 
-def _load(dataset, batch: list) -> Tuple[torch.Tensor, torch.Tensor]:
+def _load(dataset, batch: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys = zip(*(dataset[i][:2] for i in batch))
     return torch.stack([torch.as_tensor(x) for x in xs]), torch.as_tensor([int(y) for y in ys])
 
 
-def raw_vectors(
-    dataset, ids: Ids, batch_size: int = 1024, *, return_labels: bool = False
-):
+def raw_vectors(dataset, ids: Ids, batch_size: int = 1024, *, return_labels: bool = False):
     """Flattened pixels of ``dataset[id][0]`` for every id, as ``(len(ids), D)`` float32.
 
-    ``dataset[id]`` must return ``(x_tensor, y_int)`` for any pool id.  With
-    ``return_labels=True`` returns ``(vectors, labels)``.
+    ``dataset[id]`` must return ``(x_tensor, y_int)`` for any pool id.  The
+    vectors stay on the device of the dataset's tensors (no copy to the CPU).
+    With ``return_labels=True`` returns ``(vectors, labels)``; labels are a CPU
+    int64 tensor (bookkeeping, built from Python ints).
     """
     ids = _id_list(ids)
     vecs, labels = [], []
@@ -100,26 +106,29 @@ def raw_vectors(
     return out
 
 
-def feature_vectors(
-    model: torch.nn.Module,
-    dataset,
-    ids: Ids,
-    batch_size: int = 256,
-    *,
-    return_labels: bool = False,
-):
-    """``model.embed(x)`` (penultimate layer) for every id, as ``(len(ids), F)`` float32 on the CPU.
+def _device_and_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Device and floating dtype of the model's first floating parameter (or buffer); CPU float32 if none."""
+    for t in (*model.parameters(), *model.buffers()):
+        if t.is_floating_point():
+            return t.device, t.dtype
+    return torch.device("cpu"), torch.float32
 
-    Runs in eval mode without gradients on the model's device and restores the
-    model's training flag afterwards.
+
+def feature_vectors(model: torch.nn.Module, dataset, ids: Ids, batch_size: int = 256, *, return_labels: bool = False):
+    """``model.embed(x)`` (penultimate layer) for every id, as ``(len(ids), F)`` float32 on the model's device.
+
+    Each batch is moved to the model's device *and* floating dtype (so a model
+    converted with ``.double()`` or ``.half()`` gets inputs it can take); the
+    embeddings are returned in float32, the precision :func:`nearest` searches
+    in, and stay on the model's device.  Runs in eval mode without gradients
+    and restores the model's training flag afterwards.  With
+    ``return_labels=True`` returns ``(vectors, labels)``; labels are a CPU
+    int64 tensor.
     """
     embed = getattr(model, "embed", None)
     if not callable(embed):
-        raise ValueError(
-            f"{type(model).__name__} has no embed() method, so feature metrics cannot compute embeddings."
-        )
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
+        raise ValueError(f"{type(model).__name__} has no embed() method, so feature metrics cannot compute embeddings.")
+    device, dtype = _device_and_dtype(model)
     ids = _id_list(ids)
     vecs, labels = [], []
     was_training = model.training
@@ -128,66 +137,15 @@ def feature_vectors(
         with torch.no_grad():
             for batch in _batches(ids, batch_size):
                 x, y = _load(dataset, batch)
-                f = embed(x.to(device))
-                vecs.append(f.reshape(len(batch), -1).to(device="cpu", dtype=torch.float32))
+                f = embed(x.to(device=device, dtype=dtype))
+                vecs.append(f.reshape(len(batch), -1).to(dtype=torch.float32))
                 labels.append(y)
     finally:
         model.train(was_training)
-    out = torch.cat(vecs) if vecs else torch.empty(0, 0)
+    out = torch.cat(vecs) if vecs else torch.empty(0, 0, device=device)
     if return_labels:
         return out, (torch.cat(labels) if labels else torch.empty(0, dtype=torch.long))
     return out
-
-
-# --------------------------------------------------------------------------
-# covariance with shrinkage
-
-
-def _centered(x: ArrayLike) -> torch.Tensor:
-    t = torch.as_tensor(x).detach().to(device="cpu", dtype=torch.float64)
-    if t.ndim != 2 or t.shape[0] < 2:
-        raise ValueError(f"a covariance needs a 2-D array of at least 2 rows, got shape {tuple(t.shape)}.")
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError("vectors for the covariance contain NaN or infinite values.")
-    return t - t.mean(0, keepdim=True)
-
-
-def _shrink(emp: torch.Tensor, shrinkage: float) -> torch.Tensor:
-    mu = float(torch.trace(emp)) / emp.shape[0]
-    if mu <= 0.0:
-        raise ValueError("all vectors are identical, so their covariance (and the Mahalanobis distance) is undefined.")
-    cov = emp * (1.0 - shrinkage)
-    cov.diagonal().add_(shrinkage * mu)
-    return cov
-
-
-def ledoit_wolf_covariance(x: ArrayLike, *, return_shrinkage: bool = False):
-    """Ledoit-Wolf shrunk covariance of the rows of ``x`` (float64, ``(D, D)``).
-
-    Same formula as ``sklearn.covariance.ledoit_wolf`` (rows centred, empirical
-    covariance with ``1/n``): ``(1 - s) S + s mu I`` with ``mu = trace(S)/D``
-    and the optimal ``s``.  Positive definite whenever ``s > 0``, which is the
-    case for ``n < D``.  With ``return_shrinkage=True`` returns ``(cov, s)``.
-    """
-    xc = _centered(x)
-    n, p = xc.shape
-    emp = (xc.t() @ xc) / n
-    mu = float(torch.trace(emp)) / p
-    delta_ = float((emp * emp).sum())  # ||S||_F^2
-    beta_ = float((xc * xc).sum(1).square().sum())  # sum_i ||x_i||^4 = sum(X2^T X2)
-    beta = (beta_ / n - delta_) / (p * n)
-    delta = (delta_ - p * mu * mu) / p  # ||S - mu I||_F^2 / p
-    s = 0.0 if delta <= 0.0 else min(max(beta / delta, 0.0), 1.0)
-    cov = _shrink(emp, s)
-    return (cov, s) if return_shrinkage else cov
-
-
-def shrunk_covariance(x: ArrayLike, shrinkage: float) -> torch.Tensor:
-    """``(1 - shrinkage) S + shrinkage * mu I`` of the rows of ``x``, fixed ``shrinkage`` in ``(0, 1]``."""
-    if not 0.0 < float(shrinkage) <= 1.0:
-        raise ValueError(f"shrinkage must be in (0, 1], got {shrinkage}.")
-    xc = _centered(x)
-    return _shrink((xc.t() @ xc) / xc.shape[0], float(shrinkage))
 
 
 # --------------------------------------------------------------------------
@@ -213,7 +171,7 @@ class Metric:
         self,
         dataset,
         ids: Ids,
-        model: Optional[torch.nn.Module] = None,
+        model: torch.nn.Module | None = None,
         batch_size: int = 256,
         *,
         return_labels: bool = False,
@@ -225,7 +183,7 @@ class Metric:
             return feature_vectors(model, dataset, ids, batch_size, return_labels=return_labels)
         return raw_vectors(dataset, ids, batch_size, return_labels=return_labels)
 
-    def covariance(self, candidates: ArrayLike) -> Optional[torch.Tensor]:
+    def covariance(self, candidates: ArrayLike) -> torch.Tensor | None:
         """Covariance the metric uses for this candidate pool (None if it uses none)."""
         return None
 
@@ -235,12 +193,12 @@ class Metric:
         candidates: ArrayLike,
         k: int,
         *,
-        covariance: Optional[ArrayLike] = None,
-        query_labels: Optional[ArrayLike] = None,
-        candidate_labels: Optional[ArrayLike] = None,
-        exclude: Optional[ArrayLike] = None,
-        chunk_size: Optional[int] = None,
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        covariance: ArrayLike | None = None,
+        query_labels: ArrayLike | None = None,
+        candidate_labels: ArrayLike | None = None,
+        exclude: ArrayLike | None = None,
+        chunk_size: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(scores, rows)``, each ``(Q, k)``: the k best candidate rows per query, best first."""
         return nearest(
             queries,
@@ -275,7 +233,7 @@ class _Mahalanobis(Metric):
 
     search_metric = "mahalanobis"
 
-    def __init__(self, shrinkage: Optional[float] = None):
+    def __init__(self, shrinkage: float | None = None):
         """``shrinkage``: None for Ledoit-Wolf, else a fixed value in ``(0, 1]``."""
         if shrinkage is not None and not 0.0 < float(shrinkage) <= 1.0:
             raise ValueError(f"shrinkage must be in (0, 1] or None for Ledoit-Wolf, got {shrinkage}.")
@@ -349,20 +307,22 @@ class RandomMetric(Metric):
             raise ValueError(f"k must be between 1 and the {n_c} candidates, got {k!r}.")
         usable = torch.ones(n_c, dtype=torch.bool)
         if exclude is not None:
-            mask = torch.as_tensor(exclude)
+            mask = torch.as_tensor(exclude).cpu()  # the control reads no vectors: CPU bookkeeping only
             if mask.dtype != torch.bool or mask.shape != (n_c,):
                 raise ValueError(f"exclude must be a bool mask of shape ({n_c},).")
             usable &= ~mask
         if (query_labels is None) != (candidate_labels is None):
             raise ValueError("pass both query_labels and candidate_labels, or neither.")
-        q_lab = torch.as_tensor(query_labels).reshape(-1) if query_labels is not None else None
-        c_lab = torch.as_tensor(candidate_labels).reshape(-1) if candidate_labels is not None else None
+        q_lab = torch.as_tensor(query_labels).reshape(-1).cpu() if query_labels is not None else None
+        c_lab = torch.as_tensor(candidate_labels).reshape(-1).cpu() if candidate_labels is not None else None
         if q_lab is not None and (q_lab.shape[0] != n_q or c_lab.shape[0] != n_c):
             raise ValueError(f"expected {n_q} query labels and {n_c} candidate labels.")
         indices = torch.empty(n_q, int(k), dtype=torch.long)
-        groups = [(None, torch.arange(n_q))] if q_lab is None else [
-            (int(c), torch.nonzero(q_lab == c).squeeze(1)) for c in torch.unique(q_lab).tolist()
-        ]
+        groups = (
+            [(None, torch.arange(n_q))]
+            if q_lab is None
+            else [(int(c), torch.nonzero(q_lab == c).squeeze(1)) for c in torch.unique(q_lab).tolist()]
+        )
         for cls, q_rows in groups:
             rows = torch.nonzero(usable if cls is None else usable & (c_lab == cls)).squeeze(1)
             if rows.numel() < k:
@@ -384,7 +344,7 @@ class RandomMetric(Metric):
 
 
 #: Registry: metric name -> class (instantiate with its keyword arguments).
-METRICS: Dict[str, Callable[..., Metric]] = {
+METRICS: dict[str, Callable[..., Metric]] = {
     "raw_l2": RawL2,
     "raw_mahalanobis": RawMahalanobis,
     "feat_cosine": FeatCosine,
@@ -393,7 +353,7 @@ METRICS: Dict[str, Callable[..., Metric]] = {
 }
 
 
-def get_metric(metric: Union[str, Metric], **kwargs) -> Metric:
+def get_metric(metric: str | Metric, **kwargs) -> Metric:
     """A :class:`Metric` from its registry name (with constructor kwargs), or the metric itself."""
     if isinstance(metric, Metric):
         return metric

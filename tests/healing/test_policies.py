@@ -7,14 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from healing_pl.healing.policies import (
-    GROUP_MODES,
-    POLICIES,
-    GeneralSpareSet,
-    Twins,
-    get_policy,
-    match,
-)
+from healing_pl.healing.policies import GROUP_MODES, POLICIES, GeneralSpareSet, Twins, get_policy, match
 from healing_pl.healing.search import nearest
 
 PRIMARY = list(range(100))  # forget + remain ids
@@ -64,8 +57,10 @@ def test_registry():
 @pytest.mark.parametrize("group", GROUP_MODES)
 @pytest.mark.parametrize("metric", ["raw_l2", "feat_cosine", "raw_mahalanobis", "random"])
 def test_no_reuse_across_rounds_and_only_spares(pool, name, group, metric):
-    policy = make(name, pool, metric=metric, group=group, k=2) if name == "twins" else make(
-        name, pool, metric=metric, group=group
+    policy = (
+        make(name, pool, metric=metric, group=group, k=2)
+        if name == "twins"
+        else make(name, pool, metric=metric, group=group)
     )
     results = rounds(policy, pool, [range(0, 10), range(10, 13), range(13, 30), range(30, 31)])
     twins = [t for r in results for t in r.twin_ids]
@@ -96,8 +91,12 @@ def test_general_spare_set_respects_classes(pool):
     result = policy.assign(batch, pool["vecs"][batch], pool["labels"][batch])
     for q, t in result.twins.items():
         same = pool["spare_labels"] == pool["labels"][q]
-        _, idx = nearest(pool["vecs"][[q]], pool["spare_vecs"], 1, exclude=~same | torch.tensor(
-            [s in set(result.twin_ids[: batch.index(q)]) for s in SPARES]))
+        _, idx = nearest(
+            pool["vecs"][[q]],
+            pool["spare_vecs"],
+            1,
+            exclude=~same | torch.tensor([s in set(result.twin_ids[: batch.index(q)]) for s in SPARES]),
+        )
         assert t == SPARES[int(idx)]
 
 
@@ -105,8 +104,9 @@ def test_twins_precompute_k_nearest_backups(pool):
     policy = make("twins", pool, k=3)
     sur = policy.surrogates
     assert set(sur) == set(PRIMARY)
-    _, idx = nearest(pool["vecs"], pool["spare_vecs"], 3, query_labels=pool["labels"],
-                     candidate_labels=pool["spare_labels"])
+    _, idx = nearest(
+        pool["vecs"], pool["spare_vecs"], 3, query_labels=pool["labels"], candidate_labels=pool["spare_labels"]
+    )
     assert [sur[i] for i in PRIMARY] == [[SPARES[j] for j in row] for row in idx.tolist()]
 
 
@@ -139,8 +139,10 @@ def test_twins_exhausted_or_missing_surrogates():
 
 @pytest.mark.parametrize("name", list(POLICIES))
 def test_too_small_spare_set_raises_and_changes_nothing(name):
-    policy = get_policy(name, metric="raw_l2", same_class=False, k=2) if name == "twins" else get_policy(
-        name, metric="raw_l2", same_class=False
+    policy = (
+        get_policy(name, metric="raw_l2", same_class=False, k=2)
+        if name == "twins"
+        else get_policy(name, metric="raw_l2", same_class=False)
     )
     policy.fit([1000, 1001, 1002], line([0.0, 1.0, 2.0]))
     if name == "twins":
@@ -238,8 +240,10 @@ def test_match_modes_directly():
 
 @pytest.mark.parametrize("name", list(POLICIES))
 def test_state_dict_round_trip(pool, name):
-    kwargs = dict(metric="random", metric_kwargs={"seed": 4}, k=3) if name == "twins" else dict(
-        metric="random", metric_kwargs={"seed": 4}
+    kwargs = (
+        dict(metric="random", metric_kwargs={"seed": 4}, k=3)
+        if name == "twins"
+        else dict(metric="random", metric_kwargs={"seed": 4})
     )
     original = make(name, pool, **kwargs)
     rounds(original, pool, [range(0, 5), range(5, 12)])
@@ -262,8 +266,7 @@ def test_assignment_records(pool):
     result = rounds(policy, pool, [[4, 2]])[0]
     recs = result.records()
     assert [r["request_id"] for r in recs] == [4, 2]
-    assert all(r["twin_id"] in SPARES and r["policy"] == "general_spare_set" and r["metric"] == "raw_l2"
-               for r in recs)
+    assert all(r["twin_id"] in SPARES and r["policy"] == "general_spare_set" and r["metric"] == "raw_l2" for r in recs)
     assert len(result) == 2 and result.twins == {r["request_id"]: r["twin_id"] for r in recs}
 
 

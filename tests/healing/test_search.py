@@ -1,13 +1,15 @@
 """Exact top-k search against a brute-force float64 reference (scipy cdist)."""
 
+from __future__ import annotations
+
 import numpy as np
 import pytest
 import torch
 from scipy.spatial.distance import cdist
 
 from healing_pl.healing import search
+from healing_pl.healing.covariance import ledoit_wolf_covariance
 from healing_pl.healing.search import nearest, whitening_matrix
-from healing_pl.healing.similarity import ledoit_wolf_covariance
 
 
 def reference(q, c, k, metric, cov=None, exclude=None, q_lab=None, c_lab=None):
@@ -91,6 +93,24 @@ def test_exact_ties_go_to_the_lower_index(monkeypatch, group, chunk_size, margin
     c = base[rng.integers(0, 40, size=400)]  # many duplicated rows
     q = rng.integers(0, 3, size=(25, 4)).astype(np.float32)
     for k in (1, 3, 7):
+        scores, idx = nearest(q, c, k, "l2", chunk_size=chunk_size)
+        ref_s, ref_i = reference(q, c, k, "l2")
+        np.testing.assert_array_equal(idx.numpy(), ref_i)
+        np.testing.assert_allclose(scores.numpy(), ref_s, rtol=1e-6)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 203, 1000])
+@pytest.mark.parametrize("margin", [0, search.MARGIN])
+def test_heavily_tied_blocks(monkeypatch, chunk_size, margin):
+    """Few distinct rows: thresholds tie with many entries, so the filtered
+    shortlist update falls back to the group pre-selection (with tail columns)."""
+    monkeypatch.setattr(search, "GROUP", 4)
+    monkeypatch.setattr(search, "MARGIN", margin)
+    rng = np.random.default_rng(12)
+    base = rng.integers(0, 2, size=(3, 3)).astype(np.float32)
+    c = base[rng.integers(0, 3, size=3000)]
+    q = rng.integers(0, 2, size=(20, 3)).astype(np.float32)
+    for k in (1, 4):
         scores, idx = nearest(q, c, k, "l2", chunk_size=chunk_size)
         ref_s, ref_i = reference(q, c, k, "l2")
         np.testing.assert_array_equal(idx.numpy(), ref_i)
@@ -200,6 +220,7 @@ def test_numpy_float64_and_small_blocks(monkeypatch, data, margin):
     """Several query blocks and candidate chunks, also through the exhaustive re-check."""
     monkeypatch.setattr(search, "BLOCK_BYTES", 4 * 1024)
     monkeypatch.setattr(search, "MAX_QUERY_CHUNK", 7)
+    monkeypatch.setattr(search, "RESCORE_BYTES", 8 * 12 * 3)  # rescoring in pieces of a few rows
     monkeypatch.setattr(search, "MARGIN", margin)
     q, c = data
     rng = np.random.default_rng(8)
@@ -266,11 +287,40 @@ def test_bad_arrays_raise(data):
             nearest(q2, c, 1)
         c2 = c.copy()
         c2[7, 0] = bad
+        for metric in ("l2", "cosine", "mahalanobis"):  # checked in the search itself, or up front
+            with pytest.raises(ValueError, match="candidates contain NaN or infinite values"):
+                nearest(q, c2, 1, metric, covariance=np.eye(12), chunk_size=5)
         with pytest.raises(ValueError, match="candidates contain NaN or infinite values"):
-            nearest(q, c2, 1)
+            nearest(q[:0], c2, 1)
+        with pytest.raises(ValueError, match="candidates contain NaN or infinite values"):
+            nearest(q, c2, 1, exclude=np.arange(300) == 7)
+        c2[7, 0] = 3e38  # finite, but its squared norm overflows: not an input error
+        nearest(q, c2, 1)
 
 
 def test_whitening_matrix_inverts_the_covariance():
     cov = spd(9, 3)
     w = whitening_matrix(cov).numpy()
     np.testing.assert_allclose(w.T @ w, np.linalg.inv(cov), rtol=1e-8, atol=1e-10)
+
+
+def test_inputs_on_two_devices_raise(data):
+    q, c = data
+    with pytest.raises(ValueError, match="queries are on cpu but candidates on meta"):
+        nearest(torch.from_numpy(q), torch.from_numpy(c).to("meta"), 3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("metric", ["l2", "cosine", "mahalanobis"])
+def test_cuda_search_stays_on_the_device_and_matches(data, metric):
+    q, c = data
+    rng = np.random.default_rng(11)
+    ql, cl = rng.integers(0, 3, size=40), rng.integers(0, 3, size=300)
+    qc, cc = torch.from_numpy(q).cuda(), torch.from_numpy(c).cuda()
+    for kwargs in ({}, dict(query_labels=ql, candidate_labels=cl, exclude=cl > 1)):
+        cov = ledoit_wolf_covariance(c) if metric == "mahalanobis" else None
+        scores, idx = nearest(qc, cc, 3, metric, covariance=cov, chunk_size=50, **kwargs)
+        assert scores.is_cuda and idx.is_cuda
+        ref_s, ref_i = nearest(q, c, 3, metric, covariance=cov, chunk_size=50, **kwargs)
+        assert torch.equal(idx.cpu(), ref_i)
+        torch.testing.assert_close(scores.cpu(), ref_s, rtol=1e-5, atol=1e-5)

@@ -1,5 +1,7 @@
 """Similarity metrics, shrinkage covariance, whitening and representations."""
 
+from __future__ import annotations
+
 import numpy as np
 import pytest
 import torch
@@ -181,16 +183,18 @@ def test_random_metric_respects_classes_and_exclusions():
     rng = np.random.default_rng(6)
     ql, cl = rng.integers(0, 3, 30), rng.integers(0, 3, 200)
     mask = rng.random(200) < 0.5
-    scores, idx = RandomMetric(1).rank(np.zeros((30, 2)), np.zeros((200, 2)), 3,
-                                       query_labels=ql, candidate_labels=cl, exclude=mask)
+    scores, idx = RandomMetric(1).rank(
+        np.zeros((30, 2)), np.zeros((200, 2)), 3, query_labels=ql, candidate_labels=cl, exclude=mask
+    )
     assert (cl[idx.numpy()] == ql[:, None]).all()
     assert not mask[idx.numpy()].any()
     assert (scores == 0).all()
     with pytest.raises(ValueError, match="k must be between 1 and the 200 candidates"):
         RandomMetric(1).rank(np.zeros((3, 2)), np.zeros((200, 2)), 500)
     with pytest.raises(ValueError, match="only 0 candidates of class 0 are usable but k=3"):
-        RandomMetric(1).rank(np.zeros((3, 2)), np.zeros((200, 2)), 3,
-                             query_labels=np.zeros(3, int), candidate_labels=np.ones(200, int))
+        RandomMetric(1).rank(
+            np.zeros((3, 2)), np.zeros((200, 2)), 3, query_labels=np.zeros(3, int), candidate_labels=np.ones(200, int)
+        )
 
 
 def test_random_metric_state_round_trip():
@@ -209,3 +213,88 @@ def test_random_metric_representations_are_empty_placeholders():
     ds = PoolDataset()
     v, y = get_metric("random").representations(ds, [3, 4], return_labels=True)
     assert v.shape == (2, 0) and y.tolist() == ds.y[[3, 4]].tolist()
+
+
+def test_feature_vectors_of_a_float64_small_cnn():
+    """Batches go to the model's device and dtype; features come back float32 on that device."""
+    from healing_pl.models.backbones import SmallCNN
+
+    torch.manual_seed(0)
+    ds = PoolDataset(n=12, shape=(1, 8, 8))
+    model = SmallCNN(in_chans=1, num_classes=3, image_size=8, width=4, hidden=6).double().train()
+    v, y = feature_vectors(model, ds, range(12), batch_size=5, return_labels=True)
+    assert v.dtype == torch.float32 and v.shape == (12, 6) and v.device == torch.device("cpu")
+    assert y.tolist() == ds.y.tolist() and model.training
+    with torch.no_grad():
+        ref = model.eval().embed(ds.x.double())
+    assert ref.dtype == torch.float64
+    torch.testing.assert_close(v, ref.float())
+    f = get_metric("feat_mahalanobis").representations(ds, range(12), model=model)
+    torch.testing.assert_close(f, v)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_features_and_ranking_stay_on_the_model_device():
+    from healing_pl.models.backbones import SmallCNN
+
+    torch.manual_seed(0)
+    ds = PoolDataset(n=40, shape=(1, 8, 8))
+    model = SmallCNN(in_chans=1, num_classes=3, image_size=8, width=4, hidden=6).double().cuda()
+    v = feature_vectors(model, ds, range(40), batch_size=16)
+    assert v.is_cuda and v.dtype == torch.float32
+    cpu_model = SmallCNN(in_chans=1, num_classes=3, image_size=8, width=4, hidden=6).double()
+    cpu_model.load_state_dict({k: t.cpu() for k, t in model.state_dict().items()})
+    torch.testing.assert_close(v.cpu(), feature_vectors(cpu_model, ds, range(40)))
+    for name in ("feat_cosine", "feat_mahalanobis"):
+        metric = get_metric(name)
+        cov = metric.covariance(v[10:])
+        assert cov is None or cov.is_cuda
+        scores, idx = metric.rank(v[:10], v[10:], 3)
+        assert scores.is_cuda and idx.is_cuda
+        ref = metric.rank(v[:10].cpu(), v[10:].cpu(), 3)
+        assert torch.equal(idx.cpu(), ref[1])
+
+
+def test_covariance_estimators_leave_their_input_alone():
+    x = np.random.default_rng(9).normal(size=(30, 6))
+    before = x.copy()
+    ledoit_wolf_covariance(x)
+    shrunk_covariance(x, 0.2)
+    np.testing.assert_array_equal(x, before)
+
+
+def test_covariance_in_row_blocks_matches_sklearn(monkeypatch):
+    from healing_pl.healing import covariance
+
+    monkeypatch.setattr(covariance, "_BLOCK_BYTES", 8 * 5 * 3)  # 3 rows per block
+    x = np.random.default_rng(10).normal(size=(17, 5)).astype(np.float32)
+    cov, s = ledoit_wolf_covariance(x, return_shrinkage=True)
+    ref_cov, ref_s = ledoit_wolf(x.astype(np.float64))
+    assert s == pytest.approx(ref_s, rel=1e-8)
+    np.testing.assert_allclose(cov.numpy(), ref_cov, rtol=1e-8, atol=1e-12)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        x[15, 2] = np.nan
+        ledoit_wolf_covariance(x)
+
+
+def test_one_way_imports():
+    """covariance <- search <- similarity <- policies: no module imports one further along, even lazily."""
+    import ast
+    import importlib
+
+    order = ["covariance", "search", "similarity", "policies"]
+    for i, name in enumerate(order):
+        mod = importlib.import_module(f"healing_pl.healing.{name}")
+        tree = ast.parse(open(mod.__file__).read())
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(a.name for a in node.names)
+        later = {f"healing_pl.healing.{n}" for n in order[i:]}
+        assert not imported & later, f"{name} imports {imported & later}"
+    from healing_pl.healing import covariance, search, similarity
+
+    assert similarity.ledoit_wolf_covariance is covariance.ledoit_wolf_covariance
+    assert similarity.whitening_matrix is search.whitening_matrix is covariance.whitening_matrix
