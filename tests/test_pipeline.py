@@ -271,3 +271,17 @@ def test_stream_refuses_an_ensemble_method(in_tmp, configs_dir, baseline, capsys
         ]
     )
     assert code == 2 and "cannot apply 'sisa' round by round" in capsys.readouterr().err
+
+
+def test_gold_standard_repeats_the_baselines_recipe_whatever_the_heal_lr(in_tmp, configs_dir, baseline):
+    """The heal fine-tune's learning rate must not leak into the gold standard (it retrains with the baseline's)."""
+    runs = {}
+    for name, extra in (("default", []), ("slow", ["--heal.lr=1e-5"])):
+        runs[name] = in_tmp / name
+        args = _heal_args(configs_dir, baseline, runs[name], "--twins.metric=none", *extra)
+        args[args.index(f"--unlearn.cache_dir={runs[name].parent / 'cache'}")] = f"--unlearn.cache_dir={in_tmp / name}c"
+        assert main(args) == 0
+    a, b = (json.loads((runs[n] / "results.json").read_text()) for n in ("default", "slow"))
+    assert (a["gold/cached"], b["gold/cached"]) == (False, False)  # trained twice, from separate caches
+    assert a["gold/test/acc"] == b["gold/test/acc"] and a["gold/remain/acc"] == b["gold/remain/acc"]
+    assert b["heal/lr"] == 1e-5 and a["heal/lr"] != 1e-5

@@ -43,15 +43,16 @@ from healing_pl.phases.record import compose, save_config, save_model, write_rec
 from healing_pl.phases.twins import TwinSet, ledger_twins, twin_phase
 from healing_pl.phases.unlearn import AttackStrength, Unlearned, attack_strength, unlearn_phase
 from healing_pl.unlearning.methods import Context
-from healing_pl.unlearning.naive import model_hparams
 
 
-def detached_copy(model: Classifier) -> Classifier:
-    """A stand-alone copy of a Classifier (no trainer attached) on its device and dtype, in eval mode."""
-    hparams = {**model_hparams(model), "pretrained": False, "weights": None}  # the weights come from the state dict
-    clone = Classifier(**hparams)
+def detached_copy(model: Classifier, hparams: dict) -> Classifier:
+    """A stand-alone copy of a Classifier's weights (no trainer attached) on its device and dtype, in eval mode.
+
+    ``hparams``: the hyperparameters the copy keeps (the baseline's recipe, which the gold standard repeats).
+    """
+    clone = Classifier(**{**hparams, "pretrained": False, "weights": None})  # the weights come from the state dict
     clone.load_state_dict(model.state_dict())
-    clone.hparams.update({k: model.hparams[k] for k in ("pretrained", "weights") if k in model.hparams})
+    clone.hparams.update({k: hparams[k] for k in ("pretrained", "weights") if k in hparams})
     param = next(model.parameters())
     return clone.to(device=param.device, dtype=param.dtype).eval()
 
@@ -170,7 +171,7 @@ class UnlearnPhase(Phase):
         context = Context(
             epochs=self.baseline.epochs, seed=self.baseline.seed, trainer=inner_trainer(trainer), progress=progress
         )
-        self.baseline_model = model = detached_copy(pl_module)
+        self.baseline_model = model = detached_copy(pl_module, self.baseline.hparams)
         self.ledger = _ledger(self.run_dir)
         forget = request_forget_set(self.adversary, model, dm, self.ledger, progress)
         before = evaluate_sets(model, dm, forget.ids, "baseline")
@@ -340,10 +341,10 @@ class SisaShardJob(Phase):
                 raise ValueError("training one SISA shard needs --unlearn.cache_dir, where the shards meet.")
             context = Context(epochs=self.baseline.epochs, seed=self.baseline.seed)
             param = next(pl_module.parameters())
-            directory = sisa_directory(pl_module, dm, cfg, context)
+            directory = sisa_directory(detached_copy(pl_module, self.baseline.hparams), dm, cfg, context)
             start = time.perf_counter()
             path = train_sisa_shard(
-                model_hparams(pl_module),
+                self.baseline.hparams,
                 dm,
                 cfg.sisa_shard,
                 shards=cfg.shards,
@@ -412,7 +413,7 @@ class StreamPhase(Phase):
             logger = trainer.logger
             log = (lambda metrics, step: logger.log_metrics(metrics, step=step)) if logger is not None else None
             return run_stream(
-                detached_copy(pl_module),
+                detached_copy(pl_module, self.baseline.hparams),
                 self.baseline,
                 trainer.datamodule,
                 ledger=_ledger(self.run_dir),

@@ -6,16 +6,22 @@ import hashlib
 from dataclasses import dataclass
 
 from healing_pl.models.classifier import Classifier, check_compatible, load_classifier
+from healing_pl.unlearning.naive import model_hparams
 
 
 @dataclass(frozen=True)
 class Baseline:
-    """The baseline checkpoint: where it is, its content hash and its training recipe."""
+    """The baseline checkpoint: where it is, its content hash and its training recipe.
+
+    ``hparams`` are the model's as trained (the gold standard repeats them), whatever a later phase
+    changes on the fitted model (e.g. the heal fine-tune's learning rate).
+    """
 
     path: str
     sha256: str
     epochs: int  # the paper's N
     seed: int
+    hparams: dict
 
     def record(self) -> dict:
         return {"baseline/checkpoint": self.path, "baseline/sha256": self.sha256, "baseline/epochs": self.epochs}
@@ -39,5 +45,9 @@ def load_baseline(ckpt_path: str | None, model: Classifier, datamodule) -> Basel
     with open(ckpt_path, "rb") as f:
         sha256 = hashlib.sha256(f.read()).hexdigest()
     return Baseline(
-        path=ckpt_path, sha256=sha256, epochs=int(recipe.get("epochs", 10)), seed=int(recipe.get("seed", 0))
+        path=ckpt_path,
+        sha256=sha256,
+        epochs=int(recipe.get("epochs", 10)),
+        seed=int(recipe.get("seed", 0)),
+        hparams=model_hparams(saved),
     )
