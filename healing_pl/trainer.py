@@ -48,6 +48,15 @@ class HealingTrainer(L.Trainer):
         """Subcommands beyond fit/validate/test/predict and the arguments the CLI fills in."""
         return {"unlearn": {"model", "datamodule"}, "heal": {"model", "datamodule"}, "stream": {"model", "datamodule"}}
 
+    def fit(self, model, train_dataloaders=None, val_dataloaders=None, datamodule=None, ckpt_path=None, **kwargs):
+        """Lightning's fit, after checking that the run's batch splits across its devices (before any file)."""
+        if datamodule is not None and self.world_size > 1 and datamodule.hparams.batch_size % self.world_size:
+            raise ValueError(
+                f"data.batch_size={datamodule.hparams.batch_size} (the batch of the whole run) does not split "
+                f"across {self.world_size} devices; use a multiple of {self.world_size}."
+            )
+        return super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, **kwargs)
+
     def fit_phases(self, subcommand: str, model, datamodule, phases: list[Phase], epochs: int) -> None:
         """One fit of ``model`` for ``epochs`` epochs with ``phases`` and the run's writer as callbacks."""
         writer = RunWriter(subcommand, self.run_dir, self.run_config or {}, phases)

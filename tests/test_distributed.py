@@ -110,3 +110,18 @@ def test_a_failing_rank_fails_the_command(runs, configs_dir):
     assert out.returncode != 0
     assert "rank 1 failed on purpose" in out.stderr.strip().splitlines()[-1]
     assert not (runs / "failing" / "results.json").exists()
+
+
+def test_a_batch_that_does_not_split_across_ranks_stops_before_any_file(runs, configs_dir):
+    out = _run(
+        runs,
+        "fit",
+        "--config",
+        f"{configs_dir}/digits.yaml",
+        "--data.batch_size=63",
+        *DDP,
+        f"--run_dir={runs / 'odd'}",
+        ok=False,
+    )
+    assert out.returncode == 2 and "does not split across 2 devices" in out.stderr.strip().splitlines()[-1]
+    assert not (runs / "odd").exists()
