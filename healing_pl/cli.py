@@ -131,9 +131,14 @@ class HealingCLI(LightningCLI):
 
     # ------------------------------------------------------------- subcommands
     def before_fit(self) -> None:
+        if self.trainer.max_epochs == 0:
+            raise ValueError("trainer.max_epochs must be at least 1 for fit (or -1 with max_steps).")
         self._print_data()
 
-    before_unlearn = before_heal = before_stream = before_fit
+    def before_unlearn(self) -> None:
+        self._print_data()
+
+    before_heal = before_stream = before_unlearn
 
     def _print_data(self) -> None:
         if self.trainer.is_global_zero:

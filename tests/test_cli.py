@@ -69,6 +69,7 @@ def test_print_config_round_trips(in_tmp, configs_dir, capsys):
         (["--model.backbone=resnet5O"], "unknown backbone 'resnet5O'"),
         (["--data.primary=0.9", "--data.backup=0.2"], "splits do not fit"),
         (["--data.dataset=cifar10", "--data.root=nowhere"], "not found at 'nowhere'"),
+        (["--trainer.max_epochs=0"], "max_epochs must be at least 1"),
     ],
 )
 def test_bad_input_is_one_sentence_and_writes_nothing(in_tmp, configs_dir, capsys, args, words):
