@@ -17,6 +17,10 @@ def main(args=None) -> int:
         from healing_pl.experiments.grid import grid_main
 
         return grid_main(argv[1:])
+    if argv and argv[0] == "ledger":
+        from healing_pl.adversary.ledger import ledger_main
+
+        return ledger_main(argv[1:])
     if argv and argv[0] == "report":
         from healing_pl.report.cli import report_main
 
