@@ -87,7 +87,7 @@ def test_heal_on_two_ranks_matches_one_process_and_writes_once(runs):
         assert abs(one[key] - two[key]) <= 1 / n_test + 1e-12, (key, one[key], two[key])
     # every ledger line exactly once: 10 requests, 10 twins
     lines = [json.loads(x) for x in (runs / "heal2" / "ledger.jsonl").read_text().splitlines()]
-    assert sorted(x["type"] for x in lines) == ["request"] * 10 + ["twin"] * 10
+    assert sorted(x["type"] for x in lines) == ["applied"] + ["request"] * 10 + ["twin"] * 10
     assert len({x["request_id"] for x in lines if x["type"] == "request"}) == 10
     # one W&B run, written by rank zero
     assert len(os.listdir(runs / "heal2" / "wandb")) >= 1

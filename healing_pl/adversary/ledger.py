@@ -1,14 +1,26 @@
-"""Append-only JSON-lines ledger of unlearn requests, in a run folder.
+"""Append-only, hash-chained JSON-lines ledger of unlearn requests, in a run folder.
 
-Every request is written, honoured or rejected, as soon as it is decided
-(one line, flushed and fsynced).  Nothing is ever rewritten: what happens to
-a request later is a new line that points back at it.  Three record types:
+Every request is written, honoured or rejected, as soon as it is decided.
+Nothing is ever rewritten: what happens to a request later is a new line that
+points back at it.  The decisions of one :meth:`Ledger.record` call go out in
+one write and one fsync (still one line per decision).  Five record types:
 
 ``request``
     ``{"type": "request", "request_id", "requester", "kind", "named_by",
     "time", "round", "sample_id", "sample_hash", "decision", "reason"}``;
     ``decision`` is ``accept`` or ``reject``, ``reason`` one of
-    :data:`~healing_pl.adversary.membership.REASONS`, ``time`` ISO-8601 UTC.
+    :data:`~healing_pl.adversary.membership.REASONS` (``accept`` exactly when
+    it is ``member``), ``time`` ISO-8601 UTC.  An accepted request is only
+    accepted *at check time*: an ``applied`` or ``failed`` line says what
+    became of it.
+``applied``
+    ``{"type": "applied", "request_ids", "model_sha256", "round", "time"}``:
+    the accepted requests were unlearned; ``model_sha256`` is the hash of
+    the resulting model's weights (:func:`weights_sha256`).
+``failed``
+    ``{"type": "failed", "request_ids", "reason", "round", "time"}``: the
+    run failed after the requests were accepted; ``reason`` is the error's
+    sentence.  A later ``applied`` line (a successful rerun) supersedes it.
 ``twin``
     ``{"type": "twin", "request_id", "twin_id", "twin_hash", "score", "time"}``:
     the twin that replaced an accepted request's sample.  A later twin
@@ -17,6 +29,26 @@ a request later is a new line that points back at it.  Three record types:
     ``{"type": "round", "round", "n_requests", "n_accepted", "n_rejected",
     "reasons", "by_kind", "metrics", "time"}``: written once a round has been
     applied (see :func:`healing_pl.adversary.streams.run_rounds`).
+
+Hash chain.  Every line ends in two more keys, ``"prev"`` and ``"hash"``:
+``hash`` is the SHA-256 (hex) of the line's exact bytes up to ``"prev"``'s
+value and the closing brace, i.e. the line with its trailing
+``, "hash": "<64 hex>"`` removed; ``prev`` is the previous line's ``hash``
+(:data:`GENESIS`, 64 zeros, on the first line).  So a line's own content is
+covered by its ``hash`` and, through the next line's ``prev``, by the rest of
+the chain: a changed line breaks its own hash, a deleted or inserted line
+breaks the ``prev`` of the line after it.  A sidecar ``ledger.head`` (next to
+``ledger.jsonl``; ``<name>.head`` for ``<name>.jsonl``) holds
+``{"lines": N, "hash": <last hash>}``, replaced atomically after every append,
+so deleting the last lines is caught too.  The chain has no secret: it proves
+the file was not changed by accident or by hand, not against someone who
+rewrites the whole chain and the head.
+
+:func:`verify` walks a ledger and names the first broken line;
+``healing-pl ledger verify RUN_DIR_OR_FILE`` (:func:`ledger_main`) prints it.
+A torn last line (a crash mid-write: no newline at the end, or not valid
+JSON) is cut back to the last whole line, with a warning, when a
+:class:`Ledger` is opened.
 
 Stable request ids: ``request_id`` is the first 32 hex digits of
 SHA-256 over ``requester``, the sample key (its content hash, or
@@ -29,9 +61,13 @@ fresh membership state appends nothing that is already there.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
+import re
+import sys
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,11 +77,27 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from healing_pl.adversary.membership import Decision, MembershipIndex, Request
+from healing_pl.adversary.membership import REASONS, Decision, MembershipIndex, Request
 
-__all__ = ["Ledger", "LedgerState", "make_request_id", "utc_now"]
+__all__ = [
+    "GENESIS",
+    "Ledger",
+    "LedgerState",
+    "VerifyReport",
+    "ledger_main",
+    "make_request_id",
+    "utc_now",
+    "verify",
+    "weights_sha256",
+]
 
-RECORD_TYPES = ("request", "twin", "round")
+RECORD_TYPES = ("request", "applied", "failed", "twin", "round")
+#: The ``prev`` of a ledger's first line.
+GENESIS = "0" * 64
+
+_HASH_KEY = b', "hash": "'
+_TAIL = len(_HASH_KEY) + 64 + 2  # , "hash": "<64 hex>"}
+_HEX = re.compile(rb"[0-9a-f]{64}")
 
 
 def utc_now() -> str:
@@ -63,6 +115,21 @@ def make_request_id(requester: str, sample_key: str, round_index: int, occurrenc
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+def weights_sha256(model_or_state) -> str:
+    """SHA-256 of a model's weights (a module, e.g. a SISA ensemble, or a state dict).
+
+    Over the state dict's entries sorted by name: each name, then the tensor's raw bytes (contiguous, on the
+    CPU).  The same digest as :func:`healing_pl.phases.stream.state_sha256`, and it also takes bfloat16.
+    """
+    state = model_or_state.state_dict() if hasattr(model_or_state, "state_dict") else model_or_state
+    digest = hashlib.sha256()
+    for name, value in sorted(state.items()):
+        digest.update(name.encode())
+        t = value.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(t.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _jsonable(value):
     """JSON fallback for tensors and numpy numbers in metrics."""
     if isinstance(value, Tensor):
@@ -73,6 +140,38 @@ def _jsonable(value):
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+def _ledger_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path if path.suffix == ".jsonl" else path / Ledger.FILENAME
+
+
+def _head_path(path: Path) -> Path:
+    return path.with_suffix(".head")
+
+
+def _chain_line(record: dict, prev: str) -> tuple[str, str]:
+    """The line (with its newline) for ``record`` after a line whose hash is ``prev``; and its own hash."""
+    if "prev" in record or "hash" in record:
+        raise ValueError("A ledger record may not carry its own 'prev' or 'hash' key.")
+    body = json.dumps({**record, "prev": prev}, default=_jsonable)
+    digest = hashlib.sha256(body.encode()).hexdigest()
+    return f'{body[:-1]}, "hash": "{digest}"}}\n', digest
+
+
+def _torn_tail(data: bytes) -> int | None:
+    """Where to cut ``data`` when its last line is torn (no newline at the end, or not valid JSON); else None."""
+    if not data:
+        return None
+    if not data.endswith(b"\n"):
+        return data.rfind(b"\n") + 1
+    start = data.rfind(b"\n", 0, len(data) - 1) + 1
+    try:
+        json.loads(data[start:-1])
+    except ValueError:
+        return start
+    return None
+
+
 @dataclass
 class LedgerState:
     """What a ledger file says, reconstructed by :meth:`Ledger.replay`.
@@ -81,11 +180,17 @@ class LedgerState:
         requests: request records in file order.
         twins: request_id -> its latest twin record.
         rounds: round index -> round record.
+        outcomes: request_id -> the latest ``applied`` or ``failed`` record naming it.
+        lines: number of lines.
+        head: the last line's hash (:data:`GENESIS` for an empty ledger).
     """
 
     requests: list[dict] = field(default_factory=list)
     twins: dict[str, dict] = field(default_factory=dict)
     rounds: dict[int, dict] = field(default_factory=dict)
+    outcomes: dict[str, dict] = field(default_factory=dict)
+    lines: int = 0
+    head: str = GENESIS
 
     @property
     def request_ids(self) -> set[str]:
@@ -95,6 +200,35 @@ class LedgerState:
     def accepted_ids(self) -> Tensor:
         """Sample ids of the accepted requests, in the order they were accepted."""
         ids = [r["sample_id"] for r in self.requests if r["decision"] == "accept"]
+        return torch.tensor(ids, dtype=torch.long)
+
+    def _with_outcome(self, kind: str | None) -> list[str]:
+        return [
+            r["request_id"]
+            for r in self.requests
+            if r["decision"] == "accept" and (self.outcomes.get(r["request_id"]) or {}).get("type") == kind
+        ]
+
+    @property
+    def applied_request_ids(self) -> list[str]:
+        """Accepted requests whose latest outcome is ``applied``, in request order."""
+        return self._with_outcome("applied")
+
+    @property
+    def failed_request_ids(self) -> list[str]:
+        """Accepted requests whose latest outcome is ``failed`` (not applied since), in request order."""
+        return self._with_outcome("failed")
+
+    @property
+    def pending_request_ids(self) -> list[str]:
+        """Accepted requests with no ``applied`` or ``failed`` line (yet), in request order."""
+        return self._with_outcome(None)
+
+    @property
+    def applied_sample_ids(self) -> Tensor:
+        """Sample ids of the accepted requests that were applied, in request order."""
+        applied = set(self.applied_request_ids)
+        ids = [r["sample_id"] for r in self.requests if r["request_id"] in applied]
         return torch.tensor(ids, dtype=torch.long)
 
     def rounds_of_requests(self) -> list[list[Request]]:
@@ -117,24 +251,213 @@ class LedgerState:
         membership.mark_unlearned(self.accepted_ids)
 
 
+@dataclass(frozen=True)
+class VerifyReport:
+    """What :func:`verify` found.
+
+    Attributes:
+        path: the ledger file.
+        lines: lines in the file.
+        line: the first broken line (1-based), or None when the ledger is intact (or when only
+            ``ledger.head`` itself is unreadable).
+        reason: why it is broken (a sentence without the line number), or None.
+    """
+
+    path: Path
+    lines: int
+    line: int | None = None
+    reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    @property
+    def message(self) -> str:
+        """One sentence: ``ledger ok: N lines``, or the first broken line and why."""
+        if self.ok:
+            return f"ledger ok: {self.lines} lines"
+        where = f"line {self.line} of {self.path}" if self.line is not None else str(self.path)
+        return f"{where[0].upper()}{where[1:]} is broken: {self.reason}."
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _need_accepted(request_id, accepted: set[str], known: set[str]) -> str | None:
+    if request_id not in known:
+        return f"it names request {request_id!r}, which no earlier line records"
+    if request_id not in accepted:
+        return f"it names request {request_id!r}, which was rejected"
+    return None
+
+
+def _scan(data: bytes, *, check_head: bytes | None) -> tuple[LedgerState, int | None, str | None]:
+    """Read a ledger's bytes; the state of its good prefix, and the first broken line (number, reason) if any.
+
+    ``check_head``: the bytes of the ``.head`` sidecar (None when there is none).
+    """
+    state = LedgerState()
+    seen: set[str] = set()
+    accepted: set[str] = set()
+    hashes: list[str] = []
+    prev = GENESIS
+    raws = data.split(b"\n")
+    torn = raws[-1] != b""  # the last line has no newline
+    if not torn:
+        raws.pop()
+    decode, sha256, key_end = json.JSONDecoder().raw_decode, hashlib.sha256, -_TAIL + len(_HASH_KEY)
+    number = 0
+    for number, raw in enumerate(raws, start=1):
+        if torn and number == len(raws):
+            return state, number, "it is torn (no newline at the end: a write was cut short)"
+        if not raw:
+            return state, number, "it is empty"
+        try:
+            text = raw.decode()
+            record, end = decode(text)
+            if end != len(text):
+                raise ValueError(text)
+        except ValueError:  # UnicodeDecodeError too
+            return state, number, "it is not valid JSON"
+        kind = record.get("type") if isinstance(record, dict) else None
+        if kind not in RECORD_TYPES:
+            return state, number, "it has no known record type"
+        if raw[-_TAIL:key_end] != _HASH_KEY or raw[-2:] != b'"}':
+            return state, number, "it carries no hash (not written by a hash-chained ledger)"
+        digest = sha256(raw[:-_TAIL] + b"}").hexdigest()
+        if text[-66:-2] != digest:
+            return state, number, "its content does not match its hash (the line was changed after it was written)"
+        if record.get("prev") != prev:
+            if number == 1:
+                return state, number, "its prev is not the genesis value (the ledger's first lines are missing)"
+            return (
+                state,
+                number,
+                (f"its prev is not the hash of line {number - 1} (a line before it was deleted, inserted or changed)"),
+            )
+        problem = None
+        if kind == "request":
+            rid = record.get("request_id")
+            if rid in seen:
+                problem = f"it repeats request {rid}"
+            elif record.get("decision") not in ("accept", "reject") or record.get("reason") not in REASONS:
+                problem = "its decision or reason is not a known value"
+            elif (record["decision"] == "accept") != (record["reason"] == "member"):
+                problem = f"its decision {record['decision']!r} does not match its reason {record['reason']!r}"
+            else:
+                seen.add(rid)
+                if record["decision"] == "accept":
+                    accepted.add(rid)
+                state.requests.append(record)
+        elif kind == "twin":
+            problem = _need_accepted(record.get("request_id"), accepted, seen)
+            if problem is None:
+                state.twins[record["request_id"]] = record
+        elif kind in ("applied", "failed"):
+            ids = record.get("request_ids")
+            if not isinstance(ids, list) or not ids:
+                problem = "it names no request ids"
+            else:
+                problem = next((p for rid in ids if (p := _need_accepted(rid, accepted, seen))), None)
+            if problem is None and kind == "applied" and not _HEX.fullmatch(str(record.get("model_sha256")).encode()):
+                problem = "its model_sha256 is not a SHA-256 hex digest"
+            if problem is None:
+                for rid in ids:
+                    state.outcomes[rid] = record
+        else:
+            if not isinstance(record.get("round"), int):
+                problem = "its round is not an integer"
+            else:
+                state.rounds[record["round"]] = record
+        if problem is not None:
+            return state, number, problem
+        prev = digest
+        hashes.append(prev)
+        state.lines, state.head = number, prev
+    if check_head is not None:
+        try:
+            head = json.loads(check_head)
+            n, h = int(head["lines"]), str(head["hash"])
+        except (ValueError, KeyError, TypeError):
+            return state, None, "its .head file is not readable"
+        if n > len(hashes):
+            return (
+                state,
+                len(hashes) + 1,
+                (f"it is missing: the .head file records {n} lines, but the ledger ends after line {len(hashes)}"),
+            )
+        if n and hashes[n - 1] != h:
+            return state, n, "its hash is not the one the .head file records for it"
+        if not n and h != GENESIS:
+            return state, None, "its .head file records no lines but a hash"
+    elif hashes:
+        return state, None, "it has no .head file, so a deleted last line would go unnoticed"
+    return state, None, None
+
+
+def _read_head(path: Path) -> bytes | None:
+    head = _head_path(path)
+    return head.read_bytes() if head.exists() else None
+
+
+def verify(path: str | os.PathLike) -> VerifyReport:
+    """Walk a ledger (file or run folder) and report the first broken line.
+
+    Checks, line by line: valid JSON with a known type; the line's ``hash`` over its bytes; ``prev`` equal to
+    the previous line's hash; a request id not repeated; a decision that matches its reason; twin, applied and
+    failed lines naming only earlier accepted requests.  Then the ``.head`` sidecar: the ledger must still
+    hold the line (and hash) it records last.  Raises FileNotFoundError when there is no ledger.
+    """
+    path = _ledger_path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"There is no ledger at {path}.")
+    data = path.read_bytes()
+    state, line, reason = _scan(data, check_head=_read_head(path))
+    return VerifyReport(path, data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1), line, reason)
+
+
 class Ledger:
-    """The append-only request ledger of one run.
+    """The append-only, hash-chained request ledger of one run.
 
     Args:
         path: a run folder (the ledger is ``<folder>/ledger.jsonl``, the
             folder is created) or a path ending in ``.jsonl``.  An existing
-            ledger is read on opening and appended to.
+            ledger is verified on opening (ValueError when it is broken) and
+            appended to; a torn last line is cut back first, with a warning.
     """
 
     FILENAME = "ledger.jsonl"
 
     def __init__(self, path: str | os.PathLike):
-        path = Path(path)
-        if path.suffix != ".jsonl":
-            path = path / self.FILENAME
+        path = _ledger_path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        state = self.replay(path) if path.exists() else LedgerState()
+        self.path, self.head_path = path, _head_path(path)
+        state = LedgerState()
+        if path.exists():
+            data = path.read_bytes()
+            cut = _torn_tail(data)
+            if cut is not None:
+                n = data.count(b"\n", 0, cut)
+                with open(path, "r+b") as f:
+                    f.truncate(cut)
+                    f.flush()
+                    os.fsync(f.fileno())
+                warnings.warn(
+                    f"{path}: line {n + 1} was torn (a write cut short by a crash); "
+                    f"cut back to the {n} whole lines before it.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                data = data[:cut]
+            state, line, reason = _scan(data, check_head=_read_head(path))
+            if reason is not None and line is not None:
+                raise ValueError(VerifyReport(path, state.lines, line, reason).message)
+            if reason is not None:  # the lines are sound, the head is missing or unreadable: rewritten below
+                warnings.warn(f"{path}: {reason}; it is written again.", RuntimeWarning, stacklevel=2)
         self._request_ids = state.request_ids
         self._rounds = dict(state.rounds)
         self._accepted_by_sample = {
@@ -142,23 +465,51 @@ class Ledger:
         }
         self._accepted_by_request = {rid: sid for sid, rid in self._accepted_by_sample.items()}
         self._twins = {rid: (t["twin_id"], t["twin_hash"]) for rid, t in state.twins.items()}
+        self._outcomes = dict(state.outcomes)
+        self._lines, self._prev = state.lines, state.head
+        if state.lines and self._stored_head() != (state.lines, state.head):
+            self._write_head()  # missing, or behind after a crash between an append and its head
 
     # ---------------------------------------------------------------- write
-    def _append(self, record: dict) -> None:
-        line = json.dumps(record, default=_jsonable, sort_keys=False)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
+    def _stored_head(self) -> tuple[int, str] | None:
+        try:
+            head = json.loads(self.head_path.read_bytes())
+            return int(head["lines"]), str(head["hash"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _write_head(self) -> None:
+        """Replace the head atomically (no fsync: it is written after the lines it names are on disk, so after a
+        crash it can only lag behind the file, which opening the ledger repairs; it never runs ahead)."""
+        tmp = self.head_path.with_name(self.head_path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps({"lines": self._lines, "hash": self._prev}) + "\n")
+        os.replace(tmp, self.head_path)
+
+    def _append(self, records: Sequence[dict]) -> None:
+        """Chain ``records`` onto the ledger: one write, one fsync, then the head."""
+        if not records:
+            return
+        lines, prev = [], self._prev
+        for record in records:
+            line, prev = _chain_line(record, prev)
+            lines.append(line)
+        with open(self.path, "ab") as f:
+            f.write("".join(lines).encode())
             f.flush()
             os.fsync(f.fileno())
+        self._lines, self._prev = self._lines + len(lines), prev
+        self._write_head()
 
     def record(self, decisions: Sequence[Decision], round_index: int) -> list[str]:
-        """Write the decisions of one batch; return their request ids in order.
+        """Write the decisions of one batch (one write, one fsync); return their request ids in order.
 
         A decision whose request id is already in the ledger is not written
         again (that is what makes a replay idempotent).
         """
-        ids = []
+        ids, new = [], []
         seen: Counter = Counter()
+        time = utc_now()
         for d in decisions:
             key = _sample_key(d.sample_id, d.sample_hash)
             occurrence = seen[(d.request.requester, key)]
@@ -167,26 +518,74 @@ class Ledger:
             ids.append(rid)
             if rid in self._request_ids:
                 continue
-            self._append(
-                {
-                    "type": "request",
-                    "request_id": rid,
-                    "requester": d.request.requester,
-                    "kind": d.request.kind,
-                    "named_by": d.request.named_by,
-                    "time": utc_now(),
-                    "round": int(round_index),
-                    "sample_id": d.sample_id,
-                    "sample_hash": d.sample_hash,
-                    "decision": d.decision,
-                    "reason": d.reason,
-                }
+            new.append(
+                (
+                    d,
+                    {
+                        "type": "request",
+                        "request_id": rid,
+                        "requester": d.request.requester,
+                        "kind": d.request.kind,
+                        "named_by": d.request.named_by,
+                        "time": time,
+                        "round": int(round_index),
+                        "sample_id": d.sample_id,
+                        "sample_hash": d.sample_hash,
+                        "decision": d.decision,
+                        "reason": d.reason,
+                    },
+                )
             )
-            self._request_ids.add(rid)
+        self._append([r for _, r in new])
+        for d, r in new:
+            self._request_ids.add(r["request_id"])
             if d.accepted:
-                self._accepted_by_sample[d.sample_id] = rid
-                self._accepted_by_request[rid] = d.sample_id
+                self._accepted_by_sample[d.sample_id] = r["request_id"]
+                self._accepted_by_request[r["request_id"]] = d.sample_id
         return ids
+
+    def _accepted_request_ids(self, request_ids: Sequence[str]) -> list[str]:
+        ids = [str(r) for r in request_ids]
+        if not ids:
+            raise ValueError("An applied or failed line needs at least one request id.")
+        for rid in ids:
+            if rid not in self._request_ids:
+                raise ValueError(f"The ledger has no request {rid!r}.")
+            if rid not in self._accepted_by_request:
+                raise ValueError(f"Request {rid!r} was rejected, so it cannot be applied or fail.")
+        return ids
+
+    def _outcome(self, record: dict) -> bool:
+        ids = record["request_ids"]
+        same = ("type", "round", "model_sha256", "reason")
+        if all(
+            {k: (self._outcomes.get(r) or {}).get(k) for k in same} == {k: record.get(k) for k in same} for r in ids
+        ):
+            return False  # a rerun that ended the same way
+        self._append([{**record, "time": utc_now()}])
+        for rid in ids:
+            self._outcomes[rid] = record
+        return True
+
+    def applied(self, request_ids: Sequence[str], model_sha256: str, round_index: int = 0) -> bool:
+        """Record that these accepted requests were unlearned, giving the resulting model's weight hash.
+
+        Returns False (and writes nothing) when the ledger already says so for every one of them, with the
+        same model hash and round (a rerun).
+        """
+        ids = self._accepted_request_ids(request_ids)
+        if not re.fullmatch(r"[0-9a-f]{64}", str(model_sha256)):
+            raise ValueError(f"model_sha256 must be a SHA-256 hex digest, got {model_sha256!r}.")
+        record = {"type": "applied", "request_ids": ids, "model_sha256": model_sha256, "round": int(round_index)}
+        return self._outcome(record)
+
+    def failed(self, request_ids: Sequence[str], reason: str, round_index: int = 0) -> bool:
+        """Record that the run failed after these requests were accepted (``reason``: the error's sentence).
+
+        Returns False (and writes nothing) when the ledger already says they failed for the same reason.
+        """
+        ids = self._accepted_request_ids(request_ids)
+        return self._outcome({"type": "failed", "request_ids": ids, "reason": str(reason), "round": int(round_index)})
 
     def append_twin(self, request_id: str, twin_id: int, twin_hash: str, score: float | None = None) -> bool:
         """Record the twin that replaced an accepted request's sample.
@@ -201,14 +600,16 @@ class Ledger:
         if self._twins.get(request_id) == (int(twin_id), twin_hash):
             return False
         self._append(
-            {
-                "type": "twin",
-                "request_id": request_id,
-                "twin_id": int(twin_id),
-                "twin_hash": twin_hash,
-                "score": None if score is None else float(score),
-                "time": utc_now(),
-            }
+            [
+                {
+                    "type": "twin",
+                    "request_id": request_id,
+                    "twin_id": int(twin_id),
+                    "twin_hash": twin_hash,
+                    "score": None if score is None else float(score),
+                    "time": utc_now(),
+                }
+            ]
         )
         self._twins[request_id] = (int(twin_id), twin_hash)
         return True
@@ -219,7 +620,7 @@ class Ledger:
         if round_index in self._rounds:
             return False
         full = {"type": "round", **record, "round": round_index, "time": utc_now()}
-        self._append(full)
+        self._append([full])
         self._rounds[round_index] = full
         return True
 
@@ -231,6 +632,16 @@ class Ledger:
         """Number of request records."""
         return len(self._request_ids)
 
+    @property
+    def lines(self) -> int:
+        """Number of lines in the file."""
+        return self._lines
+
+    @property
+    def head(self) -> str:
+        """The last line's hash (:data:`GENESIS` while empty)."""
+        return self._prev
+
     def round_record(self, round_index: int) -> dict | None:
         """The summary of a round already applied, or None."""
         return self._rounds.get(int(round_index))
@@ -239,6 +650,10 @@ class Ledger:
         """Sample ids of those requests that the ledger says were accepted, in order."""
         ids = [self._accepted_by_request[r] for r in request_ids if r in self._accepted_by_request]
         return torch.tensor(ids, dtype=torch.long)
+
+    def accepted_request_ids(self, request_ids: Sequence[str]) -> list[str]:
+        """Those of ``request_ids`` that the ledger says were accepted, in order."""
+        return [r for r in request_ids if r in self._accepted_by_request]
 
     def request_id_for_sample(self, sample_id: int) -> str:
         """The id of the accepted request that unlearned ``sample_id`` (to attach its twin)."""
@@ -249,32 +664,31 @@ class Ledger:
 
     @staticmethod
     def replay(path: str | os.PathLike) -> LedgerState:
-        """Read a ledger file (or run folder) back into a :class:`LedgerState`."""
-        path = Path(path)
-        if path.suffix != ".jsonl":
-            path = path / Ledger.FILENAME
+        """Read a ledger file (or run folder) back into a :class:`LedgerState`; ValueError if it is broken."""
+        path = _ledger_path(path)
         if not path.exists():
             raise ValueError(f"There is no ledger at {path}.")
-        state = LedgerState()
-        seen: set[str] = set()
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    raise ValueError(f"Line {number} of {path} is not valid JSON.") from None
-                kind = record.get("type") if isinstance(record, dict) else None
-                if kind not in RECORD_TYPES:
-                    raise ValueError(f"Line {number} of {path} has no known record type.")
-                if kind == "request":
-                    if record["request_id"] in seen:
-                        raise ValueError(f"Line {number} of {path} repeats request {record['request_id']}.")
-                    seen.add(record["request_id"])
-                    state.requests.append(record)
-                elif kind == "twin":
-                    state.twins[record["request_id"]] = record
-                else:
-                    state.rounds[int(record["round"])] = record
+        state, line, reason = _scan(path.read_bytes(), check_head=_read_head(path))
+        if reason is not None:
+            where = f"Line {line} of {path}" if line is not None else str(path)
+            raise ValueError(f"{where} is broken: {reason}.")
         return state
+
+
+def ledger_main(argv: Sequence[str] | None = None) -> int:
+    """``healing-pl ledger verify RUN_DIR_OR_FILE``: 0 when intact, 1 when broken, 2 when there is no ledger."""
+    parser = argparse.ArgumentParser(prog="healing-pl ledger", description="Check a run's unlearn-request ledger.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    check = commands.add_parser("verify", help="walk the hash chain and name the first broken line")
+    check.add_argument("path", help="a run folder or a ledger .jsonl file")
+    try:
+        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as stop:  # --help or a usage error
+        return int(stop.code or 0)
+    try:
+        report = verify(args.path)
+    except FileNotFoundError as err:
+        print(err, file=sys.stderr)
+        return 2
+    print(report.message)
+    return 0 if report.ok else 1

@@ -55,9 +55,12 @@ def sample_hash(x) -> str:
     first.  The sample must be the one ``dataset[i][0]`` returns: a pool with
     random augmentation in ``__getitem__`` has no stable hashes.
     """
-    t = torch.as_tensor(x).detach().to("cpu").contiguous()
+    t = x if isinstance(x, Tensor) else torch.as_tensor(x)
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
     digest = hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode())
-    digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    digest.update(t.contiguous().reshape(-1).view(torch.uint8).numpy())  # the raw bytes, without a copy
     return digest.hexdigest()
 
 
@@ -148,6 +151,10 @@ class MembershipIndex:
         self._unlearned = torch.zeros(self.pool_size, dtype=torch.bool)
         self._progress = progress
         self._by_hash: dict[str, list[int]] | None = None
+        self._hashes: dict[int, str] = {}  # pool id -> content hash, filled on use (the pool does not change)
+        # numpy views sharing the tensors' memory: one element reads in ~0.1 us instead of ~2 us
+        self._member_np = self._member.numpy()
+        self._unlearned_np = self._unlearned.numpy()
 
     # ------------------------------------------------------------------ state
     @property
@@ -166,11 +173,14 @@ class MembershipIndex:
         return torch.nonzero(self._member & ~self._unlearned).reshape(-1)
 
     def is_member(self, sample_id: int) -> bool:
-        return 0 <= sample_id < self.pool_size and bool(self._member[sample_id])
+        return 0 <= sample_id < self.pool_size and bool(self._member_np[sample_id])
 
     def hash_of(self, sample_id: int) -> str:
-        """Content hash of one pool sample."""
-        return sample_hash(self.dataset[sample_id][0])
+        """Content hash of one pool sample (computed once, then remembered)."""
+        digest = self._hashes.get(sample_id)
+        if digest is None:
+            digest = self._hashes[sample_id] = sample_hash(self.dataset[sample_id][0])
+        return digest
 
     def _hash_index(self) -> dict[str, list[int]]:
         """hash -> training ids with that content (ascending), built on first use."""
@@ -219,10 +229,11 @@ class MembershipIndex:
         copies = self._hash_index().get(request.sample_hash)
         if not copies:
             return None, request.sample_hash
+        unlearned = self._unlearned_np
         for sid in copies:  # the first copy still present and not named in this batch
-            if not self._unlearned[sid] and sid not in claimed:
+            if not unlearned[sid] and sid not in claimed:
                 return sid, request.sample_hash
-        present = [sid for sid in copies if not self._unlearned[sid]]
+        present = [sid for sid in copies if not unlearned[sid]]
         return (present or copies)[0], request.sample_hash
 
     # ---------------------------------------------------------------- decide
@@ -234,16 +245,17 @@ class MembershipIndex:
         """
         decisions = []
         claimed: set[int] = set()
+        member, unlearned = self._member_np, self._unlearned_np
         for raw in requests:
-            request = self.as_request(raw)
+            request = raw if isinstance(raw, Request) else self.as_request(raw)
             sid, digest = self._resolve(request, claimed)
             if sid is None:
                 reason = "not_a_member"
             elif not 0 <= sid < self.pool_size:
                 reason = "unknown_id"
-            elif not self._member[sid]:
+            elif not member[sid]:
                 reason = "not_a_member"
-            elif self._unlearned[sid]:
+            elif unlearned[sid]:
                 reason = "already_unlearned"
             elif sid in claimed:
                 reason = "duplicate"
@@ -264,7 +276,7 @@ class MembershipIndex:
         if len(set(accepted)) != len(accepted):
             raise ValueError("The decisions accept the same sample twice; decide them in one check().")
         for sid in accepted:
-            if not self._member[sid] or self._unlearned[sid]:
+            if not self._member_np[sid] or self._unlearned_np[sid]:
                 raise ValueError(f"Decision for sample {sid} is stale: it is no longer unlearnable.")
         ids = torch.tensor(accepted, dtype=torch.long)
         self._unlearned[ids] = True

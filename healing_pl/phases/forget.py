@@ -20,6 +20,7 @@ class ForgetSet:
     reasons: dict[str, int]  # decision reason -> count
     classes: list[int]  # samples of F per class
     primary_count: int
+    request_ids: tuple[str, ...] = ()  # the ledger ids of the accepted requests (empty without a ledger)
 
     @property
     def accepted(self) -> int:
@@ -70,8 +71,10 @@ def select_forget_ids(adversary: AdversaryConfig, model, datamodule, progress: b
 def request_forget_set(adversary: AdversaryConfig, model, datamodule, ledger=None, progress: bool = False) -> ForgetSet:
     """Select the adversary's requests, check membership, and write every decision to ``ledger`` (if any).
 
-    Requests for non-members, duplicates and samples already unlearned are rejected with a reason.
-    Runs on one rank (the ledger is written once).
+    Requests for non-members, duplicates and samples already unlearned are rejected with a reason.  Every
+    decision is recorded before anything can fail: when all requests are rejected, the rejections are in the
+    ledger before the ValueError; when the accepted ones would leave nothing to train on, a ``failed`` line
+    follows them.  Runs on one rank (the ledger is written once).
     """
     from healing_pl.adversary.membership import MembershipIndex, Request
 
@@ -79,13 +82,18 @@ def request_forget_set(adversary: AdversaryConfig, model, datamodule, ledger=Non
     membership = MembershipIndex(datamodule.pool.train, datamodule.primary_ids)
     requester = f"adversary-{adversary.selector}"
     decisions = membership.check([Request(requester, sample_id=int(i), kind="adversarial") for i in requested])
+    request_ids = ledger.record(decisions, round_index=0) if ledger is not None else []
+    accepted_requests = tuple(rid for rid, d in zip(request_ids, decisions) if d.accepted)
     accepted = torch.tensor([d.sample_id for d in decisions if d.accepted], dtype=torch.long)
     reasons = dict(Counter(d.reason for d in decisions))
     if accepted.numel() == 0:
         raise ValueError(f"all {len(decisions)} unlearn requests were rejected ({reasons}); nothing to unlearn.")
     if accepted.numel() == len(datamodule.primary_ids):
-        raise ValueError("the forget set covers the whole primary set; nothing would remain to train on.")
-    if ledger is not None:
-        ledger.record(decisions, round_index=0)
+        message = "the forget set covers the whole primary set; nothing would remain to train on."
+        if accepted_requests:
+            ledger.failed(accepted_requests, message)
+        raise ValueError(message)
     classes = torch.bincount(datamodule.targets[accepted], minlength=datamodule.num_classes).tolist()
-    return ForgetSet(accepted, adversary, len(decisions), reasons, classes, len(datamodule.primary_ids))
+    return ForgetSet(
+        accepted, adversary, len(decisions), reasons, classes, len(datamodule.primary_ids), accepted_requests
+    )
