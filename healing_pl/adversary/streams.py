@@ -174,6 +174,14 @@ class RequestStream:
 OnRound = Callable[[int, Tensor], dict | None]
 
 
+#: The keys of a round summary (a ledger line adds its own: type, time, the chain's).
+SUMMARY_KEYS = ("round", "n_requests", "n_accepted", "n_rejected", "reasons", "by_kind", "metrics")
+
+
+def _stored_summary(stored: dict) -> dict:
+    return {k: stored[k] for k in SUMMARY_KEYS if k in stored}
+
+
 def _summary(round_index: int, decisions, metrics: dict) -> dict:
     by_kind: dict[str, dict[str, int]] = {}
     for d in decisions:
@@ -191,8 +199,21 @@ def _summary(round_index: int, decisions, metrics: dict) -> dict:
     }
 
 
+def _applied_prefix(ledger: Ledger, n_rounds: int) -> int:
+    """How many rounds, from the first, have their summary in the ledger."""
+    done = 0
+    while done < n_rounds and ledger.round_record(done) is not None:
+        done += 1
+    return done
+
+
 def run_rounds(
-    stream: Iterable[Sequence[Request]], membership: MembershipIndex, ledger: Ledger, on_round: OnRound | None = None
+    stream: Iterable[Sequence[Request]],
+    membership: MembershipIndex,
+    ledger: Ledger,
+    on_round: OnRound | None = None,
+    *,
+    restore: Callable[[int], bool] | None = None,
 ) -> list[dict]:
     """Check, record and apply the stream round by round.
 
@@ -207,29 +228,44 @@ def run_rounds(
     rejected per benign / adversarial) and ``metrics``.
 
     Resuming: with a ledger that already holds some rounds, pass a *fresh*
-    ``MembershipIndex`` and the same stream.  A round whose summary is in the
-    ledger is not applied again: its accepted ids are taken from the ledger,
-    ``on_round`` is not called and its stored summary is returned.  Requests
-    already in the ledger are never appended twice.
+    ``MembershipIndex`` and the same stream.  Requests already in the ledger
+    are never appended twice, nor is a round summary.
+
+    * Without ``restore``, a round whose summary is in the ledger is not
+      applied again: its accepted ids are taken from the ledger, ``on_round``
+      is not called and its stored summary is returned.
+    * With ``restore``, the pipeline rebuilds its own state: ``restore(k)``
+      loads the state after round ``k`` (its checkpoint) and returns False
+      when it has none.  It is asked for the last round whose summary is in
+      the ledger first, then for earlier ones; the rounds up to the restored
+      one are skipped as above, every later round is applied again
+      (``on_round`` is called; a summary already in the ledger is kept and
+      returned as stored).
     """
+    rounds = [list(requests) for requests in stream]
+    resume_at = len(rounds)  # rounds before it are skipped
+    if restore is not None:
+        resume_at = _applied_prefix(ledger, len(rounds))
+        while resume_at > 0 and not restore(resume_at - 1):
+            resume_at -= 1
     records = []
-    for round_index, requests in enumerate(stream):
-        requests = list(requests)
+    for round_index, requests in enumerate(rounds):
         if not requests:
             raise ValueError(f"Round {round_index} of the stream has no requests.")
         decisions = membership.check(requests)
         request_ids = ledger.record(decisions, round_index)
         stored = ledger.round_record(round_index)
-        if stored is not None:
+        if stored is not None and round_index < resume_at:
             membership.mark_unlearned(ledger.accepted_sample_ids(request_ids))
-            records.append({k: v for k, v in stored.items() if k not in ("type", "time")})
+            records.append(_stored_summary(stored))
             continue
         accepted = membership.commit(decisions)
         metrics = on_round(round_index, accepted) if on_round is not None else None
         if metrics is not None and not isinstance(metrics, dict):
             raise TypeError(f"on_round must return a dict of metrics or None, got {type(metrics).__name__}.")
         record = _summary(round_index, decisions, dict(metrics or {}))
-        ledger.append_round(record)
+        if not ledger.append_round(record):  # applied again after a lost checkpoint: the ledger keeps its summary
+            record = _stored_summary(stored)
         records.append(record)
     if not records:
         raise ValueError("The request stream has no requests.")

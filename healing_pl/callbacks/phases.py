@@ -174,6 +174,20 @@ class UnlearnPhase(Phase):
         self.baseline_model = model = detached_copy(pl_module, self.baseline.hparams)
         self.ledger = _ledger(self.run_dir)
         forget = request_forget_set(self.adversary, model, dm, self.ledger, progress)
+        try:
+            outcome = self._unlearn(forget, model, dm, context, progress)
+            if forget.request_ids:  # the unlearning succeeded: the requests were applied to this model
+                from healing_pl.adversary.ledger import weights_sha256
+
+                self.ledger.applied(forget.request_ids, weights_sha256(self.unlearned_model))
+        except Exception as err:
+            if forget.request_ids:
+                self.ledger.failed(forget.request_ids, str(err) or type(err).__name__)
+            raise
+        return outcome
+
+    def _unlearn(self, forget: ForgetSet, model, dm, context: Context, progress: bool) -> UnlearnOutcome:
+        """Baseline evaluation, gold standard, unlearning (and attack strength) for an accepted forget set."""
         before = evaluate_sets(model, dm, forget.ids, "baseline")
         gold = None
         if self.gold:
@@ -383,7 +397,14 @@ class _ShardJob:
 
 # --------------------------------------------------------------------------- streams
 class StreamPhase(Phase):
-    """A stream of requests in rounds, applied on rank zero on the model's device (:mod:`healing_pl.phases.stream`)."""
+    """A stream of requests in rounds, applied on rank zero on the model's device (:mod:`healing_pl.phases.stream`).
+
+    The state after each round is kept under ``<run_dir>/stream/``, so a rerun into the same folder resumes after
+    the last round the ledger holds. Tests stop a stream after round ``k`` with ``HEALING_PL_STOP_AFTER_ROUND=k``
+    (a KeyboardInterrupt once that round's summary is in the ledger).
+    """
+
+    STOP_ENV = "HEALING_PL_STOP_AFTER_ROUND"
 
     def __init__(
         self,
@@ -412,13 +433,26 @@ class StreamPhase(Phase):
             )
             logger = trainer.logger
             log = (lambda metrics, step: logger.log_metrics(metrics, step=step)) if logger is not None else None
+            ledger = _ledger(self.run_dir)
+            stop = os.environ.get(self.STOP_ENV)
+            if stop:  # test-only: interrupt once round `stop` is on record
+                append_round = ledger.append_round
+
+                def append_and_stop(record: dict) -> bool:
+                    written = append_round(record)
+                    if int(record["round"]) == int(stop):
+                        raise KeyboardInterrupt(f"{self.STOP_ENV}={stop}")
+                    return written
+
+                ledger.append_round = append_and_stop
             return run_stream(
                 detached_copy(pl_module, self.baseline.hparams),
                 self.baseline,
                 trainer.datamodule,
-                ledger=_ledger(self.run_dir),
+                ledger=ledger,
                 context=context,
                 log=log,
+                checkpoint_dir=os.path.join(self.run_dir, "stream"),
                 **self.configs,
             )
 

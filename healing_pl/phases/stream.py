@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -15,7 +17,7 @@ from healing_pl.phases.forget import select_forget_ids
 from healing_pl.phases.heal import fine_tune
 from healing_pl.phases.twins import ledger_twins, spare_policy, twin_phase
 from healing_pl.phases.unlearn import unlearned_model
-from healing_pl.unlearning.methods import METHODS, Context
+from healing_pl.unlearning.methods import METHODS, Context, copy_model
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,28 @@ def state_sha256(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def round_checkpoint(directory: str, index: int) -> str:
+    """The state after round ``index`` of a stream: ``<directory>/round-<index>.pt``."""
+    return os.path.join(directory, f"round-{index:04d}.pt")
+
+
+def save_round(path: str, state: dict) -> None:
+    """Write a round's state atomically: a unique temporary file in the same folder, then ``os.replace``."""
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 def run_stream(
     model,
     baseline: Baseline,
@@ -65,6 +89,7 @@ def run_stream(
     ledger,
     context: Context,
     log: Callable[[dict, int], None] | None = None,
+    checkpoint_dir: str | None = None,
 ) -> StreamResult:
     """Mix the adversary's requests with benign ones and unlearn (and heal) them round by round.
 
@@ -72,6 +97,11 @@ def run_stream(
     set excludes them). Each round's unlearning goes through the unlearn cache (keyed by the round's
     starting weights); healing draws twins from one spare policy (no spare is used twice) and
     fine-tunes at ``heal.lr``. Test accuracy is evaluated after every round.
+
+    ``checkpoint_dir``: after each round, before its summary goes to the ledger, the state after it (the model's
+    weights on the CPU, the ids removed from the primary set, the twins and the spare policy's state) is written
+    to :func:`round_checkpoint`. A rerun into the same run folder loads the state after the last round the ledger
+    holds and goes on with the next round, so an interrupted stream ends with the uninterrupted one's model.
     """
     from healing_pl.adversary.membership import MembershipIndex
     from healing_pl.adversary.streams import RequestStream, run_rounds
@@ -97,8 +127,36 @@ def run_stream(
     embedder = model
     current = {"model": model}
     twin_ids: list[int] = []
+    primary = datamodule.primary_ids
     test = datamodule.test_dataloader()
-    curve = [{"round": -1, "test/acc": evaluate(model, test)["acc"]}]
+    baseline_acc = evaluate(model, test)["acc"]
+
+    def checkpoint(index: int) -> None:
+        removed = primary[~torch.isin(primary, datamodule.primary_ids)]
+        state = {
+            "round": index,
+            "state_dict": {k: v.detach().cpu().clone() for k, v in current["model"].state_dict().items()},
+            "removed": removed.cpu(),
+            "twin_ids": torch.tensor(twin_ids, dtype=torch.long),
+            "policy": policy.state_dict() if policy is not None else None,
+        }
+        save_round(round_checkpoint(checkpoint_dir, index), state)
+
+    def restore(index: int) -> bool:
+        path = round_checkpoint(checkpoint_dir, index)
+        if not os.path.isfile(path):
+            return False
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        restored = copy_model(model)  # the baseline stays the embedder and round 0's start
+        restored.load_state_dict(state["state_dict"])
+        current["model"] = restored.eval()
+        removed = state["removed"]
+        datamodule.splits["primary"] = datamodule.remain_ids(removed) if removed.numel() else primary
+        twin_ids[:] = state["twin_ids"].tolist()
+        if policy is not None and state["policy"] is not None:
+            policy.load_state_dict(state["policy"])
+        print(f"resuming the stream after round {index} ({path})")
+        return True
 
     def on_round(index: int, accepted: torch.Tensor) -> dict:
         metrics: dict = {"round/accepted": int(accepted.numel())}
@@ -127,13 +185,15 @@ def run_stream(
             else:
                 datamodule.splits["primary"] = datamodule.remain_ids(accepted)
         metrics["test/acc"] = evaluate(current["model"], test)["acc"]
-        curve.append({"round": index, **metrics})
+        if checkpoint_dir:
+            checkpoint(index)
         if log is not None:
             log({f"stream/{k}": v for k, v in metrics.items()}, index)
         print(f"round {index}: {metrics['round/accepted']} accepted, test accuracy {metrics['test/acc']:.4f}")
         return metrics
 
-    rounds = run_rounds(requests, membership, ledger, on_round)
+    rounds = run_rounds(requests, membership, ledger, on_round, restore=restore if checkpoint_dir else None)
+    curve = [{"round": -1, "test/acc": baseline_acc}] + [{"round": r["round"], **r["metrics"]} for r in rounds]
     return StreamResult(
         rounds,
         curve,

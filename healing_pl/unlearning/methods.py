@@ -187,6 +187,53 @@ METHODS: dict[str, Method] = {
 }
 
 
+#: The knobs a diverged method's message names, and which way to turn them (default: the method's knobs).
+DIVERGENCE_HINTS: dict[str, str] = {
+    "fisher": "lower --unlearn.alpha (now {cfg.alpha:g})",
+    "influence": "raise --unlearn.scale (now {cfg.scale:g}) or --unlearn.damping (now {cfg.damping:g})",
+    "naive": "lower the baseline's --model.lr",
+}
+#: Validation accuracy at most this far above chance (1 / classes) counts as diverged.
+CHANCE_MARGIN = 0.02
+
+
+def _validation(model, dm) -> tuple[bool, float]:
+    """Whether every validation logit is finite, and the validation accuracy (the test set without a val split)."""
+    loader = dm.val_dataloader() if dm.splits["val"].numel() else dm.test_dataloader()
+    param = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    correct, n, finite = 0, 0, True
+    with torch.no_grad():
+        for x, y in loader:
+            logits = model(x.to(device=param.device, dtype=param.dtype))
+            finite = finite and bool(torch.isfinite(logits).all())
+            correct += int((logits.argmax(1) == y.to(param.device)).sum())
+            n += len(y)
+    model.train(was_training)
+    return finite, correct / max(n, 1)
+
+
+def check_divergence(out: nn.Module, model: nn.Module, dm, cfg) -> None:
+    """Raise FloatingPointError, naming the knob to turn, when the method left ``out`` with non-finite weights,
+    non-finite validation logits or chance-level validation accuracy (``model``, the input, above chance)."""
+    why = None
+    if not all(bool(torch.isfinite(p).all()) for p in out.parameters()):
+        why = "its weights are not finite"
+    else:
+        finite, acc = _validation(out, dm)
+        chance = 1.0 / dm.num_classes + CHANCE_MARGIN
+        if not finite:
+            why = "its validation logits are not finite"
+        elif acc <= chance and _validation(model, dm)[1] > chance:  # a baseline at chance is not a divergence
+            why = f"its validation accuracy {acc:.4f} is at chance level"
+    if why is None:
+        return
+    hint = DIVERGENCE_HINTS.get(cfg.method, "").format(cfg=cfg)
+    hint = hint or "turn " + ", ".join(f"--unlearn.{k}" for k in METHODS[cfg.method].knobs)
+    raise FloatingPointError(f"{cfg.method} unlearning diverged ({why}): {hint}.")
+
+
 @dataclass
 class UnlearnResult:
     model: nn.Module  # the representative model
@@ -221,6 +268,7 @@ def unlearn_with_repeats(
         start = time.perf_counter()
         out, info = method.run(model, dm, forget_ids, cfg, context, cfg.seed + i)
         times.append(time.perf_counter() - start)
+        check_divergence(out, model, dm, cfg)  # before anything keeps or caches the model
         accs.append(evaluate(out, test_loader)["acc"])
         models.append(out)
         infos.append(info)

@@ -149,3 +149,40 @@ def test_run_rounds(tmp_path):
 def test_run_rounds_on_an_empty_stream_raises(tmp_path):
     with pytest.raises(ValueError, match="no requests"):
         run_rounds([], MembershipIndex(Pool(), PRIMARY), Ledger(tmp_path), None)
+
+
+def test_run_rounds_resumes_after_the_last_restorable_round(tmp_path):
+    stream = RequestStream(ADV, PRIMARY, benign_ratio=0.5, round_size=5, seed=3)  # 20 requests, 4 rounds
+    calls = []
+
+    def on_round(i, accepted):
+        calls.append((i, accepted.tolist()))
+        return {"n": int(accepted.numel())}
+
+    first = run_rounds(stream, MembershipIndex(Pool(), PRIMARY), Ledger(tmp_path / "a"), on_round)
+    applied, calls[:] = list(calls), []
+
+    # a crash after round 1's summary: the rerun restores round 1 and applies rounds 2 and 3
+    ledger = Ledger(tmp_path / "b")
+    run_rounds(stream.rounds()[:2], MembershipIndex(Pool(), PRIMARY), ledger, on_round)
+    calls[:], asked = [], []
+
+    def restore(k):
+        asked.append(k)
+        return True
+
+    records = run_rounds(stream, MembershipIndex(Pool(), PRIMARY), Ledger(tmp_path / "b"), on_round, restore=restore)
+    assert asked == [1] and calls == applied[2:] and records == first
+
+    # round 1's state was lost: round 0 is restored, round 1 applied again, its stored summary kept
+    calls[:], asked[:] = [], []
+    lines = len((tmp_path / "b" / "ledger.jsonl").read_text().splitlines())
+    records = run_rounds(
+        stream, MembershipIndex(Pool(), PRIMARY), Ledger(tmp_path / "b"), on_round, restore=lambda k: k == 0
+    )
+    assert calls == applied[1:] and records == first
+    assert len((tmp_path / "b" / "ledger.jsonl").read_text().splitlines()) == lines  # nothing appended twice
+    # nothing restorable: every round is applied again
+    calls[:] = []
+    run_rounds(stream, MembershipIndex(Pool(), PRIMARY), Ledger(tmp_path / "b"), on_round, restore=lambda k: False)
+    assert calls == applied

@@ -1,0 +1,98 @@
+"""A diverging unlearner stops with one sentence naming its knob, exit status 2, and leaves no model behind."""
+
+import pytest
+import torch
+from torch import nn
+
+from healing_pl.main import main
+from healing_pl.unlearning.methods import check_divergence
+
+QUIET = ["--trainer.enable_progress_bar=false", "--wandb.enabled=false"]
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory, configs_dir):
+    run = tmp_path_factory.mktemp("baseline") / "fit"
+    args = ["fit", "--config", f"{configs_dir}/digits.yaml", f"--run_dir={run}", "--trainer.max_epochs=1", *QUIET]
+    assert main(args) == 0
+    return run / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.parametrize("subcommand", ["unlearn", "heal"])
+def test_fisher_noise_that_breaks_the_model_stops_before_anything_is_saved(
+    in_tmp, configs_dir, baseline, subcommand, capsys
+):
+    run, cache = in_tmp / subcommand, in_tmp / "cache"
+    args = [
+        subcommand,
+        "--config",
+        f"{configs_dir}/digits.yaml",
+        f"--ckpt_path={baseline}",
+        f"--run_dir={run}",
+        "--adversary.selector=class",
+        "--adversary.target_class=3",
+        "--adversary.budget=10",
+        "--unlearn.method=fisher",
+        "--unlearn.alpha=1e30",
+        f"--unlearn.cache_dir={cache}",
+        *QUIET,
+        *(["--heal.epochs=1"] if subcommand == "heal" else []),
+    ]
+    assert main(args) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--unlearn.alpha" in last and "--model.lr" not in last and last.startswith("healing-pl: error:")
+    assert not (run / "results.json").exists()
+    assert not list(run.rglob("*.ckpt")) and not (run / "checkpoints").exists()
+    assert not list(cache.glob("unlearned-*.pt"))
+    assert (run / "ledger.jsonl").exists()  # the requests are on record
+
+
+class _Net(nn.Module):
+    def __init__(self, weight: float = 1.0):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        with torch.no_grad():
+            self.fc.weight.fill_(weight)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+class _Data:
+    """The datamodule surface the guard reads: the val split, its loader and the class count."""
+
+    num_classes = 3
+
+    def __init__(self, x, y):
+        self.splits = {"val": torch.arange(len(y))}
+        self.batches = [(x, y)]
+
+    def val_dataloader(self):
+        return self.batches
+
+
+class _Cfg:
+    method, alpha, scale, damping = "fisher", 1e30, 50.0, 0.01
+
+
+def _data():
+    x = torch.eye(3, 4).repeat(10, 1)
+    return _Data(x, torch.arange(3).repeat(10))
+
+
+def test_the_guard_names_each_methods_knob():
+    good = _Net()
+    with torch.no_grad():
+        good.fc.weight.copy_(torch.eye(3, 4) * 5)
+    check_divergence(good, good, _data(), _Cfg())  # right on every sample: passes
+    broken = _Net(float("nan"))
+    with pytest.raises(FloatingPointError, match=r"weights are not finite\): lower --unlearn.alpha \(now 1e\+30\)"):
+        check_divergence(broken, good, _data(), _Cfg())
+    cfg = _Cfg()
+    cfg.method = "influence"
+    with pytest.raises(FloatingPointError, match=r"--unlearn.scale \(now 50\) or --unlearn.damping"):
+        check_divergence(broken, good, _data(), cfg)
+    constant = _Net(0.0)  # one class for every sample: chance level
+    with pytest.raises(FloatingPointError, match="at chance level"):
+        check_divergence(constant, good, _data(), _Cfg())
+    check_divergence(constant, constant, _data(), _Cfg())  # an input already at chance is not a divergence
