@@ -22,11 +22,12 @@ import os
 import re
 import sys
 
+from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from healing_pl.data.datamodule import HealingDataModule
-from healing_pl.models.classifier import Classifier
+from healing_pl.models.classifier import Classifier, check_compatible, read_checkpoint
 from healing_pl.phases.config import Tracking
 from healing_pl.phases.record import read_record
 from healing_pl.tracking import build_logger, finish_wandb, make_run_dir
@@ -34,6 +35,8 @@ from healing_pl.trainer import HealingTrainer
 
 #: exceptions that mean "bad input": printed as one sentence, exit status 2
 USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
+#: --ckpt_path values Lightning resolves itself (fit, validate, test)
+LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
 #: the environment variable through which rank zero tells launched ranks the run folder
 RUN_DIR_ENV = "HEALING_PL_RUN_DIR"
 
@@ -54,16 +57,24 @@ class HealingCLI(LightningCLI):
             parser_kwargs={"description": "healing-pl: adversarial unlearning and model healing experiments."},
         )
 
+    def init_parser(self, **kwargs) -> LightningArgumentParser:
+        # a parser error raises (run_cli prints it as one sentence) instead of printing a page of usage
+        kwargs.setdefault("exit_on_error", False)
+        return super().init_parser(**kwargs)
+
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         return {**LightningCLI.subcommands(), **HealingTrainer.extra_subcommands()}
 
     def _parse_ckpt_path(self) -> None:
         # Lightning adopts the model hyperparameters saved in --ckpt_path; a broken file must stop cleanly
+        self._checkpoint = None
+        path = self.config[self.config.subcommand].get("ckpt_path") if self.config.get("subcommand") else None
+        if path and path not in LIGHTNING_CKPT_NAMES:
+            self._checkpoint = read_checkpoint(path)  # missing, empty, truncated or foreign: one sentence
         try:
             super()._parse_ckpt_path()
         except Exception as err:  # torch raises several types for a file that is not a checkpoint
-            path = self.config[self.config.subcommand].get("ckpt_path")
             raise ValueError(f"checkpoint '{path}' is corrupt or not a checkpoint ({type(err).__name__}).") from None
 
     def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
@@ -109,6 +120,9 @@ class HealingCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs):
         cfg = self._cfg()
         self.run_dir = self._run_dir(cfg)
+        check_run_dir(self.run_dir)
+        if getattr(self, "_checkpoint", None) is not None:  # every subcommand: a checkpoint of another data set
+            check_compatible(self.model, self._checkpoint, cfg.ckpt_path, dataset=self.datamodule.hparams.dataset)
         trainer_cfg = self._get(self.config_init, "trainer", default={})
         logger = trainer_cfg.get("logger")
         if logger is None or logger is True:
@@ -170,6 +184,20 @@ class HealingCLI(LightningCLI):
         return record
 
 
+def check_run_dir(run_dir: str) -> None:
+    """Stop (before anything is written) when ``run_dir`` cannot be a folder this process writes into."""
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise ValueError(f"run_dir '{run_dir}' is an existing file, not a folder.")
+    parent = os.path.dirname(os.path.normpath(run_dir)) or "."
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent) or "."
+    if not os.path.isdir(parent):
+        raise ValueError(f"run_dir '{run_dir}' cannot be created: '{parent}' is a file, not a folder.")
+    existing = run_dir if os.path.isdir(run_dir) else parent
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"run_dir '{run_dir}' cannot be written: '{existing}' is read-only.")
+
+
 def phase_summary(record: dict) -> str:
     """A few lines that sum up an unlearn, heal or stream run."""
     keys = [
@@ -219,6 +247,13 @@ def run_cli(args=None) -> int:
         code, sentence = _failed_rank(err)
         print(f"healing-pl: error: {sentence}", file=sys.stderr)
         return code
+    except ArgumentError as err:  # the parser's own errors: a config typo, a wrong type, an unknown choice
+        if os.environ.get("HEALING_PL_DEBUG"):
+            raise
+        argv = sys.argv[1:] if args is None else list(args)
+        subcommand = argv[0] if argv and argv[0] in HealingCLI.subcommands() else None
+        print(f"healing-pl: error: {parser_sentence(str(err), subcommand)}", file=sys.stderr)
+        return 2
     except SystemExit as exit_:  # the parser's own errors (a config typo) and --help / --print_config
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
     finally:
@@ -226,3 +261,32 @@ def run_cli(args=None) -> int:
         if os.environ.get("LOCAL_RANK", "0") == "0":
             os.environ.pop(RUN_DIR_ENV, None)  # the next command in this process picks its own folder
     return 0
+
+
+def parser_sentence(message: str, subcommand: str | None = None) -> str:
+    """A parser error (jsonargparse's can span lines, one per type it tried) as one sentence."""
+    text = " ".join(line.strip() for line in message.strip().splitlines() if line.strip())
+    help_hint = f"; see 'healing-pl {subcommand or '<subcommand>'} --help'"
+    choice = re.match(r'^Parser key "([\w.]+)": Expected a typing\.Literal\[(.*)\]\. Got value: (.*)$', text)
+    if choice:
+        options = ", ".join(o.strip().strip("'\"") for o in choice.group(2).split(","))
+        return f"unknown {choice.group(1)} '{choice.group(3)}'; choose one of {options}."
+    typed = re.match(r"^Parser key \"([\w.]+)\": Expected a <class '(\w+)'>\. Got value: (.*)$", text)
+    if typed:
+        return f"{typed.group(1)} must be of type {typed.group(2)}, got '{typed.group(3)}'."
+    union = re.match(
+        r'^Parser key "([\w.]+)": Does not validate against any of the Union subtypes Subtypes: \[(.*?)\]', text
+    )
+    if union:
+        kinds = [k for k in re.findall(r"<class '(\w+)'>", union.group(2)) if k != "NoneType"] or ["valid"]
+        given = re.search(r"Given value: (.*)$", text)
+        got = f", got '{given.group(1)}'" if given else ""
+        return f"{union.group(1)} must be {' or '.join(kinds)}{got}."
+    missing = re.match(r'^Parser key "([\w.]+)": File does not exist: (.*)$', text)
+    if missing:
+        return f"{missing.group(1)} file {missing.group(2).rstrip('.')} does not exist."
+    unknown = re.match(r"^unrecognized arguments: (.*)$", text)
+    if unknown:
+        return f"unknown option {unknown.group(1)}{help_hint} for the options."
+    text = re.sub(r'^Parser key "([\w.]+)": ', r"\1: ", text)
+    return text if text.endswith(".") else f"{text}."

@@ -141,8 +141,15 @@ class HealingDataModule(L.LightningDataModule):
         super().__init__()
         if batch_size < 1 or eval_batch_size < 1:
             raise ValueError(
-                f"batch sizes must be positive, got batch_size={batch_size}, eval_batch_size={eval_batch_size}."
+                f"data.batch_size and data.eval_batch_size must be positive, got batch_size={batch_size}, "
+                f"eval_batch_size={eval_batch_size}."
             )
+        if image_size is not None and image_size < 1:
+            raise ValueError(f"data.image_size must be at least 1 pixel, got {image_size}.")
+        if channels is not None and channels not in (1, 3):
+            raise ValueError(f"data.channels must be 1 or 3, got {channels}.")
+        if num_workers < 0:
+            raise ValueError(f"data.num_workers must be at least 0, got {num_workers}.")
         self.pool: Pool = build_pool(dataset, root, download, image_size, channels)
         self.save_hyperparameters()
         # record the resolved image size and channels (they must agree with the model's when logged)

@@ -68,6 +68,7 @@ class FolderImages(Dataset):
             steps.append(transforms.Lambda(lambda im: im.convert("RGB")))
         steps += [transforms.ToTensor(), transforms.Normalize(mean, std)]
         self.folder = datasets.ImageFolder(root, transform=transforms.Compose(steps))
+        _check_images(self.folder.samples)
         if classes is not None and self.folder.classes != sorted(classes):
             raise ValueError(f"{root} holds the classes {self.folder.classes}, expected {sorted(classes)}.")
         self.classes = self.folder.classes
@@ -77,7 +78,23 @@ class FolderImages(Dataset):
         return len(self.folder)
 
     def __getitem__(self, index: int):
-        return self.folder[index]
+        try:
+            return self.folder[index]
+        except OSError as err:  # a file that passed the header check but cannot be decoded (e.g. truncated)
+            path = self.folder.samples[index][0]
+            raise ValueError(f"image '{path}' is corrupt and cannot be loaded ({err}).") from None
+
+
+def _check_images(samples: list[tuple[str, int]]) -> None:
+    """Open every image's header (cheap: no decoding): a corrupt file stops the run, by its path, before it starts."""
+    from PIL import Image
+
+    for path, _ in samples:
+        try:
+            with Image.open(path):
+                pass
+        except OSError as err:
+            raise ValueError(f"image '{path}' is corrupt or not an image ({type(err).__name__}).") from None
 
 
 @dataclass

@@ -120,20 +120,33 @@ class Classifier(L.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
 
-def load_classifier(path: str, map_location="cpu") -> Classifier:
-    """Load a Classifier checkpoint, or stop with one sentence saying what is wrong with it.
+def read_checkpoint(path: str, map_location="cpu") -> dict:
+    """Read a Classifier checkpoint as a dict, or stop with one sentence saying what is wrong with it.
 
     The file is read with ``weights_only=True``: a checkpoint someone else wrote cannot run code.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint '{path}' does not exist.")
+        what = "is a folder, not a file" if os.path.isdir(path) else "does not exist"
+        raise FileNotFoundError(f"checkpoint '{path}' {what}.")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"checkpoint '{path}' is empty, not a checkpoint.")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated or not a torch file
         raise ValueError(f"checkpoint '{path}' is corrupt or not a checkpoint ({type(err).__name__}).") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or not isinstance(ckpt.get("hyper_parameters"), dict):
         raise ValueError(f"checkpoint '{path}' is not a healing-pl Classifier checkpoint.")
-    model = Classifier(**{k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")})
+    return ckpt
+
+
+def load_classifier(path: str, map_location="cpu") -> Classifier:
+    """Load a Classifier checkpoint, or stop with one sentence saying what is wrong with it (see
+    :func:`read_checkpoint`)."""
+    ckpt = read_checkpoint(path, map_location)
+    try:
+        model = Classifier(**{k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")})
+    except TypeError:
+        raise ValueError(f"checkpoint '{path}' is not a healing-pl Classifier checkpoint.") from None
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError:
@@ -142,11 +155,29 @@ def load_classifier(path: str, map_location="cpu") -> Classifier:
     return model
 
 
-def check_compatible(model: Classifier, ckpt_model: Classifier, path: str) -> None:
-    """Stop when a checkpoint was trained for another model than the config describes."""
+def check_compatible(model: Classifier, ckpt_model: Classifier | dict, path: str, dataset: str | None = None) -> None:
+    """Stop when a checkpoint was trained for another model (or dataset, or image size) than the config describes.
+
+    ``ckpt_model`` is the loaded checkpoint's Classifier or the checkpoint dict (:func:`read_checkpoint`);
+    ``dataset`` is the config's dataset, compared with the one saved with the checkpoint's splits.
+    """
+    checkpoint = ckpt_model if isinstance(ckpt_model, dict) else getattr(ckpt_model, "checkpoint", {})
+    hparams = checkpoint["hyper_parameters"] if isinstance(ckpt_model, dict) else ckpt_model.hparams
+    saved_dataset = (checkpoint.get("HealingDataModule") or {}).get("dataset")
+    if dataset is not None and saved_dataset is not None and saved_dataset != dataset:
+        raise ValueError(
+            f"checkpoint '{path}' holds another model: it was trained on another dataset, '{saved_dataset}' "
+            f"(config: '{dataset}')."
+        )
     keys = ("backbone", "num_classes", "in_chans", "image_size")
     mine = {k: model.hparams[k] for k in keys}
-    theirs = {k: ckpt_model.hparams[k] for k in keys}
+    theirs = {k: hparams.get(k) for k in keys}
+    if mine["image_size"] != theirs["image_size"]:
+        size, want = theirs["image_size"], mine["image_size"]
+        raise ValueError(
+            f"checkpoint '{path}' holds another model: it was trained on another image size, {size}x{size} pixels "
+            f"(config: {want}x{want})."
+        )
     if mine != theirs:
         diff = ", ".join(f"{k}={theirs[k]} (config: {mine[k]})" for k in keys if mine[k] != theirs[k])
         raise ValueError(f"checkpoint '{path}' holds another model: {diff}.")

@@ -35,7 +35,7 @@ def load_baseline(ckpt_path: str | None, model: Classifier, datamodule) -> Basel
     if not ckpt_path:
         raise ValueError("pass the baseline checkpoint with --ckpt_path (written by healing-pl fit).")
     saved = load_classifier(ckpt_path)
-    check_compatible(model, saved, ckpt_path)
+    check_compatible(model, saved, ckpt_path, dataset=datamodule.hparams.dataset)
     state = saved.checkpoint.get(type(datamodule).__qualname__)
     if state is None:
         raise ValueError(f"checkpoint '{ckpt_path}' holds no data splits; train the baseline with healing-pl fit.")

@@ -296,6 +296,11 @@ class StreamConfig:
     def __post_init__(self):
         if self.heal_epochs < 1:
             raise ValueError(f"stream.heal_epochs must be at least 1, got {self.heal_epochs}.")
+        if not 0.0 <= self.benign_ratio < 1.0:
+            raise ValueError(f"stream.benign_ratio must lie in [0, 1), got {self.benign_ratio}.")
+        for name in ("round_size", "n_users"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"stream.{name} must be at least 1, got {getattr(self, name)}.")
 
 
 # --------------------------------------------------------------------------- tracking

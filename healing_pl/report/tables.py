@@ -31,6 +31,10 @@ def load_records(paths: list[str]) -> list[dict]:
                 record = json.load(f)
             except json.JSONDecodeError:
                 raise ValueError(f"'{file}' is not valid JSON; the run may have been interrupted.") from None
+            except UnicodeDecodeError:
+                raise ValueError(f"'{file}' is not a text file, so not a results record.") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"'{file}' is not a results record (a JSON object), but a {type(record).__name__}.")
         record.setdefault("run_dir", os.path.dirname(file))
         records.append(record)
     return records
