@@ -259,8 +259,19 @@ def run_cli(args=None) -> int:
     finally:
         finish_wandb()
         if os.environ.get("LOCAL_RANK", "0") == "0":
-            os.environ.pop(RUN_DIR_ENV, None)  # the next command in this process picks its own folder
+            _release(os.environ.pop(RUN_DIR_ENV, None))  # the next command in this process picks its own folder
     return 0
+
+
+def _release(claimed: str | None) -> None:
+    """Remove a run folder this command claimed but left empty (it stopped before writing), and ``runs/``
+    if that is empty too: a command that fails on bad input leaves no trace."""
+    for folder in (claimed, os.path.dirname(claimed or "")):
+        if folder and os.path.isdir(folder) and not os.listdir(folder):
+            try:
+                os.rmdir(folder)
+            except OSError:
+                return
 
 
 def parser_sentence(message: str, subcommand: str | None = None) -> str:

@@ -17,13 +17,21 @@ def wandb_mode() -> str:
 
 
 def make_run_dir(base: str, stem: str) -> str:
-    """A fresh folder name ``base/stem-YYYYmmdd-HHMMSS`` (suffixed if taken); not created yet."""
+    """Claim a fresh folder ``base/stem-YYYYmmdd-HHMMSS`` (suffixed ``-2``, ``-3``... if taken) and return it.
+
+    The claim is the folder's creation (``os.mkdir`` fails if it exists), so two runners started in the
+    same second never share a folder.
+    """
     path = os.path.join(base, f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.makedirs(base, exist_ok=True)
     candidate, n = path, 1
-    while os.path.exists(candidate):
-        n += 1
-        candidate = f"{path}-{n}"
-    return candidate
+    while True:
+        try:
+            os.mkdir(candidate)
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = f"{path}-{n}"
 
 
 def build_logger(tracking, run_dir: str, job_type: str, config: dict | None = None):

@@ -16,6 +16,7 @@ LAYERS = {
     "tracking": 0,
     "data": 0,
     "models": 0,
+    "codehash": 0,
     "unlearning": 1,
     "adversary": 1,
     "healing": 1,

@@ -9,12 +9,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from healing_pl.codehash import MODEL_CODE, code_version
 from healing_pl.models.classifier import Classifier, evaluate
 from healing_pl.phases.baseline import Baseline
 from healing_pl.phases.config import AdversaryConfig, UnlearnConfig
 from healing_pl.phases.evaluate import Evaluation, evaluate_sets
 from healing_pl.unlearning.methods import METHODS, Context, unlearn_with_repeats
-from healing_pl.unlearning.naive import model_hparams, save_atomic
+from healing_pl.unlearning.naive import load_cached, model_hparams, save_atomic
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,12 @@ def _plain(value) -> bool:
 def _cache_path(cfg: UnlearnConfig, baseline: Baseline, forget_ids) -> str | None:
     if not cfg.cache_dir or not METHODS[cfg.method].cacheable:
         return None
-    content = {"baseline": baseline.sha256, "forget": sorted(forget_ids.tolist()), "cfg": cfg.hyperparameters()}
+    content = {
+        "baseline": baseline.sha256,
+        "forget": sorted(forget_ids.tolist()),
+        "cfg": cfg.hyperparameters(),
+        "code": code_version("healing_pl.unlearning", *MODEL_CODE),
+    }
     key = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:20]
     return os.path.join(cfg.cache_dir, f"unlearned-{key}.pt")
 
@@ -82,7 +88,7 @@ def unlearned_model(
     path = _cache_path(cfg, baseline, forget_ids)
     param = next(model.parameters())
     if path and os.path.isfile(path):
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved = load_cached(path)
         out = Classifier(**saved["hyper_parameters"])
         out.load_state_dict(saved["state_dict"])
         return out.to(device=param.device, dtype=param.dtype).eval(), saved["summary"], {}, True

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from healing_pl.codehash import MODEL_CODE, code_version
 from healing_pl.models.classifier import evaluate
 
 
@@ -135,6 +136,7 @@ def sisa_directory(model, dm, cfg, context: Context) -> str | None:
         "seed": context.seed,
         "batch_size": dm.hparams.batch_size,
         "dtype": str(next(model.parameters()).dtype),
+        "code": code_version("healing_pl.unlearning.sisa", *MODEL_CODE),
     }
     key = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:20]
     return os.path.join(cfg.cache_dir, f"sisa-{key}")

@@ -16,6 +16,7 @@ import time
 import lightning as L
 import torch
 
+from healing_pl.codehash import MODEL_CODE, code_version
 from healing_pl.models.classifier import Classifier
 
 
@@ -78,8 +79,23 @@ def gold_key(hparams: dict, datamodule, forget_ids, *, epochs: int, seed: int) -
         "batch_size": datamodule.hparams.batch_size,
         "data_seed": datamodule.hparams.seed,
         "seed": seed,
+        "code": code_version(__name__, *MODEL_CODE),
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def load_cached(path: str) -> dict:
+    """A cache file's payload, read with ``weights_only=True``; a file that is not plain weights (a planted
+    pickle, a torn write) stops with one sentence and runs nothing."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(
+            f"cache file '{path}' cannot be loaded as plain weights ({type(err).__name__}); delete it to recompute."
+        ) from None
+    if not isinstance(payload, dict) or "state_dict" not in payload or "hyper_parameters" not in payload:
+        raise ValueError(f"cache file '{path}' is not a healing-pl cache entry; delete it to recompute.")
+    return payload
 
 
 def gold_standard(
@@ -103,7 +119,7 @@ def gold_standard(
     key = gold_key(hparams, datamodule, forget_ids, epochs=epochs, seed=seed)
     path = os.path.join(cache_dir, f"gold-{key}.pt") if cache_dir else None
     if path and os.path.isfile(path):
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved = load_cached(path)
         model = Classifier(**saved["hyper_parameters"])
         model.load_state_dict(saved["state_dict"])
         return place_like(model.eval(), trainer), {"key": key, "cached": True, "time_s": saved["time_s"]}
