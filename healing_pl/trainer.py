@@ -17,6 +17,7 @@ import os
 
 import lightning as L
 
+from healing_pl.adversary.requests import RequestsFile, read_requests
 from healing_pl.callbacks.phases import (
     FitEvaluation,
     HealEvaluation,
@@ -69,6 +70,14 @@ class HealingTrainer(L.Trainer):
         evaluation = FitEvaluation(os.path.join(self.run_dir, "checkpoints", "last.ckpt"))
         return [evaluation, RunWriter("fit", self.run_dir, self.run_config or {}, [evaluation])]
 
+    @staticmethod
+    def _requests(path: str | None, adversary: AdversaryConfig, datamodule) -> RequestsFile | None:
+        """The checked ``--requests`` file (before anything is written), or the adversary's budget checked."""
+        if path is None:
+            adversary.validate(len(datamodule.primary_ids), datamodule.num_classes)
+            return None
+        return read_requests(path, datamodule.pool.train)
+
     def unlearn(
         self,
         model,
@@ -78,6 +87,7 @@ class HealingTrainer(L.Trainer):
         adversary: AdversaryConfig = AdversaryConfig(),
         gold: bool = False,
         attack_strength: bool = False,
+        requests: str | None = None,
     ):
         """Unlearn an adversary's forget set from a baseline checkpoint and evaluate the result.
 
@@ -88,12 +98,17 @@ class HealingTrainer(L.Trainer):
             gold: also train (or load from the cache) the gold standard for comparison.
             attack_strength: also unlearn a random forget set of the same size and report
                 the accuracy drop of the adversary's set relative to it.
+            requests: a JSON-lines file of real unlearn requests, one a line: {"requester": "alice",
+                "sample_id": 123}, {"requester": "bob", "sample_hash": "<hex>"} or {"requester": "carol",
+                "image": "path/relative/to/the/file.png"}, optional "kind" (user). When given, the adversary
+                is not used (--adversary.* is ignored): the requests, in file order, pass the membership
+                check and go to the ledger like the adversary's.
         """
         baseline = load_baseline(ckpt_path, model, datamodule)
         if unlearn.method == "sisa" and unlearn.sisa_shard is not None:  # one shard job of a cluster's SISA training
             self.fit_phases("unlearn", model, datamodule, [SisaShardJob(baseline, unlearn)], epochs=0)
             return
-        adversary.validate(len(datamodule.primary_ids), datamodule.num_classes)
+        requests_file = self._requests(requests, adversary, datamodule)
         phase = UnlearnPhase(
             baseline,
             adversary,
@@ -102,6 +117,7 @@ class HealingTrainer(L.Trainer):
             attack_strength=attack_strength,
             run_dir=self.run_dir,
             save_to=os.path.join(self.run_dir, "checkpoints", "unlearned.ckpt"),
+            requests=requests_file,
         )
         self.fit_phases("unlearn", model, datamodule, [phase], epochs=0)
 
@@ -114,6 +130,7 @@ class HealingTrainer(L.Trainer):
         adversary: AdversaryConfig = AdversaryConfig(),
         twins: TwinsConfig = TwinsConfig(),
         heal: HealConfig = HealConfig(),
+        requests: str | None = None,
     ):
         """Unlearn a forget set from a baseline, find twins, and heal by fine-tuning on R plus twins.
 
@@ -123,10 +140,17 @@ class HealingTrainer(L.Trainer):
             adversary: who picks the forget set, with which knowledge and budget.
             twins: the twin metric (none: heal on R alone) and spare policy.
             heal: the fine-tune: epochs (default N/2), learning rate, gold standard.
+            requests: a JSON-lines file of real unlearn requests, one a line: {"requester": "alice",
+                "sample_id": 123}, {"requester": "bob", "sample_hash": "<hex>"} or {"requester": "carol",
+                "image": "path/relative/to/the/file.png"}, optional "kind" (user). When given, the adversary
+                is not used (--adversary.* is ignored): the requests, in file order, pass the membership
+                check and go to the ledger like the adversary's.
         """
         baseline = load_baseline(ckpt_path, model, datamodule)
-        adversary.validate(len(datamodule.primary_ids), datamodule.num_classes)
-        unlearned = UnlearnPhase(baseline, adversary, unlearn, gold=heal.gold, run_dir=self.run_dir)
+        requests_file = self._requests(requests, adversary, datamodule)
+        unlearned = UnlearnPhase(
+            baseline, adversary, unlearn, gold=heal.gold, run_dir=self.run_dir, requests=requests_file
+        )
         search = TwinSearch(unlearned, twins)
         epochs = heal.epochs_for(baseline.epochs)
         if METHODS[unlearn.method].ensemble:  # SISA: each affected shard heals on its own data plus twins
@@ -154,6 +178,7 @@ class HealingTrainer(L.Trainer):
         stream: StreamConfig = StreamConfig(),
         twins: TwinsConfig = TwinsConfig(),
         heal: HealConfig = HealConfig(),
+        requests: str | None = None,
     ):
         """Apply a stream of benign and adversarial unlearn requests in rounds, evaluating after each.
 
@@ -164,10 +189,23 @@ class HealingTrainer(L.Trainer):
             stream: the mix of benign requests, the arrival order, the round size and healing.
             twins: the twin metric and policy when the stream heals after each round.
             heal: the learning rate of each round's fine-tune (heal.lr; epochs come from stream.heal_epochs).
+            requests: a JSON-lines file of real unlearn requests, one a line: {"requester": "alice",
+                "sample_id": 123}, {"requester": "bob", "sample_hash": "<hex>"} or {"requester": "carol",
+                "image": "path/relative/to/the/file.png"}, optional "kind" (user). When given, the adversary
+                is not used (--adversary.* and stream.benign_ratio, order, n_users, name_by are ignored):
+                the requests, in file order and rounds of stream.round_size, pass the membership check and go
+                to the ledger like the adversary's.
         """
         baseline = load_baseline(ckpt_path, model, datamodule)
-        adversary.validate(len(datamodule.primary_ids), datamodule.num_classes)
+        requests_file = self._requests(requests, adversary, datamodule)
         phase = StreamPhase(
-            baseline, unlearn=unlearn, adversary=adversary, stream=stream, twins=twins, heal=heal, run_dir=self.run_dir
+            baseline,
+            unlearn=unlearn,
+            adversary=adversary,
+            stream=stream,
+            twins=twins,
+            heal=heal,
+            run_dir=self.run_dir,
+            requests=requests_file,
         )
         self.fit_phases("stream", model, datamodule, [phase], epochs=0)

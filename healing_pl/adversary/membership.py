@@ -38,8 +38,9 @@ from torch import Tensor
 
 __all__ = ["KINDS", "REASONS", "sample_hash", "Request", "Decision", "MembershipIndex"]
 
-#: Who sent a request: a regular user or the adversary.
-KINDS: tuple[str, ...] = ("benign", "adversarial")
+#: Who sent a request: a simulated regular user (benign), the adversary, or a real requester from a
+#: ``--requests`` file (user, when the file does not say).
+KINDS: tuple[str, ...] = ("benign", "adversarial", "user")
 #: Every reason a decision may carry; only ``member`` accepts.
 REASONS: tuple[str, ...] = ("member", "unknown_id", "not_a_member", "already_unlearned", "duplicate")
 
@@ -72,8 +73,9 @@ class Request:
         requester: who sent it, e.g. ``"user-3"`` or ``"adversary"``.
         sample_id: the sample's pool id, or None when named by hash.
         sample_hash: the sample's :func:`sample_hash`, or None when named by id.
-        kind: ``benign`` or ``adversarial`` (ground truth for the experiment;
-            the membership check does not look at it).
+        kind: ``benign``, ``adversarial`` (ground truth for the experiment) or
+            ``user`` (a real request of unknown intent); the membership check
+            does not look at it.
     """
 
     requester: str

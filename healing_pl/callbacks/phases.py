@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import lightning as L
 
+from healing_pl.adversary.requests import RequestsFile
 from healing_pl.models.classifier import Classifier, evaluate
 from healing_pl.phases.baseline import Baseline
 from healing_pl.phases.config import AdversaryConfig, HealConfig, StreamConfig, TwinsConfig, UnlearnConfig
@@ -141,6 +142,7 @@ class UnlearnPhase(Phase):
         attack_strength: also unlearn a random set of the same size and report the extra drop.
         run_dir: the run folder (the ledger lives there).
         save_to: save the unlearned model to this checkpoint path (the ``unlearn`` subcommand).
+        requests: a checked requests file (``--requests``): its requests replace the adversary's.
     """
 
     def __init__(
@@ -153,8 +155,9 @@ class UnlearnPhase(Phase):
         run_dir: str,
         attack_strength: bool = False,
         save_to: str | None = None,
+        requests: RequestsFile | None = None,
     ):
-        self.baseline, self.adversary, self.unlearn = baseline, adversary, unlearn
+        self.baseline, self.adversary, self.unlearn, self.requests = baseline, adversary, unlearn, requests
         self.gold, self.attack_strength, self.run_dir, self.save_to = gold, attack_strength, run_dir, save_to
         self.outcome: UnlearnOutcome | None = None
         self.checkpoint: str | None = None
@@ -173,7 +176,7 @@ class UnlearnPhase(Phase):
         )
         self.baseline_model = model = detached_copy(pl_module, self.baseline.hparams)
         self.ledger = _ledger(self.run_dir)
-        forget = request_forget_set(self.adversary, model, dm, self.ledger, progress)
+        forget = request_forget_set(self.adversary, model, dm, self.ledger, progress, self.requests)
         try:
             outcome = self._unlearn(forget, model, dm, context, progress)
             if forget.request_ids:  # the unlearning succeeded: the requests were applied to this model
@@ -416,9 +419,11 @@ class StreamPhase(Phase):
         twins: TwinsConfig,
         heal: HealConfig,
         run_dir: str,
+        requests: RequestsFile | None = None,
     ):
         self.baseline, self.run_dir = baseline, run_dir
         self.configs = {"unlearn": unlearn, "adversary": adversary, "stream": stream, "twins": twins, "heal": heal}
+        self.requests = requests
         self.result = None
 
     def on_fit_start(self, trainer, pl_module) -> None:
@@ -453,6 +458,7 @@ class StreamPhase(Phase):
                 context=context,
                 log=log,
                 checkpoint_dir=os.path.join(self.run_dir, "stream"),
+                requests=self.requests,
                 **self.configs,
             )
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from healing_pl.adversary.requests import RequestsFile
 from healing_pl.phases.config import AdversaryConfig
 
 
@@ -21,6 +22,7 @@ class ForgetSet:
     classes: list[int]  # samples of F per class
     primary_count: int
     request_ids: tuple[str, ...] = ()  # the ledger ids of the accepted requests (empty without a ledger)
+    source: RequestsFile | None = None  # the RequestsFile the requests came from (None: the adversary)
 
     @property
     def accepted(self) -> int:
@@ -28,12 +30,19 @@ class ForgetSet:
 
     def record(self) -> dict:
         a = self.adversary
+        source = (
+            self.source.record()
+            if self.source is not None
+            else {
+                "adversary/selector": a.selector,
+                "adversary/budget": a.budget,
+                "adversary/system_knowledge": a.system_knowledge,
+                "adversary/data_knowledge": a.data_knowledge,
+                "adversary/target_class": a.target_class,
+            }
+        )
         return {
-            "adversary/selector": a.selector,
-            "adversary/budget": a.budget,
-            "adversary/system_knowledge": a.system_knowledge,
-            "adversary/data_knowledge": a.data_knowledge,
-            "adversary/target_class": a.target_class,
+            **source,
             "forget/count": self.accepted,
             "forget/ids": self.ids.tolist(),
             "forget/classes": self.classes,
@@ -68,8 +77,18 @@ def select_forget_ids(adversary: AdversaryConfig, model, datamodule, progress: b
     return torch.as_tensor(ids, dtype=torch.long).cpu()
 
 
-def request_forget_set(adversary: AdversaryConfig, model, datamodule, ledger=None, progress: bool = False) -> ForgetSet:
+def request_forget_set(
+    adversary: AdversaryConfig,
+    model,
+    datamodule,
+    ledger=None,
+    progress: bool = False,
+    requests: RequestsFile | None = None,
+) -> ForgetSet:
     """Select the adversary's requests, check membership, and write every decision to ``ledger`` (if any).
+
+    ``requests``: a :class:`~healing_pl.adversary.requests.RequestsFile`; its requests, in file order, replace
+    the adversary's (which is then not run) and go through the same check and ledger.
 
     Requests for non-members, duplicates and samples already unlearned are rejected with a reason.  Every
     decision is recorded before anything can fail: when all requests are rejected, the rejections are in the
@@ -78,10 +97,13 @@ def request_forget_set(adversary: AdversaryConfig, model, datamodule, ledger=Non
     """
     from healing_pl.adversary.membership import MembershipIndex, Request
 
-    requested = select_forget_ids(adversary, model, datamodule, progress)
     membership = MembershipIndex(datamodule.pool.train, datamodule.primary_ids)
-    requester = f"adversary-{adversary.selector}"
-    decisions = membership.check([Request(requester, sample_id=int(i), kind="adversarial") for i in requested])
+    if requests is not None:
+        decisions = membership.check(requests.requests)
+    else:
+        requested = select_forget_ids(adversary, model, datamodule, progress)
+        requester = f"adversary-{adversary.selector}"
+        decisions = membership.check([Request(requester, sample_id=int(i), kind="adversarial") for i in requested])
     request_ids = ledger.record(decisions, round_index=0) if ledger is not None else []
     accepted_requests = tuple(rid for rid, d in zip(request_ids, decisions) if d.accepted)
     accepted = torch.tensor([d.sample_id for d in decisions if d.accepted], dtype=torch.long)
@@ -95,5 +117,5 @@ def request_forget_set(adversary: AdversaryConfig, model, datamodule, ledger=Non
         raise ValueError(message)
     classes = torch.bincount(datamodule.targets[accepted], minlength=datamodule.num_classes).tolist()
     return ForgetSet(
-        accepted, adversary, len(decisions), reasons, classes, len(datamodule.primary_ids), accepted_requests
+        accepted, adversary, len(decisions), reasons, classes, len(datamodule.primary_ids), accepted_requests, requests
     )

@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
 
+from healing_pl.adversary.requests import RequestsFile
 from healing_pl.models.classifier import evaluate
 from healing_pl.phases.baseline import Baseline
 from healing_pl.phases.config import AdversaryConfig, HealConfig, StreamConfig, TwinsConfig, UnlearnConfig
@@ -29,17 +31,21 @@ class StreamResult:
     unlearned_count: int
     adversary: AdversaryConfig
     ledger: str
+    source: RequestsFile | None = None  # the requests file (None: the adversary's stream)
+    n_user: int = 0
 
     def record(self) -> dict:
+        source = self.source.record() if self.source is not None else {"adversary/selector": self.adversary.selector}
         return {
             "stream/rounds": self.rounds,
             "stream/curve": self.curve,
             "stream/n_adversarial": self.n_adversarial,
             "stream/n_benign": self.n_benign,
+            "stream/n_user": self.n_user,
             "baseline/test/acc": self.curve[0]["test/acc"],
             "stream/final/test/acc": self.curve[-1]["test/acc"],
             "stream/unlearned_count": self.unlearned_count,
-            "adversary/selector": self.adversary.selector,
+            **source,
             "forget/count": self.unlearned_count,
             "stream/ledger": self.ledger,
         }
@@ -90,6 +96,7 @@ def run_stream(
     context: Context,
     log: Callable[[dict, int], None] | None = None,
     checkpoint_dir: str | None = None,
+    requests: RequestsFile | None = None,
 ) -> StreamResult:
     """Mix the adversary's requests with benign ones and unlearn (and heal) them round by round.
 
@@ -102,6 +109,9 @@ def run_stream(
     weights on the CPU, the ids removed from the primary set, the twins and the spare policy's state) is written
     to :func:`round_checkpoint`. A rerun into the same run folder loads the state after the last round the ledger
     holds and goes on with the next round, so an interrupted stream ends with the uninterrupted one's model.
+
+    ``requests``: a requests file; its requests, in file order and rounds of ``stream.round_size``, are the stream
+    (the adversary and the benign mix are not used).
     """
     from healing_pl.adversary.membership import MembershipIndex
     from healing_pl.adversary.streams import RequestStream, run_rounds
@@ -110,18 +120,24 @@ def run_stream(
         raise ValueError(
             f"request streams cannot apply '{unlearn.method}' round by round; use naive, fisher or influence."
         )
-    adversarial = select_forget_ids(adversary, model, datamodule, context.progress)
-    requests = RequestStream(
-        adversarial,
-        datamodule.primary_ids,
-        benign_ratio=stream.benign_ratio,
-        order=stream.order,
-        round_size=stream.round_size,
-        n_users=stream.n_users,
-        name_by=stream.name_by,
-        dataset=datamodule.pool.train,
-        seed=stream.seed,
-    )
+    if requests is not None:
+        listed = list(requests.requests)
+    else:
+        adversarial = select_forget_ids(adversary, model, datamodule, context.progress)
+        listed = RequestStream(
+            adversarial,
+            datamodule.primary_ids,
+            benign_ratio=stream.benign_ratio,
+            order=stream.order,
+            round_size=stream.round_size,
+            n_users=stream.n_users,
+            name_by=stream.name_by,
+            dataset=datamodule.pool.train,
+            seed=stream.seed,
+        ).requests
+    size = stream.round_size
+    stream_rounds = [listed[i : i + size] for i in range(0, len(listed), size)]
+    kinds = Counter(r.kind for r in listed)
     membership = MembershipIndex(datamodule.pool.train, datamodule.primary_ids)
     policy = spare_policy(twins, model, datamodule) if stream.heal and twins.metric != "none" else None
     embedder = model
@@ -146,7 +162,13 @@ def run_stream(
         path = round_checkpoint(checkpoint_dir, index)
         if not os.path.isfile(path):
             return False
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # a planted pickle or a torn file: never run it, name it
+            raise ValueError(
+                f"round checkpoint '{path}' cannot be loaded as plain weights ({type(err).__name__}); "
+                "delete it to replay that round."
+            ) from None
         restored = copy_model(model)  # the baseline stays the embedder and round 0's start
         restored.load_state_dict(state["state_dict"])
         current["model"] = restored.eval()
@@ -192,14 +214,16 @@ def run_stream(
         print(f"round {index}: {metrics['round/accepted']} accepted, test accuracy {metrics['test/acc']:.4f}")
         return metrics
 
-    rounds = run_rounds(requests, membership, ledger, on_round, restore=restore if checkpoint_dir else None)
+    rounds = run_rounds(stream_rounds, membership, ledger, on_round, restore=restore if checkpoint_dir else None)
     curve = [{"round": -1, "test/acc": baseline_acc}] + [{"round": r["round"], **r["metrics"]} for r in rounds]
     return StreamResult(
         rounds,
         curve,
-        requests.n_adversarial,
-        requests.n_benign,
+        kinds["adversarial"],
+        kinds["benign"],
         int(membership.unlearned_ids.numel()),
         adversary,
         ledger.path.as_posix(),
+        requests,
+        kinds["user"],
     )

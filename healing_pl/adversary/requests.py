@@ -1,0 +1,174 @@
+"""Real unlearn requests from a file: what a model owner feeds ``--requests FILE`` instead of a simulated adversary.
+
+The file is JSON lines (blank lines are skipped); each line is one request naming one sample in exactly one way::
+
+    {"requester": "alice", "sample_id": 123}
+    {"requester": "bob", "sample_hash": "<64 hex digits of healing_pl.adversary.membership.sample_hash>"}
+    {"requester": "carol", "image": "images/carol.png", "kind": "user"}
+
+``requester`` is required; ``kind`` is optional (``user`` by default, or ``benign`` / ``adversarial`` when the
+owner knows better); no other key is allowed. ``image`` is a path relative to the requests file, decoded as the
+dataset's own samples are: for an image-folder dataset (``imagefolder``, ``afhq``) with the pool's own transform, so
+a copy of a training file names that sample; for a tensor-backed dataset (``digits``, ``mnist5k``, ``mnist``,
+``cifar10``) the file must be the exact 8-bit encoding of a pool image (grayscale or RGB as the pool, same size):
+it then names the pool sample with those pixels (:func:`image_hash`). An image that matches nothing is hashed as
+decoded and is rejected as ``not_a_member`` by the membership check, like any unknown hash.
+
+:func:`read_requests` checks the whole file before anything runs: a missing file, a line that is not a JSON
+object (by line number), a line naming no sample or two at once, an unknown key or a wrong value, and an image
+that cannot be read each stop with one sentence (ValueError / FileNotFoundError).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+
+import torch
+
+from healing_pl.adversary.membership import KINDS, Request, sample_hash
+
+__all__ = ["KEYS", "RequestsFile", "read_requests", "image_hash"]
+
+#: The keys a line may carry.
+KEYS: tuple[str, ...] = ("requester", "sample_id", "sample_hash", "image", "kind")
+_NAMES = ("sample_id", "sample_hash", "image")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class RequestsFile:
+    """A checked requests file: its requests in file order (images already resolved to content hashes)."""
+
+    path: str
+    sha256: str  # of the file's bytes
+    requests: tuple[Request, ...]
+
+    def record(self) -> dict:
+        """What ``results.json`` says about the source of the requests (the adversary was not used)."""
+        return {
+            "adversary/selector": "requests",
+            "adversary/budget": None,
+            "adversary/system_knowledge": None,
+            "adversary/data_knowledge": None,
+            "adversary/target_class": None,
+            "requests/file": self.path,
+            "requests/file_sha256": self.sha256,
+        }
+
+
+def _parse_line(text: str, number: int, where: str) -> dict:
+    try:
+        entry = json.loads(text)
+    except ValueError as err:
+        raise ValueError(f"line {number} of {where} is not valid JSON ({err.msg}).") from None
+    if not isinstance(entry, dict):
+        raise ValueError(f"line {number} of {where} is not a JSON object.")
+    unknown = [k for k in entry if k not in KEYS]
+    if unknown:
+        raise ValueError(f"line {number} of {where} has an unknown key '{unknown[0]}'; allowed: {', '.join(KEYS)}.")
+    named = [k for k in _NAMES if k in entry]
+    if len(named) != 1:
+        how = "names no sample" if not named else f"names its sample {len(named)} ways ({', '.join(named)})"
+        raise ValueError(f"line {number} of {where} {how}; give exactly one of sample_id, sample_hash or image.")
+    requester = entry.get("requester")
+    if not isinstance(requester, str) or not requester:
+        raise ValueError(f"line {number} of {where} needs a non-empty string 'requester'.")
+    kind = entry.get("kind", "user")
+    if kind not in KINDS:
+        raise ValueError(f"line {number} of {where} has kind {kind!r}; expected one of {', '.join(KINDS)}.")
+    value = entry[named[0]]
+    if named[0] == "sample_id" and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError(f"line {number} of {where} has sample_id {value!r}; expected an integer pool id.")
+    if named[0] == "sample_hash" and not (isinstance(value, str) and _HEX64.fullmatch(value.lower())):
+        raise ValueError(f"line {number} of {where} has a sample_hash that is not 64 hex digits.")
+    if named[0] == "image" and (not isinstance(value, str) or not value):
+        raise ValueError(f"line {number} of {where} has an image that is not a file path.")
+    return {"requester": requester, "kind": kind, named[0]: value.lower() if named[0] == "sample_hash" else value}
+
+
+def read_requests(path: str, dataset) -> RequestsFile:
+    """Read and check a requests file against the pool ``dataset`` (``dataset[i] -> (x, y)``).
+
+    Every line is checked before any image is decoded; each image becomes a request by content hash
+    (:func:`image_hash`). Raises FileNotFoundError or ValueError with one sentence.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"requests file '{path}' does not exist.")
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        lines = raw.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise ValueError(f"requests file '{path}' is not UTF-8 text.") from None
+    where = f"requests file '{path}'"
+    entries = [(n, _parse_line(text, n, where)) for n, text in enumerate(lines, start=1) if text.strip()]
+    if not entries:
+        raise ValueError(f"requests file '{path}' holds no requests.")
+    folder = os.path.dirname(os.path.abspath(path))
+    matcher = _ImageMatcher(dataset)
+    requests = []
+    for number, entry in entries:
+        image = entry.pop("image", None)
+        if image is not None:
+            entry["sample_hash"] = matcher.hash(os.path.join(folder, image), f"line {number} of {where}")
+        requests.append(Request(**entry))
+    return RequestsFile(path, hashlib.sha256(raw).hexdigest(), tuple(requests))
+
+
+def image_hash(path: str, dataset) -> str:
+    """The content hash of an image file decoded as a sample of ``dataset`` (see the module docstring)."""
+    return _ImageMatcher(dataset).hash(path, f"image '{path}'")
+
+
+class _ImageMatcher:
+    """Decodes image files as samples of one pool; the pixel index of a tensor pool is built on first use."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self._index: dict[bytes, int] | None = None
+
+    def hash(self, path: str, where: str) -> str:
+        from PIL import Image
+
+        try:
+            with Image.open(path) as opened:
+                opened.load()
+                image = opened.copy()
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{where}: image '{path}' cannot be read ({type(err).__name__}).") from None
+        folder = getattr(self.dataset, "folder", None)
+        if folder is not None:  # an image-folder pool: the pool's own transform
+            return sample_hash(folder.transform(image.convert("RGB")))
+        images = getattr(self.dataset, "images", None)
+        if images is None or not hasattr(self.dataset, "mean"):
+            raise ValueError(f"{where}: image requests are not supported for a {type(self.dataset).__name__} pool.")
+        return self._tensor_pool_hash(image, images)
+
+    def _tensor_pool_hash(self, image, images: torch.Tensor) -> str:
+        import numpy as np
+
+        channels = images.shape[1]
+        pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+        x = torch.from_numpy(pixels.copy()).reshape(*pixels.shape[:2], -1).permute(2, 0, 1).contiguous()
+        if tuple(x.shape) == tuple(images.shape[1:]):
+            match = self._pixel_index(images).get(x.numpy().tobytes())
+            if match is not None:
+                return sample_hash(self.dataset[match][0])
+        # no pool image has these pixels: the hash of the decoded image, which no member carries
+        d = self.dataset
+        return sample_hash((x.float() / 255.0 - d.mean) / d.std)
+
+    def _pixel_index(self, images: torch.Tensor) -> dict[bytes, int]:
+        """8-bit pixels -> lowest pool id (a float pool in [0, 1] is rounded to 8 bits)."""
+        if self._index is None:
+            q = images if images.dtype == torch.uint8 else (images.float() * 255.0).round().clamp(0, 255).byte()
+            q = q.contiguous().numpy()
+            index: dict[bytes, int] = {}
+            for i in range(len(q)):
+                index.setdefault(q[i].tobytes(), i)
+            self._index = index
+        return self._index

@@ -1,0 +1,156 @@
+"""--requests FILE: real unlearn requests (by id, hash or image) instead of the adversary, end to end on digits."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from healing_pl.adversary.membership import sample_hash
+from healing_pl.adversary.requests import image_hash
+from healing_pl.data.datasets import build_pool
+from healing_pl.main import main
+
+QUIET = ["--trainer.enable_progress_bar=false", "--wandb.enabled=false"]
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory, configs_dir):
+    root = tmp_path_factory.mktemp("requests-baseline")
+    run = root / "fit"
+    args = ["fit", "--config", f"{configs_dir}/digits.yaml", f"--run_dir={run}", "--trainer.max_epochs=1", *QUIET]
+    assert main(args) == 0
+    ckpt = run / "checkpoints" / "last.ckpt"
+    splits = torch.load(ckpt, weights_only=False)["HealingDataModule"]["splits"]
+    return ckpt, [int(i) for i in splits["primary"]], [int(i) for i in splits["backup"]]
+
+
+@pytest.fixture(scope="module")
+def pool():
+    return build_pool("digits").train
+
+
+def _write(path, lines) -> str:
+    path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
+    return str(path)
+
+
+def _png(dataset, sample_id: int, path) -> None:
+    """A pool sample as an 8-bit PNG (the exact 8-bit encoding of the stored image)."""
+    pixels = (dataset.images[sample_id, 0] * 255.0).round().clamp(0, 255).byte().numpy()
+    Image.fromarray(np.asarray(pixels), mode="L").save(path)
+
+
+def _args(subcommand, configs_dir, ckpt, run, requests, *extra):
+    return [
+        subcommand,
+        "--config",
+        f"{configs_dir}/digits.yaml",
+        f"--ckpt_path={ckpt}",
+        f"--run_dir={run}",
+        f"--requests={requests}",
+        "--unlearn.method=fisher",
+        "--unlearn.alpha=1e-9",
+        f"--unlearn.cache_dir={run.parent / 'cache'}",
+        *QUIET,
+        *extra,
+    ]
+
+
+def _ledger(run) -> list[dict]:
+    return [json.loads(x) for x in (run / "ledger.jsonl").read_text().splitlines()]
+
+
+def test_image_of_a_pool_sample_hashes_like_the_sample(tmp_path, pool):
+    _png(pool, 7, tmp_path / "x.png")
+    assert image_hash(str(tmp_path / "x.png"), pool) == sample_hash(pool[7][0])
+
+
+def test_unlearn_mixed_requests_forget_exactly_the_accepted(in_tmp, configs_dir, baseline, pool):
+    ckpt, primary, backup = baseline
+    p0, p1, p2 = primary[:3]
+    (in_tmp / "img").mkdir()
+    _png(pool, p2, in_tmp / "img" / "erin.png")
+    requests = _write(
+        in_tmp / "requests.jsonl",
+        [
+            {"requester": "alice", "sample_id": p0},
+            {"requester": "bob", "sample_hash": sample_hash(pool[p1][0])},
+            {"requester": "carol", "sample_id": backup[0]},  # never trained on
+            "",  # blank lines are skipped
+            {"requester": "dave", "sample_hash": sample_hash(pool[p0][0]), "kind": "benign"},  # p0 again
+            {"requester": "erin", "image": "img/erin.png"},
+            {"requester": "frank", "sample_hash": sample_hash(pool[backup[1]][0])},  # an unknown hash
+        ],
+    )
+    run = in_tmp / "unlearn"
+    assert main(_args("unlearn", configs_dir, ckpt, run, requests)) == 0
+    r = json.loads((run / "results.json").read_text())
+    assert r["forget/ids"] == [p0, p1, p2] and r["forget/count"] == 3
+    assert r["adversary/selector"] == "requests" and r["requests/file"] == requests
+    assert r["requests/count"] == 6 and r["requests/rejected"] == 3
+    lines = [x for x in _ledger(run) if x["type"] == "request"]
+    assert [x["requester"] for x in lines] == ["alice", "bob", "carol", "dave", "erin", "frank"]
+    assert [x["reason"] for x in lines] == ["member", "member", "not_a_member", "duplicate", "member", "not_a_member"]
+    assert [x["decision"] for x in lines] == ["accept", "accept", "reject", "reject", "accept", "reject"]
+    assert [x["kind"] for x in lines] == ["user", "user", "user", "benign", "user", "user"]
+    assert [x["named_by"] for x in lines] == ["id", "hash", "id", "hash", "hash", "hash"]
+    applied = [x for x in _ledger(run) if x["type"] == "applied"]
+    accepted = [x["request_id"] for x in lines if x["decision"] == "accept"]
+    assert len(applied) == 1 and applied[0]["request_ids"] == accepted
+
+
+def test_heal_with_a_requests_file(in_tmp, configs_dir, baseline):
+    ckpt, primary, _ = baseline
+    ids = primary[10:15]
+    requests = _write(in_tmp / "r.jsonl", [{"requester": f"u{i}", "sample_id": i} for i in ids])
+    run = in_tmp / "heal"
+    assert main(_args("heal", configs_dir, ckpt, run, requests, "--heal.epochs=1", "--twins.metric=raw_l2")) == 0
+    r = json.loads((run / "results.json").read_text())
+    assert r["forget/ids"] == ids and r["adversary/selector"] == "requests"
+    assert len(r["twins/pairs"]) == 5 and r["healed/test/acc_epoch_1"] is not None
+    assert sorted(x["twin_id"] for x in _ledger(run) if x["type"] == "twin") == sorted(
+        p["twin_id"] for p in r["twins/pairs"]
+    )
+
+
+def test_stream_applies_the_file_in_order(in_tmp, configs_dir, baseline):
+    ckpt, primary, backup = baseline
+    ids = [primary[30], primary[20], backup[0], primary[40], primary[25]]
+    requests = _write(in_tmp / "r.jsonl", [{"requester": "owner", "sample_id": i} for i in ids])
+    run = in_tmp / "stream"
+    assert main(_args("stream", configs_dir, ckpt, run, requests, "--stream.round_size=2")) == 0
+    r = json.loads((run / "results.json").read_text())
+    lines = [x for x in _ledger(run) if x["type"] == "request"]
+    assert [x["sample_id"] for x in lines] == ids and [x["round"] for x in lines] == [0, 0, 1, 1, 2]
+    assert [x["reason"] for x in lines] == ["member", "member", "not_a_member", "member", "member"]
+    assert [x["n_accepted"] for x in r["stream/rounds"]] == [2, 1, 1]
+    assert r["stream/unlearned_count"] == 4 and r["stream/n_user"] == 5
+    assert r["adversary/selector"] == "requests" and r["requests/file"] == requests
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (None, "does not exist"),
+        ([{"requester": "a", "sample_id": 1}, '{"requester": "b", "sample_id": '], "line 2 of"),
+        ([{"requester": "a"}], "line 1 of requests file"),
+        ([{"requester": "a", "sample_id": 1, "sample_hash": "0" * 64}], "2 ways"),
+        ([{"requester": "a", "sample_id": 1, "user": "x"}], "unknown key 'user'"),
+        ([{"requester": "a", "image": "missing.png"}], "cannot be read"),
+        ([{"requester": "a", "image": "broken.png"}], "cannot be read"),
+    ],
+)
+def test_bad_requests_files_exit_2_and_write_nothing(in_tmp, configs_dir, baseline, capsys, content, expected):
+    ckpt, _, _ = baseline
+    (in_tmp / "broken.png").write_text("not a png")
+    path = in_tmp / "r.jsonl"
+    if content is not None:
+        _write(path, content)
+    run = in_tmp / "run"
+    capsys.readouterr()
+    assert main(_args("unlearn", configs_dir, ckpt, run, path)) == 2
+    errors = [x for x in capsys.readouterr().err.splitlines() if x.startswith("healing-pl: error:")]
+    assert len(errors) == 1 and expected in errors[0] and errors[0].endswith("."), errors
+    assert not run.exists() or not any(run.iterdir())
