@@ -212,7 +212,9 @@ def phase_summary(record: dict) -> str:
     epochs = record.get("heal/epochs")
     if epochs and epochs > 1:
         keys.append((f"healed/test/acc_epoch_{epochs}", f"healed, {epochs} epochs"))
-    lines = [f"forget set: {record.get('forget/count')} samples chosen by '{record.get('adversary/selector')}'"]
+    who = record.get("adversary/selector")
+    source = f"requested in {record.get('requests/file')}" if who == "requests" else f"chosen by '{who}'"
+    lines = [f"forget set: {record.get('forget/count')} samples {source}"]
     lines += [f"  {label:<24} test accuracy {record[k]:.4f}" for k, label in keys if record.get(k) is not None]
     return "\n".join(lines)
 
