@@ -27,7 +27,18 @@ def main(args=None) -> int:
         return report_main(argv[1:])
     from healing_pl.cli import run_cli
 
-    return run_cli(args)
+    code = run_cli(args)
+    if code == 0 and argv in (["-h"], ["--help"]):  # the top-level help also names the commands outside the CLI
+        print(MORE)
+    return code
+
+
+MORE = """
+more subcommands:
+    grid                Run a grid spec: the baseline, every run of its axes (resumable), then the report
+                        (healing-pl grid SPEC.yaml --help).
+    report              Comparison tables from finished runs' results.json (healing-pl report RUNS --help).
+    ledger              Check a run's hash-chained request ledger (healing-pl ledger verify RUN)."""
 
 
 if __name__ == "__main__":

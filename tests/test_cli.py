@@ -105,3 +105,10 @@ def test_diverging_hyperparameters_stop_with_a_sentence(in_tmp, configs_dir, cap
     err = capsys.readouterr().err
     assert code == 2 and "diverge" in err and "--model.lr" in err
     assert not (in_tmp / "r" / "results.json").exists()
+
+
+def test_top_level_help_lists_every_subcommand(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in ("fit", "unlearn", "heal", "stream", "grid", "report", "ledger"):
+        assert f"    {name} " in out, name
