@@ -119,7 +119,7 @@ def weights_sha256(model_or_state) -> str:
     """SHA-256 of a model's weights (a module, e.g. a SISA ensemble, or a state dict).
 
     Over the state dict's entries sorted by name: each name, then the tensor's raw bytes (contiguous, on the
-    CPU).  The same digest as :func:`healing_pl.phases.stream.state_sha256`, and it also takes bfloat16.
+    CPU); it also takes bfloat16. Streams name a round's starting model in the unlearn cache by it.
     """
     state = model_or_state.state_dict() if hasattr(model_or_state, "state_dict") else model_or_state
     digest = hashlib.sha256()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from collections import Counter
@@ -11,6 +10,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from healing_pl.adversary.ledger import weights_sha256
 from healing_pl.adversary.requests import RequestsFile
 from healing_pl.models.classifier import evaluate
 from healing_pl.phases.baseline import Baseline
@@ -49,15 +49,6 @@ class StreamResult:
             "forget/count": self.unlearned_count,
             "stream/ledger": self.ledger,
         }
-
-
-def state_sha256(model: torch.nn.Module) -> str:
-    """Content hash of a model's weights (names a round's starting model in the unlearn cache)."""
-    digest = hashlib.sha256()
-    for name, value in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def round_checkpoint(directory: str, index: int) -> str:
@@ -184,7 +175,7 @@ def run_stream(
         metrics: dict = {"round/accepted": int(accepted.numel())}
         if accepted.numel():
             start = current["model"]
-            source = baseline if start is model else replace(baseline, sha256=state_sha256(start))
+            source = baseline if start is model else replace(baseline, sha256=weights_sha256(start))
             current["model"], _, _, _ = unlearned_model(start, source, datamodule, accepted, unlearn, context)
             metrics["unlearned/test/acc"] = evaluate(current["model"], test)["acc"]
             if stream.heal:

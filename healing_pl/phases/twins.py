@@ -5,8 +5,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import torch
-
 from healing_pl.phases.config import TwinsConfig
 
 
@@ -109,8 +107,3 @@ def ledger_twins(ledger, datamodule, pairs: list[dict]) -> None:
             sample_hash(datamodule.pool.train[p["twin_id"]][0]),
             p.get("score"),
         )
-
-
-def heal_set(datamodule, forget_ids, twin_set: TwinSet) -> torch.Tensor:
-    """R plus the twins: what the fine-tune trains on."""
-    return datamodule.heal_ids(forget_ids, twin_set.twin_ids)

@@ -462,12 +462,11 @@ def test_applied_and_failed_say_what_became_of_accepted_requests(tmp_path):
     assert verify(tmp_path).ok
 
 
-def test_weights_sha256_matches_the_stream_cache_hash():
+def test_weights_sha256_reads_a_model_or_its_state():
     from healing_pl.adversary.ledger import weights_sha256
-    from healing_pl.phases.stream import state_sha256
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
-    assert weights_sha256(model) == state_sha256(model) == weights_sha256(model.state_dict())
+    assert weights_sha256(model) == weights_sha256(model.state_dict())
     assert len(weights_sha256(model.to(torch.bfloat16))) == 64
 
 
@@ -542,8 +541,8 @@ def test_unlearn_phase_writes_applied_or_failed(tmp_path, monkeypatch, fails):
     if fails:
         assert rows[-1]["reason"] == "the gold standard ran out of memory."
     else:
-        from healing_pl.phases.stream import state_sha256
+        from healing_pl.adversary.ledger import weights_sha256
 
-        assert rows[-1]["model_sha256"] == state_sha256(model)
+        assert rows[-1]["model_sha256"] == weights_sha256(model)
     assert rows[-1]["request_ids"] == [rows[0]["request_id"], rows[1]["request_id"]]
     assert verify(tmp_path).ok
