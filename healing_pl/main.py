@@ -1,8 +1,9 @@
-"""The ``healing-pl`` entry point: ``grid`` and ``report`` here, every other subcommand through the LightningCLI.
+"""The ``healing-pl`` entry point: ``grid``, ``report``, ``ledger`` and ``calibrate`` here, the rest through the CLI.
 
 healing-pl fit | validate | test | unlearn | heal | stream ...   (healing_pl.cli)
 healing-pl grid configs/grids/<grid>.yaml                         (healing_pl.experiments.grid)
 healing-pl report runs/<folder>                                   (healing_pl.report.cli)
+healing-pl calibrate --config ... --ckpt_path ... --target_drop D (healing_pl.experiments.calibrate)
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ def main(args=None) -> int:
         from healing_pl.adversary.ledger import ledger_main
 
         return ledger_main(argv[1:])
+    if argv and argv[0] == "calibrate":
+        from healing_pl.experiments.calibrate import calibrate_main
+
+        return calibrate_main(argv[1:])
     if argv and argv[0] == "report":
         from healing_pl.report.cli import report_main
 
@@ -38,7 +43,9 @@ more subcommands:
     grid                Run a grid spec: the baseline, every run of its axes (resumable), then the report
                         (healing-pl grid SPEC.yaml --help).
     report              Comparison tables from finished runs' results.json (healing-pl report RUNS --help).
-    ledger              Check a run's hash-chained request ledger (healing-pl ledger verify RUN)."""
+    ledger              Check a run's hash-chained request ledger (healing-pl ledger verify RUN).
+    calibrate           The unlearning strength (Fisher alpha, influence scale) whose mean validation-accuracy
+                        drop is closest to --target_drop, as a config snippet (healing-pl calibrate --help)."""
 
 
 if __name__ == "__main__":

@@ -23,8 +23,10 @@ Common behaviour:
   requests across rounds; :meth:`SparePolicy.state_dict` /
   :meth:`SparePolicy.load_state_dict` save and restore that state as plain
   lists and ints.
-* ``same_class=True`` (default) draws a request's twin from its own class
-  (labels required).
+* ``same_class=True`` draws a request's twin from its own class (labels
+  required).  It is off by default (the paper states no class restriction):
+  every metric, the ``random`` control included, then searches the whole
+  spare set.
 * ``group`` decides how the requests of one round share the spares:
   ``"sequential"`` (default; requests in the given order each take their best
   free spare, as in the paper), ``"greedy"`` (pairs taken by best global
@@ -195,7 +197,7 @@ class SparePolicy:
         self,
         metric: str | Metric = "raw_l2",
         *,
-        same_class: bool = True,
+        same_class: bool = False,
         group: str = "sequential",
         max_candidates: int = 1024,
         metric_kwargs: dict | None = None,
@@ -203,7 +205,7 @@ class SparePolicy:
         """
         Args:
             metric: a :data:`~healing_pl.healing.similarity.METRICS` name or instance.
-            same_class: twins come from the request's class (labels required).
+            same_class: twins come from the request's class (labels required); off: from the whole spare set.
             group: ``"sequential"``, ``"greedy"`` or ``"optimal"``.
             max_candidates: longest candidate list per request in one search.
             metric_kwargs: constructor arguments when ``metric`` is a name.

@@ -26,22 +26,37 @@ class UnlearnConfig:
     """How the forget set is unlearned.
 
     Args:
-        method: naive (retrain from scratch: the gold standard), sisa, fisher or influence.
+        method: naive (retrain from scratch: the gold standard), sisa, fisher, influence, finetune,
+            neggrad_plus, scrub, salun or ssd.
         repeats: runs of a stochastic method (paper: 5); the representative model is the
-            run whose test accuracy is closest to the mean.
+            run whose validation accuracy is closest to the mean (ties: the first).
         seed: seed of the first repeat (repeat i uses seed + i).
         batch_r: batch size over the remain set (Fisher information, Hessian-vector products).
         batch_f: forget-set minibatch: influence removes the forget set in sequential
             minibatches of this size (the paper's batch_f).
         max_norm: clip the L2 norm of each update (None: no clip).
-        alpha: Fisher noise strength (calibrate it: the small MNIST CNN collapses near 1e-4).
+        alpha: Fisher noise strength; calibrate it per shaping (golatkar needs a smaller alpha
+            than plain for the same drop; docs/notes_unlearning_conventions.md).
         fisher_kind: true (expectation over the model's predicted labels) or empirical Fisher.
-        lam: damping of the Fisher Newton step.
-        noise_only: Fisher noise only (the paper's form for deep networks) or Newton step plus noise.
-        damping: LiSSA damping d: inverts (H + d I).
-        scale: LiSSA scale s: must exceed half the largest eigenvalue of H + d I.
+        lam: damping of the Fisher Newton step (noise_only false): theta moves by
+            (F_R + lam)^-1 (1/|R|) sum_F grad before the noise (the paper's lambda).
+        noise_only: Fisher noise only (Golatkar's form for deep networks) or the diagonal Newton
+            step plus noise (the form whose lam and batch_f the paper's Tables 2 and 6 list).
+        shaping: Fisher noise variance: golatkar (Golatkar et al.'s published recipe: inverse
+            Fisher clamped at 1e3, 1e2 for the classifier layer, averaged over each output
+            row, x10 for the classifier layer and 1-D parameters) or plain
+            (alpha * clamp(1/F, max=1e3), the earlier form).
+        damping: LiSSA damping d (see damping_convention).
+        damping_convention: additive (h <- v + h - (H + d I) h / s: inverts H + d I) or
+            koh_liang (h <- v + (1 - d) h - H h / s as in Koh & Liang's code: inverts
+            H + d s I, so the paper's d = 1e-6 at s = 1000 is an additive 1e-3).
+        scale: LiSSA scale s: must exceed half the largest eigenvalue of the damped Hessian.
         depth: LiSSA recursion depth.
         lissa_repeats: LiSSA estimates averaged per inverse-Hessian-vector product.
+        removal: how influence scales the forget gradient of each forget batch B (batch_f):
+            mean (Koh & Liang: theta + (1/n) H^-1 sum_B grad, n the training set size),
+            sum (theta + H^-1 sum_B grad, unscaled) or batch (theta + H^-1 mean_B grad after
+            each batch, as public influence-unlearning code built on the paper's knobs does).
         shards: SISA shards.
         slices: SISA slices per shard.
         aggregation: SISA aggregation: majority vote or averaged softmax.
@@ -49,9 +64,26 @@ class UnlearnConfig:
             cluster); a later run without it aggregates the cached shards.
         cache_dir: where gold standards, unlearned models and SISA shards are cached by
             content hash (None: no cache).
+        sisa_epochs: SISA epochs per slice stage: passes (ceil(2N/(R+1)): a shard's samples get at least the
+            baseline's N passes, Bourtoule et al. 2021), per_slice (round(N/R)) or a count.
+        lr: Adam learning rate of finetune, neggrad_plus, scrub and salun (None: the baseline's).
+        ft_epochs: finetune: epochs on the remain set.
+        ng_alpha: neggrad_plus: weight alpha of the remain loss in alpha * L_R - (1 - alpha) * L_F.
+        ng_epochs: neggrad_plus: epochs over the remain set.
+        scrub_epochs: scrub: epochs (each a min-step pass over the remain set).
+        scrub_msteps: scrub: the first epochs that also make a max-step pass over the forget set.
+        scrub_alpha: scrub: weight of the KL to the teacher in the min-steps.
+        scrub_gamma: scrub: weight of the cross-entropy in the min-steps.
+        scrub_temperature: scrub: distillation temperature T.
+        salun_ratio: salun: share of the weights (largest forget-loss gradients) that random labelling updates.
+        salun_epochs: salun: epochs of random-label fine-tuning over the forget plus remain sets.
+        ssd_lambda: ssd: dampening constant lambda (selected weights scale by min(lambda I_D / I_F, 1)).
+        ssd_alpha: ssd: selection weighting alpha (weights with I_F > alpha I_D are dampened).
     """
 
-    method: Literal["naive", "sisa", "fisher", "influence"] = "fisher"
+    method: Literal["naive", "sisa", "fisher", "influence", "finetune", "neggrad_plus", "scrub", "salun", "ssd"] = (
+        "fisher"
+    )
     repeats: int = 1
     seed: int = 0
     batch_r: int = 512
@@ -61,15 +93,32 @@ class UnlearnConfig:
     fisher_kind: Literal["true", "empirical"] = "true"
     lam: float = 1e-3
     noise_only: bool = True
+    shaping: Literal["golatkar", "plain"] = "golatkar"
     damping: float = 0.01
+    damping_convention: Literal["additive", "koh_liang"] = "additive"
     scale: float = 100.0
     depth: int = 100
     lissa_repeats: int = 1
+    removal: Literal["mean", "sum", "batch"] = "mean"
     shards: int = 3
     slices: int = 5
     aggregation: Literal["vote", "softmax"] = "vote"
     sisa_shard: int | None = None
     cache_dir: str | None = "runs/cache"
+    sisa_epochs: Literal["passes", "per_slice"] | int = "passes"
+    lr: float | None = None
+    ft_epochs: int = 2
+    ng_alpha: float = 0.99
+    ng_epochs: int = 2
+    scrub_epochs: int = 3
+    scrub_msteps: int = 2
+    scrub_alpha: float = 0.001
+    scrub_gamma: float = 0.99
+    scrub_temperature: float = 4.0
+    salun_ratio: float = 0.5
+    salun_epochs: int = 2
+    ssd_lambda: float = 1.0
+    ssd_alpha: float = 10.0
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -82,8 +131,37 @@ class UnlearnConfig:
                 raise ValueError(f"unlearn.{name} must be non-negative, got {getattr(self, name)}.")
         if self.scale <= 0:
             raise ValueError(f"unlearn.scale must be positive, got {self.scale}.")
+        for name, choices in (
+            ("shaping", ("golatkar", "plain")),
+            ("damping_convention", ("additive", "koh_liang")),
+            ("removal", ("mean", "sum", "batch")),
+        ):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"unlearn.{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}.")
         if self.sisa_shard is not None and not 0 <= self.sisa_shard < self.shards:
             raise ValueError(f"unlearn.sisa_shard must lie in [0, {self.shards}), got {self.sisa_shard}.")
+        self._check_modern()
+
+    def _check_modern(self) -> None:
+        """The knobs of finetune, neggrad_plus, scrub, salun and ssd."""
+        for name in ("ft_epochs", "ng_epochs", "scrub_epochs", "salun_epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"unlearn.{name} must be at least 1, got {getattr(self, name)}.")
+        if not 0 <= self.scrub_msteps <= self.scrub_epochs:
+            raise ValueError(
+                f"unlearn.scrub_msteps must lie in [0, scrub_epochs={self.scrub_epochs}], got {self.scrub_msteps}."
+            )
+        for name in ("lr", "scrub_temperature", "ssd_lambda", "ssd_alpha"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"unlearn.{name} must be positive, got {value}.")
+        for name in ("scrub_alpha", "scrub_gamma"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"unlearn.{name} must be non-negative, got {getattr(self, name)}.")
+        if not 0.0 <= self.ng_alpha <= 1.0:
+            raise ValueError(f"unlearn.ng_alpha must lie in [0, 1], got {self.ng_alpha}.")
+        if not 0.0 < self.salun_ratio <= 1.0:
+            raise ValueError(f"unlearn.salun_ratio must lie in (0, 1], got {self.salun_ratio}.")
 
     def hyperparameters(self) -> dict:
         """The settings that matter for this method (for logs and cache keys)."""
@@ -99,8 +177,10 @@ class AdversaryConfig:
     Args:
         selector: How the forget set is picked: random (blind), class
             (targeted, needs target_class), worst_logits (output-aware),
-            gradient (parameter-aware) or blind_guess (blind to the
-            training set).
+            gradient (parameter-aware), unlearning_aware (parameter-aware and
+            knows the unlearn config: greedy by simulated unlearning on the
+            validation split; fisher or influence) or blind_guess (blind to
+            the training set).
         budget: Number of samples to unlearn: an int >= 1 is a count, a
             float in (0, 1] a fraction of the training set size (rounded to
             the nearest count).
@@ -127,6 +207,12 @@ class AdversaryConfig:
             eigenvalue of H + d I.
         influence_depth: LiSSA recursion depth.
         influence_repeats: LiSSA repeats averaged.
+        aware_pool: unlearning_aware: candidates the greedy search considers
+            (the ranking's top ones); None: 3 x budget.
+        aware_block: unlearning_aware: candidates added per greedy step (1:
+            plain greedy); None: budget / 5 rounded up, five steps.
+        aware_ranking: unlearning_aware: the ranking that fills the pool,
+            worst_logits (margins) or gradient (gradient_mode scores).
     """
 
     selector: str = "random"
@@ -144,6 +230,9 @@ class AdversaryConfig:
     influence_scale: float = 25.0
     influence_depth: int = 200
     influence_repeats: int = 1
+    aware_pool: int | None = None
+    aware_block: int | None = None
+    aware_ranking: Literal["worst_logits", "gradient"] = "worst_logits"
 
     def __post_init__(self) -> None:
         self._check_choice("selector", self.selector, tuple(SELECTORS))
@@ -152,6 +241,11 @@ class AdversaryConfig:
         self._check_choice("score", self.score, ("margin", "logit"))
         self._check_choice("gradient_mode", self.gradient_mode, ("grad_norm", "influence"))
         self._check_choice("gradient_engine", self.gradient_engine, ("vmap", "loop"))
+        self._check_choice("aware_ranking", self.aware_ranking, ("worst_logits", "gradient"))
+        for name in ("aware_pool", "aware_block"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"adversary.{name} must be a whole number of samples >= 1 (or None), got {value!r}.")
 
         budget = self.budget
         if isinstance(budget, bool) or not isinstance(budget, (int, float)):
@@ -205,7 +299,10 @@ class AdversaryConfig:
         """Check the config against the data; return the budget as a count."""
         if self.target_class is not None and not 0 <= self.target_class < num_classes:
             raise ValueError(f"target_class {self.target_class} is outside [0, {num_classes}), the task's classes.")
-        return self.resolve_budget(n_train)
+        budget = self.resolve_budget(n_train)
+        if self.selector == "unlearning_aware" and self.aware_pool is not None and self.aware_pool < budget:
+            raise ValueError(f"adversary.aware_pool ({self.aware_pool}) must be at least the budget ({budget}).")
+        return budget
 
 
 # --------------------------------------------------------------------------- twins and healing
@@ -218,7 +315,8 @@ class TwinsConfig:
             feat_cosine, feat_mahalanobis (baseline embeddings) or random (the control).
         policy: general_spare_set (each request takes its nearest remaining spare of the
             backup set) or twins (k surrogates precomputed per primary sample).
-        same_class: twins come from the unlearned sample's class.
+        same_class: restrict each twin to its unlearned sample's class (off by default: the paper
+            states no such restriction; random twins are then drawn from the whole spare set).
         group: how one round's requests share spares: sequential, greedy or optimal.
         k: surrogates kept per primary sample by the twins policy.
         seed: seed of the random metric.
@@ -226,7 +324,7 @@ class TwinsConfig:
 
     metric: Literal["none", "raw_l2", "raw_mahalanobis", "feat_cosine", "feat_mahalanobis", "random"] = "feat_cosine"
     policy: Literal["general_spare_set", "twins"] = "general_spare_set"
-    same_class: bool = True
+    same_class: bool = False
     group: Literal["sequential", "greedy", "optimal"] = "sequential"
     k: int = 3
     seed: int = 0
@@ -248,7 +346,8 @@ class HealConfig:
     """The healing fine-tune.
 
     Args:
-        epochs: fine-tuning epochs (at least 1); None: half the baseline's epochs (the paper's N/2).
+        epochs: fine-tuning epochs (at least 1); None: the paper's N/2 of the baseline's N epochs,
+            rounded up (ceil(N/2): N = 10, 5, 3 give 5, 3, 2).
         lr: Adam learning rate of the fine-tune; None: the baseline's.
         gold: also train (or load from the cache) the gold standard, to report Best-GS.
     """
@@ -264,8 +363,8 @@ class HealConfig:
             raise ValueError(f"heal.lr must be positive, got {self.lr}.")
 
     def epochs_for(self, baseline_epochs: int) -> int:
-        """The fine-tune's epochs: ``epochs``, or N/2 of the baseline's N."""
-        return self.epochs or max(1, baseline_epochs // 2)
+        """The fine-tune's epochs: ``epochs``, or ceil(N/2) of the baseline's N (at least 1)."""
+        return self.epochs or max(1, math.ceil(baseline_epochs / 2))
 
 
 @dataclass

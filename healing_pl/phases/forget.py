@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from healing_pl.adversary.requests import RequestsFile
-from healing_pl.phases.config import AdversaryConfig
+from healing_pl.phases.config import AdversaryConfig, UnlearnConfig
+from healing_pl.unlearning.methods import METHODS, Context
 
 
 @dataclass(frozen=True)
@@ -54,13 +55,52 @@ class ForgetSet:
         }
 
 
-def select_forget_ids(adversary: AdversaryConfig, model, datamodule, progress: bool = False) -> torch.Tensor:
+#: methods the unlearning-aware adversary can simulate per candidate (naive and sisa retrain: far too slow)
+SIMULATED_METHODS = ("fisher", "influence")
+
+
+def unlearning_simulator(unlearn: UnlearnConfig, model, datamodule, context: Context | None = None):
+    """``simulate(forget_ids) -> model``: the deployed method with its hyperparameters on a copy of ``model``.
+
+    Every simulation uses the first repeat's seed (``unlearn.seed``): the unlearning-aware adversary
+    compares candidate sets under the same noise draw.  No progress bars, no cache, no divergence check
+    (a diverged copy simply scores as very damaging).
+    """
+    if unlearn.method not in SIMULATED_METHODS:
+        raise ValueError(
+            f"the unlearning_aware adversary simulates the unlearning once per candidate, which it can for "
+            f"{' or '.join(SIMULATED_METHODS)}, not for '{unlearn.method}' (it retrains); pick another selector."
+        )
+    method = METHODS[unlearn.method]
+    quiet = replace(context or Context(), progress=False)
+
+    def simulate(forget_ids: torch.Tensor) -> torch.nn.Module:
+        return method.run(model, datamodule, forget_ids, unlearn, quiet, unlearn.seed)[0]
+
+    return simulate
+
+
+def select_forget_ids(
+    adversary: AdversaryConfig,
+    model,
+    datamodule,
+    progress: bool = False,
+    unlearn: UnlearnConfig | None = None,
+    context: Context | None = None,
+) -> torch.Tensor:
     """The adversary's requested ids (only what its knowledge allows reaches the selector).
 
     A data-blind adversary may name samples that were never trained on: :func:`request_forget_set`
-    passes the requests through the membership check.
+    passes the requests through the membership check. ``unlearn`` (and the ``context`` it runs in): the
+    deployed unlearning config, which the ``unlearning_aware`` adversary knows and simulates.
     """
     from healing_pl.adversary.selectors import select_forget_set
+
+    simulate = None
+    if adversary.selector == "unlearning_aware":
+        if unlearn is None:
+            raise ValueError("the unlearning_aware adversary needs the unlearn config it attacks.")
+        simulate = unlearning_simulator(unlearn, model, datamodule, context)
 
     pool = torch.arange(len(datamodule.pool))
     non_members = pool[~torch.isin(pool, datamodule.primary_ids)]
@@ -72,6 +112,7 @@ def select_forget_ids(adversary: AdversaryConfig, model, datamodule, progress: b
         num_classes=datamodule.num_classes,
         model=model,
         val_ids=datamodule.splits["val"],
+        unlearn=simulate,
         progress=progress,
     )
     return torch.as_tensor(ids, dtype=torch.long).cpu()
@@ -84,11 +125,14 @@ def request_forget_set(
     ledger=None,
     progress: bool = False,
     requests: RequestsFile | None = None,
+    unlearn: UnlearnConfig | None = None,
+    context: Context | None = None,
 ) -> ForgetSet:
     """Select the adversary's requests, check membership, and write every decision to ``ledger`` (if any).
 
     ``requests``: a :class:`~healing_pl.adversary.requests.RequestsFile`; its requests, in file order, replace
-    the adversary's (which is then not run) and go through the same check and ledger.
+    the adversary's (which is then not run) and go through the same check and ledger. ``unlearn`` and
+    ``context``: the deployed unlearning, for the ``unlearning_aware`` adversary.
 
     Requests for non-members, duplicates and samples already unlearned are rejected with a reason.  Every
     decision is recorded before anything can fail: when all requests are rejected, the rejections are in the
@@ -101,7 +145,7 @@ def request_forget_set(
     if requests is not None:
         decisions = membership.check(requests.requests)
     else:
-        requested = select_forget_ids(adversary, model, datamodule, progress)
+        requested = select_forget_ids(adversary, model, datamodule, progress, unlearn, context)
         requester = f"adversary-{adversary.selector}"
         decisions = membership.check([Request(requester, sample_id=int(i), kind="adversarial") for i in requested])
     request_ids = ledger.record(decisions, round_index=0) if ledger is not None else []

@@ -114,7 +114,7 @@ def run_stream(
     if requests is not None:
         listed = list(requests.requests)
     else:
-        adversarial = select_forget_ids(adversary, model, datamodule, context.progress)
+        adversarial = select_forget_ids(adversary, model, datamodule, context.progress, unlearn, context)
         listed = RequestStream(
             adversarial,
             datamodule.primary_ids,

@@ -24,7 +24,7 @@ class Unlearned:
 
     config: UnlearnConfig
     evaluation: Evaluation
-    summary: dict  # acc_mean, acc_std, time_mean_s, representative, acc_repeats
+    summary: dict  # acc_mean, acc_std, time_mean_s, representative, acc_repeats, val_acc_{mean,std,repeats}
     cached: bool
     info: dict = field(default_factory=dict)  # what the method reports (e.g. SISA's retrained shards)
 
@@ -38,6 +38,10 @@ class Unlearned:
             "unlearned/time_s": s["time_mean_s"],
             "unlearned/representative": s["representative"],
             "unlearned/acc_repeats": s["acc_repeats"],
+            # the representative repeat is the one whose validation accuracy is closest to their mean
+            "unlearned/val/acc_repeats": s.get("val_acc_repeats"),
+            "unlearned/val/acc_mean": s.get("val_acc_mean"),
+            "unlearned/val/acc_std": s.get("val_acc_std"),
             "unlearned/cached": self.cached,
             **{f"{self.config.method}/{k}": v for k, v in self.info.items() if _plain(v)},
         }

@@ -11,9 +11,11 @@ Two public functions:
 
     with p = softmax of the model's logits (treated as a constant).
 
-``fisher_forget(model, remain_loader, forget_loader, alpha=...)``
+``fisher_forget(model, remain_loader, forget_loader, alpha=..., shaping=...)``
     Returns a copy of the model with Fisher noise added (and, optionally, a
-    diagonal Newton step that removes the forget set first).
+    diagonal Newton step that removes the forget set first).  ``shaping``
+    selects the noise variance: ``"golatkar"`` (the published recipe, see
+    :func:`noise_variance`) or ``"plain"`` (``alpha * clamp(1/F, max=1e3)``).
 
 How the diagonal Fisher is computed
 -----------------------------------
@@ -94,7 +96,7 @@ from tqdm.auto import tqdm
 from ._params import add_, all_finite, clip_by_global_norm, eval_mode, to_model, trainable_named_parameters
 from ._per_sample import sum_of_squares
 
-__all__ = ["diagonal_fisher", "fisher_forget"]
+__all__ = ["SHAPINGS", "diagonal_fisher", "fisher_forget", "noise_variance"]
 
 #: Largest number of elements one temporary per-sample tensor may hold; the
 #: batch is processed in chunks of samples to stay below it.
@@ -117,6 +119,15 @@ _PAIR_MAX_POSITIONS = 9
 _UNFOLD_MAX_POSITIONS = 128
 
 _KINDS = ("true", "empirical")
+
+#: Noise-variance recipes of :func:`noise_variance`.
+SHAPINGS = ("golatkar", "plain")
+
+#: Clamps of the inverse Fisher: every parameter, and (golatkar) the classifier layer.
+_VAR_CLAMP = 1e3
+_VAR_CLAMP_CLASSIFIER = 1e2
+#: Golatkar's extra factor for the classifier layer and the 1-D parameters (BatchNorm, biases).
+_VAR_BOOST = 10.0
 
 
 # --------------------------------------------------------------------------
@@ -669,6 +680,68 @@ def diagonal_fisher(model: nn.Module, loader, kind: str = "true", *, progress: b
 # --------------------------------------------------------------------------
 
 
+def noise_variance(fisher: Tensor, alpha: float, shaping: str = "golatkar", num_classes: int | None = None) -> Tensor:
+    """The variance of the Fisher noise of one parameter, from its diagonal Fisher ``fisher``.
+
+    ``plain``::
+
+        var = alpha * clamp(1 / (F + 1e-8), max=1e3)
+
+    ``golatkar``: the shaping of Golatkar et al.'s public code ("Eternal
+    Sunshine of the Spotless Net", CVPR 2020; repository
+    AdityaGolatkar/SelectiveForgetting, main.ipynb, ``get_mean_var``), in its
+    order of operations::
+
+        var = clamp(1 / (F + 1e-8), max=1e3)
+        var = clamp(var, max=1e2)                 if F.shape[0] == num_classes  (classifier layer)
+        var = alpha * var
+        var = var.mean(dim=1, keepdim=True)       if F.ndim > 1, broadcast back to F's shape
+        var = 10 * var                            if F.shape[0] == num_classes or F.ndim == 1
+
+    The mean runs over dimension 1 only: over the inputs of each output row
+    of a Linear weight, over the input channels at each kernel position of a
+    Conv2d weight.  As in the published code, "classifier layer" means any
+    parameter whose first dimension equals the number of classes (the head's
+    weight and bias, but also e.g. a convolution with that many output
+    channels), and 1-D parameters are BatchNorm/LayerNorm weights and biases.
+    The published code's class-forgetting branch (zeroing the forgotten
+    class's row) does not apply: it forgets samples, not a class.
+
+    Args:
+        fisher: the diagonal Fisher of one parameter (its shape).
+        alpha: noise strength (>= 0).
+        shaping: ``"golatkar"`` or ``"plain"``.
+        num_classes: the classifier's number of classes (``golatkar`` only;
+            None: no parameter counts as the classifier layer).
+
+    Returns:
+        The variance, a new tensor of ``fisher``'s shape and dtype.
+    """
+    if shaping not in SHAPINGS:
+        raise ValueError(f"shaping must be one of {SHAPINGS}, got {shaping!r}.")
+    var = torch.clamp(1.0 / (fisher + 1e-8), max=_VAR_CLAMP)
+    if shaping == "plain":
+        return alpha * var
+    classifier = num_classes is not None and fisher.dim() >= 1 and fisher.shape[0] == num_classes
+    if classifier:
+        var = torch.clamp(var, max=_VAR_CLAMP_CLASSIFIER)
+    var = alpha * var
+    if fisher.dim() > 1:
+        var = var.mean(dim=1, keepdim=True).expand_as(fisher).clone()
+    if classifier or fisher.dim() == 1:
+        var = var * _VAR_BOOST
+    return var
+
+
+def _num_classes(model: nn.Module, loader) -> int:
+    """The width of the model's logits on the first batch of ``loader``."""
+    for batch in loader:
+        x, _ = to_model(_split_batch(batch), model)
+        with eval_mode(model), torch.no_grad():
+            return int(model(x[:1]).shape[-1])
+    raise ValueError("the loader yielded no samples, so the Fisher is undefined.")
+
+
 def _forget_gradient_sum(model: nn.Module, loader, progress: bool) -> tuple[list[Tensor], int]:
     """``sum_{f in F} grad CE(f)`` over the trainable parameters, and ``|F|``."""
     params = [p for _, p in trainable_named_parameters(model)]
@@ -698,6 +771,8 @@ def fisher_forget(
     kind: str = "true",
     lam: float = 1e-3,
     noise_only: bool = True,
+    shaping: str = "golatkar",
+    num_classes: int | None = None,
     max_norm: float | None = None,
     seed: int = 0,
     progress: bool = False,
@@ -709,7 +784,16 @@ def fisher_forget(
     becomes::
 
         theta + delta_newton + sqrt(var) * N(0, 1)
-        var = alpha * clamp(1 / (F_R + 1e-8), max=1e3)     (clamp first, then scale)
+        var = noise_variance(F_R, alpha, shaping, num_classes)
+
+    ``shaping="plain"`` is ``var = alpha * clamp(1 / (F_R + 1e-8), max=1e3)``
+    (clamp first, then scale); ``shaping="golatkar"`` (the default) adds the
+    published code's shaping (classifier clamp 1e2, variance averaged over
+    dimension 1, x10 for the classifier layer and 1-D parameters; see
+    :func:`noise_variance`), which makes the same alpha stronger: the
+    averaging spreads the large variances of rarely used weights over their
+    whole row, so alpha must be calibrated per shaping
+    (docs/notes_unlearning_conventions.md).
 
     ``noise_only=True`` (the default, the form Golatkar et al. use for deep
     networks) sets ``delta_newton = 0``.  ``noise_only=False`` adds the
@@ -725,7 +809,11 @@ def fisher_forget(
     (equivalently ``(|F|/|R|) * H_R^-1 * mean forget gradient``).  ``H_R`` is
     approximated by the diagonal Fisher ``F_R`` (the Gauss-Newton curvature of
     the cross-entropy), and ``lam`` keeps its inverse bounded.  The forget
-    gradient is taken at the original parameters.
+    gradient is taken at the original parameters; ``forget_loader``'s batch
+    size (the paper's batch_f) only sets how many forget samples share one
+    backward pass, the step is the same for any batch size.  This is the
+    "Newton step plus noise" form whose damping lam and batch_f the paper's
+    Tables 2 and 6 list; the noise is added after the step.
 
     Args:
         model: the trained classifier (left untouched).
@@ -737,6 +825,10 @@ def fisher_forget(
         kind: ``"true"`` or ``"empirical"`` Fisher.
         lam: damping added to ``F_R`` in the Newton step.
         noise_only: skip the Newton step.
+        shaping: ``"golatkar"`` (published recipe) or ``"plain"``.
+        num_classes: the number of classes, which marks the classifier layer
+            for ``shaping="golatkar"`` (None: the width of the model's logits
+            on the first remain batch).
         max_norm: if set, the whole update (Newton step plus noise) is scaled
             down so that its L2 norm over all parameters is at most this.
         seed: seed of the noise (a ``torch.Generator`` on the CPU, so the same
@@ -754,7 +846,11 @@ def fisher_forget(
         raise ValueError(f"alpha must be a non-negative number, got {alpha}.")
     if not noise_only and forget_loader is None:
         raise ValueError("the Newton step (noise_only=False) needs a forget_loader.")
+    if shaping not in SHAPINGS:
+        raise ValueError(f"shaping must be one of {SHAPINGS}, got {shaping!r}.")
     new = copy.deepcopy(model)
+    if shaping == "golatkar" and num_classes is None:
+        num_classes = _num_classes(new, remain_loader)
     fisher, n_remain = _diagonal_fisher(new, remain_loader, kind, progress, desc="Fisher (remain)")
     if not all_finite(list(fisher.values())):
         raise ValueError("the Fisher on the remain set is not finite: the model's loss is not finite there.")
@@ -772,7 +868,7 @@ def fisher_forget(
     gen = torch.Generator().manual_seed(int(seed))
     with torch.no_grad():
         for d, p, f in zip(deltas, params, fishers, strict=True):
-            var = alpha * torch.clamp(1.0 / (f + 1e-8), max=1e3)
+            var = noise_variance(f, alpha, shaping, num_classes)
             noise_dtype = torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
             noise = torch.randn(p.shape, generator=gen, dtype=noise_dtype).to(device=p.device, dtype=p.dtype)
             d += var.sqrt() * noise

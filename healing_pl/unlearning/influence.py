@@ -2,12 +2,19 @@
 
 ``lissa_inverse_hvp(model, loss_fn, loader, v, damping=d, scale=s, depth=J)``
     approximates ``(H + d I)^-1 v`` without forming the Hessian ``H`` of the
-    mean loss over the loader's data.  The recursion (ours; public code
-    disagrees on what "damping" means, see DESIGN.md)::
+    mean loss over the loader's data.  The recursion (public code disagrees
+    on what "damping" means; ``damping_convention`` picks one)::
 
         h_0 = v
-        h_j = v + h_{j-1} - (H_j h_{j-1} + d h_{j-1}) / s      j = 1..J
+        additive:  h_j = v + h_{j-1} - (H_j h_{j-1} + d h_{j-1}) / s      j = 1..J
+        koh_liang: h_j = v + (1 - d) h_{j-1} - H_j h_{j-1} / s
         result = h_J / s          (averaged over ``repeats`` independent runs)
+
+    ``koh_liang`` is the form of Koh & Liang's code (and of the LiSSA of the
+    public influence-unlearning code below); its fixed point is
+    ``(H + d s I)^-1 v``, so its ``d`` at scale ``s`` is an additive ``d * s``
+    (the paper's d = 1e-6 at s = 1000 is an additive 1e-3).  Below, "d" is
+    the effective additive damping.
 
     where ``H_j`` is the Hessian of the loss on the j-th batch drawn from the
     loader (cycled as needed).  With ``A = H + d I`` the fixed point is
@@ -21,15 +28,23 @@
     loader), the gradient graph of the first is reused, which skips the
     forward and first backward pass of every later step.
 
-``influence_unlearn(model, loss_fn, remain_loader, forget_loader, n_train=n, ...)``
-    removes the forget set in one Newton-like step per forget batch; the
-    influences of the removed points add up::
+``influence_unlearn(model, loss_fn, remain_loader, forget_loader, n_train=n, removal=..., ...)``
+    removes the forget set in one Newton-like step per forget batch ``B``;
+    the influences of the removed points add up::
 
-        theta <- theta + (1/n) (H_R + d I)^-1 sum_{z in batch} grad loss(z, theta)
+        theta <- theta + c(B) (H_R + d I)^-1 sum_{z in B} grad loss(z, theta)
+
+        removal="mean":  c(B) = 1/n      Koh & Liang's influence (1/n): the Newton step
+                                         on the mean remain loss
+        removal="sum":   c(B) = 1        the unscaled sum
+        removal="batch": c(B) = 1/|B|    H^-1 times the forget batch's *mean* gradient,
+                                         applied after each batch
 
     with ``H_R`` the Hessian of the mean loss on the remain set (estimated by
     LiSSA at the current parameters) and the forget gradient recomputed at
-    the current parameters for every forget batch.
+    the current parameters for every forget batch.  With one forget batch
+    (``batch_f >= |F|``) "mean" and "sum" are single updates; "batch" then
+    equals "sum" divided by ``|F|``.
 
 Loss functions have the signature ``loss_fn(model, batch) -> scalar``: the
 *mean* loss over the samples of the batch (e.g. :func:`cross_entropy_loss`).
@@ -65,7 +80,19 @@ from ._params import (
     unflatten,
 )
 
-__all__ = ["cross_entropy_loss", "hessian_vector_product", "lissa_inverse_hvp", "influence_unlearn"]
+__all__ = [
+    "DAMPING_CONVENTIONS",
+    "REMOVALS",
+    "cross_entropy_loss",
+    "hessian_vector_product",
+    "influence_unlearn",
+    "lissa_inverse_hvp",
+]
+
+#: How the forget gradient is scaled (see :func:`influence_unlearn`).
+REMOVALS = ("mean", "sum", "batch")
+#: How LiSSA damps (see :func:`lissa_inverse_hvp`).
+DAMPING_CONVENTIONS = ("additive", "koh_liang")
 
 #: Divergence rule of LiSSA.  When every batch Hessian satisfies the
 #: convergence condition, each step ``h -> v + (I - A_j/s) h`` maps ``h`` with
@@ -138,7 +165,9 @@ def _same(a, b) -> bool:
     return a == b if isinstance(a, (int, float, str, type(None))) else False
 
 
-def _check_knobs(damping: float, scale: float, depth: int, repeats: int) -> None:
+def _check_knobs(damping: float, scale: float, depth: int, repeats: int, convention: str = "additive") -> None:
+    if convention not in DAMPING_CONVENTIONS:
+        raise ValueError(f"damping_convention must be one of {DAMPING_CONVENTIONS}, got {convention!r}.")
     if not (damping >= 0 and math.isfinite(damping)):
         raise ValueError(f"damping must be a finite number >= 0, got {damping}.")
     if not (scale > 0 and math.isfinite(scale)):
@@ -159,9 +188,10 @@ def lissa_inverse_hvp(
     scale: float,
     depth: int,
     repeats: int = 1,
+    damping_convention: str = "additive",
     progress: bool = False,
 ) -> Tensor:
-    """LiSSA estimate of ``(H + damping I)^-1 vector``.
+    """LiSSA estimate of ``(H + damping I)^-1 vector`` (``additive``) or ``(H + damping*scale I)^-1 vector``.
 
     Args:
         model: the model; its trainable parameters (``requires_grad=True``,
@@ -172,13 +202,17 @@ def lissa_inverse_hvp(
             ``loss_fn`` must be deterministic given the batch: a batch equal
             to the previous one reuses its gradient graph.
         vector: flat tensor over the trainable parameters.
-        damping: ``d`` in ``(H + d I)^-1`` (>= 0).
+        damping: ``d`` in ``(H + d I)^-1`` (>= 0); with
+            ``damping_convention="koh_liang"`` the recursion damps by
+            ``(1 - d) h`` and inverts ``H + d * scale * I``.
         scale: ``s`` (> 0); must exceed half the largest eigenvalue of
-            ``H + d I``.
+            the damped Hessian.
         depth: number of recursion steps ``J`` per repeat (0 returns
             ``vector / scale``).
         repeats: independent runs (each continues through the loader),
             averaged.
+        damping_convention: ``"additive"`` (``h - (H h + d h) / s``) or
+            ``"koh_liang"`` (``(1 - d) h - H h / s``, Koh & Liang's code).
         progress: show a progress bar over the steps.
 
     Returns:
@@ -190,7 +224,7 @@ def lissa_inverse_hvp(
             norm of ``h`` growing past ``100 (j + 1) |v|``): raise ``scale``
             or ``damping``.
     """
-    _check_knobs(damping, scale, depth, repeats)
+    _check_knobs(damping, scale, depth, repeats, damping_convention)
     params = trainable_parameters(model)
     n = sum(p.numel() for p in params)
     if vector.numel() != n:
@@ -213,7 +247,10 @@ def lissa_inverse_hvp(
                     graph = None  # free the previous graph first
                     graph = _GradientGraph(model, params, loss_fn, batch)
                 hv = flatten(graph.hvp(unflatten(h, params))).detach()
-                h = v + h - (hv + damping * h) / scale
+                if damping_convention == "koh_liang":
+                    h = v + (1 - damping) * h - hv / scale
+                else:
+                    h = v + h - (hv + damping * h) / scale
                 norm = float(h.norm())
                 if not math.isfinite(norm) or norm > _GROWTH_LIMIT * (j + 1) * v_norm:
                     raise ValueError(
@@ -239,6 +276,8 @@ def influence_unlearn(
     depth: int,
     repeats: int = 1,
     max_norm: float | None = None,
+    removal: str = "mean",
+    damping_convention: str = "additive",
     progress: bool = False,
 ) -> nn.Module:
     """Koh & Liang influence removal of the forget set, one update per forget batch.
@@ -246,14 +285,34 @@ def influence_unlearn(
     For each batch ``B_f`` of ``forget_loader``, at the current parameters::
 
         g     = sum_{z in B_f} grad loss(z)        (= |B_f| * grad loss_fn(model, B_f))
-        delta = (1 / n_train) * (H_R + damping I)^-1 g    (LiSSA on remain_loader)
+        delta = c * (H_R + damping I)^-1 g         (LiSSA on remain_loader)
         theta = theta + clip(delta, max_norm)
 
-    ``n_train`` is the size of the training set the model was fit on
-    (Koh & Liang's ``1/n``).  Since ``H_R`` is the Hessian of the *mean* remain
-    loss, ``n_train = |R|`` makes one batch's update exactly the Newton step
-    on the remain objective (at an optimum of the full objective); ``|D|``
-    gives the slightly shorter step of the original paper.
+    with ``c`` set by ``removal``:
+
+    * ``"mean"``: ``c = 1 / n_train``, Koh & Liang's influence
+      ``-(1/n) H^-1 grad``.  ``n_train`` is the size of the training set the
+      model was fit on.  Since ``H_R`` is the Hessian of the *mean* remain
+      loss, ``n_train = |R|`` makes one batch's update exactly the Newton step
+      on the remain objective (at an optimum of the full objective); ``|D|``
+      gives the slightly shorter step of the original paper.
+    * ``"sum"``: ``c = 1``, the unscaled sum ``H^-1 sum grad`` (the Newton
+      step of a *summed* loss, here applied with the Hessian of the mean
+      loss: ``n_train`` times the "mean" step).
+    * ``"batch"``: ``c = 1 / |B_f|``: ``H^-1`` times the batch's *mean*
+      gradient, applied after each forget batch, ``n_train / |B_f|`` times
+      the "mean" step.  This is the convention of public influence-unlearning
+      code built around the paper's knobs (batch_r, batch_f, max norm, LiSSA
+      depth and scale, ``(1 - d)`` damping): its ``iterative_influence_unlearn``
+      splits the deletion set into mini-batches of ``deletion_batch_size``,
+      takes each batch's average gradient ``(1/|D_u^i|) sum grad``, solves
+      ``v ~ H^-1 Delta_u`` by LiSSA on the remaining data, clips ``v`` to
+      ``max_norm`` and sets ``theta <- theta + v``; the sequential mini-batch
+      deletion follows Mahadevan & Mathioudakis 2021 (the paper's [29]).
+      See docs/notes_unlearning_conventions.md.
+
+    ``damping_convention`` (see :func:`lissa_inverse_hvp`): ``"additive"``
+    inverts ``H_R + damping I``, ``"koh_liang"`` ``H_R + damping * scale * I``.
 
     Args:
         model: the trained model (left untouched).
@@ -264,6 +323,8 @@ def influence_unlearn(
         damping, scale, depth, repeats: LiSSA knobs (see :func:`lissa_inverse_hvp`).
         max_norm: if set, each batch's update is scaled down to at most this
             L2 norm.
+        removal: ``"mean"``, ``"sum"`` or ``"batch"`` (the scaling ``c`` above).
+        damping_convention: ``"additive"`` or ``"koh_liang"``.
         progress: show progress bars.
 
     Returns:
@@ -275,13 +336,16 @@ def influence_unlearn(
     """
     if not n_train > 0:
         raise ValueError(f"n_train must be > 0, got {n_train}.")
-    _check_knobs(damping, scale, depth, repeats)
+    if removal not in REMOVALS:
+        raise ValueError(f"removal must be one of {REMOVALS}, got {removal!r}.")
+    _check_knobs(damping, scale, depth, repeats, damping_convention)
     new = copy.deepcopy(model)
     params = trainable_parameters(new)
     for batch in tqdm(forget_loader, desc="influence (forget batches)", disable=not progress, leave=False):
         batch = to_model(batch, new)
+        size = batch_size(batch)
         with eval_mode(new):
-            loss = loss_fn(new, batch) * batch_size(batch)
+            loss = loss_fn(new, batch) * size
             grads = torch.autograd.grad(loss, params, allow_unused=True)
         g = flatten([torch.zeros_like(p) if gr is None else gr for p, gr in zip(params, grads, strict=True)])
         u = lissa_inverse_hvp(
@@ -293,9 +357,14 @@ def influence_unlearn(
             scale=scale,
             depth=depth,
             repeats=repeats,
+            damping_convention=damping_convention,
             progress=progress,
         )
-        deltas = clip_by_global_norm(unflatten(u / n_train, params), max_norm)
+        if removal == "mean":
+            u = u / n_train
+        elif removal == "batch":
+            u = u / size
+        deltas = clip_by_global_norm(unflatten(u, params), max_norm)
         if not all_finite(deltas):
             raise ValueError("the influence update is not finite: raise scale or damping.")
         add_(params, deltas)

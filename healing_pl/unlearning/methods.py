@@ -25,6 +25,7 @@ from torch import nn
 
 from healing_pl.codehash import MODEL_CODE, code_version
 from healing_pl.models.classifier import evaluate
+from healing_pl.tracking import announce_repeat
 
 
 @dataclass
@@ -74,6 +75,8 @@ def _fisher(model, dm, forget_ids, cfg, context: Context, seed: int):
         kind=cfg.fisher_kind,
         lam=cfg.lam,
         noise_only=cfg.noise_only,
+        shaping=cfg.shaping,
+        num_classes=dm.num_classes,
         max_norm=cfg.max_norm,
         seed=seed,
         progress=context.progress,
@@ -96,6 +99,8 @@ def _influence(model, dm, forget_ids, cfg, context: Context, seed: int):
         depth=cfg.depth,
         repeats=cfg.lissa_repeats,
         max_norm=cfg.max_norm,
+        removal=cfg.removal,
+        damping_convention=cfg.damping_convention,
         progress=context.progress,
     ), {}
 
@@ -126,6 +131,7 @@ def sisa_directory(model, dm, cfg, context: Context) -> str | None:
     import os
 
     from healing_pl.unlearning.naive import model_hparams
+    from healing_pl.unlearning.sisa import slice_epochs
 
     content = {
         "hparams": model_hparams(model),
@@ -133,6 +139,7 @@ def sisa_directory(model, dm, cfg, context: Context) -> str | None:
         "shards": cfg.shards,
         "slices": cfg.slices,
         "epochs": context.epochs,
+        "epochs_per_slice": slice_epochs(context.epochs, cfg.slices, cfg.sisa_epochs),
         "seed": context.seed,
         "batch_size": dm.hparams.batch_size,
         "dtype": str(next(model.parameters()).dtype),
@@ -157,6 +164,7 @@ def _sisa(model, dm, forget_ids, cfg, context: Context, seed: int):
         shards=cfg.shards,
         slices=cfg.slices,
         epochs=context.epochs,
+        epochs_per_slice=cfg.sisa_epochs,
         seed=context.seed,
         aggregation=cfg.aggregation,
         device=param.device,
@@ -169,6 +177,7 @@ def _sisa(model, dm, forget_ids, cfg, context: Context, seed: int):
     report = {
         "test/acc": trained,
         "train_time_s": state.train_time,
+        "epochs_per_slice": state.epochs_per_slice,
         **{f"unlearn_{k}": v for k, v in info.items() if isinstance(v, (int, float, list, dict, str))},
     }
     ensemble = new_state.ensemble
@@ -176,16 +185,91 @@ def _sisa(model, dm, forget_ids, cfg, context: Context, seed: int):
     return ensemble, report
 
 
+def _lr(model, cfg) -> float:
+    """``cfg.lr``, or the baseline's learning rate."""
+    return cfg.lr if cfg.lr is not None else float(model.hparams.lr)
+
+
+def _finetune(model, dm, forget_ids, cfg, context: Context, seed: int):
+    from healing_pl.unlearning.finetune import finetune
+
+    out = finetune(
+        model, dm, forget_ids, epochs=cfg.ft_epochs, lr=cfg.lr, trainer=context.trainer, progress=context.progress
+    )
+    return out, {}
+
+
+def _neggrad_plus(model, dm, forget_ids, cfg, context: Context, seed: int):
+    from healing_pl.unlearning.neggrad_plus import neggrad_plus
+
+    out = neggrad_plus(model, dm, forget_ids, lr=_lr(model, cfg), alpha=cfg.ng_alpha, epochs=cfg.ng_epochs, seed=seed)
+    return out, {}
+
+
+def _scrub(model, dm, forget_ids, cfg, context: Context, seed: int):
+    from healing_pl.unlearning.scrub import scrub
+
+    out = scrub(
+        model,
+        dm,
+        forget_ids,
+        lr=_lr(model, cfg),
+        epochs=cfg.scrub_epochs,
+        msteps=cfg.scrub_msteps,
+        alpha=cfg.scrub_alpha,
+        gamma=cfg.scrub_gamma,
+        temperature=cfg.scrub_temperature,
+        seed=seed,
+    )
+    return out, {}
+
+
+def _salun(model, dm, forget_ids, cfg, context: Context, seed: int):
+    from healing_pl.unlearning.salun import salun
+
+    return salun(model, dm, forget_ids, lr=_lr(model, cfg), ratio=cfg.salun_ratio, epochs=cfg.salun_epochs, seed=seed)
+
+
+def _ssd(model, dm, forget_ids, cfg, context: Context, seed: int):
+    from healing_pl.unlearning.ssd import ssd
+
+    return ssd(
+        model,
+        dm,
+        forget_ids,
+        lam=cfg.ssd_lambda,
+        alpha=cfg.ssd_alpha,
+        batch_size=cfg.batch_r,
+        progress=context.progress,
+    )
+
+
 #: name -> method. A new method is one module plus one line here.
 METHODS: dict[str, Method] = {
     "naive": Method("naive", _naive, cacheable=False),  # the gold standard keeps its own cache
-    "sisa": Method("sisa", _sisa, ("shards", "slices", "aggregation"), cacheable=False, ensemble=True),
+    "sisa": Method("sisa", _sisa, ("shards", "slices", "aggregation", "sisa_epochs"), cacheable=False, ensemble=True),
     "fisher": Method(
-        "fisher", _fisher, ("batch_r", "alpha", "fisher_kind", "lam", "noise_only", "batch_f"), stochastic=True
+        "fisher",
+        _fisher,
+        ("batch_r", "alpha", "fisher_kind", "lam", "noise_only", "batch_f", "shaping"),
+        stochastic=True,
     ),
     "influence": Method(
-        "influence", _influence, ("batch_r", "batch_f", "damping", "scale", "depth", "lissa_repeats"), stochastic=True
+        "influence",
+        _influence,
+        ("batch_r", "batch_f", "damping", "scale", "depth", "lissa_repeats", "removal", "damping_convention"),
+        stochastic=True,
     ),
+    "finetune": Method("finetune", _finetune, ("ft_epochs", "lr")),
+    "neggrad_plus": Method("neggrad_plus", _neggrad_plus, ("ng_alpha", "ng_epochs", "lr"), stochastic=True),
+    "scrub": Method(
+        "scrub",
+        _scrub,
+        ("scrub_epochs", "scrub_msteps", "scrub_alpha", "scrub_gamma", "scrub_temperature", "lr"),
+        stochastic=True,
+    ),
+    "salun": Method("salun", _salun, ("salun_ratio", "salun_epochs", "lr"), stochastic=True),
+    "ssd": Method("ssd", _ssd, ("ssd_lambda", "ssd_alpha", "batch_r")),
 }
 
 
@@ -200,8 +284,9 @@ CHANCE_MARGIN = 0.02
 
 
 def _validation(model, dm) -> tuple[bool, float]:
-    """Whether every validation logit is finite, and the validation accuracy (the test set without a val split)."""
-    loader = dm.val_dataloader() if dm.splits["val"].numel() else dm.test_dataloader()
+    """Whether every validation logit is finite, and the validation accuracy (without a val split: over the
+    primary set, the training data; the test set never decides anything)."""
+    loader = dm.val_dataloader() if dm.splits["val"].numel() else dm.loader(dm.primary_ids)
     param = next(model.parameters())
     was_training = model.training
     model.eval()
@@ -239,44 +324,70 @@ def check_divergence(out: nn.Module, model: nn.Module, dm, cfg) -> None:
 @dataclass
 class UnlearnResult:
     model: nn.Module  # the representative model
-    accs: list[float]  # test accuracy of every repeat
+    accs: list[float]  # test accuracy of every repeat (reported, never used to choose)
     times: list[float]  # wall time of every repeat
-    representative: int  # index of the representative repeat
+    representative: int  # index of the representative repeat (chosen on validation accuracy)
     info: dict = field(default_factory=dict)  # what the method reports (e.g. SISA's retrained shards)
+    val_accs: list[float] = field(default_factory=list)  # validation accuracy of every repeat
 
     @property
     def summary(self) -> dict:
+        val = self.val_accs
         return {
             "acc_mean": statistics.fmean(self.accs),
             "acc_std": statistics.stdev(self.accs) if len(self.accs) > 1 else 0.0,
             "time_mean_s": statistics.fmean(self.times),
             "representative": self.representative,
             "acc_repeats": list(self.accs),
+            "val_acc_mean": statistics.fmean(val) if val else None,
+            "val_acc_std": (statistics.stdev(val) if len(val) > 1 else 0.0) if val else None,
+            "val_acc_repeats": list(val),
         }
+
+
+def representative_repeat(val_accs: list[float]) -> int:
+    """The repeat whose validation accuracy is closest to the mean over repeats (ties: the lowest index)."""
+    if not val_accs:
+        raise ValueError("choosing the representative repeat needs at least one validation accuracy.")
+    mean = statistics.fmean(val_accs)
+    return min(range(len(val_accs)), key=lambda i: (abs(val_accs[i] - mean), i))
 
 
 def unlearn_with_repeats(
     model, dm, forget_ids, cfg, context: Context | None = None, *, test_loader=None
 ) -> UnlearnResult:
-    """Run ``cfg.method`` (``cfg.repeats`` times when stochastic); keep the run closest to the mean test accuracy."""
+    """Run ``cfg.method`` (``cfg.repeats`` times when stochastic); keep the run whose validation accuracy is
+    closest to the mean validation accuracy over repeats (the paper's "closest to the mean"; ties: the first).
+
+    Every repeat is also tested (on ``test_loader``, default the test set) for the report, but the test
+    accuracy never decides which repeat is kept. Several repeats need a validation split (``--data.val``).
+    """
     context = context or Context()
     forget_ids = dm.check_members(forget_ids)
     dm.remain_ids(forget_ids)  # validates: not the whole primary set
-    test_loader = test_loader or dm.test_dataloader()
     method = METHODS[cfg.method]
     repeats = cfg.repeats if method.stochastic else 1
-    models, accs, times, infos = [], [], [], []
+    has_val = bool(dm.splits["val"].numel())
+    if repeats > 1 and not has_val:
+        raise ValueError(
+            f"choosing the representative of {repeats} {cfg.method} repeats needs a validation split, but "
+            "data.val is 0; set --data.val above 0 or --unlearn.repeats 1."
+        )
+    test_loader = test_loader or dm.test_dataloader()
+    models, accs, val_accs, times, infos = [], [], [], [], []
     for i in range(repeats):
+        announce_repeat(i + 1, repeats, cfg.method, context.progress)
         start = time.perf_counter()
         out, info = method.run(model, dm, forget_ids, cfg, context, cfg.seed + i)
         times.append(time.perf_counter() - start)
         check_divergence(out, model, dm, cfg)  # before anything keeps or caches the model
+        if has_val:
+            val_accs.append(evaluate(out, dm.val_dataloader())["acc"])
         accs.append(evaluate(out, test_loader)["acc"])
         models.append(out)
         infos.append(info)
-    mean = statistics.fmean(accs)
-    best = min(range(repeats), key=lambda i: (abs(accs[i] - mean), i))
-    return UnlearnResult(models[best], accs, times, best, infos[best])
+    best = representative_repeat(val_accs) if val_accs else 0
+    return UnlearnResult(models[best], accs, times, best, infos[best], val_accs)
 
 
 def copy_model(model: nn.Module) -> nn.Module:

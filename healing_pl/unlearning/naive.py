@@ -18,6 +18,7 @@ import torch
 
 from healing_pl.codehash import MODEL_CODE, code_version
 from healing_pl.models.classifier import Classifier
+from healing_pl.tracking import labelled_progress_bar
 
 
 def model_hparams(model: Classifier) -> dict:
@@ -26,7 +27,14 @@ def model_hparams(model: Classifier) -> dict:
 
 
 def fit_on(
-    model: Classifier, datamodule, train_ids, *, epochs: int, trainer: dict | None = None, progress: bool = False
+    model: Classifier,
+    datamodule,
+    train_ids,
+    *,
+    epochs: int,
+    trainer: dict | None = None,
+    progress: bool = False,
+    label: str | None = None,
 ) -> Classifier:
     """Train ``model`` in place on ``train_ids`` with a quiet Lightning Trainer (no logger, no validation).
 
@@ -34,7 +42,8 @@ def fit_on(
     inner training runs where the experiment runs; default: one CPU). The loader is the one
     ``healing-pl fit`` trains with (the datamodule's seed, batch size and shuffle), so a retrain on
     the remain set is the same run as a ``fit`` on it. Inner trainings open no W&B run of their own:
-    their figures are logged through the outer run. The model stays on the trainer's device.
+    their figures are logged through the outer run. The model stays on the trainer's device. With
+    ``progress``, a ``label`` names the bar ("gold standard, epoch 3/10").
     """
     ids = torch.as_tensor(train_ids, dtype=torch.long)
     if ids.numel() == 0:
@@ -47,6 +56,7 @@ def fit_on(
         enable_checkpointing=False,
         enable_model_summary=False,
         enable_progress_bar=progress,
+        callbacks=[labelled_progress_bar(label)] if progress and label else None,
         limit_val_batches=0,
         num_sanity_val_steps=0,
         **settings,
@@ -56,7 +66,15 @@ def fit_on(
 
 
 def train_classifier(
-    hparams: dict, datamodule, train_ids, *, epochs: int, seed: int, trainer: dict | None = None, progress: bool = False
+    hparams: dict,
+    datamodule,
+    train_ids,
+    *,
+    epochs: int,
+    seed: int,
+    trainer: dict | None = None,
+    progress: bool = False,
+    label: str | None = None,
 ) -> Classifier:
     """Train a fresh ``Classifier(**hparams)`` on ``train_ids``: the baseline's recipe.
 
@@ -65,7 +83,8 @@ def train_classifier(
     a ``fit`` on it with that seed.
     """
     L.seed_everything(seed, verbose=False)
-    return fit_on(Classifier(**hparams), datamodule, train_ids, epochs=epochs, trainer=trainer, progress=progress)
+    model = Classifier(**hparams)
+    return fit_on(model, datamodule, train_ids, epochs=epochs, trainer=trainer, progress=progress, label=label)
 
 
 def gold_key(hparams: dict, datamodule, forget_ids, *, epochs: int, seed: int) -> str:
@@ -124,7 +143,9 @@ def gold_standard(
         model.load_state_dict(saved["state_dict"])
         return place_like(model.eval(), trainer), {"key": key, "cached": True, "time_s": saved["time_s"]}
     start = time.perf_counter()
-    model = train_classifier(hparams, datamodule, remain, epochs=epochs, seed=seed, trainer=trainer, progress=progress)
+    model = train_classifier(
+        hparams, datamodule, remain, epochs=epochs, seed=seed, trainer=trainer, progress=progress, label="gold standard"
+    )
     seconds = time.perf_counter() - start
     if path:
         os.makedirs(cache_dir, exist_ok=True)

@@ -8,6 +8,24 @@ epochs, and a checkpoint (model and Adam state) is kept after every stage.
 The ensemble answers by aggregating the shard models (majority vote or mean
 softmax).
 
+Epochs per slice
+----------------
+Stage ``r`` sees ``(r + 1) / R`` of the shard, so with ``e`` epochs per stage a
+sample of slice ``j`` is trained on ``(R - j) e`` times and a shard's samples on
+``e (R + 1) / 2`` times on average.  :func:`slice_epochs` offers two rules
+for the baseline's ``N`` epochs (:data:`EPOCH_RULES`):
+
+* ``passes`` (the default): ``e = ceil(2N / (R + 1))``, the smallest whole
+  count with at least the baseline's ``N`` passes per sample.  Bourtoule et
+  al. keep the training time of slicing equal to that without it the same
+  way: their public code (cleverhans-lab/machine-unlearning, ``sisa.py``)
+  trains slice stages for ``2N / (R + 1)`` epochs on average.  For N = 10,
+  R = 5: 4 epochs per stage, 12 passes (the baseline's 10, plus rounding);
+  N = 5: 2 (6 passes); N = 3: 1 (3 passes).
+* ``per_slice``: ``e = max(1, round(N / R))``, the former rule: for N = 10,
+  R = 5, 2 epochs per stage, i.e. 6 passes per sample against the baseline's
+  10 (the shards are undertrained).
+
 Unlearning a set of ids retrains only the shards that hold one of them, from
 the checkpoint taken *before* the first slice holding a deleted id (the
 initial weights when that is slice 0), with the deleted ids removed from
@@ -86,6 +104,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import math
 import os
 import re
 import tempfile
@@ -101,6 +120,8 @@ from tqdm.auto import tqdm
 from healing_pl.models.classifier import Classifier
 
 AGGREGATIONS = ("vote", "softmax")
+#: rules for the epochs of each slice stage (see :func:`slice_epochs`)
+EPOCH_RULES = ("passes", "per_slice")
 SHARD_FORMAT = "healing_pl.sisa_shard/1"
 #: the ``meta`` keys of a shard file that must agree before shards are mixed
 RECIPE_KEYS = (
@@ -117,6 +138,30 @@ RECIPE_KEYS = (
 _SHARD_FILE = re.compile(r"shard(\d+)\.pt")
 
 Assignment = list[list[Tensor]]  # assignment[shard][slice] -> pool ids
+
+
+# --------------------------------------------------------------------- epochs
+def slice_epochs(epochs: int, slices: int, rule: str | int = "passes") -> int:
+    """Epochs of each slice stage for a baseline of ``epochs`` epochs and ``slices`` slices.
+
+    ``rule``: ``passes`` (``ceil(2 epochs / (slices + 1))``: every shard sample gets at least ``epochs`` passes
+    on average, see the module docstring), ``per_slice`` (``max(1, round(epochs / slices))``) or a count.
+    """
+    if isinstance(rule, bool) or not isinstance(rule, (int, str)):
+        raise ValueError(f"the SISA epoch rule must be one of {', '.join(EPOCH_RULES)} or a count, got {rule!r}.")
+    if isinstance(rule, int):
+        if rule < 1:
+            raise ValueError(f"epochs_per_slice must be at least 1, got {rule}.")
+        return rule
+    if rule not in EPOCH_RULES:
+        raise ValueError(f"unknown SISA epoch rule {rule!r}; choose one of {', '.join(EPOCH_RULES)} or a count.")
+    if int(epochs) != epochs or epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}.")
+    if int(slices) != slices or slices < 1:
+        raise ValueError(f"slices must be at least 1, got {slices}.")
+    if rule == "passes":
+        return max(1, math.ceil(2 * int(epochs) / (int(slices) + 1)))
+    return max(1, round(int(epochs) / int(slices)))
 
 
 # ---------------------------------------------------------------------- seeds
@@ -586,7 +631,7 @@ def _recipe(
     shards: int | None,
     slices: int | None,
     epochs: int,
-    epochs_per_slice: int | None,
+    epochs_per_slice: int | str | None,
     seed: int,
     assignment: Assignment | None,
     batch_size: int | None,
@@ -594,8 +639,6 @@ def _recipe(
 ) -> _Recipe:
     """Check and resolve a SISA training recipe (the seeded assignment unless one is given)."""
     hparams = _clean_hparams(hparams)
-    if epochs < 1 and epochs_per_slice is None:
-        raise ValueError(f"epochs must be at least 1, got {epochs}.")
     if assignment is None:
         shards, slices = 3 if shards is None else shards, 5 if slices is None else slices
         assignment = make_assignment(datamodule.primary_ids, shards, slices, seed)
@@ -606,10 +649,8 @@ def _recipe(
                 f"the assignment has {len(assignment)} shards x {len(assignment[0])} slices, "
                 f"but shards={shards}, slices={slices} were asked for."
             )
-    n_slices = len(assignment[0])
-    eps = max(1, round(epochs / n_slices)) if epochs_per_slice is None else int(epochs_per_slice)
-    if eps < 1:
-        raise ValueError(f"epochs_per_slice must be at least 1, got {epochs_per_slice}.")
+    rule = "passes" if epochs_per_slice is None else epochs_per_slice
+    eps = slice_epochs(epochs, len(assignment[0]), rule)
     batch_size = int(batch_size or datamodule.hparams.batch_size)
     return _Recipe(hparams, assignment, eps, int(seed), batch_size, _as_dtype(dtype))
 
@@ -621,7 +662,7 @@ def train_sisa(
     shards: int | None = None,
     slices: int | None = None,
     epochs: int = 10,
-    epochs_per_slice: int | None = None,
+    epochs_per_slice: int | str | None = None,
     seed: int = 0,
     aggregation: str = "vote",
     assignment: Assignment | None = None,
@@ -638,8 +679,9 @@ def train_sisa(
         hparams: the Classifier hyperparameters of every shard model.
         datamodule: a HealingDataModule (its primary set is sharded; its loader serves the samples).
         shards, slices: S and R (default 3 and 5; taken from ``assignment`` when given).
-        epochs: the baseline's epoch budget; each stage trains ``max(1, round(epochs / R))``
-            epochs unless ``epochs_per_slice`` says otherwise.
+        epochs: the baseline's epoch budget N.
+        epochs_per_slice: the epochs of each stage: a count, or a rule of :data:`EPOCH_RULES` applied to
+            ``epochs`` by :func:`slice_epochs` (None: ``passes``, ``ceil(2N / (R + 1))``).
         seed: seeds the assignment, the initial weights and every stage's shuffle.
         aggregation: ``vote`` or ``softmax``.
         assignment: an explicit ``assignment[shard][slice]`` of primary ids (e.g. a previous
@@ -834,7 +876,7 @@ def train_sisa_shard(
     device,
     directory: str,
     progress: bool = False,
-    epochs_per_slice: int | None = None,
+    epochs_per_slice: int | str | None = None,
     dtype=None,
     assignment: Assignment | None = None,
 ) -> str:

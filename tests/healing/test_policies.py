@@ -25,8 +25,9 @@ def pool():
     }
 
 
-def make(name, pool, **kwargs):
-    policy = get_policy(name, **kwargs)
+def make(name, pool, same_class=True, **kwargs):
+    """A fitted policy; class-restricted unless told otherwise (the tests of classes use it)."""
+    policy = get_policy(name, same_class=same_class, **kwargs)
     policy.fit(SPARES, pool["spare_vecs"], pool["spare_labels"], forbidden_ids=PRIMARY)
     if name == "twins":
         policy.precompute(PRIMARY, pool["vecs"], pool["labels"])
@@ -157,14 +158,14 @@ def test_too_small_spare_set_raises_and_changes_nothing(name):
 
 
 def test_too_few_spares_of_a_class_raises():
-    policy = GeneralSpareSet("raw_l2")
+    policy = GeneralSpareSet("raw_l2", same_class=True)
     policy.fit([1000, 1001, 1002], line([0.0, 1.0, 2.0]), [0, 0, 1])
     with pytest.raises(ValueError, match="needs 2 spares of class 1 for 2 requests but only 1 remain"):
         policy.assign([1, 2], line([0.0, 0.1]), [1, 1])
 
 
 def test_ids_are_validated(pool):
-    policy = GeneralSpareSet("raw_l2")
+    policy = GeneralSpareSet("raw_l2", same_class=True)
     with pytest.raises(ValueError, match="call fit\\(\\) first"):
         policy.assign([1], line([0.0]), [0])
     with pytest.raises(ValueError, match="spare ids 1000 are also primary"):
@@ -250,7 +251,7 @@ def test_state_dict_round_trip(pool, name):
     state = json.loads(json.dumps(original.state_dict()))  # plain lists and ints
     assert state["used"] == original.used_ids and state["policy"] == name
 
-    restored = get_policy(name, **kwargs)
+    restored = get_policy(name, same_class=True, **kwargs)
     restored.load_state_dict(state)
     restored.fit(SPARES, pool["spare_vecs"], pool["spare_labels"])
     assert restored.used_ids == original.used_ids and restored.served == original.served

@@ -136,10 +136,12 @@ def test_unlearning_equals_retraining_the_affected_shards_from_scratch(dm, state
     assert newer.ensemble.models[0] is new.ensemble.models[0]
 
 
-def test_default_epochs_per_slice_is_epochs_over_slices(dm):
+def test_default_epochs_per_slice_keeps_the_baselines_passes(dm):
     small = [[sl[:10] for sl in sh] for sh in make_assignment(dm.primary_ids, 2, 4, 3)]
     st = train_sisa(HP, dm, shards=2, slices=4, epochs=9, batch_size=64, seed=3, assignment=small)
-    assert st.epochs_per_slice == 2  # round(9 / 4)
+    assert st.epochs_per_slice == 4  # ceil(2 * 9 / 5): 4 * 5 / 2 = 10 passes per sample >= 9
+    old = train_sisa(HP, dm, assignment=small, epochs=9, epochs_per_slice="per_slice", batch_size=64, seed=3)
+    assert old.epochs_per_slice == 2  # round(9 / 4)
     assert train_sisa(HP, dm, assignment=st.assignment, epochs=1, batch_size=64).epochs_per_slice == 1
 
 
@@ -217,7 +219,8 @@ def test_bad_training_arguments(dm, state):
 
 
 # ------------------------------------------------------------ shard files
-SHARD_RECIPE = dict(shards=3, slices=3, epochs=3, seed=0, batch_size=32)  # epochs 3 / 3 slices: 1 epoch per slice
+# round(epochs 3 / 3 slices): 1 epoch per slice, as RECIPE
+SHARD_RECIPE = dict(shards=3, slices=3, epochs=3, epochs_per_slice="per_slice", seed=0, batch_size=32)
 
 
 @pytest.fixture(scope="module")
@@ -277,7 +280,7 @@ def test_shard_files_of_other_recipes_missing_or_corrupt_stop_with_a_sentence(dm
     with pytest.raises(ValueError, match=r"misses the shard file\(s\) shard1.pt of its 3 shards"):
         load_sisa(copy_shards(jobs, tmp_path / "missing", shards=(0, 2)), dm, device="cpu")
     mixed = copy_shards(jobs, tmp_path / "mixed", shards=(0, 2))
-    train_sisa_shard(HP, dm, 1, shards=3, slices=3, epochs=3, seed=1, batch_size=32, device="cpu", directory=mixed)
+    train_sisa_shard(HP, dm, 1, **{**SHARD_RECIPE, "seed": 1}, device="cpu", directory=mixed)
     with pytest.raises(ValueError, match=r"shard1.pt was trained with another recipe .*seed 1 vs 0"):
         load_sisa(mixed, dm, device="cpu")
     with pytest.raises(ValueError, match=r"shard1.pt was trained with another recipe .*seed 1 vs 0"):
