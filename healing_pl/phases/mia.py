@@ -1,0 +1,109 @@
+"""Membership inference (MIA) on the forget set: does a model still treat the forgotten samples as training data?
+
+The loss-based attack of the NeurIPS 2023 machine-unlearning challenge (Triantafillou et al., "Are we making
+progress in unlearning?", starting kit ``simple_mia``): the per-sample cross-entropy losses of the forget set F
+(label 1: members, to be forgotten) and of a held-out set of the same size (label 0: never trained on) feed a
+logistic regression on the loss, cross-validated (stratified 5-fold, shuffled with the seed); the result is the
+mean ROC AUC and accuracy over the folds. 0.5 means the attacker cannot tell F from unseen data (the gold standard's
+ideal); near 1, F is recognisable (a model trained on F, or one whose unlearning left F conspicuously wrong).
+
+The held-out set is the test split of the pool (:func:`draw_heldout`; the validation split when the pool has no
+test split): an evaluation set no choice depends on. When F and the held-out set differ in size, the larger is
+subsampled (seeded) so that both classes count alike.
+
+:func:`mia_twins` is the variant for healed models: the same attack separating the forget set from the twins
+that replaced it (label 1: twins, trained on during healing; label 0: the forget set). Near 0.5, the healed model
+treats the forgotten samples like the twins it trained on (healing brought them back as members); near 1, it
+tells them apart.
+
+Losses are computed on the model's device and in its dtype (eval mode, no gradient); only the loss values go to
+the CPU for scikit-learn.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+FOLDS = 5
+
+
+@torch.no_grad()
+def sample_losses(model, datamodule, ids, batch_size: int | None = None) -> np.ndarray:
+    """Per-sample cross-entropy of ``model`` on the pool samples ``ids`` (eval mode; float64 numpy array)."""
+    param = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    out = []
+    for x, y in datamodule.loader(ids, batch_size=batch_size):
+        logits = model(x.to(device=param.device, dtype=param.dtype))
+        out.append(F.cross_entropy(logits, y.to(param.device), reduction="none").cpu())
+    model.train(was_training)
+    return torch.cat(out).double().numpy()
+
+
+def draw_heldout(datamodule, n: int, seed: int = 0) -> torch.Tensor:
+    """``n`` pool ids (seeded draw, or all when fewer) of the test split, or of the validation split when the pool
+    has no test split (datasets whose test set lies outside the pool)."""
+    for split in ("test", "val"):
+        ids = datamodule.splits[split]
+        if ids.numel():
+            order = torch.randperm(ids.numel(), generator=torch.Generator().manual_seed(seed))
+            return ids[order[: min(n, ids.numel())]]
+    raise ValueError("the MIA needs held-out samples, but the pool has neither a test nor a validation split.")
+
+
+def attack(members: np.ndarray, nonmembers: np.ndarray, seed: int = 0) -> dict:
+    """Cross-validated logistic regression on the losses, members (1) against non-members (0), balanced by a
+    seeded subsample of the larger side: ``{"auc", "acc", "n"}`` (means over the folds; ``n`` per side)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_validate
+
+    n = min(len(members), len(nonmembers))
+    if n < FOLDS:
+        raise ValueError(
+            f"the MIA needs at least {FOLDS} samples on each side, got {len(members)} and {len(nonmembers)}."
+        )
+    rng = np.random.default_rng(seed)
+    members = members[rng.permutation(len(members))[:n]] if len(members) > n else members
+    nonmembers = nonmembers[rng.permutation(len(nonmembers))[:n]] if len(nonmembers) > n else nonmembers
+    if not (np.isfinite(members).all() and np.isfinite(nonmembers).all()):
+        raise ValueError("the MIA got non-finite losses: the model's outputs are not finite.")
+    features = np.concatenate([members, nonmembers]).reshape(-1, 1)
+    labels = np.concatenate([np.ones(n, dtype=int), np.zeros(n, dtype=int)])
+    folds = StratifiedKFold(n_splits=FOLDS, shuffle=True, random_state=seed)
+    scores = cross_validate(LogisticRegression(), features, labels, cv=folds, scoring=("roc_auc", "accuracy"))
+    return {"auc": float(scores["test_roc_auc"].mean()), "acc": float(scores["test_accuracy"].mean()), "n": n}
+
+
+def mia(model, datamodule, forget_ids, heldout_ids: torch.Tensor | None = None, seed: int = 0) -> dict:
+    """Loss-based MIA of ``model``: the forget set against the ``heldout_ids`` pool samples (default:
+    :func:`draw_heldout` of the forget set's size). Returns ``{"auc", "acc", "n", "forget_loss", "heldout_loss"}``
+    (mean losses)."""
+    forget_ids = datamodule.check_members(forget_ids)
+    if heldout_ids is None:
+        heldout_ids = draw_heldout(datamodule, forget_ids.numel(), seed)
+    heldout = torch.as_tensor(heldout_ids, dtype=torch.long)
+    overlap = torch.isin(heldout, datamodule.primary_ids)
+    if overlap.any():
+        raise ValueError(f"held-out ids must lie outside the primary set, but {heldout[overlap][:5].tolist()} do not.")
+    members = sample_losses(model, datamodule, forget_ids)
+    nonmembers = sample_losses(model, datamodule, heldout)
+    return {
+        **attack(members, nonmembers, seed),
+        "forget_loss": float(members.mean()),
+        "heldout_loss": float(nonmembers.mean()),
+    }
+
+
+def mia_twins(model, datamodule, forget_ids, twin_ids, seed: int = 0) -> dict:
+    """MIA of a healed model separating its twins (members, 1) from the forget set (0).
+    Returns ``{"auc", "acc", "n", "forget_loss", "twin_loss"}``."""
+    forget_ids = datamodule.check_members(forget_ids)
+    twins = torch.as_tensor(twin_ids, dtype=torch.long).unique()
+    if twins.numel() == 0:
+        raise ValueError("mia_twins needs twins; this heal set has none (twins.metric none).")
+    forget = sample_losses(model, datamodule, forget_ids)
+    twin = sample_losses(model, datamodule, twins)
+    return {**attack(twin, forget, seed), "forget_loss": float(forget.mean()), "twin_loss": float(twin.mean())}
