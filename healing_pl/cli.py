@@ -30,7 +30,7 @@ from healing_pl.data.datamodule import HealingDataModule
 from healing_pl.models.classifier import Classifier, check_compatible, read_checkpoint
 from healing_pl.phases.config import Tracking
 from healing_pl.phases.record import read_record
-from healing_pl.tracking import build_logger, finish_wandb, make_run_dir
+from healing_pl.tracking import build_logger, finish_wandb, make_run_dir, quiet_console
 from healing_pl.trainer import HealingTrainer
 
 #: exceptions that mean "bad input": printed as one sentence, exit status 2
@@ -231,11 +231,9 @@ def _failed_rank(err: Exception) -> tuple[int, str]:
 
 def run_cli(args=None) -> int:
     """Run the LightningCLI; bad input ends with one sentence and exit status 2, a failed rank with status 1."""
-    import warnings
-
     from torch.multiprocessing.spawn import ProcessException
 
-    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
+    quiet_console()  # Lightning's tip lines and known harmless warnings (healing_pl.tracking.KNOWN_WARNINGS)
     try:
         HealingCLI(args=args)
     except USER_ERRORS as err:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import sys
 import time
 from typing import Any
 
@@ -58,12 +61,21 @@ def build_logger(tracking, run_dir: str, job_type: str, config: dict | None = No
 class RunLogger(WandbLogger):
     """Lightning's WandbLogger, except that a spawned run (``ddp_spawn``) opens its W&B run in rank zero's
     process: Lightning's own logger opens it in the launching process and attaches the workers to it, which
-    hangs in offline mode."""
+    hangs in offline mode. It also leaves out the ``anonymous`` setting Lightning always passes (W&B warns
+    that the setting has no effect), and a spawned rank quiets its console like the launching process."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._wandb_init.pop("anonymous", None)
 
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_experiment"] = None
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        quiet_console()
 
 
 def write_results(run_dir: str, record: dict[str, Any], name: str = "results.json") -> str:
@@ -103,13 +115,17 @@ def finish_wandb() -> None:
         wandb.finish()
 
 
-def read_offline_run(run_folder: str) -> dict[str, dict]:
-    """Read the config and summary of an offline W&B run folder (``.../wandb/offline-run-*``).
+def read_offline_run(run_folder: str) -> dict:
+    """Read back an offline W&B run folder (``.../wandb/offline-run-*``) without a server.
 
-    Offline runs keep everything in one ``run-<id>.wandb`` file, a log of
-    protobuf records in 32 KiB blocks (each record: crc32, length, type).
-    This reads it back without a server, so tests and reports can check what
-    a run recorded before it is synced.
+    Offline runs keep everything in one ``run-<id>.wandb`` file, a log of protobuf records in 32 KiB blocks
+    (each record: crc32, length, type); media (images, tables) lie under ``files/media``. Returns:
+
+    - ``config`` and ``summary``: dicts of the run's config and final summary;
+    - ``history``: the logged rows, in order (a dict per ``run.log`` call);
+    - ``metrics``: ``{name: step_metric}`` from ``define_metric`` (globs under their glob name);
+    - ``artifacts``: ``[{type, name, digest, metadata, files: {path: digest}, aliases}]`` logged by the run;
+    - ``media``: paths of the files under ``files/media``, relative to it.
     """
     import glob
     import struct
@@ -135,24 +151,343 @@ def read_offline_run(run_folder: str) -> dict[str, dict]:
         if kind in (1, 4):  # a full record, or the last piece of one
             records.append(pending)
             pending = b""
-    config, summary = {}, {}
+    out: dict = {"config": {}, "summary": {}, "history": [], "metrics": {}, "artifacts": []}
+
+    def value(text):
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text
 
     def apply(target, items):
         for item in items:
-            key = item.key or "/".join(item.nested_key)
-            try:
-                target[key] = json.loads(item.value_json)
-            except ValueError:
-                target[key] = item.value_json
+            target[item.key or "/".join(item.nested_key)] = value(item.value_json)
 
     for raw in records:
         record = pb.Record()
         record.ParseFromString(raw)
         kind = record.WhichOneof("record_type")
         if kind == "run":
-            apply(config, record.run.config.update)
+            apply(out["config"], record.run.config.update)
         elif kind == "config":
-            apply(config, record.config.update)
+            apply(out["config"], record.config.update)
         elif kind == "summary":
-            apply(summary, record.summary.update)
-    return {"config": config, "summary": summary}
+            apply(out["summary"], record.summary.update)
+        elif kind == "history":
+            row: dict = {}
+            apply(row, record.history.item)
+            out["history"].append(row)
+        elif kind == "metric":
+            m = record.metric
+            out["metrics"][m.name or m.glob_name] = m.step_metric
+        elif kind == "artifact":
+            a = record.artifact
+            out["artifacts"].append(
+                {
+                    "type": a.type,
+                    "name": a.name,
+                    "digest": a.digest,
+                    "metadata": value(a.metadata) if a.metadata else {},
+                    "aliases": list(a.aliases),
+                    "files": {e.path: e.digest for e in a.manifest.contents},
+                }
+            )
+    for key, val in list(out["config"].items()):  # config values are stored as {"value": ...}
+        if isinstance(val, dict) and set(val) == {"value"}:
+            out["config"][key] = val["value"]
+    media = os.path.join(run_folder, "files", "media")
+    out["media"] = sorted(os.path.relpath(os.path.join(d, f), media) for d, _, names in os.walk(media) for f in names)
+    return out
+
+
+# --------------------------------------------------------------------------- console
+#: known warnings that say nothing about the run: library internals, and choices made on purpose
+KNOWN_WARNINGS = (
+    # Lightning's own pytree helper on torch >= 2.10 (not our code, nothing a user can change)
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    # inner trainings (gold standard, a stream's fine-tunes) skip validation on purpose
+    r"You defined a `validation_step` but have no `val_dataloader`\. Skipping val loop",
+    # the CLI passes its arguments itself (``run_cli(args)``)
+    r".*LightningCLI's args parameter",
+)
+#: Lightning's info lines that advertise other products ("💡 Tip: ... litlogger / litmodels")
+_LIGHTNING_INFO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+
+
+class _DropTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).lstrip().startswith("💡 Tip")
+
+
+def quiet_console() -> None:
+    """Silence Lightning's tip lines and the :data:`KNOWN_WARNINGS` (every other warning still shows).
+
+    Idempotent; the CLI calls it first, and a spawned rank when it receives the W&B logger.
+    """
+    import warnings
+
+    for pattern in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in _LIGHTNING_INFO_LOGGERS:
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _DropTips) for f in log.filters):
+            log.addFilter(_DropTips())
+
+
+def announce_repeat(index: int, repeats: int, label: str = "", enabled: bool = True) -> None:
+    """Print ``"<label> repeat i/N"`` on stderr before repeat ``index`` (1-based) of several (nothing for one)."""
+    if enabled and repeats > 1:
+        prefix = f"{label} " if label else ""
+        print(f"{prefix}repeat {index}/{repeats}", file=sys.stderr, flush=True)
+
+
+def progress_bar(iterable=None, *, desc: str, total: int | None = None, enabled: bool = True):
+    """A tqdm bar over ``iterable`` on stderr (cleared when done); a plain pass-through when not ``enabled``."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+def labelled_progress_bar(label: str):
+    """A Lightning progress bar whose training bar reads ``"<label>, epoch e/N"`` (e.g. the gold standard's
+    inner training): ``Trainer(callbacks=[labelled_progress_bar("gold standard")], enable_progress_bar=True)``."""
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    class LabelledProgressBar(TQDMProgressBar):
+        def on_train_epoch_start(self, trainer, *args) -> None:
+            super().on_train_epoch_start(trainer, *args)
+            total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+            self.train_progress_bar.set_description(f"{label}, epoch {trainer.current_epoch + 1}{total}")
+
+    return LabelledProgressBar()
+
+
+# --------------------------------------------------------------------------- W&B media, tables, artifacts
+#: the step metric of the healed curve (epoch 0: the unlearned start)
+HEAL_STEP = "heal/epoch"
+#: history keys of the healed curve, all plotted against :data:`HEAL_STEP`
+HEAL_KEYS = ("heal/test_acc", "heal/val_acc", "reference/baseline", "reference/gold")
+_DEFINED: set[str] = set()
+
+
+def wandb_run(logger):
+    """The W&B run behind a Lightning ``logger`` in this process, or None (no W&B, or not global rank zero)."""
+    if not isinstance(logger, WandbLogger):
+        return None
+    run = logger.experiment
+    return run if hasattr(run, "log_artifact") and hasattr(run, "define_metric") else None
+
+
+def log_heal_epoch(
+    run, epoch: int, *, test: float, val: float | None = None, baseline: float | None = None, gold: float | None = None
+) -> None:
+    """One point of the healed curve: test and validation accuracy after ``epoch`` heal epochs, with the
+    baseline (BL) and gold standard (GS) test accuracy as constant reference series on the same x-axis."""
+    if run is None:
+        return
+    if run.id not in _DEFINED:
+        run.define_metric(HEAL_STEP, summary="none")
+        for key in HEAL_KEYS:  # exact names: they win over Lightning's catch-all "*" -> trainer/global_step
+            run.define_metric(key, step_metric=HEAL_STEP, summary="none")
+        _DEFINED.add(run.id)
+    values = {"heal/test_acc": test, "heal/val_acc": val, "reference/baseline": baseline, "reference/gold": gold}
+    run.log({HEAL_STEP: epoch, **{k: v for k, v in values.items() if v is not None}})
+
+
+def log_heal_chart(run, test: dict, val: dict, baseline: float | None, gold: float | None) -> None:
+    """One chart of the whole healed curve (test and validation accuracy per heal epoch) with BL and GS drawn
+    as flat lines on the same axes: a W&B line-series panel, which shows the references without any panel
+    editing (the per-epoch history keys would each get a panel of their own)."""
+    if run is None or not test:
+        return
+    import wandb
+
+    epochs = sorted(test)
+    ys, keys = [[test[e] for e in epochs]], ["test"]
+    if val and all(e in val for e in epochs):
+        ys.append([val[e] for e in epochs])
+        keys.append("validation")
+    for value, name in ((baseline, "baseline (BL)"), (gold, "gold standard (GS)")):
+        if value is not None:
+            ys.append([value] * len(epochs))
+            keys.append(name)
+    chart = wandb.plot.line_series(
+        xs=epochs, ys=ys, keys=keys, title="Healed accuracy from the unlearned start", xname="heal epoch"
+    )
+    run.log({"heal/curve": chart})
+
+
+def log_twins(run, pairs: list[dict], dataset, class_names=(), *, grid_pairs: int = 16) -> None:
+    """The twins of a heal run: a Table ``twins`` (forget id, image and class; twin id, image and class; score)
+    and an image grid ``twins/grid`` of the first ``grid_pairs`` forget samples, each beside its twin.
+
+    ``dataset``: the pool's training set, indexed by pool id (``datamodule.pool.train``).
+    """
+    if run is None or not pairs:
+        return
+    import wandb
+
+    from healing_pl.media import pair_grid, sample_image
+
+    def name(label: int) -> str:
+        return class_names[label] if label < len(class_names) else str(label)
+
+    table = wandb.Table(
+        columns=["forget_id", "forget_image", "forget_class", "twin_id", "twin_image", "twin_class", "score"]
+    )
+    shown = []
+    for p in pairs:
+        (forget, f_label), (twin, t_label) = (sample_image(dataset, p[k]) for k in ("request_id", "twin_id"))
+        score = p.get("score")
+        table.add_data(
+            int(p["request_id"]),
+            wandb.Image(forget),
+            name(f_label),
+            int(p["twin_id"]),
+            wandb.Image(twin),
+            name(t_label),
+            None if score is None else float(score),
+        )
+        if len(shown) < grid_pairs:
+            shown.append((forget, twin))
+    caption = f"{len(shown)} forget samples (left of each pair) beside their twins (right)"
+    run.log({"twins": table, "twins/grid": wandb.Image(pair_grid(shown), caption=caption)})
+
+
+def log_id_table(run, key: str, ids, column: str) -> None:
+    """A one-column Table of sample ids (e.g. ``forget/ids``)."""
+    if run is None or ids is None:
+        return
+    import wandb
+
+    run.log({key: wandb.Table(columns=[column], data=[[int(i)] for i in ids])})
+
+
+def artifact_name(dataset: str, backbone: str, sha256: str) -> str:
+    """The W&B artifact name of a baseline checkpoint: ``baseline-<dataset>-<backbone>-<sha256[:16]>``."""
+    safe = re.sub(r"[^\w.-]", "_", f"baseline-{dataset}-{backbone}-{sha256[:16]}")
+    return safe
+
+
+def file_sha256(path: str) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def log_model_artifact(
+    run, checkpoint: str, *, dataset: str, backbone: str, metadata: dict | None = None
+) -> str | None:
+    """Log a baseline checkpoint as a ``model`` artifact; return the artifact's name (None without a run)."""
+    if run is None or not os.path.isfile(checkpoint):
+        return None
+    import wandb
+
+    sha = file_sha256(checkpoint)
+    name = artifact_name(dataset, backbone, sha)
+    meta = {"sha256": sha, "dataset": dataset, "backbone": backbone, **(metadata or {})}
+    artifact = wandb.Artifact(name, type="model", metadata=meta)
+    artifact.add_file(checkpoint, name="model.ckpt", policy="immutable")
+    run.log_artifact(artifact, aliases=["latest", f"sha256-{sha[:16]}"])
+    return name
+
+
+def log_results_artifact(run, run_dir: str, record: dict, extra_files: tuple[str, ...] = ()) -> None:
+    """Log ``results.json`` and the ``extra_files`` that exist (e.g. the run's ledger) as a ``results`` artifact."""
+    if run is None:
+        return
+    import wandb
+
+    name = re.sub(r"[^\w.-]", "_", f"results-{run.id}")
+    meta = {k: record.get(k) for k in ("phase", "dataset", "backbone", "baseline/sha256") if record.get(k) is not None}
+    artifact = wandb.Artifact(name, type="results", metadata=meta)
+    artifact.add_file(os.path.join(run_dir, "results.json"), name="results.json")
+    for path in extra_files:
+        if os.path.isfile(path):
+            artifact.add_file(path, name=os.path.basename(path))
+    run.log_artifact(artifact)
+
+
+def declare_baseline(run, name: str) -> str:
+    """Declare that this run uses the baseline's ``model`` artifact ``name``; return how it was declared.
+
+    Online, ``run.use_artifact`` records the lineage edge (the fit run must have been synced). Offline,
+    W&B refuses ``use_artifact`` of any kind ("Cannot use artifact when in offline mode"), so the run
+    keeps the artifact's name in its config (``lineage/baseline_artifact``); after ``wandb sync`` of both
+    runs, ``wandb.Api().run(...).use_artifact(...)`` adds the edge.
+    """
+    if run is None:
+        return "none"
+    run.config.update({"lineage/baseline_artifact": f"{name}:latest"}, allow_val_change=True)
+    if wandb_mode() != "online":
+        return "config"
+    try:
+        run.use_artifact(f"{name}:latest", type="model")
+        return "use_artifact"
+    except Exception as err:  # not synced yet, or another project: the config still names it
+        print(f"W&B: baseline artifact {name} not found online ({type(err).__name__}); lineage kept in the config.")
+        return "config"
+
+
+def log_grid_table(
+    group_name: str, records: list[dict], project: str = "healing-pl", run_dir: str | None = None, entity=None
+) -> str | None:
+    """One small W&B run (job type ``summary``, group ``group_name``) holding the Table ``grid`` of a grid's
+    healed curves: one row per method x setup x epoch with test and validation accuracy (epoch 0 is the
+    unlearned start), from the grid's heal records. Returns the W&B run's folder (None when W&B is off)."""
+    mode = wandb_mode()
+    if mode == "disabled":
+        return None
+    import wandb
+
+    rows = grid_rows(records)
+    finish_wandb()
+    run = wandb.init(
+        project=project,
+        entity=entity,
+        group=group_name,
+        job_type="summary",
+        name=f"{group_name}-summary",
+        dir=run_dir,
+        mode=mode,
+        config={"grid": group_name, "runs": len(records)},
+        reinit="finish_previous",
+    )
+    try:
+        table = wandb.Table(columns=list(GRID_COLUMNS), data=[[r[c] for c in GRID_COLUMNS] for r in rows])
+        run.log({"grid": table})
+        return run.dir.rsplit(os.sep + "files", 1)[0]
+    finally:
+        run.finish()
+
+
+GRID_COLUMNS = ("method", "setup", "seed", "epoch", "test_acc", "val_acc", "baseline_acc", "gold_acc")
+
+
+def grid_rows(records: list[dict]) -> list[dict]:
+    """Rows method x setup x epoch (test and validation accuracy) from heal records, in a stable order."""
+    rows = []
+    for r in records:
+        if r.get("phase") != "heal":
+            continue
+        epochs = sorted(
+            int(m.group(1)) for k in r if (m := re.fullmatch(r"healed/test/acc_epoch_(\d+)", k)) and r[k] is not None
+        )
+        for e in epochs:
+            rows.append(
+                {
+                    "method": r.get("unlearn/method"),
+                    "setup": r.get("heal/setup"),
+                    "seed": r.get("unlearn/seed"),
+                    "epoch": e,
+                    "test_acc": r[f"healed/test/acc_epoch_{e}"],
+                    "val_acc": r.get(f"healed/val/acc_epoch_{e}"),
+                    "baseline_acc": r.get("baseline/test/acc"),
+                    "gold_acc": r.get("gold/test/acc"),
+                }
+            )
+    return sorted(rows, key=lambda x: (str(x["method"]), str(x["setup"]), str(x["seed"]), x["epoch"]))

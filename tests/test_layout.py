@@ -14,6 +14,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "healing_pl"
 #: layer of each top-level part of the package; a module may import only from its own layer or lower ones
 LAYERS = {
     "tracking": 0,
+    "media": 0,
     "data": 0,
     "models": 0,
     "codehash": 0,

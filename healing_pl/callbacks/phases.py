@@ -40,6 +40,7 @@ from healing_pl.phases.evaluate import Evaluation, evaluate_sets
 from healing_pl.phases.forget import ForgetSet, request_forget_set
 from healing_pl.phases.gold import Gold, gold_phase
 from healing_pl.phases.heal import HealCurve
+from healing_pl.phases.identity import identity_record
 from healing_pl.phases.record import compose, save_config, save_model, write_record
 from healing_pl.phases.twins import TwinSet, ledger_twins, twin_phase
 from healing_pl.phases.unlearn import AttackStrength, Unlearned, attack_strength, unlearn_phase
@@ -102,6 +103,7 @@ class FitEvaluation(Phase):
     def __init__(self, checkpoint: str):
         self.checkpoint = checkpoint
         self.trained: Trained | None = None
+        self.artifact: _ModelArtifact | None = None  # the checkpoint's W&B model artifact
         self._start = 0.0
 
     def on_fit_start(self, trainer, pl_module) -> None:
@@ -114,8 +116,14 @@ class FitEvaluation(Phase):
         tested = evaluate(pl_module, trainer.datamodule.test_dataloader())  # on the training device, full test set
         self.trained = Trained(tested, trainer.current_epoch, seconds, self.checkpoint)
 
+    def on_fit_end(self, trainer, pl_module) -> None:
+        # after every on_train_end: the checkpoint callback may write last.ckpt in its own
+        if trainer.interrupted or not trainer.is_global_zero or self.trained is None:
+            return
+        self.artifact = _log_baseline_artifact(trainer, pl_module, self.checkpoint, self.trained)
+
     def results(self) -> list:
-        return [self.trained]
+        return [self.trained, self.artifact]
 
 
 # --------------------------------------------------------------------------- unlearn
@@ -176,7 +184,9 @@ class UnlearnPhase(Phase):
         )
         self.baseline_model = model = detached_copy(pl_module, self.baseline.hparams)
         self.ledger = _ledger(self.run_dir)
-        forget = request_forget_set(self.adversary, model, dm, self.ledger, progress, self.requests)
+        forget = request_forget_set(
+            self.adversary, model, dm, self.ledger, progress, self.requests, unlearn=self.unlearn, context=context
+        )
         try:
             outcome = self._unlearn(forget, model, dm, context, progress)
             if forget.request_ids:  # the unlearning succeeded: the requests were applied to this model
@@ -262,14 +272,20 @@ class TwinSearch(Phase):
 
         self.twin_set = rank_zero_run(trainer, search)
         dm.set_train_ids(dm.heal_ids(forget, self.twin_set.twin_ids))
+        if trainer.is_global_zero:
+            from healing_pl.tracking import log_twins, wandb_run
+
+            log_twins(wandb_run(trainer.logger), self.twin_set.pairs, dm.pool.train, dm.pool.classes)
 
     def results(self) -> list:
         return [self.twin_set]
 
 
 class HealEvaluation(Phase):
-    """Test accuracy of the healing model over the full test set after every epoch (rank zero); epoch 0 is the
-    unlearned start. At the end of training, the healed model's test, remain and forget accuracy."""
+    """Test and validation accuracy of the healing model (full sets) after every epoch (rank zero); epoch 0 is
+    the unlearned start. Each point goes to the W&B history against ``heal/epoch`` with the baseline's and the
+    gold standard's test accuracy as reference series. At the end of training, the healed model's test, remain
+    and forget accuracy, and the whole curve as one W&B chart with BL and GS drawn as flat lines."""
 
     def __init__(self, unlearned: UnlearnPhase, epochs: int, lr: float):
         self.unlearned = unlearned
@@ -279,18 +295,42 @@ class HealEvaluation(Phase):
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self.curve.accs[0] = self.unlearned.outcome.unlearned.evaluation.test
+        if trainer.is_global_zero:  # every rank holds the unlearned weights now
+            self._measure(trainer, pl_module, 0, test=self.curve.accs[0])
         self._start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if trainer.is_global_zero:
-            acc = evaluate(pl_module, trainer.datamodule.test_dataloader())["acc"]
-            self.curve.accs[trainer.current_epoch + 1] = acc
-            pl_module.log("healed/test/acc", acc, rank_zero_only=True)
+            self._measure(trainer, pl_module, trainer.current_epoch + 1)
+
+    def _measure(self, trainer, pl_module, epoch: int, test: float | None = None) -> None:
+        from healing_pl.tracking import log_heal_epoch, wandb_run
+
+        dm = trainer.datamodule
+        if test is None:
+            test = evaluate(pl_module, dm.test_dataloader())["acc"]
+        self.curve.accs[epoch] = test
+        if dm.splits["val"].numel():
+            self.curve.val_accs[epoch] = evaluate(pl_module, dm.val_dataloader())["acc"]
+        baseline, gold = _references(self.unlearned.outcome)
+        log_heal_epoch(
+            wandb_run(trainer.logger),
+            epoch,
+            test=test,
+            val=self.curve.val_accs.get(epoch),
+            baseline=baseline,
+            gold=gold,
+        )
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.curve.time_s = time.perf_counter() - self._start
         if trainer.is_global_zero:  # still on the training device (the strategy's teardown comes later)
+            from healing_pl.tracking import log_heal_chart, wandb_run
+
             self.healed = evaluate_sets(pl_module, trainer.datamodule, self.unlearned.outcome.forget.ids, "healed")
+            if not trainer.interrupted:
+                baseline, gold = _references(self.unlearned.outcome)
+                log_heal_chart(wandb_run(trainer.logger), self.curve.accs, self.curve.val_accs, baseline, gold)
 
     def results(self) -> list:
         return [self.curve, self.healed]
@@ -367,6 +407,7 @@ class SisaShardJob(Phase):
                 shards=cfg.shards,
                 slices=cfg.slices,
                 epochs=self.baseline.epochs,
+                epochs_per_slice=cfg.sisa_epochs,
                 seed=self.baseline.seed,
                 device=param.device,
                 dtype=param.dtype,
@@ -493,9 +534,38 @@ class RunWriter(L.Callback):
             "device": str(trainer.strategy.root_device),
             "precision": str(trainer.precision),
         }
-        record = compose(self.subcommand, header, [r for phase in self.phases for r in phase.results()])
+        results = [r for phase in self.phases for r in phase.results()]
+        record = compose(self.subcommand, header, results) | identity_record(self.subcommand, self.config, results)
         self.path = write_record(self.run_dir, record, trainer.logger)
         if trainer.world_size > 1:  # a spawned rank zero ends with its process: close its W&B run here
             from healing_pl.tracking import finish_wandb
 
             finish_wandb()
+
+
+# --------------------------------------------------------------------------- W&B helpers of the phases above
+def _references(outcome: UnlearnOutcome) -> tuple[float, float | None]:
+    """The healed curve's reference values: the baseline's (BL) and the gold standard's (GS) test accuracy."""
+    return outcome.baseline.test, (outcome.gold.evaluation.test if outcome.gold is not None else None)
+
+
+@dataclass(frozen=True)
+class _ModelArtifact:
+    name: str
+
+    def record(self) -> dict:
+        return {"checkpoint/artifact": self.name}
+
+
+def _log_baseline_artifact(trainer, pl_module, checkpoint: str, trained: Trained) -> _ModelArtifact | None:
+    """Log the fit's checkpoint as the W&B ``model`` artifact that heal, unlearn and stream runs use (rank zero)."""
+    from healing_pl.tracking import log_model_artifact, wandb_run
+
+    name = log_model_artifact(
+        wandb_run(trainer.logger),
+        checkpoint,
+        dataset=trainer.datamodule.hparams.dataset,
+        backbone=pl_module.hparams.backbone,
+        metadata={"epochs": trained.epochs, "test/acc": trained.test["acc"]},
+    )
+    return _ModelArtifact(name) if name else None

@@ -9,16 +9,19 @@ import torch
 
 @dataclass
 class HealCurve:
-    """Test accuracy of the healed model after each fine-tuning epoch (epoch 0: the unlearned start)."""
+    """Test (``accs``) and validation (``val_accs``) accuracy of the healed model after each fine-tuning epoch,
+    epoch 0 being the unlearned start: record keys ``healed/test/acc_epoch_k`` and ``healed/val/acc_epoch_k``."""
 
     epochs: int
     lr: float
     accs: dict[int, float] = field(default_factory=dict)
     time_s: float | None = None
+    val_accs: dict[int, float] = field(default_factory=dict)
 
     def record(self) -> dict:
         out = {"heal/epochs": self.epochs, "heal/lr": self.lr, "heal/time_s": self.time_s}
-        out.update({f"healed/test/acc_epoch_{e}": a for e, a in sorted(self.accs.items()) if e > 0})
+        out.update({f"healed/test/acc_epoch_{e}": a for e, a in sorted(self.accs.items())})
+        out.update({f"healed/val/acc_epoch_{e}": a for e, a in sorted(self.val_accs.items())})
         return out
 
 

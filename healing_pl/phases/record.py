@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import torch
 import yaml
@@ -37,13 +38,39 @@ def compose(subcommand: str, header: dict, results) -> dict:
     return record
 
 
-def write_record(run_dir: str, record: dict, logger=None) -> str:
-    """Write ``results.json`` and put the record's scalars into the W&B summary; return the file's path."""
-    scalars = {
-        k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None
+#: per-epoch keys (``healed/test/acc_epoch_3``): W&B holds them as history (the healed curve), not in the summary
+PER_EPOCH_KEY = re.compile(r".*_epoch_\d+$")
+#: subcommands that start from a baseline checkpoint (their W&B run uses the baseline's model artifact)
+FROM_BASELINE = ("unlearn", "heal", "stream")
+
+
+def summary_scalars(record: dict) -> dict:
+    """The record's final scalars (what the W&B summary holds): numbers, without the per-epoch curve."""
+    return {
+        k: v
+        for k, v in record.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not PER_EPOCH_KEY.match(k)
     }
-    log_summary(logger, scalars)
-    return write_results(run_dir, record)
+
+
+def write_record(run_dir: str, record: dict, logger=None) -> str:
+    """Write ``results.json``; in the W&B run: the final scalars into the summary (never the history), the
+    forget set as a Table, ``results.json`` and the ledger as a ``results`` artifact, and, for a run from a
+    baseline, the baseline's ``model`` artifact as its input. Return the file's path."""
+    from healing_pl.adversary.ledger import Ledger
+    from healing_pl.tracking import artifact_name, declare_baseline, log_id_table, log_results_artifact, wandb_run
+
+    log_summary(logger, summary_scalars(record))
+    path = write_results(run_dir, record)
+    run = wandb_run(logger)
+    if run is not None:
+        log_id_table(run, "forget/ids", record.get("forget/ids"), "forget_id")
+        if record.get("phase") in FROM_BASELINE and record.get("baseline/sha256"):
+            name = artifact_name(record["dataset"], record["backbone"], record["baseline/sha256"])
+            run.summary["lineage/declared"] = declare_baseline(run, name)
+        ledger = os.path.join(run_dir, Ledger.FILENAME)  # and its head file, which anchors the hash chain
+        log_results_artifact(run, run_dir, record, extra_files=(ledger, os.path.splitext(ledger)[0] + ".head"))
+    return path
 
 
 def save_model(model, datamodule, path: str, **extra) -> None:

@@ -1,18 +1,18 @@
 """``healing-pl report``: read finished runs back into comparison tables.
 
 healing-pl report runs/table4-mnist5k            # markdown tables to stdout
-healing-pl report runs/ --output report.md        # ... and to a file (.md, .html or .json)
+healing-pl report runs/ --output report.md        # ... and to a file (.md, .json, or .html: the dashboard)
+healing-pl report runs/ --wandb-report            # ... and a W&B Report of the same views (saved when online)
 """
 
 from __future__ import annotations
 
 import argparse
-import html
 import json
 import os
 import sys
 
-from healing_pl.report.tables import healing_rows, load_records, report
+from healing_pl.report.tables import healing_tables, load_records, report, to_json
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -35,16 +35,26 @@ def check_output(output: str) -> None:
         raise ValueError(f"--output '{output}' cannot be written: it lies in a read-only folder.")
 
 
-def write_report(text: str, records: list[dict], output: str) -> None:
+def write_report(text: str, records: list[dict], output: str, source: str | None = None) -> None:
+    """Write the report as markdown, JSON (tables with every statistic, and the runs) or the HTML dashboard."""
     os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
     if output.endswith(".json"):
-        payload = json.dumps({"healing": healing_rows(records), "runs": records}, indent=2, default=str)
-    elif output.endswith(".html"):
-        payload = f"<!doctype html><meta charset='utf-8'><title>healing-pl report</title><pre>{html.escape(text)}</pre>"
+        found = to_json(healing_tables(records))
+        payload = json.dumps(
+            {"tables": found, "healing": [row for t in found for row in t["rows"]], "runs": records},
+            indent=2,
+            default=str,
+        )
+    elif output.endswith((".html", ".htm")):
+        from healing_pl.report.dashboard import dashboard_html
+
+        payload = dashboard_html(records, source)
     else:
         payload = text + "\n"
-    with open(output, "w") as f:
+    tmp = f"{output}.tmp"
+    with open(tmp, "w") as f:
         f.write(payload)
+    os.replace(tmp, output)
 
 
 def report_main(argv: list[str]) -> int:
@@ -52,7 +62,17 @@ def report_main(argv: list[str]) -> int:
         prog="healing-pl report", description="Tables comparing finished runs (reads their results.json)."
     )
     parser.add_argument("paths", nargs="+", help="run folders (searched recursively) or results.json files")
-    parser.add_argument("--output", help="also write the report to this file (.md, .html or .json)")
+    parser.add_argument(
+        "--output", help="also write the report to this file: .md, .json, or .html (a self-contained dashboard)"
+    )
+    parser.add_argument(
+        "--wandb-report",
+        nargs="?",
+        const="",
+        metavar="SPEC.json",
+        help="also build a W&B Report of the same views; its spec is written to SPEC.json (default: "
+        "wandb_report.json in the first run folder) and the report is saved when W&B is online",
+    )
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help (0) or a usage error, already printed as one line (2)
@@ -66,8 +86,18 @@ def report_main(argv: list[str]) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"healing-pl report: error: {err}", file=sys.stderr)
         return 2
-    text = report(records)
+    source = ", ".join(args.paths)
+    text = report(records, source)
     print(text)
     if args.output:
-        write_report(text, records, args.output)
+        write_report(text, records, args.output, source)
+        print(f"report written to {args.output}")
+    if args.wandb_report is not None:
+        from healing_pl.report.wandb_report import publish
+
+        first = args.paths[0]
+        spec = args.wandb_report or os.path.join(
+            first if os.path.isdir(first) else os.path.dirname(first) or ".", "wandb_report.json"
+        )
+        print(publish(records, spec, source))
     return 0

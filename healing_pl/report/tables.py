@@ -1,17 +1,49 @@
 """Comparison tables from finished runs' ``results.json`` records.
 
-``healing_table`` reproduces the shape of the paper's Table 4: per dataset and
-unlearning method, the baseline (BL), the gold standard (GS), the unlearned
-start (Init), and the best and worst healed test accuracy over the heal
-setups (R, T-<metric>) after 1 epoch and after N/2 epochs, with Best-GS.
+Runs are grouped by their experiment identity (``experiment/id``, :mod:`healing_pl.phases.identity`):
+the runs of one experiment differ only in the compared axis (the heal setup R or T-<metric>, and the
+spare policy) and in their seeds. Runs of one identity and one seed whose baseline checkpoints differ
+are separate experiments. A table compares unlearning methods on one experiment setup (the rows of the
+paper's Table 4); experiments that differ in anything else, a method's hyperparameters included, get
+tables of their own, and the report says so in one line on stderr.
+
+Per row: the baseline (BL), the gold standard (GS), the unlearned start (Init), the best and worst
+heal setup after 1 epoch and after N/2 epochs, and Best−GS. Best and worst are taken over R and the
+four twin metrics only; random twins (and any other control) have their own columns. The best is
+chosen by validation accuracy (``healed/val/acc_epoch_k``) and reported with its test accuracy;
+equal validation accuracies are a tie and name every tied setup. With several seeds each cell is the
+mean ± the half-width of its 95% confidence interval (Student t), and ``≈`` marks a best whose interval
+overlaps another compared setup's (or, on Best−GS, the gold standard's): within noise.
 """
 
 from __future__ import annotations
 
 import glob
 import json
+import math
 import os
+import sys
 from collections import defaultdict
+from dataclasses import dataclass, field
+
+from healing_pl.phases.identity import short_hash
+
+#: the setups best and worst are chosen from; every other setup (T-random, ...) is a control
+COMPARED_SETUPS = ("R", "T-raw_l2", "T-raw_mahalanobis", "T-feat_cosine", "T-feat_mahalanobis")
+
+#: flat record keys that stand for the identity of a record written before identities were recorded
+_FLAT_IDENTITY = (
+    "dataset",
+    "backbone",
+    "baseline/epochs",
+    "adversary/selector",
+    "adversary/budget",
+    "adversary/target_class",
+    "adversary/system_knowledge",
+    "adversary/data_knowledge",
+    "heal/epochs",
+    "heal/lr",
+)
 
 
 def load_records(paths: list[str]) -> list[dict]:
@@ -36,10 +68,408 @@ def load_records(paths: list[str]) -> list[dict]:
         if not isinstance(record, dict):
             raise ValueError(f"'{file}' is not a results record (a JSON object), but a {type(record).__name__}.")
         record.setdefault("run_dir", os.path.dirname(file))
+        record["_file"] = file
         records.append(record)
     return records
 
 
+# --------------------------------------------------------------------------- statistics
+def t_quantile(n: int) -> float:
+    """The 97.5% quantile of Student's t with n - 1 degrees of freedom."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, n - 1))
+
+
+@dataclass
+class Stat:
+    """One figure over seeds: its values, mean and the half-width of the 95% confidence interval."""
+
+    values: list[float] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float | None:
+        return sum(self.values) / self.n if self.values else None
+
+    @property
+    def half(self) -> float | None:
+        """t(0.975, n-1) * s / sqrt(n), s the sample standard deviation; None for fewer than 2 values."""
+        if self.n < 2:
+            return None
+        m = self.mean
+        s = math.sqrt(sum((v - m) ** 2 for v in self.values) / (self.n - 1))
+        return t_quantile(self.n) * s / math.sqrt(self.n)
+
+    def interval(self) -> tuple[float, float] | None:
+        half = self.half
+        return None if half is None else (self.mean - half, self.mean + half)
+
+    def overlaps(self, other: Stat) -> bool:
+        """Whether both have confidence intervals and they overlap."""
+        a, b = self.interval(), other.interval()
+        return a is not None and b is not None and a[0] <= b[1] and b[0] <= a[1]
+
+    def json(self) -> dict | None:
+        if not self.values:
+            return None
+        return {"mean": self.mean, "ci95": self.half, "n": self.n, "values": list(self.values)}
+
+    def cell(self, signed: bool = False, n_row: int | None = None) -> str:
+        """Percent: ``88.48``, or ``88.48 ± 1.20`` over seeds (and ``[n=2]`` where n differs from the row's)."""
+        if not self.values:
+            return "—"
+        text = f"{100 * self.mean:+.2f}" if signed else f"{100 * self.mean:.2f}"
+        if self.half is not None:
+            text += f" ± {100 * self.half:.2f}"
+        if n_row is not None and self.n != n_row:
+            text += f" [n={self.n}]"
+        return text
+
+
+# --------------------------------------------------------------------------- experiments
+def record_identity(record: dict) -> tuple[dict, str, dict, bool]:
+    """``(identity, id, seeds, derived)`` of a record; ``derived``: rebuilt from the flat keys of a record
+    written before identities were recorded (dataset, model, method, adversary, baseline, heal settings)."""
+    if "experiment/id" in record and isinstance(record.get("experiment"), dict):
+        return record["experiment"], record["experiment/id"], dict(record.get("experiment/seeds") or {}), False
+    config = {k.replace("/", "."): record.get(k) for k in _FLAT_IDENTITY if k in record}
+    config.update(
+        {k.replace("/", "."): v for k, v in record.items() if k.startswith("unlearn/") and k != "unlearn/seed"}
+    )
+    seeds = {"unlearn.seed": record["unlearn/seed"]} if "unlearn/seed" in record else {}
+    sha = record.get("baseline/sha256")
+    identity = {
+        "subcommand": record.get("phase"),
+        "config": config,
+        "baseline": None if sha is None else {"sha256": sha, "hparams": {}},
+        "seeds": seeds,
+    }
+    return identity, "flat-" + short_hash({"subcommand": record.get("phase"), "config": config}), seeds, True
+
+
+def _seed_key(seeds: dict) -> str:
+    return json.dumps(seeds, sort_keys=True, default=str)
+
+
+def _sha(record: dict) -> str | None:
+    identity = record.get("experiment")
+    if isinstance(identity, dict) and isinstance(identity.get("baseline"), dict):
+        return identity["baseline"].get("sha256")
+    return record.get("baseline/sha256")
+
+
+@dataclass
+class Experiment:
+    """The runs of one experiment: one identity (and one baseline where a seed had two)."""
+
+    id: str
+    identity: dict
+    records: list[dict]
+    derived: bool
+    split_baseline: str | None = None  # the baseline's sha256 when the identity's runs were split by it
+
+    def flat(self) -> dict:
+        """The identity as dotted keys: config, baseline hyperparameters and sha256 (when it is one)."""
+        out = _flatten(self.identity.get("config") or {})
+        baseline = self.identity.get("baseline") or {}
+        out.update(_flatten(baseline.get("hparams") or {}, "baseline.hparams."))
+        shas = {_sha(r) for r in self.records}
+        if len(shas) == 1:
+            out["baseline.sha256"] = next(iter(shas))
+        return out
+
+    @property
+    def group(self) -> str | None:
+        return (self.identity.get("config") or {}).get("wandb", {}).get("group") if not self.derived else None
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = json.dumps(value, sort_keys=True, default=str) if isinstance(value, list) else value
+    return out
+
+
+def experiments(records: list[dict], phase: str = "heal") -> list[Experiment]:
+    """The ``phase`` records grouped into experiments (sorted by dataset, method and id)."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        if r.get("phase") == phase:
+            groups[record_identity(r)[1]].append(r)
+    out = []
+    for exp_id, runs in groups.items():
+        runs = sorted(runs, key=lambda r: str(r.get("run_dir")))
+        identity, _, _, derived = record_identity(runs[0])
+        shas_by_seed: dict[str, set] = defaultdict(set)
+        for r in runs:
+            shas_by_seed[_seed_key(record_identity(r)[2])].add(_sha(r))
+        if all(len(s) == 1 for s in shas_by_seed.values()):
+            out.append(Experiment(exp_id, identity, runs, derived))
+        else:  # one seed, two baselines: each baseline is an experiment of its own
+            by_sha: dict[str, list[dict]] = defaultdict(list)
+            for r in runs:
+                by_sha[str(_sha(r))].append(r)
+            for sha, part in sorted(by_sha.items()):
+                out.append(Experiment(f"{exp_id}/{sha[:8]}", identity, part, derived, split_baseline=sha))
+    return sorted(out, key=lambda e: (str(e.records[0].get("dataset")), str(_method(e.records[0])), e.id))
+
+
+def _method(record: dict) -> str | None:
+    return record.get("unlearn/method")
+
+
+def differing(dicts: list[dict]) -> list[str]:
+    """The keys present in every dict whose values are not all equal (sorted)."""
+    if len(dicts) < 2:
+        return []
+    common = set(dicts[0]).intersection(*dicts[1:])
+    return sorted(k for k in common if len({json.dumps(d[k], sort_keys=True, default=str) for d in dicts}) > 1)
+
+
+@dataclass
+class Table:
+    """Experiments compared in one table: one row each, differing only in the unlearning method."""
+
+    experiments: list[Experiment]
+    title: str = ""
+
+    def key(self) -> dict:
+        """The dotted identity keys that every experiment of the table shares."""
+        flats = [e.flat() for e in self.experiments]
+        shared = differing(flats)
+        common = set(flats[0]).intersection(*flats[1:]) if len(flats) > 1 else set(flats[0])
+        return {k: flats[0][k] for k in sorted(common) if k not in shared}
+
+
+def tables(exps: list[Experiment]) -> list[Table]:
+    """Experiments that agree outside the ``unlearn`` section and use distinct methods share a table."""
+    by_setup: dict[str, list[Experiment]] = defaultdict(list)
+    for e in exps:
+        flat = e.flat()
+        outside = {k: v for k, v in flat.items() if not k.startswith("unlearn.")}
+        by_setup[json.dumps(outside, sort_keys=True, default=str) + str(e.derived)].append(e)
+    out = []
+    for members in by_setup.values():
+        methods = [_method(e.records[0]) for e in members]
+        if len(set(methods)) == len(methods):
+            out.append(Table(members))
+        else:  # two experiments of one method: their settings differ, so they are not rows of one table
+            out += [Table([e]) for e in members]
+    out.sort(key=lambda t: (str(t.experiments[0].records[0].get("dataset")), t.experiments[0].id))
+    keys = [t.key() for t in out]
+    distinct = differing(keys)
+    for t, key in zip(out, keys):
+        names = ", ".join(f"{k}={_short(key[k])}" for k in distinct[:6]) + (", …" if len(distinct) > 6 else "")
+        ids = ", ".join(e.id for e in t.experiments)
+        group = t.experiments[0].group
+        old = " (no identity recorded: grouped by flat keys)" if t.experiments[0].derived else ""
+        t.title = f"experiment {ids}{old}" + (f" (group {group})" if group else "") + (f": {names}" if names else "")
+    return out
+
+
+def _short(value) -> str:
+    text = str(value)
+    return text[:12] + "…" if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else text
+
+
+# --------------------------------------------------------------------------- healing rows
+def _label(record: dict, several_policies: bool) -> str:
+    setup = record.get("heal/setup") or "?"
+    policy = record.get("twins/policy")
+    return f"{setup} [{policy}]" if several_policies and setup != "R" and policy else setup
+
+
+def _base(label: str) -> str:
+    return label.split(" [")[0]
+
+
+def is_compared(label: str) -> bool:
+    """Whether a setup is a candidate for best and worst (R and the four twin metrics), not a control."""
+    return _base(label) in COMPARED_SETUPS
+
+
+def _epoch_key(split: str, epoch) -> str:
+    return f"healed/{split}/acc_epoch_{epoch}"
+
+
+def _at(record: dict, split: str, epoch: int) -> float | None:
+    if epoch == 0 and split == "test":
+        value = record.get(_epoch_key("test", 0))
+        return record.get("unlearned/test/acc") if value is None else value
+    return record.get(_epoch_key(split, epoch))
+
+
+def _runs_by_seed(exp: Experiment) -> tuple[dict[str, dict[str, dict]], bool]:
+    several_policies = len({r.get("twins/policy") for r in exp.records if r.get("heal/setup") != "R"}) > 1
+    by_seed: dict[str, dict[str, dict]] = defaultdict(dict)
+    for r in exp.records:  # sorted by run folder: a repeated run of one seed and setup counts once
+        by_seed[_seed_key(record_identity(r)[2])].setdefault(_label(r, several_policies), r)
+    return dict(sorted(by_seed.items())), several_policies
+
+
+def _choose(cands: dict[str, Stat], highest: bool) -> list[str]:
+    """The setups whose mean is the highest (or lowest); several when they tie."""
+    means = {k: s.mean for k, s in cands.items() if s.mean is not None}
+    if not means:
+        return []
+    target = max(means.values()) if highest else min(means.values())
+    return sorted((k for k, m in means.items() if math.isclose(m, target, rel_tol=0, abs_tol=1e-12)), key=_order)
+
+
+def _order(label: str):
+    base = _base(label)
+    return (COMPARED_SETUPS.index(base) if base in COMPARED_SETUPS else len(COMPARED_SETUPS), label)
+
+
+def healing_row(exp: Experiment) -> dict:
+    """The Table 4 figures of one experiment, over its seeds."""
+    by_seed, _ = _runs_by_seed(exp)
+    first = exp.records[0]
+    seeds = list(by_seed)
+
+    def over_seeds(key: str) -> Stat:
+        values = []
+        for runs in by_seed.values():
+            value = next((r.get(key) for r in runs.values() if r.get(key) is not None), None)
+            if value is not None:
+                values.append(value)
+        return Stat(values)
+
+    labels = sorted({label for runs in by_seed.values() for label in runs}, key=_order)
+    n_half = max((r.get("heal/epochs") or 0) for r in exp.records) or None
+    row = {
+        "experiment": exp.id,
+        "group": exp.group,
+        "identity": exp.identity,
+        "identity_derived": exp.derived,
+        "dataset": first.get("dataset"),
+        "backbone": first.get("backbone"),
+        "method": _method(first),
+        "selector": first.get("adversary/selector"),
+        "forget": first.get("forget/count"),
+        "seeds": len(seeds),
+        "seed_values": [json.loads(s) for s in seeds],
+        "N/2": n_half,
+        "BL": over_seeds("baseline/test/acc"),
+        "GS": over_seeds("gold/test/acc"),
+        "Init": over_seeds("unlearned/test/acc"),
+        "Init mean": first.get("unlearned/acc_mean"),
+        "Init std": first.get("unlearned/acc_std"),
+        "setups": {},
+        "curves": {},
+        "runs": {label: [runs[label].get("run_dir") for runs in by_seed.values() if label in runs] for label in labels},
+        "notes": [],
+    }
+    val_missing = any(
+        _at(r, "val", r.get("heal/epochs") or 1) is None
+        for runs in by_seed.values()
+        for label, r in runs.items()
+        if is_compared(label)
+    )
+    if val_missing:
+        row["notes"].append("chosen on test accuracy: some runs record no validation accuracy (healed/val/acc_epoch_k)")
+    for label in labels:
+        runs = [runs[label] for runs in by_seed.values() if label in runs]
+        per_col = {}
+        for col in ("1", "N/2"):
+            test, val = [], []
+            for r in runs:
+                epoch = 1 if col == "1" else r.get("heal/epochs")
+                t, v = _at(r, "test", epoch), _at(r, "val", epoch)
+                if t is not None:
+                    test.append(t)
+                if v is not None:
+                    val.append(v)
+            per_col[col], per_col[f"val {col}"] = Stat(test), Stat(val)
+        row["setups"][label] = per_col
+        epochs = max((r.get("heal/epochs") or 0) for r in runs)
+        row["curves"][label] = [
+            Stat([x for x in (_at(r, "test", k) for r in runs) if x is not None]) for k in range(epochs + 1)
+        ]
+    row["gaps"] = {label: _minus_gs(by_seed, label, "N/2") for label in labels}
+    for col in ("1", "N/2"):
+        compared = [label for label in labels if is_compared(label)]
+        key = col if val_missing else f"val {col}"
+        cands = {label: row["setups"][label][key] for label in compared}
+        best, worst = _choose(cands, True), _choose(cands, False)
+        row[f"best {col}"] = best
+        row[f"worst {col}"] = worst
+        if not best:
+            continue
+        best_stat = row["setups"][best[0]][col]
+        others = [row["setups"][label][col] for label in compared if label not in best]
+        row[f"best {col} within noise"] = any(best_stat.overlaps(o) for o in others)
+        row[f"best-GS {col}"] = {label: _minus_gs(by_seed, label, col) for label in best}
+        row[f"best-GS {col} within noise"] = best_stat.overlaps(row["GS"])
+    return row
+
+
+def _minus_gs(by_seed: dict, label: str, col: str) -> Stat:
+    """The best setup's test accuracy minus the gold standard's, paired by seed."""
+    values = []
+    for runs in by_seed.values():
+        r = runs.get(label)
+        if r is None or r.get("gold/test/acc") is None:
+            continue
+        acc = _at(r, "test", 1 if col == "1" else r.get("heal/epochs"))
+        if acc is not None:
+            values.append(acc - r["gold/test/acc"])
+    return Stat(values)
+
+
+def healing_tables(records: list[dict]) -> list[dict]:
+    """One entry per table: ``title``, ``key`` (shared identity) and ``rows`` (one per experiment)."""
+    out = []
+    for table in tables(experiments(records, "heal")):
+        out.append({"title": table.title, "key": table.key(), "rows": [healing_row(e) for e in table.experiments]})
+    return out
+
+
+def healing_rows(records: list[dict]) -> list[dict]:
+    """Every table's rows, in table order."""
+    return [row for table in healing_tables(records) for row in table["rows"]]
+
+
+def mixed_warning(records: list[dict], source: str | None = None) -> str | None:
+    """The one-line warning for records of several experiments (None when they hold at most one table)."""
+    found = tables(experiments(records, "heal"))
+    if len(found) < 2:
+        return None
+    distinct = differing([t.key() for t in found]) or ["their settings"]
+    where = source or _source(records)
+    return (
+        f"healing-pl report: warning: {where} holds {len(found)} experiments that differ in "
+        f"{', '.join(distinct)}; reported separately."
+    )
+
+
+def derived_warning(records: list[dict]) -> str | None:
+    old = [r for r in records if r.get("phase") == "heal" and record_identity(r)[3]]
+    if not old:
+        return None
+    return (
+        f"healing-pl report: {len(old)} heal record(s) carry no experiment identity (written before it was "
+        "recorded); grouped by their dataset, model, method and settings, adversary, baseline and heal epochs "
+        "and lr instead."
+    )
+
+
+def _source(records: list[dict]) -> str:
+    dirs = [os.path.abspath(str(r.get("run_dir"))) for r in records if r.get("run_dir")]
+    if not dirs:
+        return "the records"
+    common = os.path.commonpath(dirs) if len(dirs) > 1 else os.path.dirname(dirs[0])
+    return os.path.relpath(common) if not os.path.relpath(common).startswith("..") else common
+
+
+# --------------------------------------------------------------------------- markdown
 def _pct(value) -> str:
     return "—" if value is None else f"{100 * value:.2f}"
 
@@ -48,95 +478,102 @@ def _delta(value) -> str:
     return "—" if value is None else f"{100 * value:+.2f}"
 
 
-def healing_rows(records: list[dict]) -> list[dict]:
-    """One row per (dataset, backbone, method, forget set): the Table 4 figures."""
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in records:
-        if r.get("phase") == "heal":
-            key = (
-                r.get("dataset"),
-                r.get("backbone"),
-                r.get("unlearn/method"),
-                r.get("adversary/selector"),
-                tuple(r.get("forget/ids", [])),
-            )
-            groups[key].append(r)
-    rows = []
-    for (dataset, backbone, method, selector, _), runs in sorted(groups.items(), key=lambda kv: kv[0][:4]):
-        first = runs[0]
-        n_half = first.get("heal/epochs")
-        row = {
-            "dataset": dataset,
-            "backbone": backbone,
-            "method": method,
-            "selector": selector,
-            "forget": first.get("forget/count"),
-            "BL": first.get("baseline/test/acc"),
-            "GS": first.get("gold/test/acc"),
-            "Init": first.get("unlearned/test/acc"),
-            "Init mean": first.get("unlearned/acc_mean"),
-            "Init std": first.get("unlearned/acc_std"),
-            "N/2": n_half,
-            "setups": {},
-        }
-        for col, epoch in (("1", 1), ("N/2", n_half)):
-            scored = [(r.get(f"healed/test/acc_epoch_{epoch}"), r.get("heal/setup")) for r in runs]
-            scored = [(a, s) for a, s in scored if a is not None]
-            for acc, setup in scored:
-                row["setups"].setdefault(setup, {})[col] = acc
-            if scored:
-                best = max(scored, key=lambda t: (t[0], t[1]))
-                worst = min(scored, key=lambda t: (t[0], t[1]))
-                row[f"best {col}"], row[f"best {col} setup"], row[f"worst {col}"] = best[0], best[1], worst[0]
-                row[f"best-GS {col}"] = None if row["GS"] is None else best[0] - row["GS"]
-        rows.append(row)
-    return rows
+def _chosen_cell(row: dict, col: str, which: str) -> str:
+    labels = row.get(f"{which} {col}") or []
+    if not labels:
+        return "—"
+    cells = sorted({row["setups"][label][col].cell(n_row=row["seeds"]) for label in labels})
+    mark = "≈ " if which == "best" and row.get(f"best {col} within noise") else ""
+    return f"{mark}{' / '.join(cells)} ({' = '.join(labels)})"
 
 
-def healing_table(records: list[dict]) -> str:
-    """Markdown: the Table 4 summary, then every heal setup's accuracy."""
-    rows = healing_rows(records)
-    if not rows:
-        return "no heal runs found."
-    out = [
-        "| dataset (model) | method | forget set | BL | GS | Init (mean ± std) | best 1 ep | worst 1 ep "
-        "| best N/2 ep | worst N/2 ep | Best−GS 1 ep | Best−GS N/2 ep |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+def _gap_cell(row: dict, col: str) -> str:
+    gaps = row.get(f"best-GS {col}") or {}
+    if not gaps:
+        return "—"
+    cells = sorted({s.cell(signed=True, n_row=row["seeds"]) for s in gaps.values()})
+    return ("≈ " if row.get(f"best-GS {col} within noise") else "") + " / ".join(cells)
+
+
+def _init_cell(row: dict) -> str:
+    init = row["Init"]
+    if row["seeds"] > 1:
+        return init.cell(n_row=row["seeds"])
+    spread = f" ({_pct(row['Init mean'])} ± {_pct(row['Init std'])})" if row["Init mean"] is not None else ""
+    return init.cell() + spread
+
+
+def controls(rows: list[dict]) -> list[str]:
+    return sorted({label for row in rows for label in row["setups"] if not is_compared(label)}, key=_order)
+
+
+def table_markdown(table: dict) -> str:
+    """Markdown: the Table 4 summary of one table's rows, then every heal setup's accuracy."""
+    rows = table["rows"]
+    ctrl = controls(rows)
+    head = (
+        "| dataset (model) | method | forget set | seeds | BL | GS | Init | best 1 ep | worst 1 ep "
+        "| best N/2 ep | worst N/2 ep | Best−GS 1 ep | Best−GS N/2 ep |"
+        + "".join(f" {c} 1 ep | {c} N/2 ep |" for c in ctrl)
+    )
+    out = [head, "|" + "---|" * (13 + 2 * len(ctrl))]
     for r in rows:
-        init = f"{_pct(r['Init'])} ({_pct(r['Init mean'])} ± {_pct(r['Init std'])})"
-        out.append(
-            f"| {r['dataset']} ({r['backbone']}) | {r['method']} | {r['forget']} × {r['selector']} "
-            f"| {_pct(r['BL'])} | {_pct(r['GS'])} | {init} "
-            f"| {_pct(r.get('best 1'))} ({r.get('best 1 setup')}) | {_pct(r.get('worst 1'))} "
-            f"| {_pct(r.get('best N/2'))} ({r.get('best N/2 setup')}) | {_pct(r.get('worst N/2'))} "
-            f"| {_delta(r.get('best-GS 1'))} | {_delta(r.get('best-GS N/2'))} |"
+        line = (
+            f"| {r['dataset']} ({r['backbone']}) | {r['method']} | {r['forget']} × {r['selector']} | {r['seeds']} "
+            f"| {r['BL'].cell(n_row=r['seeds'])} | {r['GS'].cell(n_row=r['seeds'])} | {_init_cell(r)} "
+            f"| {_chosen_cell(r, '1', 'best')} | {_chosen_cell(r, '1', 'worst')} "
+            f"| {_chosen_cell(r, 'N/2', 'best')} | {_chosen_cell(r, 'N/2', 'worst')} "
+            f"| {_gap_cell(r, '1')} | {_gap_cell(r, 'N/2')} |"
         )
-    out.append("")
-    out.append("Every heal setup (test accuracy %, after 1 epoch / after N/2 epochs):")
-    out.append("")
-    methods = [f"{r['dataset']} {r['method']}" for r in rows]
-    out.append("| setup | " + " | ".join(methods) + " |")
-    out.append("|---|" + "---|" * len(methods))
-    setups = sorted({s for r in rows for s in r["setups"]}, key=lambda s: (s != "R", s))
-    for s in setups:
+        for c in ctrl:
+            acc = r["setups"].get(c, {})
+            line += "".join(f" {acc[col].cell(n_row=r['seeds']) if col in acc else '—'} |" for col in ("1", "N/2"))
+        out.append(line)
+    out += ["", "Every heal setup (test accuracy %, after 1 epoch / after N/2 epochs):", ""]
+    names = [f"{r['dataset']} {r['method']}" for r in rows]
+    out.append("| setup | " + " | ".join(names) + " |")
+    out.append("|---|" + "---|" * len(names))
+    for s in sorted({s for r in rows for s in r["setups"]}, key=_order):
         cells = []
         for r in rows:
-            acc = r["setups"].get(s, {})
-            cells.append(f"{_pct(acc.get('1'))} / {_pct(acc.get('N/2'))}")
+            acc = r["setups"].get(s)
+            cells.append(
+                "—" if acc is None else f"{acc['1'].cell(n_row=r['seeds'])} / {acc['N/2'].cell(n_row=r['seeds'])}"
+            )
         out.append(f"| {s} | " + " | ".join(cells) + " |")
+    notes = sorted({n for r in rows for n in r["notes"]})
+    legend = (
+        "Best and worst over R and the twin metrics (controls in their own columns), chosen by validation "
+        "accuracy and reported with test accuracy; A = B: a tie."
+    )
+    if any(r["seeds"] > 1 for r in rows):
+        legend += " Over seeds: mean ± 95% CI half-width (Student t); ≈: within noise (the best's interval "
+        legend += "overlaps another compared setup's, or on Best−GS the gold standard's)."
+    out += ["", legend]
+    out += [f"Note: {n}." for n in notes]
     return "\n".join(out)
 
 
+def healing_table(records: list[dict]) -> str:
+    """Markdown: every table of heal runs, each under its title."""
+    found = healing_tables(records)
+    if not found:
+        return "no heal runs found."
+    parts = []
+    for table in found:
+        parts += [f"### {table['title']}", "", table_markdown(table), ""]
+    return "\n".join(parts).rstrip()
+
+
 def unlearning_table(records: list[dict]) -> str:
-    """Markdown: one row per unlearn run (Tables 2, 3 and 6 shape)."""
+    """Markdown: one row per unlearn run (Tables 2, 3 and 6 shape), with its experiment id."""
     runs = [r for r in records if r.get("phase") == "unlearn"]
     if not runs:
         return "no unlearn runs found."
     out = [
         "| dataset | method | forget set | BL | unlearned (mean ± std) | GS | random set | attack strength "
-        "| time [s] | run |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| time [s] | experiment | run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(
         runs,
@@ -155,7 +592,7 @@ def unlearning_table(records: list[dict]) -> str:
             f"| {_pct(r.get('baseline/test/acc'))} | {_pct(r.get('unlearned/test/acc'))}{spread} "
             f"| {_pct(r.get('gold/test/acc'))} | {_pct(r.get('attack/random_forget/test/acc'))} "
             f"| {_delta(r.get('attack/strength'))} | {r.get('unlearned/time_s', 0):.1f} "
-            f"| {os.path.basename(str(r.get('run_dir')))} |"
+            f"| {record_identity(r)[1]} | {os.path.basename(str(r.get('run_dir')))} |"
         )
     return "\n".join(out)
 
@@ -173,7 +610,13 @@ def fit_table(records: list[dict]) -> str:
     return "\n".join(out)
 
 
-def report(records: list[dict]) -> str:
+def report(records: list[dict], source: str | None = None, stderr=None) -> str:
+    """The markdown report; a folder of several experiments (or of records without an identity) is said in
+    one line each on ``stderr`` (default: sys.stderr)."""
+    stream = sys.stderr if stderr is None else stderr
+    for line in (derived_warning(records), mixed_warning(records, source)):
+        if line:
+            print(line, file=stream)
     parts = []
     if any(r.get("phase") == "fit" for r in records):
         parts += ["## Baselines", "", fit_table(records), ""]
@@ -182,3 +625,14 @@ def report(records: list[dict]) -> str:
     if any(r.get("phase") == "heal" for r in records):
         parts += ["## Healing (the paper's Table 4 shape; accuracies in %)", "", healing_table(records), ""]
     return "\n".join(parts) if parts else "no finished runs found."
+
+
+def to_json(value):
+    """Rows made JSON-able (a Stat becomes its mean, ci95, n and values)."""
+    if isinstance(value, Stat):
+        return value.json()
+    if isinstance(value, dict):
+        return {k: to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    return value

@@ -1,0 +1,76 @@
+"""Check commands with the CLI's own parser, without instantiating or training anything.
+
+``grid --dry_run``, every real grid (before its first baseline) and ``--export-sweep`` parse each
+command with :class:`~healing_pl.cli.HealingCLI`'s parser and build the config dataclasses of the
+parsed groups (their own checks: names against the registries, ranges), so a misspelt option or a
+wrong value stops the grid with one sentence before anything is trained or written.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from jsonargparse import ArgumentError
+
+from healing_pl.cli import HealingCLI, parser_sentence
+from healing_pl.phases.config import AdversaryConfig, HealConfig, StreamConfig, Tracking, TwinsConfig, UnlearnConfig
+
+#: the config dataclass of each option group
+GROUPS = {
+    "unlearn": UnlearnConfig,
+    "adversary": AdversaryConfig,
+    "twins": TwinsConfig,
+    "heal": HealConfig,
+    "stream": StreamConfig,
+    "wandb": Tracking,
+}
+
+
+class _Built(Exception):
+    """Carries the parser out of HealingCLI's constructor, before it parses anything."""
+
+
+class _ParserOnly(HealingCLI):
+    def parse_arguments(self, parser, args) -> None:
+        raise _Built(parser)
+
+
+class CommandChecker:
+    """``check(argv)``: None for a command the CLI accepts, else the one sentence that says why not."""
+
+    def __init__(self):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                _ParserOnly(args=[])
+            except _Built as built:
+                self.parser = built.args[0]
+
+    def parse(self, argv: list[str]):
+        """The parsed config of ``argv``'s subcommand; raises ValueError with one sentence."""
+        subcommand = argv[0] if argv else None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                config = self.parser.parse_args(list(argv))
+        except ArgumentError as err:
+            raise ValueError(parser_sentence(str(err), subcommand)) from None
+        except SystemExit:  # jsonargparse's own exit on a few errors (already printed)
+            raise ValueError(f"the CLI refused the command 'healing-pl {' '.join(argv)}'.") from None
+        sub = config[config.subcommand]
+        for key, cls in GROUPS.items():
+            group = sub.get(key)
+            if group is None or not hasattr(group, "as_dict"):
+                continue
+            try:
+                cls(**group.as_dict())
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"{key}: {err}".rstrip(".") + ".") from None
+        return sub
+
+    def check(self, argv: list[str]) -> str | None:
+        try:
+            self.parse(argv)
+        except ValueError as err:
+            return str(err)
+        return None

@@ -1,0 +1,148 @@
+"""Reports that never mix experiments: grouping, best/worst without controls, ties, seeds with 95% CIs."""
+
+import io
+import json
+
+import pytest
+from scipy import stats
+
+from healing_pl.main import main
+from healing_pl.report.tables import Stat, healing_rows, healing_tables, report
+from tests.report.conftest import config
+
+
+def _report(records):
+    err = io.StringIO()
+    return report(records, "runs", stderr=err), err.getvalue()
+
+
+def test_two_experiments_give_two_tables_and_one_warning(make_record):
+    a = [make_record(m, [0.90, 0.92]) for m in ("none", "raw_l2")]
+    b = [make_record(m, [0.80, 0.85], sha="b" * 64, cfg=config(heal__epochs=3)) for m in ("none", "raw_l2")]
+    text, err = _report(a + b)
+    assert err.splitlines() == [
+        "healing-pl report: warning: runs holds 2 experiments that differ in baseline.sha256, heal.epochs; "
+        "reported separately."
+    ]
+    assert text.count("### experiment ") == 2 and "heal.epochs=2" in text and "heal.epochs=3" in text
+    found = healing_tables(a + b)
+    assert [len(t["rows"]) for t in found] == [1, 1]
+    assert sorted(t["rows"][0]["BL"].values[0] for t in found) == [0.94, 0.94]
+    # one experiment alone: no warning
+    assert _report(a)[1] == ""
+
+
+def test_methods_share_a_table_but_one_method_with_two_alphas_does_not(make_record):
+    fisher = [make_record(m, [0.9, 0.9]) for m in ("none", "raw_l2")]
+    influence = [make_record(m, [0.8, 0.8], cfg=config(unlearn__method="influence")) for m in ("none", "raw_l2")]
+    found = healing_tables(fisher + influence)
+    assert len(found) == 1 and [r["method"] for r in found[0]["rows"]] == ["fisher", "influence"]
+    other_alpha = [make_record(m, [0.7, 0.7], cfg=config(unlearn__alpha=8e-6)) for m in ("none", "raw_l2")]
+    text, err = _report(fisher + other_alpha)
+    assert "differ in unlearn.alpha;" in err and len(healing_tables(fisher + other_alpha)) == 2
+
+
+def test_one_seed_two_baselines_are_two_experiments(make_record):
+    runs = [make_record("none", [0.9, 0.9]), make_record("none", [0.8, 0.8], sha="c" * 64)]
+    assert len(runs[0]["experiment/id"]) == 12 and runs[0]["experiment/id"] == runs[1]["experiment/id"]
+    rows = healing_rows(runs)
+    assert len(rows) == 2 and {r["experiment"].split("/")[1] for r in rows} == {"a" * 8, "c" * 8}
+    # another seed with another baseline is a repeat of the same experiment
+    seeds = [make_record("none", [0.9, 0.9]), make_record("none", [0.8, 0.8], sha="c" * 64, seed=1)]
+    assert [r["seeds"] for r in healing_rows(seeds)] == [2]
+
+
+def test_best_and_worst_never_come_from_random(make_record):
+    runs = [
+        make_record("none", [0.80, 0.85]),
+        make_record("raw_l2", [0.82, 0.86]),
+        make_record("feat_cosine", [0.70, 0.75]),
+        make_record("random", [0.99, 0.99]),
+    ]
+    row = healing_rows(runs)[0]
+    assert row["best 1"] == ["T-raw_l2"] and row["worst 1"] == ["T-feat_cosine"]
+    assert row["best N/2"] == ["T-raw_l2"] and row["worst N/2"] == ["T-feat_cosine"]
+    text, _ = _report(runs)
+    head, line = [x for x in text.splitlines() if x.startswith("| dataset (model)") or x.startswith("| digits")]
+    assert head.endswith("| T-random 1 ep | T-random N/2 ep |") and line.endswith("| 99.00 | 99.00 |")
+    assert "| 86.00 (T-raw_l2) | 75.00 (T-feat_cosine) |" in line
+    assert "| -5.00 | " in line  # Best−GS after N/2: 86 - 91
+
+
+def test_best_is_chosen_on_validation_and_reported_with_test(make_record):
+    runs = [make_record("none", [0.80, 0.90], val=[0.80, 0.80]), make_record("raw_l2", [0.85, 0.70], val=[0.85, 0.95])]
+    row = healing_rows(runs)[0]
+    assert row["best N/2"] == ["T-raw_l2"] and row["worst N/2"] == ["R"]
+    assert "| 70.00 (T-raw_l2) | 90.00 (R) |" in _report(runs)[0]  # the best by validation has the lower test
+
+
+def test_a_tie_names_every_tied_setup(make_record):
+    runs = [
+        make_record("raw_l2", [0.80, 0.90], val=[0.8, 0.9]),
+        make_record("none", [0.82, 0.88], val=[0.8, 0.9]),
+        make_record("feat_cosine", [0.70, 0.70]),
+    ]
+    row = healing_rows(runs)[0]
+    assert row["best N/2"] == ["R", "T-raw_l2"] and row["best 1"] == ["R", "T-raw_l2"]
+    assert "| 88.00 / 90.00 (R = T-raw_l2) |" in _report(runs)[0]
+
+
+def test_without_validation_keys_the_best_is_chosen_on_test_and_says_so(make_record):
+    runs = [make_record("none", [0.8, 0.9]), make_record("raw_l2", [0.8, 0.7])]
+    for r in runs:
+        for k in [k for k in r if "/val/" in k]:
+            del r[k]
+    assert healing_rows(runs)[0]["best N/2"] == ["R"]
+    assert "Note: chosen on test accuracy: some runs record no validation accuracy" in _report(runs)[0]
+
+
+def test_seeds_give_mean_and_student_t_interval(make_record):
+    r_acc, t_acc, gs = [0.90, 0.92, 0.95], [0.80, 0.81, 0.79], [0.91, 0.90, 0.93]
+    runs = [make_record("none", [a, a], seed=s, gs=g) for s, (a, g) in enumerate(zip(r_acc, gs))]
+    runs += [make_record("raw_l2", [a, a], seed=s, gs=g) for s, (a, g) in enumerate(zip(t_acc, gs))]
+    row = healing_rows(runs)[0]
+    assert row["seeds"] == 3 and row["best N/2"] == ["R"]
+    best = row["setups"]["R"]["N/2"]
+    lo, hi = stats.t.interval(0.95, 2, loc=best.mean, scale=stats.sem(r_acc))
+    assert best.mean == pytest.approx(sum(r_acc) / 3) and best.half == pytest.approx((hi - lo) / 2)
+    gap = row["best-GS N/2"]["R"]
+    assert gap.values == pytest.approx([a - g for a, g in zip(r_acc, gs)])
+    # R is far above T-raw_l2 (no ≈ on best) but within noise of GS (≈ on Best−GS)
+    assert row["best N/2 within noise"] is False and row["best-GS N/2 within noise"] is True
+    text, _ = _report(runs)
+    cell = f"{100 * best.mean:.2f} ± {100 * best.half:.2f} (R)"
+    assert f"| {cell} |" in text and "| 3 |" in text
+    assert f"| ≈ {100 * gap.mean:+.2f} ± {100 * gap.half:.2f} |" in text
+    assert "≈: within noise" in text
+
+
+def test_stat_interval_matches_scipy():
+    values = [0.1, 0.4, 0.35, 0.2]
+    s = Stat(values)
+    lo, hi = stats.t.interval(0.95, len(values) - 1, loc=s.mean, scale=stats.sem(values))
+    assert s.interval() == pytest.approx((lo, hi))
+    assert Stat([0.5]).half is None and Stat([0.5]).cell() == "50.00" and Stat([]).cell() == "—"
+    assert Stat([0.5, 0.5]).overlaps(Stat([0.5, 0.5])) and not Stat([0.1, 0.11]).overlaps(Stat([0.5, 0.51]))
+
+
+def test_records_without_identity_are_grouped_by_flat_keys_and_said_so(make_record):
+    old = [make_record(m, [0.9, 0.9]) for m in ("none", "raw_l2")]
+    for r in old:
+        for k in ("experiment", "experiment/id", "experiment/seeds"):
+            del r[k]
+    text, err = _report(old)
+    assert "2 heal record(s) carry no experiment identity" in err and "no identity recorded" in text
+    assert len(healing_rows(old)) == 1
+
+
+def test_report_command_writes_json_with_every_statistic(tmp_path, make_record, capsys):
+    runs = [make_record(m, [0.9, 0.9 - i / 100], seed=s) for i, m in enumerate(("none", "raw_l2")) for s in (0, 1)]
+    for r in runs:
+        folder = tmp_path / "runs" / r["run_dir"].replace("/", "_")
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text(json.dumps(r))
+    assert main(["report", str(tmp_path / "runs"), "--output", str(tmp_path / "r.json")]) == 0
+    out = json.loads((tmp_path / "r.json").read_text())
+    row = out["tables"][0]["rows"][0]
+    assert row["seeds"] == 2 and row["best N/2"] == ["R"] and row["setups"]["R"]["N/2"]["n"] == 2
+    assert out["healing"][0]["experiment"] == runs[0]["experiment/id"] and len(out["runs"]) == 4

@@ -1,0 +1,89 @@
+"""A quiet console: a digits fit and heal print no Lightning tips, no W&B "anonymous" warning and no known
+deprecation warning, while real warnings still show; the progress helpers print what they promise."""
+
+import os
+import subprocess
+import sys
+import warnings
+
+import lightning as L
+import torch
+
+from healing_pl.tracking import announce_repeat, labelled_progress_bar, progress_bar, quiet_console
+
+NOISE = ("Tip", "litlogger", "litmodels", "anonymous", "DeprecationWarning", "FutureWarning", "LeafSpec")
+
+
+def _cli(*args, cwd) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SILENT"}  # W&B speaks as it does for users
+    env["WANDB_MODE"] = "offline"
+    done = subprocess.run(
+        [sys.executable, "-m", "healing_pl.main", *args], cwd=cwd, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout + done.stderr
+
+
+def test_fit_and_heal_print_no_tips_or_known_warnings(tmp_path, configs_dir):
+    config = f"{configs_dir}/digits.yaml"
+    fit = _cli("fit", "--config", config, "--run_dir", str(tmp_path / "fit"), "--trainer.max_epochs=1", cwd=tmp_path)
+    ckpt = tmp_path / "fit" / "checkpoints" / "last.ckpt"
+    heal = _cli(
+        "heal", "--config", config, f"--ckpt_path={ckpt}", "--run_dir", str(tmp_path / "heal"),
+        "--adversary.budget=10", cwd=tmp_path,
+    )  # fmt: skip
+    for output in (fit, heal):
+        assert "wandb: Tracking run" in output  # W&B ran, and could speak
+        for word in NOISE:
+            assert word not in output, f"{word!r} printed:\n{output[-3000:]}"
+    assert "results written to" in heal
+
+
+def test_real_warnings_still_show():
+    quiet_console()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        quiet_console()  # the filters go in front of the catch-all
+        warnings.warn("a real problem", UserWarning)
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning)
+    assert [str(w.message) for w in caught] == ["a real problem"]
+
+
+def test_repeat_progress_lines(capsys):
+    for i in range(1, 4):
+        announce_repeat(i, 3, "fisher")
+    announce_repeat(1, 1, "fisher")  # a single run: nothing
+    announce_repeat(1, 3, "fisher", enabled=False)
+    assert capsys.readouterr().err.splitlines() == ["fisher repeat 1/3", "fisher repeat 2/3", "fisher repeat 3/3"]
+
+
+def test_progress_bar_counts_blocks(capsys):
+    assert list(progress_bar(range(5), desc="twin search")) == list(range(5))
+    assert "twin search" in capsys.readouterr().err
+    assert list(progress_bar(range(2), desc="twin search", enabled=False)) == [0, 1]
+    assert capsys.readouterr().err == ""
+
+
+def test_labelled_progress_bar_names_the_training(capsys):
+    model = torch.nn.Linear(2, 2)
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+        def training_step(self, batch, _):
+            return self.net(batch[0]).pow(2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 2)), batch_size=4)
+    bar = labelled_progress_bar("gold standard")
+    trainer = L.Trainer(
+        max_epochs=2, callbacks=[bar], logger=False, enable_checkpointing=False, enable_model_summary=False
+    )
+    trainer.fit(Tiny(), loader)
+    printed = capsys.readouterr()
+    shown = printed.out + printed.err  # Lightning's bars write to stdout
+    assert "gold standard, epoch 1/2" in shown and "gold standard, epoch 2/2" in shown

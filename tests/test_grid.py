@@ -1,0 +1,273 @@
+"""``healing-pl grid``: spec checks, the parser check before training, worker processes, claims, resume,
+and the spec exported as a W&B sweep (the committed sweeps/ files, and an agent's command = the grid's run)."""
+
+import json
+import multiprocessing
+import os
+import pathlib
+
+import pytest
+import yaml
+
+from healing_pl.experiments.check import CommandChecker
+from healing_pl.experiments.grid import _export
+from healing_pl.experiments.spec import SEED_OPTIONS, build_runs, grid_name, load_spec, seed_args
+from healing_pl.experiments.sweep import agent_args, sweep_cells, sweep_parameters
+from healing_pl.main import main
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _tiny(configs_dir, **extra) -> dict:
+    """A digits grid that trains in seconds: 2 baseline epochs, Fisher, 1 heal epoch, no gold standard."""
+    return {
+        "name": "tiny",
+        "config": f"{configs_dir}/digits.yaml",
+        "fit": {"trainer.max_epochs": 2, "wandb.enabled": False},
+        "heal": {
+            "adversary.selector": "class",
+            "adversary.target_class": 1,
+            "adversary.budget": 5,
+            "heal.epochs": 1,
+            "heal.gold": False,
+            "unlearn.repeats": 1,
+            "unlearn.cache_dir": None,  # every run computes its own unlearning (no cache shared between runs)
+            "wandb.enabled": False,
+        },
+        "axes": {
+            "unlearn": [{"unlearn.method": "fisher", "unlearn.alpha": 1.0e-6}],
+            "twins": [{"twins.metric": "none"}, {"twins.metric": "raw_l2"}],
+        },
+        **extra,
+    }
+
+
+def _write(path: pathlib.Path, spec: dict) -> str:
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return str(path)
+
+
+def _tree(folder: pathlib.Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+# --------------------------------------------------------------------------- bad specs: one sentence, nothing written
+BAD = {
+    "unknown-key": ({"axis": {}}, "unknown key 'axis'"),
+    "missing-config": ({"config": "nowhere.yaml"}, "nowhere.yaml"),
+    "axis-not-list": ({"axes": {"twins": {"twins.metric": "none"}}}, "'twins' must be a non-empty list"),
+    "duplicate-folders": (
+        {"axes": {"twins": [{"twins.metric": "none"}, {"twins.metric": "none"}]}},
+        "share the folder",
+    ),
+    "seeds-not-ints": ({"seeds": [0, "one"]}, "seeds must be a non-empty list of integers"),
+    "seeds-not-list": ({"seeds": 3}, "seeds must be a non-empty list of integers"),
+    "seeds-and-a-seed": ({"seeds": [0, 1], "fit": {"data.seed": 3}}, "sets data.seed in 'fit'"),
+    "heal-block-in-unlearn-grid": ({"command": "unlearn"}, "unknown key 'heal'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_spec_stops_with_one_sentence_before_any_file(in_tmp, configs_dir, capsys, case):
+    change, words = BAD[case]
+    spec = _write(in_tmp / "grid.yaml", {**_tiny(configs_dir), **change})
+    before = _tree(in_tmp)
+    assert main(["grid", spec, "--out", str(in_tmp / "out")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("healing-pl grid: error: ") and words in lines[0], lines
+    assert _tree(in_tmp) == before
+
+
+# --------------------------------------------------------------------------- the parser check
+@pytest.fixture(scope="module")
+def checker():
+    return CommandChecker()
+
+
+def test_seed_options_exist_in_every_subcommand(checker, configs_dir):
+    for subcommand, keys in SEED_OPTIONS.items():
+        argv = [subcommand, "--config", f"{configs_dir}/digits.yaml", *seed_args(subcommand, 7)]
+        config = checker.parse(argv)
+        for key in keys:
+            assert config[key] == 7, (subcommand, key)
+
+
+def test_checker_names_the_option_of_a_bad_value(checker, configs_dir):
+    base = ["heal", "--config", f"{configs_dir}/digits.yaml"]
+    assert checker.check(base + ["--twins.metric=raw_l2"]) is None
+    assert "twins.metrc" in checker.check(base + ["--twins.metrc=none"])
+    assert "unknown twins.metric 'raw_l3'" in checker.check(base + ["--twins.metric=raw_l3"])
+    assert "repeats" in checker.check(base + ["--unlearn.repeats=0"])
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_misspelt_option_stops_the_grid_before_any_training(in_tmp, configs_dir, capsys, dry_run):
+    spec = _tiny(configs_dir)
+    spec["axes"]["twins"][1] = {"twins.metrc": "raw_l2"}
+    path = _write(in_tmp / "grid.yaml", spec)
+    before = _tree(in_tmp)
+    assert main(["grid", path, "--out", str(in_tmp / "out"), *(["--dry_run"] if dry_run else [])]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("healing-pl grid: error: run 'heal-fisher-1e-06-raw_l2' would fail: unknown option ")
+    assert "--twins.metrc=raw_l2" in lines[0]
+    assert _tree(in_tmp) == before and "[1/" not in captured.out  # no folder, no baseline
+
+
+def test_dry_run_prints_every_command_and_writes_nothing(in_tmp, configs_dir, capsys):
+    path = _write(in_tmp / "grid.yaml", _tiny(configs_dir, seeds=[0, 1]))
+    assert main(["grid", path, "--out", "out", "--dry_run"]) == 0
+    out = capsys.readouterr().out
+    assert "6 commands checked with the CLI's parser; 6 to run." in out
+    assert "[1/6] seed-0/baseline" in out and "[2/6] seed-1/baseline" in out
+    assert "--seed_everything=1 --data.seed=1 --unlearn.seed=1 --twins.seed=1" in out
+    assert "--ckpt_path=out/seed-1/baseline/checkpoints/last.ckpt --run_dir=out/seed-1/heal-fisher-1e-06-raw_l2" in out
+    assert _tree(in_tmp) == ["grid.yaml"]
+
+
+# --------------------------------------------------------------------------- sweeps
+@pytest.mark.parametrize("grid", sorted(p.name for p in (ROOT / "configs" / "grids").glob("*.yaml")))
+def test_exported_sweeps_equal_the_committed_files(grid, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the specs name their config relative to the repository
+    spec_path = f"configs/grids/{grid}"
+    spec = load_spec(spec_path)
+    name = grid_name(spec, spec_path)
+    out = os.path.join("runs", name)
+    text = _export(spec, spec_path, out, name, f"sweeps/{grid}", build_runs(spec, out, name))
+    assert text == (ROOT / "sweeps" / grid).read_text()
+
+
+def test_sweep_holds_everything_the_grid_sets(in_tmp, configs_dir, capsys):
+    path = _write(in_tmp / "grid.yaml", _tiny(configs_dir, seeds=[0, 1]))
+    assert main(["grid", path, "--out", "out", "--export-sweep", "sweep.yaml"]) == 0
+    sweep = yaml.safe_load((in_tmp / "sweep.yaml").read_text())
+    assert sweep["method"] == "grid" and sweep["command"][:3] == ["${env}", "healing-pl", "heal"]
+    assert sweep["command"][-1] == "${args}" and "--heal.gold=false" in sweep["command"]
+    assert "--unlearn.cache_dir=null" in sweep["command"]
+    assert sweep["parameters"]["unlearn"] == {"values": [{"method": "fisher", "alpha": 1e-6}]}
+    assert sweep["parameters"]["twins.metric"] == {"values": ["none", "raw_l2"]}
+    assert sweep["parameters"]["config"]["values"][1] == {
+        "seed_everything": 1,
+        "ckpt_path": "out/seed-1/baseline/checkpoints/last.ckpt",
+        "data": {"seed": 1},
+        "unlearn": {"seed": 1},
+        "twins": {"seed": 1},
+    }
+    assert "healing-pl fit --config" in (in_tmp / "sweep.yaml").read_text()  # the header says how to run it
+
+
+# --------------------------------------------------------------------------- running: workers, claims, resume
+def _claims(out: pathlib.Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "claims.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def two_jobs(tmp_path_factory, configs_dir):
+    """Two seeds × two twin metrics: 2 baselines and 4 heal runs with --jobs 2."""
+    root = tmp_path_factory.mktemp("grid")
+    spec = _write(root / "grid.yaml", _tiny(configs_dir, seeds=[0, 1]))
+    code = main(["grid", spec, "--out", str(root / "out"), "--jobs", "2"])
+    return root, spec, code
+
+
+@pytest.mark.slow
+def test_two_jobs_run_every_run_exactly_once(two_jobs, capsys):
+    root, spec, code = two_jobs
+    out = root / "out"
+    assert code == 0
+    results = sorted(str(p.parent.relative_to(out)) for p in out.rglob("results.json"))
+    names = [
+        f"seed-{s}/{r}" for s in (0, 1) for r in ("baseline", "heal-fisher-1e-06-none", "heal-fisher-1e-06-raw_l2")
+    ]
+    assert results == sorted(names)
+    claims = _claims(out)
+    assert sorted(c["run"] for c in claims if c["event"] == "claim") == sorted(names)
+    assert sorted(c["run"] for c in claims if c["event"] == "done") == sorted(names)
+    assert not list(out.rglob("*.claim")) and (out / "report.md").exists()
+    # seeds reached the runs: seed 1's records name seed 1, and the two seeds' baselines differ
+    r0 = json.loads((out / "seed-0" / "heal-fisher-1e-06-raw_l2" / "results.json").read_text())
+    r1 = json.loads((out / "seed-1" / "heal-fisher-1e-06-raw_l2" / "results.json").read_text())
+    assert (r0["unlearn/seed"], r1["unlearn/seed"]) == (0, 1) and r0["baseline/sha256"] != r1["baseline/sha256"]
+    # resume: a second run finds everything finished, claims nothing and only reports
+    capsys.readouterr()
+    assert main(["grid", spec, "--out", str(out), "--jobs", "2"]) == 0
+    assert "[1/" not in capsys.readouterr().out and _claims(out) == claims
+
+
+def _records_equal(a: dict, b: dict) -> None:
+    def keep(key: str) -> bool:
+        return key != "run_dir" and not key.endswith("time_s")
+
+    assert sorted(k for k in a if keep(k)) == sorted(k for k in b if keep(k))
+    for key in a:
+        if keep(key):
+            assert a[key] == b[key], key
+
+
+@pytest.mark.slow
+def test_a_sweep_agents_command_reproduces_the_grids_run(two_jobs, monkeypatch):
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
+
+    root, spec_path, code = two_jobs
+    assert code == 0
+    monkeypatch.chdir(root)
+    spec = load_spec(spec_path)
+    out = str(root / "out")
+    params = sweep_parameters(spec, out)
+    cell = {"config": params["config"][1], "unlearn": params["unlearn"][0], "twins.metric": "raw_l2"}
+    # what W&B's agent puts in place of ${args} (its own function), and ours agrees
+    args = create_sweep_command_args({"args": {k: {"value": v} for k, v in cell.items()}})["args"]
+    assert args == agent_args(cell)
+    assert args[0].startswith("--config={'seed_everything': 1, 'ckpt_path': ")
+    command = [c for c in sweep_cells(spec, out, "tiny") if c[-len(args) :] == args]
+    assert len(command) == 1
+    assert main(command[0]) == 0
+    [agent_run] = list((root / "runs").glob("digits-heal-*/results.json"))
+    _records_equal(
+        json.loads(agent_run.read_text()),
+        json.loads((root / "out" / "seed-1" / "heal-fisher-1e-06-raw_l2" / "results.json").read_text()),
+    )
+
+
+def _runner(spec: str, out: str) -> None:
+    import sys
+
+    log = open(f"{out}-runner-{os.getpid()}.log", "w")
+    sys.stdout = sys.stderr = log
+    sys.exit(main(["grid", spec, "--out", out]))
+
+
+@pytest.mark.slow
+def test_two_runners_on_one_folder_split_the_work(tmp_path, configs_dir):
+    spec = _write(tmp_path / "grid.yaml", _tiny(configs_dir))
+    out = str(tmp_path / "out")
+    context = multiprocessing.get_context("fork")
+    runners = [context.Process(target=_runner, args=(spec, out)) for _ in range(2)]
+    for runner in runners:
+        runner.start()
+    for runner in runners:
+        runner.join()
+    assert [r.exitcode for r in runners] == [0, 0]
+    claims = _claims(tmp_path / "out")
+    names = ["baseline", "heal-fisher-1e-06-none", "heal-fisher-1e-06-raw_l2"]
+    claimed = [c for c in claims if c["event"] == "claim"]
+    assert sorted(c["run"] for c in claimed) == sorted(names)  # each run once
+    assert len({c["pid"] for c in claimed}) == 2  # by both runners
+    assert len(list((tmp_path / "out").rglob("results.json"))) == 3
+
+
+def test_stale_claim_of_a_dead_process_is_taken_over(tmp_path):
+    from healing_pl.experiments.claims import HOST, Claims
+
+    claims = Claims(str(tmp_path))
+    run = str(tmp_path / "run")
+    dead = multiprocessing.get_context("fork").Process(target=int)
+    dead.start()
+    dead.join()
+    (tmp_path / "run.claim").write_text(json.dumps({"pids": [dead.pid], "host": HOST}))
+    assert claims.claim(run)
+    assert not claims.claim(run)  # now held by this (live) process
+    claims.release(run, 1)
+    assert [c["event"] for c in _claims(tmp_path)] == ["stale", "claim", "failed"]
+    assert not (tmp_path / "run.claim").exists()
