@@ -165,7 +165,7 @@ class HealingTrainer(L.Trainer):
         if heal.lr is not None:
             model.hparams.lr = heal.lr  # before the fit builds its optimizer
         model.log_prefix = "healed/"
-        phases = [unlearned, search, HealEvaluation(unlearned, epochs, model.hparams.lr)]
+        phases = [unlearned, search, HealEvaluation(unlearned, epochs, model.hparams.lr, twins=search)]
         self.fit_phases("heal", model, datamodule, phases, epochs=epochs)
 
     def stream(

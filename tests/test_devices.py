@@ -65,7 +65,8 @@ def _probe(in_tmp, configs_dir, baseline, accelerator, *extra):
 
 
 PHASES = [
-    # subcommand, options: together they run every phase (adversaries, gold, each method, each twin metric, streams)
+    # subcommand, options: together they run every phase (adversaries, gold, each method, each twin metric, streams,
+    # the MIA of every model: on by default)
     (
         "heal",
         [
@@ -91,6 +92,22 @@ PHASES = [
     ("unlearn", ["--unlearn.method=naive", "--gold=true", "--attack_strength=true"]),
     ("unlearn", ["--unlearn.method=sisa", "--unlearn.shards=2", "--unlearn.slices=2"]),
     ("stream", ["--unlearn.method=fisher", "--stream.heal=true", "--stream.round_size=4", "--twins.metric=raw_l2"]),
+    # the newer methods, one epoch each (scrub also heals: its teacher and student models, then the fine-tune)
+    (
+        "heal",
+        [
+            "--unlearn.method=scrub",
+            "--unlearn.scrub_epochs=1",
+            "--unlearn.scrub_msteps=1",
+            "--twins.metric=raw_mahalanobis",
+            "--heal.epochs=1",
+            "--heal.gold=false",
+        ],
+    ),
+    ("unlearn", ["--unlearn.method=finetune", "--unlearn.ft_epochs=1"]),
+    ("unlearn", ["--unlearn.method=neggrad_plus", "--unlearn.ng_epochs=1"]),
+    ("unlearn", ["--unlearn.method=salun", "--unlearn.salun_epochs=1"]),
+    ("unlearn", ["--unlearn.method=ssd"]),
 ]
 
 
@@ -102,6 +119,8 @@ def _check(in_tmp, configs_dir, baseline, accelerator, subcommand, options):
     assert DeviceProbe.seen == {(accelerator, torch.float64)}, DeviceProbe.seen
     record = json.loads((run / "results.json").read_text())
     assert record["precision"] == "64-true" and record["device"].startswith(accelerator)
+    if subcommand != "stream":  # the MIA ran on that device too
+        assert 0.0 <= record["unlearned/mia/auc"] <= 1.0
 
 
 @pytest.mark.parametrize("subcommand, options", PHASES, ids=[f"{s}-{o[0].split('=')[1]}" for s, o in PHASES])

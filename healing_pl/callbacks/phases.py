@@ -41,6 +41,7 @@ from healing_pl.phases.forget import ForgetSet, request_forget_set
 from healing_pl.phases.gold import Gold, gold_phase
 from healing_pl.phases.heal import HealCurve
 from healing_pl.phases.identity import identity_record
+from healing_pl.phases.mia import MiaResult, draw_heldout, mia_phase, mia_twins_phase
 from healing_pl.phases.record import compose, save_config, save_model, write_record
 from healing_pl.phases.twins import TwinSet, ledger_twins, twin_phase
 from healing_pl.phases.unlearn import AttackStrength, Unlearned, attack_strength, unlearn_phase
@@ -137,6 +138,7 @@ class UnlearnOutcome:
     unlearned: Unlearned
     attack: AttackStrength | None
     weights: dict | None  # the unlearned Classifier's state dict (None when the method keeps its own model)
+    mia: tuple[MiaResult, ...] = ()  # baseline, gold and unlearned MIA (unlearn.mia)
 
 
 class UnlearnPhase(Phase):
@@ -202,9 +204,10 @@ class UnlearnPhase(Phase):
     def _unlearn(self, forget: ForgetSet, model, dm, context: Context, progress: bool) -> UnlearnOutcome:
         """Baseline evaluation, gold standard, unlearning (and attack strength) for an accepted forget set."""
         before = evaluate_sets(model, dm, forget.ids, "baseline")
+        mias = [self.mia(model, dm, forget.ids, "baseline")]
         gold = None
         if self.gold:
-            _, gold = gold_phase(
+            gold_model, gold = gold_phase(
                 model,
                 self.baseline,
                 dm,
@@ -213,7 +216,9 @@ class UnlearnPhase(Phase):
                 trainer=context.trainer,
                 progress=progress,
             )
+            mias.append(self.mia(gold_model, dm, forget.ids, "gold"))
         self.unlearned_model, unlearned = unlearn_phase(model, self.baseline, dm, forget.ids, self.unlearn, context)
+        mias.append(self.mia(self.unlearned_model, dm, forget.ids, "unlearned"))
         s = unlearned.summary
         print(
             f"unlearned ({self.unlearn.method}): test accuracy {unlearned.evaluation.test:.4f} "
@@ -225,7 +230,23 @@ class UnlearnPhase(Phase):
                 model, self.baseline, dm, forget.ids, self.unlearn, context, before.test, unlearned.evaluation.test
             )
         weights = cpu_state(self.unlearned_model) if isinstance(self.unlearned_model, Classifier) else None
-        return UnlearnOutcome(forget, before, gold, unlearned, attack, weights)
+        return UnlearnOutcome(forget, before, gold, unlearned, attack, weights, tuple(m for m in mias if m))
+
+    def mia(self, model, dm, forget_ids, prefix: str) -> MiaResult | None:
+        """The loss-based MIA of ``model`` on the forget set (rank zero, on its device, seeded by unlearn.seed;
+        every model is attacked with the same held-out samples); None when ``unlearn.mia`` is off."""
+        if not self.unlearn.mia:
+            return None
+        heldout = draw_heldout(dm, len(forget_ids), self.unlearn.seed)
+        return mia_phase(model, dm, forget_ids, prefix, self.unlearn.seed, heldout)
+
+    def mia_healed(self, model, dm, twin_ids) -> list[MiaResult | None]:
+        """The healed model's MIA on the forget set, and on the forget set against the twins (when any)."""
+        if not self.unlearn.mia:
+            return []
+        forget_ids = self.outcome.forget.ids
+        twins = mia_twins_phase(model, dm, forget_ids, twin_ids, "healed", self.unlearn.seed)
+        return [self.mia(model, dm, forget_ids, "healed"), twins]
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if self.save_to and trainer.is_global_zero and isinstance(self.unlearned_model, Classifier):
@@ -241,7 +262,7 @@ class UnlearnPhase(Phase):
     def results(self) -> list:
         o = self.outcome
         saved = _Checkpoint(self.checkpoint) if self.checkpoint else None
-        return [self.baseline, o.forget, o.baseline, o.gold, o.unlearned, o.attack, saved]
+        return [self.baseline, o.forget, o.baseline, o.gold, o.unlearned, o.attack, *o.mia, saved]
 
 
 @dataclass(frozen=True)
@@ -285,12 +306,14 @@ class HealEvaluation(Phase):
     """Test and validation accuracy of the healing model (full sets) after every epoch (rank zero); epoch 0 is
     the unlearned start. Each point goes to the W&B history against ``heal/epoch`` with the baseline's and the
     gold standard's test accuracy as reference series. At the end of training, the healed model's test, remain
-    and forget accuracy, and the whole curve as one W&B chart with BL and GS drawn as flat lines."""
+    and forget accuracy, its MIA (forget set vs held-out, and vs the ``twins``' twins when given), and the whole
+    curve as one W&B chart with BL and GS drawn as flat lines."""
 
-    def __init__(self, unlearned: UnlearnPhase, epochs: int, lr: float):
-        self.unlearned = unlearned
+    def __init__(self, unlearned: UnlearnPhase, epochs: int, lr: float, twins: TwinSearch | None = None):
+        self.unlearned, self.twins = unlearned, twins
         self.curve = HealCurve(epochs, lr)
         self.healed: Evaluation | None = None
+        self.mia: list[MiaResult | None] = []
         self._start = 0.0
 
     def on_fit_start(self, trainer, pl_module) -> None:
@@ -328,12 +351,14 @@ class HealEvaluation(Phase):
             from healing_pl.tracking import log_heal_chart, wandb_run
 
             self.healed = evaluate_sets(pl_module, trainer.datamodule, self.unlearned.outcome.forget.ids, "healed")
+            twin_ids = self.twins.twin_set.twin_ids if self.twins is not None else []
+            self.mia = self.unlearned.mia_healed(pl_module, trainer.datamodule, twin_ids)
             if not trainer.interrupted:
                 baseline, gold = _references(self.unlearned.outcome)
                 log_heal_chart(wandb_run(trainer.logger), self.curve.accs, self.curve.val_accs, baseline, gold)
 
     def results(self) -> list:
-        return [self.curve, self.healed]
+        return [self.curve, self.healed, *self.mia]
 
 
 class ShardHealing(Phase):
@@ -345,11 +370,12 @@ class ShardHealing(Phase):
         self.epochs, self.lr = epochs, lr
         self.curve: HealCurve | None = None
         self.healed: Evaluation | None = None
+        self.mia: list[MiaResult | None] = []
 
     def on_fit_start(self, trainer, pl_module) -> None:
         from healing_pl.unlearning.sisa import heal_sisa
 
-        def heal() -> tuple[HealCurve, Evaluation]:
+        def heal() -> tuple[HealCurve, Evaluation, list]:
             ensemble, dm = self.unlearned.unlearned_model, trainer.datamodule
             forget = self.unlearned.outcome.forget.ids
             curve = HealCurve(self.epochs, self.lr if self.lr is not None else pl_module.hparams.lr)
@@ -372,12 +398,13 @@ class ShardHealing(Phase):
                 progress=_progress(trainer),
             )
             curve.time_s = time.perf_counter() - start
-            return curve, evaluate_sets(state.ensemble, dm, forget, "healed")
+            mias = self.unlearned.mia_healed(state.ensemble, dm, self.twins.twin_set.twin_ids)
+            return curve, evaluate_sets(state.ensemble, dm, forget, "healed"), mias
 
-        self.curve, self.healed = rank_zero_run(trainer, heal)
+        self.curve, self.healed, self.mia = rank_zero_run(trainer, heal)
 
     def results(self) -> list:
-        return [self.curve, self.healed]
+        return [self.curve, self.healed, *self.mia]
 
 
 class SisaShardJob(Phase):

@@ -22,6 +22,8 @@ the CPU for scikit-learn.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -43,15 +45,20 @@ def sample_losses(model, datamodule, ids, batch_size: int | None = None) -> np.n
     return torch.cat(out).double().numpy()
 
 
+def heldout_split(datamodule) -> str:
+    """The split :func:`draw_heldout` draws from: ``test``, or ``val`` when the pool has no test split."""
+    for split in ("test", "val"):
+        if datamodule.splits[split].numel():
+            return split
+    raise ValueError("the MIA needs held-out samples, but the pool has neither a test nor a validation split.")
+
+
 def draw_heldout(datamodule, n: int, seed: int = 0) -> torch.Tensor:
     """``n`` pool ids (seeded draw, or all when fewer) of the test split, or of the validation split when the pool
     has no test split (datasets whose test set lies outside the pool)."""
-    for split in ("test", "val"):
-        ids = datamodule.splits[split]
-        if ids.numel():
-            order = torch.randperm(ids.numel(), generator=torch.Generator().manual_seed(seed))
-            return ids[order[: min(n, ids.numel())]]
-    raise ValueError("the MIA needs held-out samples, but the pool has neither a test nor a validation split.")
+    ids = datamodule.splits[heldout_split(datamodule)]
+    order = torch.randperm(ids.numel(), generator=torch.Generator().manual_seed(seed))
+    return ids[order[: min(n, ids.numel())]]
 
 
 def attack(members: np.ndarray, nonmembers: np.ndarray, seed: int = 0) -> dict:
@@ -107,3 +114,52 @@ def mia_twins(model, datamodule, forget_ids, twin_ids, seed: int = 0) -> dict:
     forget = sample_losses(model, datamodule, forget_ids)
     twin = sample_losses(model, datamodule, twins)
     return {**attack(twin, forget, seed), "forget_loss": float(forget.mean()), "twin_loss": float(twin.mean())}
+
+
+# --------------------------------------------------------------------------- the phase result
+@dataclass(frozen=True)
+class MiaResult:
+    """One model's MIA figures. ``prefix``: baseline, gold, unlearned or healed; ``kind``: ``mia`` (forget set
+    against held-out samples of the ``heldout`` split) or ``mia_twins`` (twins against the forget set)."""
+
+    prefix: str
+    auc: float
+    acc: float
+    n: int
+    heldout: str | None = None
+    kind: str = "mia"
+
+    def record(self) -> dict:
+        key = f"{self.prefix}/{self.kind}"
+        out = {f"{key}/auc": self.auc, f"{key}/acc": self.acc}
+        if self.kind == "mia":
+            return out | {"mia/heldout": self.heldout, "mia/n": self.n}
+        return out | {f"{key}/n": self.n}
+
+
+def _rng_kept(model):
+    """A context that restores the global torch RNG (CPU and the model's CUDA device) on exit: loaders draw a
+    base seed from it, and the MIA must not change what a later phase draws."""
+    device = next(model.parameters()).device
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    return torch.random.fork_rng(devices=cuda)
+
+
+def mia_phase(model, datamodule, forget_ids, prefix: str, seed: int, heldout_ids=None) -> MiaResult | None:
+    """:func:`mia` of ``model`` (on its device) as a record under ``prefix``; the global RNG is left as it was.
+    None when the forget set has fewer than :data:`FOLDS` samples (too few to cross-validate the attack)."""
+    if len(forget_ids) < FOLDS:
+        return None
+    with _rng_kept(model):
+        out = mia(model, datamodule, forget_ids, heldout_ids, seed)
+    return MiaResult(prefix, out["auc"], out["acc"], out["n"], heldout_split(datamodule))
+
+
+def mia_twins_phase(model, datamodule, forget_ids, twin_ids, prefix: str, seed: int) -> MiaResult | None:
+    """:func:`mia_twins` of ``model`` under ``prefix``; None when there are no twins (the R setup) or either side
+    has fewer than :data:`FOLDS` samples."""
+    if min(len(forget_ids), len(set(int(i) for i in twin_ids))) < FOLDS:
+        return None
+    with _rng_kept(model):
+        out = mia_twins(model, datamodule, forget_ids, twin_ids, seed)
+    return MiaResult(prefix, out["auc"], out["acc"], out["n"], kind="mia_twins")

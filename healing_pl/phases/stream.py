@@ -109,7 +109,8 @@ def run_stream(
 
     if METHODS[unlearn.method].ensemble:
         raise ValueError(
-            f"request streams cannot apply '{unlearn.method}' round by round; use naive, fisher or influence."
+            f"request streams cannot apply '{unlearn.method}' round by round; use "
+            f"{', '.join(name for name, method in METHODS.items() if not method.ensemble)}."
         )
     if requests is not None:
         listed = list(requests.requests)

@@ -1,0 +1,156 @@
+"""The loss-based MIA is recorded by heal runs: baseline, gold standard, unlearned and healed models, and the
+healed model's forget set against its twins; reproducible, and ``--unlearn.mia=false`` leaves it out without
+changing anything else the run measures."""
+
+import json
+
+import pytest
+
+from healing_pl.main import main
+from healing_pl.phases.mia import MiaResult, mia_twins_phase
+
+QUIET = ["--trainer.enable_progress_bar=false", "--wandb.enabled=false"]
+
+MIA_KEYS = (
+    "baseline/mia/auc",
+    "baseline/mia/acc",
+    "gold/mia/auc",
+    "gold/mia/acc",
+    "unlearned/mia/auc",
+    "unlearned/mia/acc",
+    "healed/mia/auc",
+    "healed/mia/acc",
+    "healed/mia_twins/auc",
+    "healed/mia_twins/acc",
+)
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory, configs_dir):
+    run = tmp_path_factory.mktemp("mia") / "fit"
+    args = ["fit", "--config", f"{configs_dir}/digits.yaml", f"--run_dir={run}", "--trainer.max_epochs=2", *QUIET]
+    assert main(args) == 0
+    return run / "checkpoints" / "last.ckpt"
+
+
+def _heal(tmp, configs_dir, baseline, name: str, *extra) -> dict:
+    run = tmp / name
+    args = [
+        "heal",
+        "--config",
+        f"{configs_dir}/digits.yaml",
+        f"--ckpt_path={baseline}",
+        f"--run_dir={run}",
+        "--adversary.budget=20",
+        "--unlearn.method=finetune",
+        "--unlearn.ft_epochs=1",
+        f"--unlearn.cache_dir={run / 'cache'}",  # each run unlearns and trains its gold standard afresh
+        "--twins.metric=feat_cosine",
+        "--heal.epochs=1",
+        *QUIET,
+        *extra,
+    ]
+    assert main(args) == 0
+    return json.loads((run / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, configs_dir, baseline):
+    tmp = tmp_path_factory.mktemp("heal")
+    return (
+        _heal(tmp, configs_dir, baseline, "on"),
+        _heal(tmp, configs_dir, baseline, "again"),
+        _heal(tmp, configs_dir, baseline, "off", "--unlearn.mia=false"),
+    )
+
+
+def test_a_heal_run_records_every_mia_key(runs):
+    record = runs[0]
+    for key in MIA_KEYS:
+        assert 0.0 <= record[key] <= 1.0, key
+    assert record["mia/heldout"] == "test"  # digits has a test split in its pool
+    assert record["mia/n"] == 20 == record["forget/count"]
+    assert record["healed/mia_twins/n"] == len({p["twin_id"] for p in record["twins/pairs"]})
+
+
+def test_the_same_run_gives_the_same_mia(runs):
+    first, again, _ = runs
+    assert {k: first[k] for k in MIA_KEYS} == {k: again[k] for k in MIA_KEYS}
+
+
+def test_switching_it_off_removes_the_keys_and_changes_nothing_else(runs):
+    on, _, off = runs
+    assert not [k for k in off if "mia" in k.split("/")[0] or "/mia" in k]
+    for key in ("baseline/test/acc", "gold/test/acc", "unlearned/test/acc", "healed/test/acc", "healed/forget/acc"):
+        assert off[key] == on[key], key  # the attack draws nothing from the run's random state
+    assert off["experiment/id"] == on["experiment/id"]  # evaluation only: the same experiment
+
+
+def test_records_of_the_result_type():
+    assert MiaResult("gold", 0.75, 0.5, 30, "val").record() == {
+        "gold/mia/auc": 0.75,
+        "gold/mia/acc": 0.5,
+        "mia/heldout": "val",
+        "mia/n": 30,
+    }
+    assert MiaResult("healed", 0.5, 0.25, 8, kind="mia_twins").record() == {
+        "healed/mia_twins/auc": 0.5,
+        "healed/mia_twins/acc": 0.25,
+        "healed/mia_twins/n": 8,
+    }
+    assert mia_twins_phase(None, None, list(range(10)), [], "healed", 0) is None  # R: no twins, no twin MIA
+
+
+def _record(method: str, seed: int, setup: str, val: float, test: float, mia: float) -> dict:
+    return {
+        "phase": "heal",
+        "run_dir": f"runs/{method}-{seed}-{setup}",
+        "dataset": "digits",
+        "unlearn/method": method,
+        "unlearn/seed": seed,
+        "heal/setup": setup,
+        "heal/epochs": 1,
+        "baseline/test/acc": 0.9,
+        "baseline/forget/acc": 1.0,
+        "baseline/mia/auc": 0.6,
+        "unlearned/test/acc": 0.8,
+        "unlearned/forget/acc": 0.5,
+        "unlearned/mia/auc": 0.7 + 0.1 * seed,
+        "unlearned/time_s": 2.0 + seed,
+        "healed/val/acc_epoch_1": val,
+        "healed/test/acc_epoch_1": test,
+        "healed/test/acc": test,
+        "healed/forget/acc": 0.75,
+        "healed/mia/auc": mia,
+        **({"healed/mia_twins/auc": 0.55} if setup != "R" else {}),
+    }
+
+
+def test_methods_table_reports_each_method_before_and_after_healing():
+    from healing_pl.report.dashboard import dashboard_html, mia_figure
+    from healing_pl.report.tables import methods_markdown, methods_tables
+
+    records = [
+        _record(method, seed, setup, val, test, mia)
+        for method in ("finetune", "scrub")
+        for seed in (0, 1)
+        for setup, val, test, mia in (
+            ("R", 0.80, 0.85, 0.50),
+            ("T-raw_l2", 0.90, 0.86, 0.40 + 0.1 * seed),  # best on validation
+            ("T-feat_cosine", 0.85, 0.95, 0.9),  # best on test: not chosen
+        )
+    ]
+    (table,) = methods_tables(records)
+    assert [r["method"] for r in table["rows"]] == ["finetune", "scrub"]
+    row = table["rows"][0]
+    assert row["best twin setups"] == ["T-raw_l2"] and row["seeds"] == 2
+    assert row["best twin"]["MIA"].values == [0.4, 0.5] and row["R"]["MIA"].values == [0.5, 0.5]
+    assert row["best twin"]["MIA F/twins"].values == [0.55, 0.55]
+    assert row["time"].mean == 2.5
+    text = methods_markdown(table)
+    # mean ± t(0.975, 1) * s / sqrt(2): times 2 and 3 s (s = 0.707): 2.5 ± 6.4; MIA 0.7 and 0.8: 0.750 ± 0.635
+    assert "| finetune | 2 | 2.5 ± 6.4 | 80.00 ± 0.00 | 50.00 ± 0.00 | 0.750 ± 0.635 |" in text
+    assert "| BL | 2 | — | 90.00 ± 0.00 | 100.00 ± 0.00 | 0.600 ± 0.000 | — |" in text
+    assert "| 0.450 ± 0.635 | T-raw_l2 | 0.550 ± 0.000 |" in text
+    assert mia_figure(table).startswith("data:image/png;base64,")
+    assert "Methods (forget quality before and after healing)" in dashboard_html(records)
