@@ -271,3 +271,73 @@ def test_stale_claim_of_a_dead_process_is_taken_over(tmp_path):
     claims.release(run, 1)
     assert [c["event"] for c in _claims(tmp_path)] == ["stale", "claim", "failed"]
     assert not (tmp_path / "run.claim").exists()
+
+
+# --------------------------------------------------------------------------- the end of a grid: dashboard and W&B table
+def _dashboard_pngs(path: pathlib.Path) -> list[tuple[int, int]]:
+    """The sizes of the PNG figures inlined in a dashboard."""
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    uris = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', path.read_text())
+    return [Image.open(io.BytesIO(base64.b64decode(uri))).size for uri in uris]
+
+
+@pytest.mark.slow
+def test_a_grid_ends_with_its_dashboard_and_no_wandb_run_when_wandb_is_off(two_jobs, capsys):
+    root, spec, code = two_jobs
+    out = root / "out"
+    assert code == 0
+    capsys.readouterr()
+    assert main(["grid", spec, "--out", str(out)]) == 0  # finished already: only the reports
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == f"dashboard: {out / 'dashboard.html'}"
+    assert not any(line.startswith("W&B grid table") for line in lines)
+    sizes = _dashboard_pngs(out / "dashboard.html")
+    assert sizes and all(w > 50 and h > 50 for w, h in sizes)
+    assert not (out / "wandb").exists()  # wandb.enabled: false in the spec: no summary run
+
+
+def test_a_grid_with_wandb_ends_with_its_dashboard_and_the_wandb_grid_table(in_tmp, configs_dir, capsys):
+    import time
+
+    from healing_pl.tracking import GRID_COLUMNS, read_offline_run
+
+    spec = _tiny(configs_dir)
+    spec["heal"]["wandb.enabled"] = True  # the heal runs log to W&B (offline), the baseline does not
+    path = _write(in_tmp / "grid.yaml", spec)
+    assert main(["grid", path]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    out = in_tmp / "runs" / "tiny"
+    assert lines[-1] == "dashboard: runs/tiny/dashboard.html"
+    assert (out / "report.md").exists()
+    # the dashboard: the accuracy curve and the twin grid of T-raw_l2 (8 pairs of 8x8 digits), each a real image
+    html = (out / "dashboard.html").read_text()
+    assert "<table>" in html and html.count("<img ") == len(_dashboard_pngs(out / "dashboard.html")) >= 2
+    assert all(w > 50 and h > 50 for w, h in _dashboard_pngs(out / "dashboard.html"))
+    # the W&B summary run under the grid's folder: job type summary, group = the grid's name, and the Table
+    (folder,) = (out / "wandb").glob("offline-run-*")
+    assert f"W&B grid table: {os.path.relpath(folder)}" in lines
+    w = read_offline_run(str(folder))
+    for _ in range(100):  # W&B's writer may still be flushing the run file for a moment after run.finish()
+        if w["history"]:
+            break
+        time.sleep(0.1)
+        w = read_offline_run(str(folder))
+    assert (w["config"]["grid"], w["config"]["runs"]) == ("tiny", 3)
+    (row,) = [h for h in w["history"] if "grid/path" in h]
+    table = json.loads((folder / "files" / row["grid/path"]).read_text())
+    assert table["columns"] == list(GRID_COLUMNS)
+    got = {(d[1], d[3]): d for d in table["data"]}  # (setup, epoch) -> row
+    assert len(got) == len(table["data"]) == 4  # two setups x epochs 0 and 1
+    for run in ("heal-fisher-1e-06-none", "heal-fisher-1e-06-raw_l2"):
+        record = json.loads((out / run / "results.json").read_text())
+        for epoch in (0, 1):
+            cells = dict(zip(GRID_COLUMNS, got[(record["heal/setup"], epoch)]))
+            assert cells["method"] == "fisher" and cells["seed"] == record["unlearn/seed"]
+            assert cells["test_acc"] == pytest.approx(record[f"healed/test/acc_epoch_{epoch}"])
+            assert cells["val_acc"] == pytest.approx(record[f"healed/val/acc_epoch_{epoch}"])
+            assert cells["baseline_acc"] == pytest.approx(record["baseline/test/acc"])

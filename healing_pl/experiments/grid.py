@@ -146,16 +146,49 @@ class Runner:
         self.durations.append(time.monotonic() - start)
 
 
-def _finish(out: str, records: list[dict]) -> None:
-    """The end of a finished grid: the reports.
+def _grid_tracking(records: list[dict]) -> dict | None:
+    """The ``wandb`` settings of the grid's heal runs (from their ``config.yaml``): the first heal run that
+    logs to W&B; None when no heal run does (``wandb.enabled: false``) or the grid has no heal runs."""
+    import yaml
 
-    HOOK: the dashboard writer and the W&B grid summary are called from here (records are every
-    finished run's results.json under ``out``).
-    """
-    text = report(records)
+    for record in records:
+        if record.get("phase") != "heal":
+            continue
+        path = os.path.join(os.path.dirname(record.get("_file") or ""), "config.yaml")
+        if not os.path.isfile(path):
+            continue
+        with open(path) as f:
+            settings = (yaml.safe_load(f) or {}).get("wandb") or {}
+        if settings.get("enabled", True):
+            return settings
+    return None
+
+
+def _finish(out: str, records: list[dict]) -> None:
+    """The end of a finished grid (records: every finished run's results.json under ``out``):
+    ``<out>/report.md``, the HTML dashboard ``<out>/dashboard.html``, and, when the grid's heal runs log to
+    W&B, one summary W&B run (under ``<out>/wandb``) holding the grid's Table (method x setup x epoch x
+    accuracy). The dashboard's path is the last line printed."""
+    from healing_pl.tracking import grid_rows, log_grid_table
+
+    text = report(records, out)
     print(text)
-    write_report(text, records, os.path.join(out, "report.md"))
-    print(f"report written to {os.path.join(out, 'report.md')}")
+    markdown, dashboard = os.path.join(out, "report.md"), os.path.join(out, "dashboard.html")
+    write_report(text, records, markdown)
+    print(f"report written to {markdown}")
+    write_report(text, records, dashboard, out)
+    tracking = _grid_tracking(records)
+    if tracking is not None and grid_rows(records):
+        folder = log_grid_table(
+            tracking.get("group") or os.path.basename(os.path.normpath(out)),
+            records,
+            project=tracking.get("project") or "healing-pl",
+            run_dir=out,
+            entity=tracking.get("entity"),
+        )
+        if folder:
+            print(f"W&B grid table: {os.path.relpath(folder)}")
+    print(f"dashboard: {dashboard}")
 
 
 def _check_all(runs: list[Run]) -> None:

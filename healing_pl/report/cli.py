@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-from healing_pl.report.tables import healing_tables, load_records, report, to_json
+from healing_pl.report.tables import healing_tables, load_records, methods_tables, report, to_json
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -41,7 +41,12 @@ def write_report(text: str, records: list[dict], output: str, source: str | None
     if output.endswith(".json"):
         found = to_json(healing_tables(records))
         payload = json.dumps(
-            {"tables": found, "healing": [row for t in found for row in t["rows"]], "runs": records},
+            {
+                "tables": found,
+                "healing": [row for t in found for row in t["rows"]],
+                "methods": to_json(methods_tables(records)),
+                "runs": records,
+            },
             indent=2,
             default=str,
         )

@@ -6,7 +6,9 @@ base64 data URI, the style sheet is inline, and nothing is fetched from elsewher
 Per experiment (heal runs): accuracy vs heal epoch per setup (epoch 0 is the unlearned start) with the
 baseline (BL) and gold standard (GS) as horizontal lines, Best−GS per setup (error bars: 95% CI over
 seeds), and twin image grids (forget samples beside their twins, read from the run's dataset). Then the
-adversary comparison (unlearn runs: accuracy per selector and method) and stream curves (accuracy per round).
+methods view (per method: test and forget accuracy and MIA AUC, unlearned and healed, and a figure of the MIA
+AUC per method, unlearned vs healed), the adversary comparison (unlearn runs: accuracy per selector and
+method) and stream curves (accuracy per round).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from healing_pl.report.tables import (
     fit_table,
     healing_tables,
     is_compared,
+    methods_markdown,
+    methods_tables,
     mixed_warning,
     table_markdown,
     unlearning_table,
@@ -36,7 +40,7 @@ GRID_PAIRS = 8
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;color:#222}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}h3{margin-top:1.5em}
-table{border-collapse:collapse;margin:.8em 0;font-size:.85em}
+table{border-collapse:collapse;margin:.8em 0;font-size:.85em;display:block;overflow-x:auto;max-width:100%}
 th,td{border:1px solid #ccc;padding:.25em .5em;text-align:right}th{background:#f3f3f3}
 td:first-child,th:first-child{text-align:left}
 .warn{background:#fff4e5;border-left:4px solid #f0a020;padding:.5em 1em}
@@ -142,6 +146,35 @@ def gap_figure(row: dict) -> str | None:
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("accuracy − GS after N/2 epochs [points]")
     ax.set_title("Setup − GS" + (f" (mean ± 95% CI, n = {row['seeds']})" if row["seeds"] > 1 else ""))
+    ax.grid(axis="y", alpha=0.3)
+    return png_data_uri(fig)
+
+
+def mia_figure(table: dict) -> str | None:
+    """MIA AUC on the forget set per method: the unlearned model beside the healed ones (R, best twin metric),
+    95% CI error bars over seeds; BL and GS as horizontal lines."""
+    stages = [s for s in ("unlearned", "R", "best twin") if any(s in r for r in table["rows"])]
+    rows = [r for r in table["rows"] if any(r.get(s, {}).get("MIA", Stat()).mean is not None for s in stages)]
+    if not rows:
+        return None
+    fig, ax = _new_figure(width=max(4.5, 1.3 * len(rows) + 2))
+    width = 0.8 / len(stages)
+    for j, stage in enumerate(stages):
+        stats = [r.get(stage, {}).get("MIA", Stat()) for r in rows]
+        xs = [i + j * width for i, st in enumerate(stats) if st.mean is not None]
+        ys = [st.mean for st in stats if st.mean is not None]
+        err = [st.half or 0 for st in stats if st.mean is not None]
+        label = "healed (R)" if stage == "R" else "healed (best twin)" if stage == "best twin" else stage
+        ax.bar(xs, ys, width=width, yerr=err, capsize=3, label=label)
+    for name, color in (("BL", "black"), ("GS", "tab:green")):
+        ref = next((r["reference"][name]["MIA"] for r in rows if r["reference"][name]["MIA"].mean is not None), None)
+        if ref is not None:
+            ax.axhline(ref.mean, color=color, linestyle="--", linewidth=1, label=f"{name} {ref.mean:.3f}")
+    ax.axhline(0.5, color="gray", linestyle=":", linewidth=1)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))], [str(r["method"]) for r in rows])
+    ax.set_ylabel("MIA AUC on the forget set (0.5: chance)")
+    ax.set_title("Forget quality per method: unlearned vs healed")
+    ax.legend(fontsize=7, loc="best")
     ax.grid(axis="y", alpha=0.3)
     return png_data_uri(fig)
 
@@ -307,6 +340,14 @@ def dashboard_html(records: list[dict], source: str | None = None) -> str:
                 twins = twin_section(row, records, images)
                 if twins:
                     body += [f"<h4>Twins ({html.escape(str(row['method']))})</h4>", twins]
+    methods = methods_tables(records)
+    if methods:
+        body.append("<h2>Methods (forget quality before and after healing)</h2>")
+        for table in methods:
+            body += [f"<h3>{html.escape(table['title'])}</h3>", markdown_to_html(methods_markdown(table))]
+            uri = mia_figure(table)
+            if uri:
+                body.append(_figure(uri, "MIA AUC on the forget set per method, unlearned vs healed (BL, GS dashed)"))
     if counts.get("unlearn"):
         body.append("<h2>Adversaries and unlearning</h2>")
         uri = adversary_figure(records)

@@ -565,47 +565,237 @@ def healing_table(records: list[dict]) -> str:
     return "\n".join(parts).rstrip()
 
 
+def _stat(runs: list[dict], key: str) -> Stat:
+    return Stat([r[key] for r in runs if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)])
+
+
+def _forget_label(record: dict) -> str:
+    budget = (record.get("experiment") or {}).get("config", {}).get("adversary", {}).get("budget")
+    share = f" ({100 * budget:g}%)" if isinstance(budget, float) and budget < 1 else ""
+    return f"{record.get('forget/count')}{share} × {record.get('adversary/selector')}"
+
+
 def unlearning_table(records: list[dict]) -> str:
-    """Markdown: one row per unlearn run (Tables 2, 3 and 6 shape), with its experiment id."""
-    runs = [r for r in records if r.get("phase") == "unlearn"]
-    if not runs:
+    """Markdown: one row per unlearn experiment (Tables 2, 3 and 6 shape), each figure the mean ± 95% CI over
+    its seeds (n); the representative repeat of each seed is chosen on validation, the repeats' test mean and
+    standard deviation are reported beside it."""
+    exps = experiments(records, "unlearn")
+    if not exps:
         return "no unlearn runs found."
     out = [
-        "| dataset | method | forget set | BL | unlearned (mean ± std) | GS | random set | attack strength "
-        "| time [s] | experiment | run |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| dataset | method | forget set | n | BL | unlearned | repeats: mean (std) | GS | random set "
+        "| attack strength | time [s] | experiment |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(
-        runs,
-        key=lambda r: (
-            r.get("dataset") or "",
-            r.get("unlearn/method") or "",
-            r.get("adversary/selector") or "",
-            r.get("forget/count") or 0,
-        ),
-    ):
-        mean = r.get("unlearned/acc_mean")
-        spread = f" ({_pct(mean)} ± {_pct(r.get('unlearned/acc_std'))})" if mean is not None else ""
-        out.append(
-            f"| {r.get('dataset')} | {r.get('unlearn/method')} "
-            f"| {r.get('forget/count')} × {r.get('adversary/selector')} "
-            f"| {_pct(r.get('baseline/test/acc'))} | {_pct(r.get('unlearned/test/acc'))}{spread} "
-            f"| {_pct(r.get('gold/test/acc'))} | {_pct(r.get('attack/random_forget/test/acc'))} "
-            f"| {_delta(r.get('attack/strength'))} | {r.get('unlearned/time_s', 0):.1f} "
-            f"| {record_identity(r)[1]} | {os.path.basename(str(r.get('run_dir')))} |"
+    rows = []
+    for exp in exps:
+        runs = exp.records
+        first = runs[0]
+        stds = _stat(runs, "unlearned/acc_std")
+        repeats = _stat(runs, "unlearned/acc_mean").cell(n_row=len(runs))
+        if stds.values:
+            repeats += f" ({100 * stds.mean:.2f})"
+        time_s = _stat(runs, "unlearned/time_s")
+        seconds = f"{time_s.mean:.1f}" if time_s.values else "—"
+        order = (str(first.get("dataset")), str(first.get("unlearn/method")), str(first.get("adversary/selector")))
+        line = (
+            f"| {first.get('dataset')} | {first.get('unlearn/method')} | {_forget_label(first)} | {len(runs)} "
+            f"| {_stat(runs, 'baseline/test/acc').cell()} | {_stat(runs, 'unlearned/test/acc').cell()} "
+            f"| {repeats} | {_stat(runs, 'gold/test/acc').cell(n_row=len(runs))} "
+            f"| {_stat(runs, 'attack/random_forget/test/acc').cell(n_row=len(runs))} "
+            f"| {_stat(runs, 'attack/strength').cell(signed=True, n_row=len(runs))} | {seconds} | {exp.id} |"
         )
+        rows.append(((*order, first.get("forget/count") or 0), line))
+    out += [line for _, line in sorted(rows, key=lambda t: t[0])]
+    sisa = [e for e in exps if e.records[0].get("unlearn/method") == "sisa" and "sisa/test/acc" in e.records[0]]
+    if sisa:
+        out += [
+            "",
+            "SISA ensembles before unlearning (the paper's Table 1 shape; mean ± 95% CI over seeds):",
+            "",
+            "| dataset | shards × slices | epochs per slice | n | test acc | train time [s] |",
+            "|---|---|---|---|---|---|",
+        ]
+        seen = set()
+        for exp in sisa:
+            r = exp.records[0]
+            key = (r.get("dataset"), r.get("unlearn/shards"), r.get("unlearn/slices"), r.get("sisa/epochs_per_slice"))
+            if key in seen:  # every deletion size of one grid trains the same ensemble
+                continue
+            seen.add(key)
+            t, acc = _stat(exp.records, "sisa/train_time_s"), _stat(exp.records, "sisa/test/acc")
+            out.append(
+                f"| {r.get('dataset')} | {r.get('unlearn/shards')} × {r.get('unlearn/slices')} "
+                f"| {r.get('sisa/epochs_per_slice')} | {len(exp.records)} | {acc.cell()} "
+                f"| {f'{t.mean:.1f}' if t.values else '—'} |"
+            )
     return "\n".join(out)
 
 
+# --------------------------------------------------------------------------- methods
+#: a methods table's stages: the unlearned start, the R heal setup, and the best twin metric (chosen on validation)
+METHOD_STAGES = ("unlearned", "R", "best twin")
+#: per stage: the record suffixes shown (test accuracy, forget accuracy, MIA AUC on the forget set vs held-out)
+METHOD_FIGURES = (("test", "test/acc"), ("forget", "forget/acc"), ("MIA", "mia/auc"))
+
+
+def _over_seeds(by_seed: dict, key: str, label: str | None = None) -> Stat:
+    """``key`` over seeds: from the run of setup ``label``, or (None) from the first run of the seed holding it."""
+    values = []
+    for runs in by_seed.values():
+        if label is not None:
+            value = runs[label].get(key) if label in runs else None
+        else:
+            value = next((r.get(key) for r in runs.values() if r.get(key) is not None), None)
+        if value is not None:
+            values.append(value)
+    return Stat(values)
+
+
+def _best_twin(by_seed: dict) -> list[str]:
+    """The twin metrics (compared setups other than R) with the highest mean validation accuracy after the
+    healing's last epoch (test accuracy where no run records validation); several when they tie."""
+    labels = {label for runs in by_seed.values() for label in runs if is_compared(label) and _base(label) != "R"}
+    runs = [r for per_seed in by_seed.values() for label, r in per_seed.items() if label in labels]
+    split = "val" if all(_at(r, "val", r.get("heal/epochs") or 1) is not None for r in runs) else "test"
+    cands = {
+        label: Stat(
+            [
+                v
+                for per_seed in by_seed.values()
+                if label in per_seed
+                for v in [_at(per_seed[label], split, per_seed[label].get("heal/epochs") or 1)]
+                if v is not None
+            ]
+        )
+        for label in labels
+    }
+    return _choose(cands, True)
+
+
+def methods_row(exp: Experiment) -> dict:
+    """One method's figures over seeds: unlearning time, and test and forget accuracy and MIA AUC of the
+    unlearned model, of the R-healed model and of the best twin metric's healed model (heal runs)."""
+    by_seed, _ = _runs_by_seed(exp)
+    first = exp.records[0]
+    row = {
+        "experiment": exp.id,
+        "method": _method(first),
+        "seeds": len(by_seed),
+        "time": _over_seeds(by_seed, "unlearned/time_s"),
+        "reference": {
+            name: {col: _over_seeds(by_seed, f"{prefix}/{key}") for col, key in METHOD_FIGURES}
+            for name, prefix in (("BL", "baseline"), ("GS", "gold"))
+        },
+        "unlearned": {col: _over_seeds(by_seed, f"unlearned/{key}") for col, key in METHOD_FIGURES},
+        "best twin setups": [],
+    }
+    if first.get("phase") != "heal":
+        return row
+    row["R"] = {col: _over_seeds(by_seed, f"healed/{key}", "R") for col, key in METHOD_FIGURES}
+    best = _best_twin(by_seed)
+    row["best twin setups"] = best
+    if best:
+        row["best twin"] = {col: _over_seeds(by_seed, f"healed/{key}", best[0]) for col, key in METHOD_FIGURES}
+        row["best twin"]["MIA F/twins"] = _over_seeds(by_seed, "healed/mia_twins/auc", best[0])
+    return row
+
+
+def methods_tables(records: list[dict]) -> list[dict]:
+    """Per table of heal experiments, then of unlearn experiments: ``title``, ``phase`` and ``rows``, one per
+    method."""
+    return [
+        {"title": f"{phase}: {t.title}", "phase": phase, "rows": [methods_row(e) for e in t.experiments]}
+        for phase in ("heal", "unlearn")
+        for t in tables(experiments(records, phase))
+    ]
+
+
+def _fraction(stat: Stat, n_row: int) -> str:
+    """An AUC as a fraction: ``0.612``, or ``0.612 ± 0.030`` over seeds."""
+    if not stat.values:
+        return "—"
+    text = f"{stat.mean:.3f}" + (f" ± {stat.half:.3f}" if stat.half is not None else "")
+    return text + (f" [n={stat.n}]" if stat.n != n_row else "")
+
+
+def _seconds(stat: Stat) -> str:
+    if not stat.values:
+        return "—"
+    return f"{stat.mean:.1f}" + (f" ± {stat.half:.1f}" if stat.half is not None else "")
+
+
+def _figure_cells(figures: dict | None, n_row: int) -> list[str]:
+    if figures is None:
+        return ["—"] * len(METHOD_FIGURES)
+    return [
+        _fraction(figures[col], n_row) if col == "MIA" else figures[col].cell(n_row=n_row) for col, _ in METHOD_FIGURES
+    ]
+
+
+def methods_markdown(table: dict) -> str:
+    """Markdown: one row per method, BL and GS as reference rows (one per method where they differ)."""
+    rows, heal = table["rows"], table["phase"] == "heal"
+    stages = METHOD_STAGES if heal else METHOD_STAGES[:1]
+    head = "| method | seeds | unlearn time [s] |" + "".join(
+        f" {stage} {col} |" for stage in stages for col, _ in METHOD_FIGURES
+    )
+    head += " best twin | best twin MIA F/twins |" if heal else ""
+    width = 3 + len(stages) * len(METHOD_FIGURES) + (2 if heal else 0)
+    out = [head, "|" + "---|" * width]
+    for name in ("BL", "GS"):
+        refs = [r["reference"][name] for r in rows if any(s.values for s in r["reference"][name].values())]
+        distinct = {json.dumps({c: s.values for c, s in ref.items()}, sort_keys=True) for ref in refs}
+        for r in rows if len(distinct) > 1 else rows[:1] if refs else []:
+            label = f"{name} ({r['method']})" if len(distinct) > 1 else name
+            cells = _figure_cells(r["reference"][name], r["seeds"]) + ["—"] * (width - 3 - len(METHOD_FIGURES))
+            out.append(f"| {label} | {r['seeds']} | — | " + " | ".join(cells) + " |")
+    for r in rows:
+        cells = [c for stage in stages for c in _figure_cells(r.get(stage), r["seeds"])]
+        if heal:
+            best = " = ".join(r["best twin setups"]) or "—"
+            twins = r.get("best twin", {}).get("MIA F/twins")
+            cells += [best, _fraction(twins, r["seeds"]) if twins is not None else "—"]
+        out.append(f"| {r['method']} | {r['seeds']} | {_seconds(r['time'])} | " + " | ".join(cells) + " |")
+    legend = (
+        "Accuracies in %; MIA: ROC AUC of the loss-based attack on the forget set against held-out samples "
+        "(0.5: indistinguishable from unseen data)."
+    )
+    if heal:
+        legend += (
+            " R and best twin: the healed model after the healing's last epoch; the best twin metric is chosen by "
+            "validation accuracy; MIA F/twins: the healed model's AUC separating its twins from the forget set."
+        )
+    if any(r["seeds"] > 1 for r in rows):
+        legend += " Over seeds: mean ± 95% CI half-width (Student t)."
+    return "\n".join(out + ["", legend])
+
+
+def methods_table(records: list[dict]) -> str:
+    """Markdown: every methods table, each under its title."""
+    found = methods_tables(records)
+    if not found:
+        return "no heal or unlearn runs found."
+    parts = []
+    for table in found:
+        parts += [f"### {table['title']}", "", methods_markdown(table), ""]
+    return "\n".join(parts).rstrip()
+
+
 def fit_table(records: list[dict]) -> str:
-    runs = [r for r in records if r.get("phase") == "fit"]
-    if not runs:
+    """Markdown: the baselines, one row per fit experiment (mean ± 95% CI over its seeds)."""
+    exps = experiments(records, "fit")
+    if not exps:
         return "no fit runs found."
-    out = ["| dataset | backbone | test acc | train time [s] | run |", "|---|---|---|---|---|"]
-    for r in runs:
+    out = ["| dataset | backbone | n | test acc | train time [s] | runs |", "|---|---|---|---|---|---|"]
+    for exp in exps:
+        r, t = exp.records[0], _stat(exp.records, "train/time_s")
+        names = ", ".join(
+            os.path.relpath(str(x.get("run_dir")), os.path.dirname(str(r.get("run_dir")))) for x in exp.records
+        )
         out.append(
-            f"| {r.get('dataset')} | {r.get('backbone')} | {_pct(r.get('test/acc'))} "
-            f"| {r.get('train/time_s', 0):.1f} | {os.path.basename(str(r.get('run_dir')))} |"
+            f"| {r.get('dataset')} | {r.get('backbone')} | {len(exp.records)} "
+            f"| {_stat(exp.records, 'test/acc').cell()} | {f'{t.mean:.1f}' if t.values else '—'} | {names} |"
         )
     return "\n".join(out)
 
@@ -624,6 +814,8 @@ def report(records: list[dict], source: str | None = None, stderr=None) -> str:
         parts += ["## Unlearning", "", unlearning_table(records), ""]
     if any(r.get("phase") == "heal" for r in records):
         parts += ["## Healing (the paper's Table 4 shape; accuracies in %)", "", healing_table(records), ""]
+    if any(r.get("phase") in ("heal", "unlearn") for r in records):
+        parts += ["## Methods (forget quality before and after healing)", "", methods_table(records), ""]
     return "\n".join(parts) if parts else "no finished runs found."
 
 
