@@ -79,6 +79,8 @@ class UnlearnConfig:
         salun_epochs: salun: epochs of random-label fine-tuning over the forget plus remain sets.
         ssd_lambda: ssd: dampening constant lambda (selected weights scale by min(lambda I_D / I_F, 1)).
         ssd_alpha: ssd: selection weighting alpha (weights with I_F > alpha I_D are dampened).
+        mia: also run the loss-based membership inference on the forget set (baseline, gold standard, unlearned
+            and healed models; evaluation only, seeded by unlearn.seed).
     """
 
     method: Literal["naive", "sisa", "fisher", "influence", "finetune", "neggrad_plus", "scrub", "salun", "ssd"] = (
@@ -119,6 +121,7 @@ class UnlearnConfig:
     salun_epochs: int = 2
     ssd_lambda: float = 1.0
     ssd_alpha: float = 10.0
+    mia: bool = True
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -319,7 +322,9 @@ class TwinsConfig:
             states no such restriction; random twins are then drawn from the whole spare set).
         group: how one round's requests share spares: sequential, greedy or optimal.
         k: surrogates kept per primary sample by the twins policy.
-        seed: seed of the random metric.
+        seed: seed of the random metric and of the spares draw.
+        spares: the spare set the search may use: None, the whole backup set; up to 1, a fraction of it;
+            above 1, a count; drawn with twins.seed (the spare-set size study).
     """
 
     metric: Literal["none", "raw_l2", "raw_mahalanobis", "feat_cosine", "feat_mahalanobis", "random"] = "feat_cosine"
@@ -328,8 +333,18 @@ class TwinsConfig:
     group: Literal["sequential", "greedy", "optimal"] = "sequential"
     k: int = 3
     seed: int = 0
+    spares: float | None = None
 
     def __post_init__(self):
+        if self.spares is not None and (
+            isinstance(self.spares, bool)
+            or not self.spares > 0
+            or (self.spares > 1 and self.spares != int(self.spares))
+        ):
+            raise ValueError(
+                f"twins.spares must be a fraction in (0, 1] of the backup set or a whole count above 1, "
+                f"got {self.spares}."
+            )
         if self.metric not in TWIN_METRICS:
             raise ValueError(f"unknown twin metric '{self.metric}'; choose one of {', '.join(TWIN_METRICS)}.")
         if self.k < 1:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import torch
+
 from healing_pl.phases.config import TwinsConfig
 
 
@@ -53,7 +55,7 @@ def spare_policy(twins: TwinsConfig, model, datamodule):
     )
     metric = policy.metric
     dataset, embedder = datamodule.pool.train, model if metric.needs_features else None
-    backup = datamodule.backup_ids
+    backup = spare_ids(twins, datamodule.backup_ids)
     policy.fit(
         backup.tolist(),
         metric.representations(dataset, backup, embedder),
@@ -66,6 +68,19 @@ def spare_policy(twins: TwinsConfig, model, datamodule):
             primary.tolist(), metric.representations(dataset, primary, embedder), datamodule.targets[primary]
         )
     return policy
+
+
+def spare_ids(twins: TwinsConfig, backup: torch.Tensor) -> torch.Tensor:
+    """The spares the search may use: the whole backup set, or ``twins.spares`` of it drawn with ``twins.seed``."""
+    if twins.spares is None:
+        return backup
+    count = round(twins.spares * len(backup)) if twins.spares <= 1 else int(twins.spares)
+    if not 1 <= count <= len(backup):
+        raise ValueError(
+            f"twins.spares={twins.spares} asks for {count} spares, but the backup set holds {len(backup)}."
+        )
+    order = torch.randperm(len(backup), generator=torch.Generator().manual_seed(twins.seed))
+    return backup[order[:count].sort().values]
 
 
 def assign_twins(policy, model, datamodule, forget_ids) -> list[dict]:
