@@ -1,0 +1,135 @@
+"""The figures and study tables of docs/reproduction.md, from the grids' results.json files.
+
+    python docs/figures.py RUNS          # RUNS holds spares-mnist5k/, streams-mnist5k/, table4-mnist5k-seeds/
+
+Writes docs/figures/spares.png and docs/figures/streams.png and prints the two study tables (markdown,
+mean ± 95% CI over seeds, Student t) that docs/reproduction.md quotes. Every number comes from a record.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections import defaultdict
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from healing_pl.report.tables import Stat, load_records  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _final(record: dict, split: str = "test") -> float | None:
+    return record.get(f"healed/{split}/acc_epoch_{record.get('heal/epochs')}")
+
+
+def _cell(stat: Stat) -> str:
+    return stat.cell() + (f" (n={stat.n})" if stat.n else "")
+
+
+def spares(runs: str) -> str:
+    records = [r for r in load_records([os.path.join(runs, "spares-mnist5k")]) if r.get("phase") == "heal"]
+    if not records:
+        return "no spares-mnist5k records."
+    by = defaultdict(lambda: defaultdict(Stat))
+    gold, start = Stat(), Stat()
+    for r in records:
+        size = int(r["experiment"]["config"]["twins"]["spares"])
+        by[r["heal/setup"]][size].values.append(_final(r))
+        by[r["heal/setup"] + " (val)"][size].values.append(_final(r, "val"))
+    for r in {r["experiment/seeds"]["seed_everything"]: r for r in records}.values():  # one per seed
+        gold.values.append(r["gold/test/acc"])
+        start.values.append(r["unlearned/test/acc"])
+    table4 = os.path.join(runs, "table4-mnist5k-seeds")
+    r_alone = Stat()
+    if os.path.isdir(table4):
+        for r in load_records([table4]):
+            if r.get("phase") == "heal" and r.get("unlearn/method") == "fisher" and r.get("heal/setup") == "R":
+                r_alone.values.append(_final(r))
+    sizes = sorted(next(iter(by.values())))
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    for setup in ("T-feat_cosine", "T-random"):
+        stats = [by[setup][s] for s in sizes]
+        ax.errorbar(
+            sizes,
+            [100 * s.mean for s in stats],
+            yerr=[100 * (s.half or 0) for s in stats],
+            marker="o",
+            capsize=3,
+            label=setup,
+        )
+    ax.axhline(100 * gold.mean, color="k", ls="--", lw=1, label=f"GS {100 * gold.mean:.2f}")
+    if r_alone.values:
+        ax.axhline(100 * r_alone.mean, color="grey", ls=":", lw=1, label=f"R alone {100 * r_alone.mean:.2f}")
+    ax.set_xscale("log")
+    ax.set_xticks(sizes, [f"{s}\n({100 * s / 3000:.0f}% of D)" for s in sizes])
+    ax.set_xlabel("spares the twin search may use")
+    ax.set_ylabel("healed test accuracy after N/2 epochs [%]")
+    ax.set_title("Spare-set size (Fisher, 25 class-7 requests; mean ± 95% CI, 3 seeds)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(HERE, "figures", "spares.png"))
+    lines = [
+        f"Unlearned start {_cell(start)}, GS {_cell(gold)}, R alone {_cell(r_alone)} (table4-mnist5k-seeds).",
+        "",
+        "| spares (% of D) | T-feat_cosine test | T-feat_cosine val | T-random test | T-random val |",
+        "|---|---|---|---|---|",
+    ]
+    for s in sizes:
+        cells = [_cell(by[k][s]) for k in ("T-feat_cosine", "T-feat_cosine (val)", "T-random", "T-random (val)")]
+        lines.append(f"| {s} ({100 * s / 3000:.1f}%) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def streams(runs: str) -> str:
+    records = [r for r in load_records([os.path.join(runs, "streams-mnist5k")]) if r.get("phase") == "stream"]
+    if not records:
+        return "no streams-mnist5k records."
+    curves = defaultdict(lambda: defaultdict(Stat))
+    for r in records:
+        stream = r["experiment"]["config"]["stream"]
+        key = (stream["benign_ratio"], bool(stream["heal"]))
+        for point in r["stream/curve"]:
+            curves[key][point["round"]].values.append(point["test/acc"])
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    lines = ["| benign share | healing | rounds | final test acc | lowest round |", "|---|---|---|---|---|"]
+    for (ratio, heal), by_round in sorted(curves.items()):
+        rounds = sorted(by_round)
+        stats = [by_round[i] for i in rounds]
+        ax.errorbar(
+            [i + 1 for i in rounds],
+            [100 * s.mean for s in stats],
+            yerr=[100 * (s.half or 0) for s in stats],
+            marker="o" if heal else "x",
+            ls="-" if heal else "--",
+            capsize=2,
+            label=f"{100 * ratio:.0f}% benign, {'healed' if heal else 'not healed'}",
+        )
+        lowest = min(stats[1:], key=lambda s: s.mean)
+        lines.append(
+            f"| {100 * ratio:.0f}% | {'yes' if heal else 'no'} | {len(rounds) - 1} | {_cell(stats[-1])} "
+            f"| {_cell(lowest)} |"
+        )
+    ax.set_xlabel("round (0: the baseline)")
+    ax.set_ylabel("test accuracy [%]")
+    ax.set_title("Mixed request streams (10 worst-logits requests, Fisher; mean ± 95% CI, 3 seeds)", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(HERE, "figures", "streams.png"))
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1 or not os.path.isdir(argv[0]):
+        print("usage: python docs/figures.py RUNS (the folder holding the grids' output folders)", file=sys.stderr)
+        return 2
+    os.makedirs(os.path.join(HERE, "figures"), exist_ok=True)
+    print("## Spare-set size\n\n" + spares(argv[0]) + "\n\n## Mixed streams\n\n" + streams(argv[0]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
