@@ -1,9 +1,10 @@
 """The figures and study tables of docs/reproduction.md, from the grids' results.json files.
 
-    python docs/figures.py RUNS          # RUNS holds spares-mnist5k/, streams-mnist5k/, table4-mnist5k-seeds/
+    python docs/figures.py RUNS   # RUNS holds heal-lr-mnist5k/, spares-mnist5k/, streams-mnist5k/, ...
 
-Writes docs/figures/spares.png and docs/figures/streams.png and prints the two study tables (markdown,
-mean ± 95% CI over seeds, Student t) that docs/reproduction.md quotes. Every number comes from a record.
+Writes docs/figures/spares.png and docs/figures/streams.png and prints the heal-lr choice and the two study
+tables (markdown, mean ± 95% CI over seeds, Student t) that docs/reproduction.md quotes. Every number comes
+from a record.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ from healing_pl.report.tables import Stat, load_records  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+def _records(runs: str, grid: str, phase: str) -> list[dict]:
+    folder = os.path.join(runs, grid)
+    return [r for r in load_records([folder]) if r.get("phase") == phase] if os.path.isdir(folder) else []
+
+
 def _final(record: dict, split: str = "test") -> float | None:
     return record.get(f"healed/{split}/acc_epoch_{record.get('heal/epochs')}")
 
@@ -31,7 +37,7 @@ def _cell(stat: Stat) -> str:
 
 
 def spares(runs: str) -> str:
-    records = [r for r in load_records([os.path.join(runs, "spares-mnist5k")]) if r.get("phase") == "heal"]
+    records = _records(runs, "spares-mnist5k", "heal")
     if not records:
         return "no spares-mnist5k records."
     by = defaultdict(lambda: defaultdict(Stat))
@@ -85,7 +91,7 @@ def spares(runs: str) -> str:
 
 
 def streams(runs: str) -> str:
-    records = [r for r in load_records([os.path.join(runs, "streams-mnist5k")]) if r.get("phase") == "stream"]
+    records = _records(runs, "streams-mnist5k", "stream")
     if not records:
         return "no streams-mnist5k records."
     curves = defaultdict(lambda: defaultdict(Stat))
@@ -122,12 +128,35 @@ def streams(runs: str) -> str:
     return "\n".join(lines)
 
 
+def heal_lr(runs: str) -> str:
+    """The heal-lr choice: mean validation accuracy after N/2 epochs per lr (over setups and seeds), with test."""
+    records = _records(runs, "heal-lr-mnist5k", "heal")
+    if not records:
+        return "no heal-lr-mnist5k records."
+    val, test = defaultdict(Stat), defaultdict(Stat)
+    for r in records:
+        for key in (r["heal/lr"], (r["heal/lr"], r["heal/setup"])):
+            val[key].values.append(_final(r, "val"))
+            test[key].values.append(_final(r))
+    lrs = sorted({r["heal/lr"] for r in records})
+    chosen = max(lrs, key=lambda lr: val[lr].mean)
+    lines = ["| heal.lr | setup | val (chooses) | test (reported) |", "|---|---|---|---|"]
+    for lr in lrs:
+        setups = sorted({k[1] for k in val if isinstance(k, tuple) and k[0] == lr})
+        for setup in setups:
+            lines.append(f"| {lr:g} | {setup} | {_cell(val[(lr, setup)])} | {_cell(test[(lr, setup)])} |")
+        mark = " **(chosen)**" if lr == chosen else ""
+        lines.append(f"| {lr:g}{mark} | both | {_cell(val[lr])} | {_cell(test[lr])} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1 or not os.path.isdir(argv[0]):
         print("usage: python docs/figures.py RUNS (the folder holding the grids' output folders)", file=sys.stderr)
         return 2
     os.makedirs(os.path.join(HERE, "figures"), exist_ok=True)
-    print("## Spare-set size\n\n" + spares(argv[0]) + "\n\n## Mixed streams\n\n" + streams(argv[0]))
+    print("## Heal lr (chosen on validation)\n\n" + heal_lr(argv[0]))
+    print("\n## Spare-set size\n\n" + spares(argv[0]) + "\n\n## Mixed streams\n\n" + streams(argv[0]))
     return 0
 
 

@@ -96,3 +96,23 @@ def test_the_guard_names_each_methods_knob():
     with pytest.raises(FloatingPointError, match="at chance level"):
         check_divergence(constant, good, _data(), _Cfg())
     check_divergence(constant, constant, _data(), _Cfg())  # an input already at chance is not a divergence
+
+
+def test_on_collapse_keep_records_a_chance_level_model_but_never_a_non_finite_one(capsys):
+    good = _Net()
+    with torch.no_grad():
+        good.fc.weight.copy_(torch.eye(3, 4) * 5)
+    cfg = _Cfg()
+    cfg.on_collapse = "keep"
+    check_divergence(_Net(0.0), good, _data(), cfg)  # chance level: kept, with one line on stderr
+    assert "collapsed" in capsys.readouterr().err
+    with pytest.raises(FloatingPointError, match="weights are not finite"):
+        check_divergence(_Net(float("nan")), good, _data(), cfg)
+
+
+def test_on_collapse_takes_stop_or_keep():
+    from healing_pl.phases.config import UnlearnConfig
+
+    assert UnlearnConfig().on_collapse == "stop"
+    with pytest.raises(ValueError, match="unlearn.on_collapse must be stop or keep"):
+        UnlearnConfig(on_collapse="ignore")

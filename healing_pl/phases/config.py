@@ -36,7 +36,7 @@ class UnlearnConfig:
             minibatches of this size (the paper's batch_f).
         max_norm: clip the L2 norm of each update (None: no clip).
         alpha: Fisher noise strength; calibrate it per shaping (golatkar needs a smaller alpha
-            than plain for the same drop; docs/notes_unlearning_conventions.md).
+            than plain for the same drop; docs/conventions.md).
         fisher_kind: true (expectation over the model's predicted labels) or empirical Fisher.
         lam: damping of the Fisher Newton step (noise_only false): theta moves by
             (F_R + lam)^-1 (1/|R|) sum_F grad before the noise (the paper's lambda).
@@ -81,6 +81,9 @@ class UnlearnConfig:
         ssd_alpha: ssd: selection weighting alpha (weights with I_F > alpha I_D are dampened).
         mia: also run the loss-based membership inference on the forget set (baseline, gold standard, unlearned
             and healed models; evaluation only, seeded by unlearn.seed).
+        on_collapse: stop (default: an unlearned model at chance-level validation accuracy stops the run with the
+            knob to turn) or keep (record it and go on, e.g. to heal from a collapse as the paper's Table 5 does).
+            Non-finite weights or logits always stop.
     """
 
     method: Literal["naive", "sisa", "fisher", "influence", "finetune", "neggrad_plus", "scrub", "salun", "ssd"] = (
@@ -122,10 +125,13 @@ class UnlearnConfig:
     ssd_lambda: float = 1.0
     ssd_alpha: float = 10.0
     mia: bool = True
+    on_collapse: Literal["stop", "keep"] = "stop"
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"unknown unlearning method '{self.method}'; choose one of {', '.join(METHODS)}.")
+        if self.on_collapse not in ("stop", "keep"):
+            raise ValueError(f"unlearn.on_collapse must be stop or keep, got '{self.on_collapse}'.")
         for name in ("repeats", "batch_r", "batch_f", "depth", "lissa_repeats", "shards", "slices"):
             if getattr(self, name) < 1:
                 raise ValueError(f"unlearn.{name} must be at least 1, got {getattr(self, name)}.")

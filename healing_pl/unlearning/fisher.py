@@ -793,7 +793,7 @@ def fisher_forget(
     :func:`noise_variance`), which makes the same alpha stronger: the
     averaging spreads the large variances of rarely used weights over their
     whole row, so alpha must be calibrated per shaping
-    (docs/notes_unlearning_conventions.md).
+    (docs/conventions.md).
 
     ``noise_only=True`` (the default, the form Golatkar et al. use for deep
     networks) sets ``delta_newton = 0``.  ``noise_only=False`` adds the

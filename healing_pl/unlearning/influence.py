@@ -309,7 +309,7 @@ def influence_unlearn(
       ``v ~ H^-1 Delta_u`` by LiSSA on the remaining data, clips ``v`` to
       ``max_norm`` and sets ``theta <- theta + v``; the sequential mini-batch
       deletion follows Mahadevan & Mathioudakis 2021 (the paper's [29]).
-      See docs/notes_unlearning_conventions.md.
+      See docs/conventions.md.
 
     ``damping_convention`` (see :func:`lissa_inverse_hvp`): ``"additive"``
     inverts ``H_R + damping I``, ``"koh_liang"`` ``H_R + damping * scale * I``.

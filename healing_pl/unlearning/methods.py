@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -315,6 +316,9 @@ def check_divergence(out: nn.Module, model: nn.Module, dm, cfg) -> None:
         elif acc <= chance and _validation(model, dm)[1] > chance:  # a baseline at chance is not a divergence
             why = f"its validation accuracy {acc:.4f} is at chance level"
     if why is None:
+        return
+    if why.endswith("at chance level") and getattr(cfg, "on_collapse", "stop") == "keep":
+        print(f"{cfg.method} unlearning collapsed ({why}); kept, as --unlearn.on_collapse keep asks.", file=sys.stderr)
         return
     hint = DIVERGENCE_HINTS.get(cfg.method, "").format(cfg=cfg)
     hint = hint or "turn " + ", ".join(f"--unlearn.{k}" for k in METHODS[cfg.method].knobs)
