@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+import struct
 import sys
 import time
 from typing import Any
@@ -46,7 +47,7 @@ def build_logger(tracking, run_dir: str, job_type: str, config: dict | None = No
     if not tracking.enabled or mode == "disabled":
         return None
     return RunLogger(
-        save_dir=run_dir,
+        save_dir=os.path.abspath(run_dir),  # W&B's service process may have another working directory
         project=tracking.project,
         entity=tracking.entity,
         group=tracking.group,
@@ -115,27 +116,8 @@ def finish_wandb() -> None:
         wandb.finish()
 
 
-def read_offline_run(run_folder: str) -> dict:
-    """Read back an offline W&B run folder (``.../wandb/offline-run-*``) without a server.
-
-    Offline runs keep everything in one ``run-<id>.wandb`` file, a log of protobuf records in 32 KiB blocks
-    (each record: crc32, length, type); media (images, tables) lie under ``files/media``. Returns:
-
-    - ``config`` and ``summary``: dicts of the run's config and final summary;
-    - ``history``: the logged rows, in order (a dict per ``run.log`` call);
-    - ``metrics``: ``{name: step_metric}`` from ``define_metric`` (globs under their glob name);
-    - ``artifacts``: ``[{type, name, digest, metadata, files: {path: digest}, aliases}]`` logged by the run;
-    - ``media``: paths of the files under ``files/media``, relative to it.
-    """
-    import glob
-    import struct
-
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    files = glob.glob(os.path.join(run_folder, "*.wandb"))
-    if not files:
-        raise FileNotFoundError(f"no .wandb file in '{run_folder}'.")
-    data = open(files[0], "rb").read()
+def _log_records(data: bytes) -> list[bytes]:
+    """The records of a W&B transaction log (32 KiB blocks; each record: crc32, length, type)."""
     block, pos, pending, records = 32768, 7, b"", []
     while pos + 7 <= len(data):
         if block - pos % block < 7:  # block trailer too small for a header: skip to the next block
@@ -151,6 +133,49 @@ def read_offline_run(run_folder: str) -> dict:
         if kind in (1, 4):  # a full record, or the last piece of one
             records.append(pending)
             pending = b""
+    return records
+
+
+def _has_exit(records: list[bytes], pb) -> bool:
+    for raw in reversed(records[-20:]):
+        record = pb.Record()
+        try:
+            record.ParseFromString(raw)
+        except Exception:  # a record cut short while the writer is still flushing
+            continue
+        if record.WhichOneof("record_type") == "exit":
+            return True
+    return False
+
+
+def read_offline_run(run_folder: str, wait_s: float = 30.0) -> dict:
+    """Read back an offline W&B run folder (``.../wandb/offline-run-*``) without a server.
+
+    Offline runs keep everything in one ``run-<id>.wandb`` file, a log of protobuf records in 32 KiB blocks
+    (each record: crc32, length, type); media (images, tables) lie under ``files/media``. Returns:
+
+    - ``config`` and ``summary``: dicts of the run's config and final summary;
+    - ``history``: the logged rows, in order (a dict per ``run.log`` call);
+    - ``metrics``: ``{name: step_metric}`` from ``define_metric`` (globs under their glob name);
+    - ``artifacts``: ``[{type, name, digest, metadata, files: {path: digest}, aliases}]`` logged by the run;
+    - ``media``: paths of the files under ``files/media``, relative to it.
+
+    W&B's writer process may still be flushing the file after ``run.finish()`` returns (seen on a loaded
+    machine): the file is read again until it holds the run's exit record, for up to ``wait_s`` seconds.
+    """
+    import glob
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        files = glob.glob(os.path.join(run_folder, "*.wandb"))
+        records = _log_records(open(files[0], "rb").read()) if files else []
+        if (files and _has_exit(records, pb)) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    if not files:
+        raise FileNotFoundError(f"no .wandb file in '{run_folder}'.")
     out: dict = {"config": {}, "summary": {}, "history": [], "metrics": {}, "artifacts": []}
 
     def value(text):
@@ -452,7 +477,7 @@ def log_grid_table(
         group=group_name,
         job_type="summary",
         name=f"{group_name}-summary",
-        dir=run_dir,
+        dir=None if run_dir is None else os.path.abspath(run_dir),  # the service may have another cwd
         mode=mode,
         config={"grid": group_name, "runs": len(records)},
         reinit="finish_previous",

@@ -302,7 +302,6 @@ def test_a_grid_ends_with_its_dashboard_and_no_wandb_run_when_wandb_is_off(two_j
 
 
 def test_a_grid_with_wandb_ends_with_its_dashboard_and_the_wandb_grid_table(in_tmp, configs_dir, capsys):
-    import time
 
     from healing_pl.tracking import GRID_COLUMNS, read_offline_run
 
@@ -321,12 +320,7 @@ def test_a_grid_with_wandb_ends_with_its_dashboard_and_the_wandb_grid_table(in_t
     # the W&B summary run under the grid's folder: job type summary, group = the grid's name, and the Table
     (folder,) = (out / "wandb").glob("offline-run-*")
     assert f"W&B grid table: {os.path.relpath(folder)}" in lines
-    w = read_offline_run(str(folder))
-    for _ in range(100):  # W&B's writer may still be flushing the run file for a moment after run.finish()
-        if w["history"]:
-            break
-        time.sleep(0.1)
-        w = read_offline_run(str(folder))
+    w = read_offline_run(str(folder))  # waits for W&B's writer to flush the run's exit record
     assert (w["config"]["grid"], w["config"]["runs"]) == ("tiny", 3)
     (row,) = [h for h in w["history"] if "grid/path" in h]
     table = json.loads((folder / "files" / row["grid/path"]).read_text())

@@ -21,7 +21,8 @@ import yaml
 from healing_pl.experiments.spec import SEED_OPTIONS, overrides, seed_args
 
 #: the metric each command's sweep optimises: validation accuracy wherever a run has one (a choice never reads
-#: test); a stream measures test accuracy per round only
+#: test; ``healed/val/acc`` is the fine-tune's validation accuracy, logged every epoch, its last value in the
+#: summary); a stream measures test accuracy per round only
 METRICS = {"heal": "healed/val/acc", "unlearn": "unlearned/val/acc_mean", "stream": "stream/final/test/acc"}
 
 

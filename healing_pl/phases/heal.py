@@ -22,8 +22,6 @@ class HealCurve:
         out = {"heal/epochs": self.epochs, "heal/lr": self.lr, "heal/time_s": self.time_s}
         out.update({f"healed/test/acc_epoch_{e}": a for e, a in sorted(self.accs.items())})
         out.update({f"healed/val/acc_epoch_{e}": a for e, a in sorted(self.val_accs.items())})
-        if self.val_accs:  # the final validation accuracy: what a sweep or a choice may read (never test)
-            out["healed/val/acc"] = self.val_accs[max(self.val_accs)]
         return out
 
 
