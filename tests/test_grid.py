@@ -171,7 +171,6 @@ def two_jobs(tmp_path_factory, configs_dir):
     return root, spec, code
 
 
-@pytest.mark.slow
 def test_two_jobs_run_every_run_exactly_once(two_jobs, capsys):
     root, spec, code = two_jobs
     out = root / "out"
@@ -205,7 +204,6 @@ def _records_equal(a: dict, b: dict) -> None:
             assert a[key] == b[key], key
 
 
-@pytest.mark.slow
 def test_a_sweep_agents_command_reproduces_the_grids_run(two_jobs, monkeypatch):
     from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
