@@ -152,12 +152,38 @@ def heal_lr(runs: str) -> str:
     return "\n".join(lines)
 
 
+def table6(runs: str) -> str:
+    """Table 6's shape: per grid and method, the unlearning repeats' mean test accuracy, their standard deviation
+    and time (each seed's repeats are one value; mean ± 95% CI over seeds)."""
+    lines = [
+        "| forget set | method | seeds | repeats' mean acc | repeats' std (mean) | time [s] | collapsed repeats |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for grid, label in (("table4-mnist5k-seeds", "25 × class 7"), ("table5-mnist5k", "worst 25 logits")):
+        by = defaultdict(dict)  # method -> seed -> record (every heal run of a seed shares the unlearned model)
+        for r in _records(runs, grid, "heal"):
+            by[r["unlearn/method"]].setdefault(r["experiment/seeds"]["seed_everything"], r)
+        for method, seeds in sorted(by.items()):
+            recs = list(seeds.values())
+            mean = Stat([r["unlearned/acc_mean"] for r in recs])
+            std = Stat([r["unlearned/acc_std"] for r in recs])
+            time_s = Stat([r["unlearned/time_s"] for r in recs])
+            collapsed = sum(a < 0.2 for r in recs for a in r["unlearned/acc_repeats"])
+            total = sum(len(r["unlearned/acc_repeats"]) for r in recs)
+            lines.append(
+                f"| {label} | {method} | {len(recs)} | {mean.cell()} | {100 * std.mean:.2f} | {time_s.mean:.1f} "
+                f"| {collapsed} of {total} |"
+            )
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1 or not os.path.isdir(argv[0]):
         print("usage: python docs/figures.py RUNS (the folder holding the grids' output folders)", file=sys.stderr)
         return 2
     os.makedirs(os.path.join(HERE, "figures"), exist_ok=True)
     print("## Heal lr (chosen on validation)\n\n" + heal_lr(argv[0]))
+    print("\n## Table 6\n\n" + table6(argv[0]))
     print("\n## Spare-set size\n\n" + spares(argv[0]) + "\n\n## Mixed streams\n\n" + streams(argv[0]))
     return 0
 

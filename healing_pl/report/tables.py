@@ -482,9 +482,12 @@ def _chosen_cell(row: dict, col: str, which: str) -> str:
     labels = row.get(f"{which} {col}") or []
     if not labels:
         return "—"
-    cells = sorted({row["setups"][label][col].cell(n_row=row["seeds"]) for label in labels})
+    cells = [row["setups"][label][col].cell(n_row=row["seeds"]) for label in labels]
     mark = "≈ " if which == "best" and row.get(f"best {col} within noise") else ""
-    return f"{mark}{' / '.join(cells)} ({' = '.join(labels)})"
+    if len(set(cells)) == 1:  # a tie with equal test figures: one figure, every name
+        return f"{mark}{cells[0]} ({' = '.join(labels)})"
+    # a tie on validation whose test figures differ: each figure beside its own setup
+    return mark + " = ".join(f"{cell} ({label})" for cell, label in zip(cells, labels))
 
 
 def _gap_cell(row: dict, col: str) -> str:

@@ -84,7 +84,7 @@ def test_a_tie_names_every_tied_setup(make_record):
     ]
     row = healing_rows(runs)[0]
     assert row["best N/2"] == ["R", "T-raw_l2"] and row["best 1"] == ["R", "T-raw_l2"]
-    assert "| 88.00 / 90.00 (R = T-raw_l2) |" in _report(runs)[0]
+    assert "| 88.00 (R) = 90.00 (T-raw_l2) |" in _report(runs)[0]  # each test figure beside its own setup
 
 
 def test_without_validation_keys_the_best_is_chosen_on_test_and_says_so(make_record):
