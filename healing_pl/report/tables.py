@@ -557,15 +557,19 @@ def table_markdown(table: dict) -> str:
     return "\n".join(out)
 
 
-def healing_table(records: list[dict]) -> str:
-    """Markdown: every table of heal runs, each under its title."""
-    found = healing_tables(records)
+def _titled(found: list[dict], render, empty: str) -> str:
+    """Markdown: every table in ``found`` rendered by ``render``, each under its title (``empty`` for none)."""
     if not found:
-        return "no heal runs found."
+        return empty
     parts = []
     for table in found:
-        parts += [f"### {table['title']}", "", table_markdown(table), ""]
+        parts += [f"### {table['title']}", "", render(table), ""]
     return "\n".join(parts).rstrip()
+
+
+def healing_table(records: list[dict]) -> str:
+    """Markdown: every table of heal runs, each under its title."""
+    return _titled(healing_tables(records), table_markdown, "no heal runs found.")
 
 
 def _stat(runs: list[dict], key: str) -> Stat:
@@ -776,13 +780,7 @@ def methods_markdown(table: dict) -> str:
 
 def methods_table(records: list[dict]) -> str:
     """Markdown: every methods table, each under its title."""
-    found = methods_tables(records)
-    if not found:
-        return "no heal or unlearn runs found."
-    parts = []
-    for table in found:
-        parts += [f"### {table['title']}", "", methods_markdown(table), ""]
-    return "\n".join(parts).rstrip()
+    return _titled(methods_tables(records), methods_markdown, "no heal or unlearn runs found.")
 
 
 def fit_table(records: list[dict]) -> str:

@@ -305,7 +305,7 @@ def _validation(model, dm) -> tuple[bool, float]:
 def check_divergence(out: nn.Module, model: nn.Module, dm, cfg) -> None:
     """Raise FloatingPointError, naming the knob to turn, when the method left ``out`` with non-finite weights,
     non-finite validation logits or chance-level validation accuracy (``model``, the input, above chance)."""
-    why = None
+    why, collapsed = None, False
     if not all(bool(torch.isfinite(p).all()) for p in out.parameters()):
         why = "its weights are not finite"
     else:
@@ -314,10 +314,10 @@ def check_divergence(out: nn.Module, model: nn.Module, dm, cfg) -> None:
         if not finite:
             why = "its validation logits are not finite"
         elif acc <= chance and _validation(model, dm)[1] > chance:  # a baseline at chance is not a divergence
-            why = f"its validation accuracy {acc:.4f} is at chance level"
+            why, collapsed = f"its validation accuracy {acc:.4f} is at chance level", True
     if why is None:
         return
-    if why.endswith("at chance level") and getattr(cfg, "on_collapse", "stop") == "keep":
+    if collapsed and getattr(cfg, "on_collapse", "stop") == "keep":  # finite, only at chance: keep it if asked
         print(f"{cfg.method} unlearning collapsed ({why}); kept, as --unlearn.on_collapse keep asks.", file=sys.stderr)
         return
     hint = DIVERGENCE_HINTS.get(cfg.method, "").format(cfg=cfg)
