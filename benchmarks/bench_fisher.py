@@ -13,7 +13,7 @@ random 1x28x28 inputs.  Rows, each over the same N samples:
 * ``torch.func vmap``  per-sample gradients with functional_call + vmap(grad),
   squared and summed (empirical Fisher);
 * ``engine vmap``  the same through the project's shared per-sample engine
-  (``healing_pl.unlearning._per_sample.sum_of_squares`` with the cotangents
+  (``healing_pl.gradients.per_sample.sum_of_squares`` with the cotangents
   ``p - onehot(y)``): what ``diagonal_fisher`` pays for parameters outside
   the Linear/Conv2d/norm layers (its fallback), and the engine of the
   gradient selector.
@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from _timing import interleaved_medians, mnist_cnn
 
-from healing_pl.unlearning._per_sample import sum_of_squares
-from healing_pl.unlearning.fisher import diagonal_fisher
+from healing_pl.gradients.fisher import diagonal_fisher
+from healing_pl.gradients.per_sample import sum_of_squares
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from _timing import interleaved_medians, mnist_cnn
 
-from healing_pl.unlearning.influence import cross_entropy_loss, hessian_vector_product, lissa_inverse_hvp
+from healing_pl.gradients.lissa import cross_entropy_loss, hessian_vector_product, lissa_inverse_hvp
 
 
 def main() -> None:

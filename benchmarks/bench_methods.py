@@ -6,7 +6,7 @@ random primary samples are picked (seeded), then, in the same process:
 
 * ``naive``: retraining from scratch on the remain set with the baseline's recipe (the gold standard): the peer
   every ratio is taken against;
-* each method through :func:`healing_pl.unlearning.methods.unlearn_with_repeats` at its defaults (one repeat).
+* each method through :func:`healing_pl.unlearning.unlearn_with_repeats` at its defaults (one repeat).
 
 Two measurements per row: **cold**, the first call in this process (each method's first run: imports, Lightning
 set-up, allocator warm-up); **warm**, the median of ``--repeats`` further calls run round-robin, so a change of
@@ -30,8 +30,7 @@ import torch
 
 from healing_pl.data.datamodule import HealingDataModule
 from healing_pl.models.classifier import evaluate
-from healing_pl.phases.config import UnlearnConfig
-from healing_pl.unlearning.methods import unlearn_with_repeats
+from healing_pl.unlearning import make_unlearner, unlearn_with_repeats
 from healing_pl.unlearning.naive import train_classifier
 
 METHODS = ("finetune", "neggrad_plus", "scrub", "salun", "ssd")
@@ -67,7 +66,7 @@ def main() -> None:
         return train_classifier(hp, dm, dm.remain_ids(forget), epochs=args.epochs, seed=0)
 
     def method(name):
-        cfg = UnlearnConfig(method=name, cache_dir=None)
+        cfg = make_unlearner(name, cache_dir=None)
         return lambda: unlearn_with_repeats(base, dm, forget, cfg, test_loader=test).model
 
     rows = {"naive (retrain)": naive, **{name: method(name) for name in METHODS}}

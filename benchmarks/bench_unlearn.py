@@ -22,8 +22,7 @@ import torch
 
 from healing_pl.data.datamodule import HealingDataModule
 from healing_pl.models.classifier import evaluate
-from healing_pl.phases.config import UnlearnConfig
-from healing_pl.unlearning.methods import unlearn_with_repeats
+from healing_pl.unlearning import UNLEARNERS, unlearn_with_repeats
 from healing_pl.unlearning.naive import train_classifier
 
 HP = dict(backbone="small_cnn", num_classes=10, in_chans=1, image_size=28, lr=1e-3)
@@ -58,8 +57,7 @@ def main() -> None:
     gold = train_classifier(HP, dm, dm.remain_ids(forget), epochs=args.epochs, seed=0)
     rows["naive (retrain)"] = (time.perf_counter() - t0, evaluate(gold, test)["acc"])
     configs = {
-        "influence (LiSSA)": UnlearnConfig(
-            method="influence",
+        "influence (LiSSA)": UNLEARNERS["influence"](
             depth=args.depth,
             scale=args.scale,
             damping=args.damping,
@@ -67,7 +65,7 @@ def main() -> None:
             batch_f=args.forget,
             cache_dir=None,
         ),
-        "fisher (noise)": UnlearnConfig(method="fisher", alpha=args.alpha, cache_dir=None),
+        "fisher (noise)": UNLEARNERS["fisher"](alpha=args.alpha, cache_dir=None),
     }
     for name, cfg in configs.items():
         t0 = time.perf_counter()

@@ -15,13 +15,14 @@ import time
 
 import torch
 
+from healing_pl.adversary import SELECTORS
 from healing_pl.data.datamodule import HealingDataModule
+from healing_pl.gradients.fisher import diagonal_fisher
+from healing_pl.gradients.lissa import cross_entropy_loss, lissa_inverse_hvp
+from healing_pl.gradients.params import add_, flatten, trainable_parameters, unflatten
 from healing_pl.models.classifier import evaluate, load_classifier
-from healing_pl.phases.config import AdversaryConfig
 from healing_pl.phases.forget import select_forget_ids
-from healing_pl.unlearning._params import add_, flatten, trainable_parameters, unflatten
-from healing_pl.unlearning.fisher import diagonal_fisher, noise_variance
-from healing_pl.unlearning.influence import cross_entropy_loss, lissa_inverse_hvp
+from healing_pl.unlearning.fisher import noise_variance
 
 torch.manual_seed(0)
 torch.set_num_threads(1)
@@ -35,8 +36,8 @@ acc = lambda m: evaluate(m, test)["acc"]
 out = {"baseline": acc(base)}
 J, S = int(sys.argv[1]), float(sys.argv[2])
 sets = {
-    "class7": AdversaryConfig(selector="class", target_class=7, budget=25),
-    "worst_logits": AdversaryConfig(selector="worst_logits", system_knowledge="output_aware", budget=25),
+    "class7": SELECTORS["class"](target_class=7, budget=25),
+    "worst_logits": SELECTORS["worst_logits"](system_knowledge="output_aware", budget=25),
 }
 n = len(dm.primary_ids)
 for name, adv in sets.items():

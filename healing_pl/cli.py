@@ -26,12 +26,19 @@ from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from healing_pl.adversary import SELECTORS
+from healing_pl.console import quiet_console
 from healing_pl.data.datamodule import HealingDataModule
+from healing_pl.healing import TWIN_METRICS
 from healing_pl.models.classifier import Classifier, check_compatible, read_checkpoint
-from healing_pl.phases.config import Tracking
+from healing_pl.phases.config import RENAMED_KEYS, RENAMED_VALUES, Tracking
 from healing_pl.phases.record import read_record
-from healing_pl.tracking import build_logger, finish_wandb, make_run_dir, quiet_console
+from healing_pl.tracking import build_logger, finish_wandb, make_run_dir
 from healing_pl.trainer import HealingTrainer
+from healing_pl.unlearning import UNLEARNERS
+
+#: the method families the subcommands choose by class: option -> registry
+FAMILIES = {"unlearn": UNLEARNERS, "adversary": SELECTORS, "twins.metric": TWIN_METRICS}
 
 #: exceptions that mean "bad input": printed as one sentence, exit status 2
 USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
@@ -65,6 +72,11 @@ class HealingCLI(LightningCLI):
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         return {**LightningCLI.subcommands(), **HealingTrainer.extra_subcommands()}
+
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        cfg = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
+        check_family_knobs(cfg, sys.argv[1:] if args is None else list(args))
 
     def _parse_ckpt_path(self) -> None:
         # Lightning adopts the model hyperparameters saved in --ckpt_path; a broken file must stop cleanly
@@ -198,6 +210,64 @@ def check_run_dir(run_dir: str) -> None:
         raise ValueError(f"run_dir '{run_dir}' cannot be written: '{existing}' is read-only.")
 
 
+def _given_knobs(argv: list, option: str) -> list[str]:
+    """The knobs of ``option`` named on the command line (``--unlearn.alpha 5``, ``--unlearn.alpha=5``)."""
+    prefix = f"--{option}."
+    knobs = []
+    for arg in argv:
+        if isinstance(arg, str) and arg.startswith(prefix):
+            knob = arg[len(prefix) :].split("=", 1)[0]
+            if knob != "help" and "." not in knob:
+                knobs.append(knob)
+    return knobs
+
+
+def check_family_knobs(cfg, argv: list) -> None:
+    """Stop when the command line names a knob that the chosen class does not have.
+
+    jsonargparse rejects ``--unlearn Influence --unlearn.alpha 5``, but silently drops a knob given *before*
+    the class is chosen (``--unlearn.alpha 5 --unlearn Influence``): both stop here with one sentence.
+    """
+    for option, registry in FAMILIES.items():
+        given = _given_knobs(argv, option)
+        if not given:
+            continue
+        chosen = cfg
+        for part in option.split("."):
+            chosen = chosen.get(part) if chosen is not None else None
+        if chosen is None:  # twins.metric null: no metric has knobs
+            raise ValueError(f"--{option}.{given[0]} is given, but {option} is null (no class chosen).")
+        cls = registry.by_class_name(str(chosen["class_path"]))
+        knobs = cls.knob_names() if hasattr(cls, "knob_names") else _init_names(cls)
+        wrong = [k for k in given if k not in knobs]
+        if wrong:
+            raise ValueError(_not_a_knob(option, wrong[0], cls.__name__, knobs))
+
+
+def _init_names(cls) -> list[str]:
+    """The constructor arguments of ``cls`` and of the bases it forwards ``**kwargs`` to."""
+    import inspect
+
+    names: list[str] = []
+    for klass in cls.__mro__:
+        if "__init__" in klass.__dict__ and klass is not object:
+            for p in inspect.signature(klass.__dict__["__init__"]).parameters.values():
+                if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in names:
+                    names.append(p.name)
+    return names
+
+
+def _not_a_knob(option: str, knob: str, class_name: str, knobs: list[str]) -> str:
+    """One sentence for a knob that the chosen class does not have (or an option that was renamed)."""
+    renamed = RENAMED_KEYS.get(f"{option}.{knob}")
+    if renamed:
+        return f"--{option}.{knob} is gone; use {renamed}."
+    return (
+        f"{option}.{knob} is not a knob of {class_name} (its knobs: {', '.join(knobs) or 'none'}); "
+        f"see --{option}.help {class_name}."
+    )
+
+
 def phase_summary(record: dict) -> str:
     """A few lines that sum up an unlearn, heal or stream run."""
     keys = [
@@ -274,10 +344,35 @@ def _release(claimed: str | None) -> None:
                 return
 
 
+def _family_sentence(text: str) -> str | None:
+    """A parser error about a method family's class or knob (``--unlearn``, ``--adversary``, ``--twins.metric``)."""
+    key = re.match(r'^Parser key "([\w.]+)":', text)
+    option = key.group(1) if key else None
+    if option not in FAMILIES:
+        return None
+    registry = FAMILIES[option]
+    knob = re.search(r"class_path '([\w.]+)'.*?(?:Option|Key) '([\w.]+)' is not accepted", text)
+    if knob:
+        cls = registry.by_class_name(knob.group(1))
+        knobs = cls.knob_names() if hasattr(cls, "knob_names") else _init_names(cls)
+        return _not_a_knob(option, knob.group(2), cls.__name__, knobs)
+    given = re.search(r"(?:import path string|Given value|Got value|class_path): '?([^'\s]+)'?", text)
+    value = given.group(1).rstrip(".") if given else "?"
+    old = RENAMED_KEYS.get(f"{option}.{value}")
+    if old:
+        return f"--{option}.{value} is gone; use {old}."
+    if value in RENAMED_VALUES.get(option, {}):
+        return f"--{option} {value} names the class the old way; use --{option} {RENAMED_VALUES[option][value]}."
+    return f"unknown {registry.family} '{value}' for --{option}; choose one of {', '.join(registry.class_names())}."
+
+
 def parser_sentence(message: str, subcommand: str | None = None) -> str:
     """A parser error (jsonargparse's can span lines, one per type it tried) as one sentence."""
     text = " ".join(line.strip() for line in message.strip().splitlines() if line.strip())
     help_hint = f"; see 'healing-pl {subcommand or '<subcommand>'} --help'"
+    family = _family_sentence(text)
+    if family:
+        return family
     choice = re.match(r'^Parser key "([\w.]+)": Expected a typing\.Literal\[(.*)\]\. Got value: (.*)$', text)
     if choice:
         options = ", ".join(o.strip().strip("'\"") for o in choice.group(2).split(","))

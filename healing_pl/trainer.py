@@ -1,9 +1,11 @@
 """The Trainer of healing-pl: Lightning's Trainer plus the ``unlearn``, ``heal`` and ``stream`` subcommands.
 
 LightningCLI turns every method listed in :meth:`extra_subcommands` into a
-subcommand whose typed arguments (the config dataclasses of
-:mod:`healing_pl.phases.config`) become ``--unlearn.*``, ``--adversary.*``,
-``--twins.*``, ``--heal.*`` and ``--stream.*`` options.
+subcommand whose typed arguments become options: the method families are chosen
+as classes (``--unlearn Fisher --unlearn.alpha 3.5e-3``, ``--adversary
+ClassSelector --adversary.target_class 7``, ``--twins.metric FeatCosine``; their
+constructor arguments are their knobs), the other groups are the dataclasses of
+:mod:`healing_pl.phases.config` (``--twins.*``, ``--heal.*``, ``--stream.*``).
 
 Each subcommand reads top to bottom: load the baseline, check the request
 against the data, then one ``fit`` whose callbacks are the phases
@@ -16,7 +18,9 @@ from __future__ import annotations
 import os
 
 import lightning as L
+from jsonargparse import lazy_instance
 
+from healing_pl.adversary import SELECTORS, Selector
 from healing_pl.adversary.requests import RequestsFile, read_requests
 from healing_pl.callbacks.phases import (
     FitEvaluation,
@@ -30,8 +34,12 @@ from healing_pl.callbacks.phases import (
     UnlearnPhase,
 )
 from healing_pl.phases.baseline import load_baseline
-from healing_pl.phases.config import AdversaryConfig, HealConfig, StreamConfig, TwinsConfig, UnlearnConfig
-from healing_pl.unlearning.methods import METHODS
+from healing_pl.phases.config import HealConfig, StreamConfig, TwinsConfig
+from healing_pl.unlearning import UNLEARNERS, Unlearner
+
+#: the defaults of the method families: Fisher forgetting of 25 random training samples
+DEFAULT_UNLEARN = lazy_instance(UNLEARNERS["fisher"])
+DEFAULT_ADVERSARY = lazy_instance(SELECTORS["random"])
 
 
 class HealingTrainer(L.Trainer):
@@ -71,7 +79,7 @@ class HealingTrainer(L.Trainer):
         return [evaluation, RunWriter("fit", self.run_dir, self.run_config or {}, [evaluation])]
 
     @staticmethod
-    def _requests(path: str | None, adversary: AdversaryConfig, datamodule) -> RequestsFile | None:
+    def _requests(path: str | None, adversary: Selector, datamodule) -> RequestsFile | None:
         """The checked ``--requests`` file (before anything is written), or the adversary's budget checked."""
         if path is None:
             adversary.validate(len(datamodule.primary_ids), datamodule.num_classes)
@@ -83,8 +91,8 @@ class HealingTrainer(L.Trainer):
         model,
         datamodule,
         ckpt_path: str | None = None,
-        unlearn: UnlearnConfig = UnlearnConfig(),
-        adversary: AdversaryConfig = AdversaryConfig(),
+        unlearn: Unlearner = DEFAULT_UNLEARN,
+        adversary: Selector = DEFAULT_ADVERSARY,
         gold: bool = False,
         attack_strength: bool = False,
         requests: str | None = None,
@@ -93,8 +101,8 @@ class HealingTrainer(L.Trainer):
 
         Args:
             ckpt_path: the baseline checkpoint (written by healing-pl fit).
-            unlearn: the unlearning method and its hyperparameters.
-            adversary: who picks the forget set, with which knowledge and budget.
+            unlearn: the unlearning method, a class whose arguments are its knobs (--unlearn.help <Method>).
+            adversary: who picks the forget set, with which knowledge and budget (--adversary.help <Selector>).
             gold: also train (or load from the cache) the gold standard for comparison.
             attack_strength: also unlearn a random forget set of the same size and report
                 the accuracy drop of the adversary's set relative to it.
@@ -105,7 +113,7 @@ class HealingTrainer(L.Trainer):
                 check and go to the ledger like the adversary's.
         """
         baseline = load_baseline(ckpt_path, model, datamodule)
-        if unlearn.method == "sisa" and unlearn.sisa_shard is not None:  # one shard job of a cluster's SISA training
+        if unlearn.ensemble and getattr(unlearn, "shard", None) is not None:  # one shard job of a cluster's SISA
             self.fit_phases("unlearn", model, datamodule, [SisaShardJob(baseline, unlearn)], epochs=0)
             return
         requests_file = self._requests(requests, adversary, datamodule)
@@ -126,8 +134,8 @@ class HealingTrainer(L.Trainer):
         model,
         datamodule,
         ckpt_path: str | None = None,
-        unlearn: UnlearnConfig = UnlearnConfig(),
-        adversary: AdversaryConfig = AdversaryConfig(),
+        unlearn: Unlearner = DEFAULT_UNLEARN,
+        adversary: Selector = DEFAULT_ADVERSARY,
         twins: TwinsConfig = TwinsConfig(),
         heal: HealConfig = HealConfig(),
         requests: str | None = None,
@@ -136,8 +144,9 @@ class HealingTrainer(L.Trainer):
 
         Args:
             ckpt_path: the baseline checkpoint (written by healing-pl fit).
-            unlearn: the unlearning method and its hyperparameters (SISA heals each affected shard).
-            adversary: who picks the forget set, with which knowledge and budget.
+            unlearn: the unlearning method, a class whose arguments are its knobs (--unlearn.help <Method>);
+                SISA heals each affected shard.
+            adversary: who picks the forget set, with which knowledge and budget (--adversary.help <Selector>).
             twins: the twin metric (none: heal on R alone) and spare policy.
             heal: the fine-tune: epochs (default N/2), learning rate, gold standard.
             requests: a JSON-lines file of real unlearn requests, one a line: {"requester": "alice",
@@ -153,7 +162,7 @@ class HealingTrainer(L.Trainer):
         )
         search = TwinSearch(unlearned, twins)
         epochs = heal.epochs_for(baseline.epochs)
-        if METHODS[unlearn.method].ensemble:  # SISA: each affected shard heals on its own data plus twins
+        if unlearn.ensemble:  # SISA: each affected shard heals on its own data plus twins
             self.fit_phases(
                 "heal",
                 model,
@@ -173,8 +182,8 @@ class HealingTrainer(L.Trainer):
         model,
         datamodule,
         ckpt_path: str | None = None,
-        unlearn: UnlearnConfig = UnlearnConfig(),
-        adversary: AdversaryConfig = AdversaryConfig(),
+        unlearn: Unlearner = DEFAULT_UNLEARN,
+        adversary: Selector = DEFAULT_ADVERSARY,
         stream: StreamConfig = StreamConfig(),
         twins: TwinsConfig = TwinsConfig(),
         heal: HealConfig = HealConfig(),
@@ -184,8 +193,9 @@ class HealingTrainer(L.Trainer):
 
         Args:
             ckpt_path: the baseline checkpoint (written by healing-pl fit).
-            unlearn: the unlearning method applied to each round's accepted requests.
-            adversary: who picks the adversarial requests, with which knowledge and budget.
+            unlearn: the unlearning method applied to each round's accepted requests (--unlearn.help <Method>).
+            adversary: who picks the adversarial requests, with which knowledge and budget
+                (--adversary.help <Selector>).
             stream: the mix of benign requests, the arrival order, the round size and healing.
             twins: the twin metric and policy when the stream heals after each round.
             heal: the learning rate of each round's fine-tune (heal.lr; epochs come from stream.heal_epochs).

@@ -13,7 +13,7 @@ from healing_pl.experiments.calibrate import load_setup, run_calibration
 from healing_pl.main import main
 from healing_pl.models.classifier import evaluate, load_classifier
 
-FORGET = ["--adversary.selector=worst_logits", "--adversary.system_knowledge=output_aware", "--adversary.budget=25"]
+FORGET = ["--adversary=WorstLogitsSelector", "--adversary.system_knowledge=output_aware", "--adversary.budget=25"]
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +38,14 @@ def test_reaches_the_target_and_the_snippet_loads_back(baseline, configs_dir, ca
     text = snippet.read_text()
     assert text in printed
     config = yaml.safe_load(text)["unlearn"]
-    assert config["method"] == "fisher" and list(config)[:2] == ["method", "alpha"]
+    assert config["class_path"] == "Fisher" and list(config["init_args"])[0] == "alpha"
     assert "# reached: drop" in text
 
     # the same search as a function: the chosen step's drop is within the tolerance of the target
     setup = load_setup([*args, "--target_drop=0.13"])
     result = run_calibration(setup, progress=False)
     best = result.best
-    assert best["value"] == config["alpha"]
+    assert best["value"] == config["init_args"]["alpha"]
     assert abs(best["drop"] - 0.13) <= 0.01
     assert best["drop"] == pytest.approx(result.baseline_val - sum(best["val_accs"]) / len(best["val_accs"]))
 
@@ -82,8 +82,8 @@ def test_the_choice_never_reads_the_test_set(baseline):
         (["--ckpt_path=missing.ckpt", "--target_drop=0.1"], "checkpoint 'missing.ckpt' does not exist"),
         (["--target_drop=1.5"], "--target_drop must lie in (0, 1), got 1.5"),
         (["--target_drop=0"], "--target_drop must lie in (0, 1), got 0.0"),
-        (["--param=scale", "--target_drop=0.1"], "--param scale is not a strength of fisher; choose one of alpha"),
-        (["--unlearn.method=naive", "--target_drop=0.1"], "not of 'naive'"),
+        (["--param=scale", "--target_drop=0.1"], "--param scale is not a strength of Fisher; choose one of alpha"),
+        (["--unlearn=Naive", "--target_drop=0.1"], "not of Naive"),
         (["--lo=1e-3", "--hi=1e-6", "--target_drop=0.1"], "the search range needs 0 < --lo < --hi"),
         (["--output=nowhere/s.yaml", "--target_drop=0.1"], "--output 'nowhere/s.yaml' cannot be written"),
     ],

@@ -9,7 +9,7 @@ import warnings
 import lightning as L
 import torch
 
-from healing_pl.tracking import announce_repeat, labelled_progress_bar, progress_bar, quiet_console
+from healing_pl.console import announce_repeat, labelled_progress_bar, progress_bar, quiet_console
 
 NOISE = ("Tip", "litlogger", "litmodels", "anonymous", "DeprecationWarning", "FutureWarning", "LeafSpec")
 

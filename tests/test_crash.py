@@ -1,6 +1,6 @@
 """Interrupted runs: a rerun into the same run folder ends with the uninterrupted run's results and ledger.
 
-The stream test stops in-process after round 0 (``HEALING_PL_STOP_AFTER_ROUND``); the slow tests run
+The stream test stops in-process after round 0 (a KeyboardInterrupt once round 0 is in the ledger); the slow tests run
 ``healing-pl`` in a subprocess and SIGKILL it at points of ``heal``, ``grid`` and ``stream`` found by polling
 the run folder, then rerun the same command.
 """
@@ -19,7 +19,6 @@ import torch
 from healing_pl.main import main
 
 QUIET = ["--trainer.enable_progress_bar=false", "--wandb.enabled=false"]
-STOP_ENV = "HEALING_PL_STOP_AFTER_ROUND"
 
 
 @pytest.fixture(scope="module")
@@ -37,15 +36,15 @@ def _stream_args(configs_dir, baseline, run, cache):
         f"{configs_dir}/digits.yaml",
         f"--ckpt_path={baseline}",
         f"--run_dir={run}",
-        "--adversary.selector=class",
+        "--adversary=ClassSelector",
         "--adversary.target_class=5",
         "--adversary.budget=6",
         "--stream.benign_ratio=0.5",
         "--stream.round_size=4",
         "--stream.heal=true",
         "--stream.heal_epochs=1",
-        "--twins.metric=raw_l2",
-        "--unlearn.method=fisher",
+        "--twins.metric=RawL2",
+        "--unlearn=Fisher",
         "--unlearn.alpha=1e-6",
         f"--unlearn.cache_dir={cache}",
         *QUIET,
@@ -75,11 +74,21 @@ def test_a_stream_stopped_after_a_round_resumes_to_the_uninterrupted_result(in_t
     whole, cut = in_tmp / "whole", in_tmp / "cut"
     # separate caches: the resumed run must recompute, not read the uninterrupted run's unlearned models
     assert main(_stream_args(configs_dir, baseline, whole, in_tmp / "cache-whole")) == 0
-    monkeypatch.setenv(STOP_ENV, "0")
+    from healing_pl.adversary.ledger import Ledger
+
+    append_round = Ledger.append_round
+
+    def stop_after_round_0(ledger, record: dict) -> bool:
+        written = append_round(ledger, record)
+        if int(record["round"]) == 0:
+            raise KeyboardInterrupt("stopped after round 0")
+        return written
+
+    monkeypatch.setattr(Ledger, "append_round", stop_after_round_0)
     assert main(_stream_args(configs_dir, baseline, cut, in_tmp / "cache-cut")) != 0
     assert not (cut / "results.json").exists()
     assert sum(x["type"] == "round" for x in _ledger(cut)) == 1 and (cut / "stream" / "round-0000.pt").exists()
-    monkeypatch.delenv(STOP_ENV)
+    monkeypatch.setattr(Ledger, "append_round", append_round)
     assert main(_stream_args(configs_dir, baseline, cut, in_tmp / "cache-cut")) == 0
 
     a, b = json.loads((whole / "results.json").read_text()), json.loads((cut / "results.json").read_text())
@@ -100,7 +109,6 @@ def test_a_stream_stopped_after_a_round_resumes_to_the_uninterrupted_result(in_t
 # --------------------------------------------------------------------------- SIGKILL at points of heal, grid, stream
 CLI = str(Path(sys.executable).with_name("healing-pl"))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-ENV.pop(STOP_ENV, None)
 
 
 def _run(args: list[str], cwd: Path) -> None:
@@ -153,14 +161,14 @@ def _heal(configs_dir, baseline, root: Path) -> list[str]:
         f"{configs_dir}/digits.yaml",
         f"--ckpt_path={baseline}",
         f"--run_dir={root / 'heal'}",
-        "--adversary.selector=class",
+        "--adversary=ClassSelector",
         "--adversary.target_class=3",
         "--adversary.budget=10",
-        "--unlearn.method=fisher",
+        "--unlearn=Fisher",
         "--unlearn.alpha=1e-5",
         "--unlearn.repeats=2",
         f"--unlearn.cache_dir={root / 'cache'}",
-        "--twins.metric=raw_l2",
+        "--twins.metric=RawL2",
         "--heal.epochs=3",
         *QUIET,
     ]
@@ -203,13 +211,13 @@ def _grid(root: Path, configs_dir) -> Path:
         "command": "heal",
         "fit": {"trainer.max_epochs": 1, "wandb.enabled": False},
         "heal": {
-            "adversary.selector": "class",
+            "adversary": "ClassSelector",
             "adversary.target_class": 3,
             "adversary.budget": 8,
-            "unlearn.method": "fisher",
+            "unlearn": "Fisher",
             "unlearn.repeats": 1,
             "heal.epochs": 1,
-            "twins.metric": "raw_l2",
+            "twins.metric": "RawL2",
             "wandb.enabled": False,
         },
         "axes": {"alpha": [{"unlearn.alpha": 1e-6}, {"unlearn.alpha": 1e-5}]},

@@ -50,10 +50,12 @@ def baseline(tmp_path_factory, configs_dir):
 
 
 def _probe(in_tmp, configs_dir, baseline, accelerator, *extra):
+    # the chosen classes (--adversary, --unlearn, --twins.metric) come before the knobs of theirs set here
     args = [
         "--config",
         f"{configs_dir}/digits.yaml",
         f"--ckpt_path={baseline}",
+        *extra,
         "--adversary.budget=6",
         f"--unlearn.cache_dir={in_tmp / 'cache'}",
         "--trainer.callbacks+=test_devices.DeviceProbe",
@@ -70,50 +72,50 @@ PHASES = [
     (
         "heal",
         [
-            "--adversary.selector=gradient",
+            "--adversary=GradientSelector",
             "--adversary.system_knowledge=parameter_aware",
-            "--unlearn.method=fisher",
-            "--twins.metric=feat_mahalanobis",
+            "--unlearn=Fisher",
+            "--twins.metric=FeatMahalanobis",
             "--heal.epochs=1",
         ],
     ),
     (
         "heal",
         [
-            "--adversary.selector=worst_logits",
+            "--adversary=WorstLogitsSelector",
             "--adversary.system_knowledge=output_aware",
-            "--unlearn.method=influence",
+            "--unlearn=Influence",
             "--unlearn.depth=5",
-            "--twins.metric=feat_cosine",
+            "--twins.metric=FeatCosine",
             "--heal.epochs=1",
             "--heal.gold=false",
         ],
     ),
-    ("unlearn", ["--unlearn.method=naive", "--gold=true", "--attack_strength=true"]),
-    ("unlearn", ["--unlearn.method=sisa", "--unlearn.shards=2", "--unlearn.slices=2"]),
-    ("stream", ["--unlearn.method=fisher", "--stream.heal=true", "--stream.round_size=4", "--twins.metric=raw_l2"]),
+    ("unlearn", ["--unlearn=Naive", "--gold=true", "--attack_strength=true"]),
+    ("unlearn", ["--unlearn=SISA", "--unlearn.shards=2", "--unlearn.slices=2"]),
+    ("stream", ["--unlearn=Fisher", "--stream.heal=true", "--stream.round_size=4", "--twins.metric=RawL2"]),
     # the newer methods, one epoch each (scrub also heals: its teacher and student models, then the fine-tune)
     (
         "heal",
         [
-            "--unlearn.method=scrub",
-            "--unlearn.scrub_epochs=1",
-            "--unlearn.scrub_msteps=1",
-            "--twins.metric=raw_mahalanobis",
+            "--unlearn=SCRUB",
+            "--unlearn.epochs=1",
+            "--unlearn.msteps=1",
+            "--twins.metric=RawMahalanobis",
             "--heal.epochs=1",
             "--heal.gold=false",
         ],
     ),
-    ("unlearn", ["--unlearn.method=finetune", "--unlearn.ft_epochs=1"]),
-    ("unlearn", ["--unlearn.method=neggrad_plus", "--unlearn.ng_epochs=1"]),
-    ("unlearn", ["--unlearn.method=salun", "--unlearn.salun_epochs=1"]),
-    ("unlearn", ["--unlearn.method=ssd"]),
+    ("unlearn", ["--unlearn=Finetune", "--unlearn.epochs=1"]),
+    ("unlearn", ["--unlearn=NegGradPlus", "--unlearn.epochs=1"]),
+    ("unlearn", ["--unlearn=SalUn", "--unlearn.epochs=1"]),
+    ("unlearn", ["--unlearn=SSD"]),
 ]
 
 
 def _check(in_tmp, configs_dir, baseline, accelerator, subcommand, options):
     run = in_tmp / f"{subcommand}-{accelerator}"
-    code = main([subcommand, *_probe(in_tmp, configs_dir, baseline, accelerator), f"--run_dir={run}", *options])
+    code = main([subcommand, *_probe(in_tmp, configs_dir, baseline, accelerator, *options), f"--run_dir={run}"])
     assert code == 0
     assert DeviceProbe.calls > 0
     assert DeviceProbe.seen == {(accelerator, torch.float64)}, DeviceProbe.seen

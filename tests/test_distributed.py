@@ -44,13 +44,13 @@ def runs(tmp_path_factory, configs_dir):
         "heal",
         "--config",
         f"{configs_dir}/digits.yaml",
-        "--adversary.selector=class",
+        "--adversary=ClassSelector",
         "--adversary.target_class=3",
         "--adversary.budget=10",
-        "--unlearn.method=fisher",
+        "--unlearn=Fisher",
         "--unlearn.alpha=1e-5",
         "--heal.epochs=2",
-        "--twins.metric=raw_l2",
+        "--twins.metric=RawL2",
         f"--unlearn.cache_dir={root / 'cache'}",
     ]
     _run(root, *fit, f"--run_dir={root / 'fit1'}")

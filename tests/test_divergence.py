@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from healing_pl.main import main
-from healing_pl.unlearning.methods import check_divergence
+from healing_pl.unlearning import UNLEARNERS, check_divergence
 
 QUIET = ["--trainer.enable_progress_bar=false", "--wandb.enabled=false"]
 
@@ -29,10 +29,10 @@ def test_fisher_noise_that_breaks_the_model_stops_before_anything_is_saved(
         f"{configs_dir}/digits.yaml",
         f"--ckpt_path={baseline}",
         f"--run_dir={run}",
-        "--adversary.selector=class",
+        "--adversary=ClassSelector",
         "--adversary.target_class=3",
         "--adversary.budget=10",
-        "--unlearn.method=fisher",
+        "--unlearn=Fisher",
         "--unlearn.alpha=1e30",
         f"--unlearn.cache_dir={cache}",
         *QUIET,
@@ -71,8 +71,8 @@ class _Data:
         return self.batches
 
 
-class _Cfg:
-    method, alpha, scale, damping = "fisher", 1e30, 50.0, 0.01
+def _fisher(**knobs):
+    return UNLEARNERS["fisher"](alpha=1e30, cache_dir=None, **knobs)
 
 
 def _data():
@@ -84,26 +84,24 @@ def test_the_guard_names_each_methods_knob():
     good = _Net()
     with torch.no_grad():
         good.fc.weight.copy_(torch.eye(3, 4) * 5)
-    check_divergence(good, good, _data(), _Cfg())  # right on every sample: passes
+    check_divergence(good, good, _data(), _fisher())  # right on every sample: passes
     broken = _Net(float("nan"))
     with pytest.raises(FloatingPointError, match=r"weights are not finite\): lower --unlearn.alpha \(now 1e\+30\)"):
-        check_divergence(broken, good, _data(), _Cfg())
-    cfg = _Cfg()
-    cfg.method = "influence"
+        check_divergence(broken, good, _data(), _fisher())
+    influence = UNLEARNERS["influence"](scale=50.0, damping=0.01, cache_dir=None)
     with pytest.raises(FloatingPointError, match=r"--unlearn.scale \(now 50\) or --unlearn.damping"):
-        check_divergence(broken, good, _data(), cfg)
+        check_divergence(broken, good, _data(), influence)
     constant = _Net(0.0)  # one class for every sample: chance level
     with pytest.raises(FloatingPointError, match="at chance level"):
-        check_divergence(constant, good, _data(), _Cfg())
-    check_divergence(constant, constant, _data(), _Cfg())  # an input already at chance is not a divergence
+        check_divergence(constant, good, _data(), _fisher())
+    check_divergence(constant, constant, _data(), _fisher())  # an input already at chance is not a divergence
 
 
 def test_on_collapse_keep_records_a_chance_level_model_but_never_a_non_finite_one(capsys):
     good = _Net()
     with torch.no_grad():
         good.fc.weight.copy_(torch.eye(3, 4) * 5)
-    cfg = _Cfg()
-    cfg.on_collapse = "keep"
+    cfg = _fisher(on_collapse="keep")
     check_divergence(_Net(0.0), good, _data(), cfg)  # chance level: kept, with one line on stderr
     assert "collapsed" in capsys.readouterr().err
     with pytest.raises(FloatingPointError, match="weights are not finite"):
@@ -111,8 +109,7 @@ def test_on_collapse_keep_records_a_chance_level_model_but_never_a_non_finite_on
 
 
 def test_on_collapse_takes_stop_or_keep():
-    from healing_pl.phases.config import UnlearnConfig
-
-    assert UnlearnConfig().on_collapse == "stop"
-    with pytest.raises(ValueError, match="unlearn.on_collapse must be stop or keep"):
-        UnlearnConfig(on_collapse="ignore")
+    for method in UNLEARNERS.classes():  # a knob of every method (the base class's)
+        assert method().on_collapse == "stop"
+        with pytest.raises(ValueError, match="unlearn.on_collapse must be stop or keep"):
+            method(on_collapse="ignore")

@@ -19,10 +19,10 @@ from healing_pl.data.datamodule import HealingDataModule
 from healing_pl.healing.policies import GeneralSpareSet, Twins
 from healing_pl.models.classifier import Classifier
 from healing_pl.phases.baseline import Baseline
-from healing_pl.phases.config import HealConfig, TwinsConfig, UnlearnConfig
+from healing_pl.phases.config import HealConfig, TwinsConfig
 from healing_pl.phases.twins import assign_twins, spare_policy, twin_phase
 from healing_pl.phases.unlearn import unlearn_phase
-from healing_pl.unlearning.methods import Context, representative_repeat, unlearn_with_repeats
+from healing_pl.unlearning import UNLEARNERS, Context, representative_repeat, unlearn_with_repeats
 from healing_pl.unlearning.sisa import fit_plain
 
 HP = dict(backbone="small_cnn", num_classes=10, in_chans=1, image_size=8, lr=3e-3)
@@ -123,7 +123,7 @@ def test_scrambling_the_test_labels_changes_no_choice(dm, baseline):
     assert (labels != relabelled).float().mean() > 0.5 and torch.equal(labels.sort().values, relabelled.sort().values)
 
     forget = _forget(dm)
-    cfg = UnlearnConfig(method="fisher", repeats=3, alpha=1e-6, cache_dir=None)
+    cfg = UNLEARNERS["fisher"](repeats=3, alpha=1e-6, cache_dir=None)
     context = Context(epochs=EPOCHS, seed=0)
     out, clean = unlearn_phase(model, recipe, dm, forget, cfg, context)
     out_s, mixed = unlearn_phase(model, recipe, scrambled, forget, cfg, context)
@@ -160,6 +160,6 @@ def test_repeats_need_a_validation_split(baseline):
     no_val = HealingDataModule("digits", **{**SPLITS, "val": 0})
     forget = _forget(no_val)
     with pytest.raises(ValueError, match="choosing the representative of 3 fisher repeats needs a validation split"):
-        unlearn_with_repeats(model, no_val, forget, UnlearnConfig(method="fisher", repeats=3, cache_dir=None))
-    one = unlearn_with_repeats(model, no_val, forget, UnlearnConfig(method="fisher", repeats=1, cache_dir=None))
+        unlearn_with_repeats(model, no_val, forget, UNLEARNERS["fisher"](repeats=3, cache_dir=None))
+    one = unlearn_with_repeats(model, no_val, forget, UNLEARNERS["fisher"](repeats=1, cache_dir=None))
     assert one.representative == 0 and one.val_accs == [] and one.summary["val_acc_mean"] is None

@@ -9,6 +9,7 @@ import pathlib
 import pytest
 import yaml
 
+from healing_pl.cli import FAMILIES
 from healing_pl.experiments.check import CommandChecker
 from healing_pl.experiments.grid import _export
 from healing_pl.experiments.spec import SEED_OPTIONS, build_runs, grid_name, load_spec, seed_args
@@ -25,7 +26,7 @@ def _tiny(configs_dir, **extra) -> dict:
         "config": f"{configs_dir}/digits.yaml",
         "fit": {"trainer.max_epochs": 2, "wandb.enabled": False},
         "heal": {
-            "adversary.selector": "class",
+            "adversary": "ClassSelector",
             "adversary.target_class": 1,
             "adversary.budget": 5,
             "heal.epochs": 1,
@@ -35,8 +36,8 @@ def _tiny(configs_dir, **extra) -> dict:
             "wandb.enabled": False,
         },
         "axes": {
-            "unlearn": [{"unlearn.method": "fisher", "unlearn.alpha": 1.0e-6}],
-            "twins": [{"twins.metric": "none"}, {"twins.metric": "raw_l2"}],
+            "unlearn": [{"unlearn": "Fisher", "unlearn.alpha": 1.0e-6}],
+            "twins": [{"twins.metric": None}, {"twins.metric": "RawL2"}],
         },
         **extra,
     }
@@ -55,11 +56,8 @@ def _tree(folder: pathlib.Path) -> list[str]:
 BAD = {
     "unknown-key": ({"axis": {}}, "unknown key 'axis'"),
     "missing-config": ({"config": "nowhere.yaml"}, "nowhere.yaml"),
-    "axis-not-list": ({"axes": {"twins": {"twins.metric": "none"}}}, "'twins' must be a non-empty list"),
-    "duplicate-folders": (
-        {"axes": {"twins": [{"twins.metric": "none"}, {"twins.metric": "none"}]}},
-        "share the folder",
-    ),
+    "axis-not-list": ({"axes": {"twins": {"twins.metric": None}}}, "'twins' must be a non-empty list"),
+    "duplicate-folders": ({"axes": {"twins": [{"twins.metric": None}, {"twins.metric": None}]}}, "share the folder"),
     "seeds-not-ints": ({"seeds": [0, "one"]}, "seeds must be a non-empty list of integers"),
     "seeds-not-list": ({"seeds": 3}, "seeds must be a non-empty list of integers"),
     "seeds-and-a-seed": ({"seeds": [0, 1], "fit": {"data.seed": 3}}, "sets data.seed in 'fit'"),
@@ -84,34 +82,43 @@ def checker():
     return CommandChecker()
 
 
+def _option(config, key: str):
+    """The parsed value of option ``key``; a chosen class (``--unlearn``) keeps its knobs under ``init_args``."""
+    for option in FAMILIES:
+        if key.startswith(option + "."):
+            return config[option]["init_args"][key[len(option) + 1 :]]
+    return config[key]
+
+
 def test_seed_options_exist_in_every_subcommand(checker, configs_dir):
     for subcommand, keys in SEED_OPTIONS.items():
         argv = [subcommand, "--config", f"{configs_dir}/digits.yaml", *seed_args(subcommand, 7)]
         config = checker.parse(argv)
         for key in keys:
-            assert config[key] == 7, (subcommand, key)
+            assert _option(config, key) == 7, (subcommand, key)
 
 
 def test_checker_names_the_option_of_a_bad_value(checker, configs_dir):
     base = ["heal", "--config", f"{configs_dir}/digits.yaml"]
-    assert checker.check(base + ["--twins.metric=raw_l2"]) is None
-    assert "twins.metrc" in checker.check(base + ["--twins.metrc=none"])
-    assert "unknown twins.metric 'raw_l3'" in checker.check(base + ["--twins.metric=raw_l3"])
+    assert checker.check(base + ["--twins.metric=RawL2"]) is None
+    assert "twins.metrc" in checker.check(base + ["--twins.metrc=null"])
+    assert "unknown twin metric 'raw_l3' for --twins.metric" in checker.check(base + ["--twins.metric=raw_l3"])
+    assert "use --twins.metric RawL2" in checker.check(base + ["--twins.metric=raw_l2"])  # the old name of the class
     assert "repeats" in checker.check(base + ["--unlearn.repeats=0"])
 
 
 @pytest.mark.parametrize("dry_run", [True, False])
 def test_misspelt_option_stops_the_grid_before_any_training(in_tmp, configs_dir, capsys, dry_run):
     spec = _tiny(configs_dir)
-    spec["axes"]["twins"][1] = {"twins.metrc": "raw_l2"}
+    spec["axes"]["twins"][1] = {"twins.metrc": "RawL2"}
     path = _write(in_tmp / "grid.yaml", spec)
     before = _tree(in_tmp)
     assert main(["grid", path, "--out", str(in_tmp / "out"), *(["--dry_run"] if dry_run else [])]) == 2
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1, lines
-    assert lines[0].startswith("healing-pl grid: error: run 'heal-fisher-1e-06-raw_l2' would fail: unknown option ")
-    assert "--twins.metrc=raw_l2" in lines[0]
+    assert lines[0].startswith("healing-pl grid: error: run 'heal-Fisher-1e-06-RawL2' would fail: unknown option ")
+    assert "--twins.metrc=RawL2" in lines[0]
     assert _tree(in_tmp) == before and "[1/" not in captured.out  # no folder, no baseline
 
 
@@ -122,7 +129,7 @@ def test_dry_run_prints_every_command_and_writes_nothing(in_tmp, configs_dir, ca
     assert "6 commands checked with the CLI's parser; 6 to run." in out
     assert "[1/6] seed-0/baseline" in out and "[2/6] seed-1/baseline" in out
     assert "--seed_everything=1 --data.seed=1 --unlearn.seed=1 --twins.seed=1" in out
-    assert "--ckpt_path=out/seed-1/baseline/checkpoints/last.ckpt --run_dir=out/seed-1/heal-fisher-1e-06-raw_l2" in out
+    assert "--ckpt_path=out/seed-1/baseline/checkpoints/last.ckpt --run_dir=out/seed-1/heal-Fisher-1e-06-RawL2" in out
     assert _tree(in_tmp) == ["grid.yaml"]
 
 
@@ -145,8 +152,8 @@ def test_sweep_holds_everything_the_grid_sets(in_tmp, configs_dir, capsys):
     assert sweep["method"] == "grid" and sweep["command"][:3] == ["${env}", "healing-pl", "heal"]
     assert sweep["command"][-1] == "${args}" and "--heal.gold=false" in sweep["command"]
     assert "--unlearn.cache_dir=null" in sweep["command"]
-    assert sweep["parameters"]["unlearn"] == {"values": [{"method": "fisher", "alpha": 1e-6}]}
-    assert sweep["parameters"]["twins.metric"] == {"values": ["none", "raw_l2"]}
+    assert sweep["parameters"]["unlearn"] == {"values": [{"class_path": "Fisher", "init_args": {"alpha": 1e-6}}]}
+    assert sweep["parameters"]["twins.metric"] == {"values": ["null", "RawL2"]}
     assert sweep["parameters"]["config"]["values"][1] == {
         "seed_everything": 1,
         "ckpt_path": "out/seed-1/baseline/checkpoints/last.ckpt",
@@ -176,17 +183,15 @@ def test_two_jobs_run_every_run_exactly_once(two_jobs, capsys):
     out = root / "out"
     assert code == 0
     results = sorted(str(p.parent.relative_to(out)) for p in out.rglob("results.json"))
-    names = [
-        f"seed-{s}/{r}" for s in (0, 1) for r in ("baseline", "heal-fisher-1e-06-none", "heal-fisher-1e-06-raw_l2")
-    ]
+    names = [f"seed-{s}/{r}" for s in (0, 1) for r in ("baseline", "heal-Fisher-1e-06-none", "heal-Fisher-1e-06-RawL2")]
     assert results == sorted(names)
     claims = _claims(out)
     assert sorted(c["run"] for c in claims if c["event"] == "claim") == sorted(names)
     assert sorted(c["run"] for c in claims if c["event"] == "done") == sorted(names)
     assert not list(out.rglob("*.claim")) and (out / "report.md").exists()
     # seeds reached the runs: seed 1's records name seed 1, and the two seeds' baselines differ
-    r0 = json.loads((out / "seed-0" / "heal-fisher-1e-06-raw_l2" / "results.json").read_text())
-    r1 = json.loads((out / "seed-1" / "heal-fisher-1e-06-raw_l2" / "results.json").read_text())
+    r0 = json.loads((out / "seed-0" / "heal-Fisher-1e-06-RawL2" / "results.json").read_text())
+    r1 = json.loads((out / "seed-1" / "heal-Fisher-1e-06-RawL2" / "results.json").read_text())
     assert (r0["unlearn/seed"], r1["unlearn/seed"]) == (0, 1) and r0["baseline/sha256"] != r1["baseline/sha256"]
     # resume: a second run finds everything finished, claims nothing and only reports
     capsys.readouterr()
@@ -213,7 +218,7 @@ def test_a_sweep_agents_command_reproduces_the_grids_run(two_jobs, monkeypatch):
     spec = load_spec(spec_path)
     out = str(root / "out")
     params = sweep_parameters(spec, out)
-    cell = {"config": params["config"][1], "unlearn": params["unlearn"][0], "twins.metric": "raw_l2"}
+    cell = {"config": params["config"][1], "unlearn": params["unlearn"][0], "twins.metric": "RawL2"}
     # what W&B's agent puts in place of ${args} (its own function), and ours agrees
     args = create_sweep_command_args({"args": {k: {"value": v} for k, v in cell.items()}})["args"]
     assert args == agent_args(cell)
@@ -224,7 +229,7 @@ def test_a_sweep_agents_command_reproduces_the_grids_run(two_jobs, monkeypatch):
     [agent_run] = list((root / "runs").glob("digits-heal-*/results.json"))
     _records_equal(
         json.loads(agent_run.read_text()),
-        json.loads((root / "out" / "seed-1" / "heal-fisher-1e-06-raw_l2" / "results.json").read_text()),
+        json.loads((root / "out" / "seed-1" / "heal-Fisher-1e-06-RawL2" / "results.json").read_text()),
     )
 
 
@@ -248,7 +253,7 @@ def test_two_runners_on_one_folder_split_the_work(tmp_path, configs_dir):
         runner.join()
     assert [r.exitcode for r in runners] == [0, 0]
     claims = _claims(tmp_path / "out")
-    names = ["baseline", "heal-fisher-1e-06-none", "heal-fisher-1e-06-raw_l2"]
+    names = ["baseline", "heal-Fisher-1e-06-none", "heal-Fisher-1e-06-RawL2"]
     claimed = [c for c in claims if c["event"] == "claim"]
     assert sorted(c["run"] for c in claimed) == sorted(names)  # each run once
     assert len({c["pid"] for c in claimed}) == 2  # by both runners
@@ -325,7 +330,7 @@ def test_a_grid_with_wandb_ends_with_its_dashboard_and_the_wandb_grid_table(in_t
     assert table["columns"] == list(GRID_COLUMNS)
     got = {(d[1], d[3]): d for d in table["data"]}  # (setup, epoch) -> row
     assert len(got) == len(table["data"]) == 4  # two setups x epochs 0 and 1
-    for run in ("heal-fisher-1e-06-none", "heal-fisher-1e-06-raw_l2"):
+    for run in ("heal-Fisher-1e-06-none", "heal-Fisher-1e-06-RawL2"):
         record = json.loads((out / run / "results.json").read_text())
         for epoch in (0, 1):
             cells = dict(zip(GRID_COLUMNS, got[(record["heal/setup"], epoch)]))

@@ -18,17 +18,24 @@ LAYERS = {
     "data": 0,
     "models": 0,
     "codehash": 0,
-    "unlearning": 1,
-    "adversary": 1,
-    "healing": 1,
-    "phases": 2,
-    "callbacks": 3,
-    "trainer": 4,
-    "cli": 5,
-    "report": 6,
-    "experiments": 6,
-    "main": 7,
+    "files": 0,
+    "console": 0,
+    "registry": 0,
+    "gradients": 1,
+    "unlearning": 2,
+    "adversary": 2,
+    "healing": 2,
+    "phases": 3,
+    "callbacks": 4,
+    "trainer": 5,
+    "cli": 6,
+    "report": 7,
+    "experiments": 7,
+    "main": 8,
 }
+
+#: the method families: on one layer, and none imports another (what they share lives lower, e.g. gradients)
+FAMILIES = ("unlearning", "adversary", "healing")
 
 
 def _module_name(path: pathlib.Path) -> str:
@@ -97,3 +104,25 @@ def test_imports_point_down_the_layers():
 def test_every_part_has_a_layer():
     parts = {_part(m) for m in _imports()} - {"healing_pl"}
     assert parts <= set(LAYERS), parts - set(LAYERS)
+
+
+def test_method_families_do_not_import_each_other():
+    wrong = [
+        f"{module} imports {target}"
+        for module, targets in _imports().items()
+        for target in targets
+        if _part(module) in FAMILIES and _part(target) in FAMILIES and _part(target) != _part(module)
+    ]
+    assert not wrong, wrong
+
+
+def test_private_modules_of_unlearning_stay_inside_it():
+    """A module of ``healing_pl.unlearning`` whose name starts with ``_`` is imported only from within the package."""
+    wrong = [
+        f"{module} imports {target}"
+        for module, targets in _imports().items()
+        if _part(module) != "unlearning"
+        for target in targets
+        if _part(target) == "unlearning" and any(part.startswith("_") for part in target.split(".")[2:])
+    ]
+    assert not wrong, wrong

@@ -56,4 +56,6 @@ def test_a_missing_ledger_exits_2(tmp_path, capsys):
 
 def test_usage_errors_exit_2(capsys):
     assert main(["ledger"]) == 2
+    assert "healing-pl ledger: error: the following arguments are required: command" in capsys.readouterr().err
     assert main(["ledger", "check", "x"]) == 2
+    assert "healing-pl ledger: error: argument command: invalid choice: 'check'" in capsys.readouterr().err

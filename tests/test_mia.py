@@ -8,6 +8,7 @@ least 0.08 above the gold standard's (retrained without F), whose AUC stays near
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from healing_pl.data.datamodule import HealingDataModule
 from healing_pl.phases.mia import attack, draw_heldout, mia, mia_twins, sample_losses
@@ -42,8 +43,16 @@ def test_heldout_comes_from_the_test_split_and_is_checked(models):
     assert torch.equal(held, draw_heldout(dm, 50, seed=1))
     with pytest.raises(ValueError, match="outside the primary set"):
         mia(trained, dm, forget, heldout_ids=dm.primary_ids[-20:])
+    trained.train()
     losses = sample_losses(trained, dm, forget[:7])
-    assert losses.shape == (7,) and (losses >= 0).all()
+    assert losses.shape == (7,) and trained.training  # computed in eval mode, and the model's mode restored
+    samples = dm.subset(forget[:7])
+    x = torch.stack([samples[i][0] for i in range(7)])
+    y = torch.tensor([int(samples[i][1]) for i in range(7)])
+    with torch.no_grad():
+        by_hand = F.cross_entropy(trained.eval()(x), y, reduction="none").double().numpy()
+    np.testing.assert_allclose(losses, by_hand, rtol=1e-5, atol=1e-7)  # one loss per sample, in the ids' order
+    np.testing.assert_array_equal(sample_losses(trained, dm, forget[:7].flip(0)), losses[::-1])
 
 
 def test_attack_on_known_losses():
@@ -60,6 +69,14 @@ def test_mia_twins(models):
     dm, forget, trained, gold = models
     twins = dm.backup_ids[:100]
     out = mia_twins(trained, dm, forget, twins, seed=0)
-    assert out["n"] == 100 and 0.0 <= out["auc"] <= 1.0 and out["forget_loss"] >= 0
+    # the twins (sorted, each once) are the members, the forget set the non-members
+    twin_losses, forget_losses = sample_losses(trained, dm, twins.unique()), sample_losses(trained, dm, forget)
+    assert out == {
+        **attack(twin_losses, forget_losses, seed=0),
+        "forget_loss": float(forget_losses.mean()),
+        "twin_loss": float(twin_losses.mean()),
+    }
+    assert out["n"] == 100 and out["forget_loss"] < out["twin_loss"]  # trained on F, never on the twins
+    assert mia_twins(trained, dm, forget, torch.cat([twins, twins[:10]]), seed=0) == out  # a repeated twin counts once
     with pytest.raises(ValueError, match="needs twins"):
         mia_twins(trained, dm, forget, [], seed=0)

@@ -30,10 +30,10 @@ def _heal_args(configs_dir, baseline, run_dir, *extra):
         f"{configs_dir}/digits.yaml",
         f"--ckpt_path={baseline}",
         f"--run_dir={run_dir}",
-        "--adversary.selector=class",
+        "--adversary=ClassSelector",
         "--adversary.target_class=3",
         "--adversary.budget=10",
-        "--unlearn.method=fisher",
+        "--unlearn=Fisher",
         "--unlearn.alpha=1e-5",
         "--unlearn.repeats=2",
         f"--unlearn.cache_dir={run_dir.parent / 'cache'}",
@@ -45,7 +45,7 @@ def _heal_args(configs_dir, baseline, run_dir, *extra):
 
 def test_heal_end_to_end_records_every_figure(in_tmp, configs_dir, baseline):
     run = in_tmp / "heal"
-    assert main(_heal_args(configs_dir, baseline, run, "--twins.metric=raw_l2")) == 0
+    assert main(_heal_args(configs_dir, baseline, run, "--twins.metric=RawL2")) == 0
     r = json.loads((run / "results.json").read_text())
     splits = torch.load(baseline, weights_only=False)["HealingDataModule"]["splits"]
     primary, backup = set(splits["primary"]), set(splits["backup"])
@@ -77,8 +77,8 @@ def test_heal_end_to_end_records_every_figure(in_tmp, configs_dir, baseline):
 
 def test_heal_on_remain_only_and_cache_reuse(in_tmp, configs_dir, baseline):
     first, second = in_tmp / "a", in_tmp / "b"
-    assert main(_heal_args(configs_dir, baseline, first, "--twins.metric=none")) == 0
-    assert main(_heal_args(configs_dir, baseline, second, "--twins.metric=feat_cosine")) == 0
+    assert main(_heal_args(configs_dir, baseline, first, "--twins.metric=null")) == 0
+    assert main(_heal_args(configs_dir, baseline, second, "--twins.metric=FeatCosine")) == 0
     a, b = (json.loads((p / "results.json").read_text()) for p in (first, second))
     assert a["twins/count"] == 0 and a["heal/setup"] == "R" and a["heal/train_size"] == a["primary/count"] - 10
     # the same forget set, unlearned model and gold standard (cached) start both setups
@@ -96,7 +96,7 @@ def test_unlearn_subcommand_saves_a_loadable_model(in_tmp, configs_dir, baseline
         f"--ckpt_path={baseline}",
         f"--run_dir={run}",
         "--adversary.budget=0.05",
-        "--unlearn.method=fisher",
+        "--unlearn=Fisher",
         "--unlearn.alpha=1e-6",
         f"--unlearn.cache_dir={in_tmp / 'cache'}",
         *QUIET,
@@ -115,7 +115,7 @@ def test_unlearn_subcommand_saves_a_loadable_model(in_tmp, configs_dir, baseline
         (["--ckpt_path=missing.ckpt"], "does not exist"),
         (["--ckpt_path=corrupt.ckpt"], "corrupt"),
         (["--adversary.budget=5000"], "exceeds the training set"),
-        (["--adversary.selector=class", "--adversary.target_class=12"], "target_class 12"),
+        (["--adversary=ClassSelector", "--adversary.target_class=12"], "target_class 12"),
         (["--twins.metric=raw_l3"], "raw_l3"),
     ],
 )
@@ -140,11 +140,11 @@ def test_grid_runs_and_report_reads_back(in_tmp, configs_dir, capsys):
 name: tiny
 config: {configs_dir}/digits.yaml
 fit: {{trainer.max_epochs: 2, wandb.enabled: false, trainer.enable_progress_bar: false}}
-heal: {{adversary.selector: class, adversary.target_class: 1, adversary.budget: 5, heal.epochs: 1,
+heal: {{adversary: ClassSelector, adversary.target_class: 1, adversary.budget: 5, heal.epochs: 1,
         wandb.enabled: false, trainer.enable_progress_bar: false, unlearn.cache_dir: {in_tmp / "cache"}}}
 axes:
-  unlearn: [{{unlearn.method: fisher, unlearn.alpha: 1.0e-5}}]
-  twins: [{{twins.metric: none}}, {{twins.metric: raw_l2}}]
+  unlearn: [{{unlearn: Fisher, unlearn.alpha: 1.0e-5}}]
+  twins: [{{twins.metric: null}}, {{twins.metric: RawL2}}]
 """)
     assert main(["grid", str(grid), "--out", str(in_tmp / "out")]) == 0
     out = capsys.readouterr().out
@@ -168,14 +168,14 @@ def test_stream_rounds_mix_benign_and_adversarial_requests(in_tmp, configs_dir, 
         f"{configs_dir}/digits.yaml",
         f"--ckpt_path={baseline}",
         f"--run_dir={run}",
-        "--adversary.selector=class",
+        "--adversary=ClassSelector",
         "--adversary.target_class=5",
         "--adversary.budget=6",
         "--stream.benign_ratio=0.5",
         "--stream.round_size=4",
         "--stream.heal=true",
-        "--twins.metric=raw_l2",
-        "--unlearn.method=fisher",
+        "--twins.metric=RawL2",
+        "--unlearn=Fisher",
         "--unlearn.alpha=1e-6",
         *QUIET,
     ]
@@ -201,7 +201,7 @@ def test_unlearn_with_sisa_trains_the_ensemble_and_unlearns_exactly(in_tmp, conf
         f"--ckpt_path={baseline}",
         f"--run_dir={run}",
         "--adversary.budget=4",
-        "--unlearn.method=sisa",
+        "--unlearn=SISA",
         "--unlearn.shards=2",
         "--unlearn.slices=2",
         *QUIET,
@@ -218,7 +218,7 @@ def test_sisa_shards_as_separate_jobs_then_heal_the_affected_shards(in_tmp, conf
         "--config",
         f"{configs_dir}/digits.yaml",
         f"--ckpt_path={baseline}",
-        "--unlearn.method=sisa",
+        "--unlearn=SISA",
         "--unlearn.shards=2",
         "--unlearn.slices=2",
         f"--unlearn.cache_dir={cache}",
@@ -226,7 +226,7 @@ def test_sisa_shards_as_separate_jobs_then_heal_the_affected_shards(in_tmp, conf
     ]
     # one job per shard (as on a cluster), each writing its shard file into the shared cache
     for shard in (0, 1):
-        assert main(["unlearn", *common, f"--unlearn.sisa_shard={shard}", f"--run_dir={in_tmp / f'job{shard}'}"]) == 0
+        assert main(["unlearn", *common, f"--unlearn.shard={shard}", f"--run_dir={in_tmp / f'job{shard}'}"]) == 0
         job = json.loads((in_tmp / f"job{shard}" / "results.json").read_text())
         assert job["sisa/shard"] == shard and os.path.isfile(job["sisa/shard_file"])
     files = sorted(p.name for p in cache.glob("sisa-*/shard*.pt"))
@@ -240,10 +240,10 @@ def test_sisa_shards_as_separate_jobs_then_heal_the_affected_shards(in_tmp, conf
                 "heal",
                 *common,
                 f"--run_dir={run}",
-                "--adversary.selector=class",
+                "--adversary=ClassSelector",
                 "--adversary.target_class=2",
                 "--adversary.budget=4",
-                "--twins.metric=raw_l2",
+                "--twins.metric=RawL2",
                 "--heal.epochs=2",
             ]
         )
@@ -265,7 +265,7 @@ def test_stream_refuses_an_ensemble_method(in_tmp, configs_dir, baseline, capsys
             "--config",
             f"{configs_dir}/digits.yaml",
             f"--ckpt_path={baseline}",
-            "--unlearn.method=sisa",
+            "--unlearn=SISA",
             f"--run_dir={in_tmp / 's'}",
             *QUIET,
         ]
@@ -278,7 +278,7 @@ def test_gold_standard_repeats_the_baselines_recipe_whatever_the_heal_lr(in_tmp,
     runs = {}
     for name, extra in (("default", []), ("slow", ["--heal.lr=1e-5"])):
         runs[name] = in_tmp / name
-        args = _heal_args(configs_dir, baseline, runs[name], "--twins.metric=none", *extra)
+        args = _heal_args(configs_dir, baseline, runs[name], "--twins.metric=null", *extra)
         args[args.index(f"--unlearn.cache_dir={runs[name].parent / 'cache'}")] = f"--unlearn.cache_dir={in_tmp / name}c"
         assert main(args) == 0
     a, b = (json.loads((runs[n] / "results.json").read_text()) for n in ("default", "slow"))

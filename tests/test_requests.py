@@ -1,6 +1,7 @@
 """--requests FILE: real unlearn requests (by id, hash or image) instead of the adversary, end to end on digits."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -109,7 +110,7 @@ def test_heal_with_a_requests_file(in_tmp, configs_dir, baseline):
     assert main(_args("heal", configs_dir, ckpt, run, requests, "--heal.epochs=1", "--twins.metric=raw_l2")) == 0
     r = json.loads((run / "results.json").read_text())
     assert r["forget/ids"] == ids and r["adversary/selector"] == "requests"
-    assert len(r["twins/pairs"]) == 5 and r["healed/test/acc_epoch_1"] is not None
+    assert len(r["twins/pairs"]) == 5 and r["healed/test/acc_epoch_1"] == r["healed/test/acc"]  # one heal epoch
     assert sorted(x["twin_id"] for x in _ledger(run) if x["type"] == "twin") == sorted(
         p["twin_id"] for p in r["twins/pairs"]
     )
@@ -133,13 +134,16 @@ def test_stream_applies_the_file_in_order(in_tmp, configs_dir, baseline):
 @pytest.mark.parametrize(
     "content, expected",
     [
-        (None, "does not exist"),
-        ([{"requester": "a", "sample_id": 1}, '{"requester": "b", "sample_id": '], "line 2 of"),
-        ([{"requester": "a"}], "line 1 of requests file"),
-        ([{"requester": "a", "sample_id": 1, "sample_hash": "0" * 64}], "2 ways"),
-        ([{"requester": "a", "sample_id": 1, "user": "x"}], "unknown key 'user'"),
-        ([{"requester": "a", "image": "missing.png"}], "cannot be read"),
-        ([{"requester": "a", "image": "broken.png"}], "cannot be read"),
+        (None, r"requests file '[^']*r\.jsonl' does not exist\.$"),
+        ([{"requester": "a", "sample_id": 1}, '{"requester": "b", "sample_id": '], r"line 2 of .* is not valid JSON"),
+        ([{"requester": "a"}], r"line 1 of requests file '[^']*' names no sample;"),
+        (
+            [{"requester": "a", "sample_id": 1, "sample_hash": "0" * 64}],
+            r"names its sample 2 ways \(sample_id, sample_hash\)",
+        ),
+        ([{"requester": "a", "sample_id": 1, "user": "x"}], r"line 1 of .* has an unknown key 'user'"),
+        ([{"requester": "a", "image": "missing.png"}], r"line 1 of .*: image '[^']*missing\.png' cannot be read"),
+        ([{"requester": "a", "image": "broken.png"}], r"line 1 of .*: image '[^']*broken\.png' cannot be read"),
     ],
 )
 def test_bad_requests_files_exit_2_and_write_nothing(in_tmp, configs_dir, baseline, capsys, content, expected):
@@ -152,5 +156,5 @@ def test_bad_requests_files_exit_2_and_write_nothing(in_tmp, configs_dir, baseli
     capsys.readouterr()
     assert main(_args("unlearn", configs_dir, ckpt, run, path)) == 2
     errors = [x for x in capsys.readouterr().err.splitlines() if x.startswith("healing-pl: error:")]
-    assert len(errors) == 1 and expected in errors[0] and errors[0].endswith("."), errors
+    assert len(errors) == 1 and re.search(expected, errors[0]) and errors[0].endswith("."), errors
     assert not run.exists() or not any(run.iterdir())

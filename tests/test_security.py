@@ -88,7 +88,10 @@ def test_a_planted_pickle_as_checkpoint_never_runs(in_tmp, configs_dir, capsys):
             [subcommand, "--config", f"{configs_dir}/digits.yaml", f"--ckpt_path={in_tmp / 'evil.ckpt'}", *QUIET]
         )
         assert code == 2 and not marker.exists(), subcommand
-    assert "evil.ckpt" in capsys.readouterr().err
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert last.startswith(
+            f"healing-pl: error: checkpoint '{in_tmp / 'evil.ckpt'}' is corrupt or not a checkpoint ("
+        ), (subcommand, last)
 
 
 def test_a_planted_pickle_as_sisa_shard_or_stream_round_never_runs(in_tmp, configs_dir, baseline, capsys):
@@ -109,7 +112,9 @@ def test_a_planted_pickle_as_sisa_shard_or_stream_round_never_runs(in_tmp, confi
     marker = in_tmp / "ran"
     (shard,) = glob.glob(str(cache / "sisa-*" / "shard0.pt"))
     _plant(shard, marker)
+    capsys.readouterr()
     assert main([*sisa, f"--run_dir={in_tmp / 'b'}"]) == 2 and not marker.exists()
+    assert f"{shard} is not a readable SISA shard file" in capsys.readouterr().err.strip().splitlines()[-1]
     stream = [
         "stream",
         "--config",
@@ -125,12 +130,13 @@ def test_a_planted_pickle_as_sisa_shard_or_stream_round_never_runs(in_tmp, confi
     ]
     assert main(stream) == 0
     rounds = glob.glob(str(in_tmp / "s" / "stream" / "round-*.pt"))
-    assert rounds
+    assert sorted(os.path.basename(r) for r in rounds) == ["round-0000.pt", "round-0001.pt"], rounds
     for path in rounds:
         _plant(path, marker)
     assert main(stream) == 2  # a rerun resumes from the round checkpoints: the planted ones must not run
     assert not marker.exists()
-    assert "cannot be loaded as plain weights" in capsys.readouterr().err.strip().splitlines()[-1]
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"round checkpoint '{max(rounds)}' cannot be loaded as plain weights" in last, last
 
 
 def test_cache_keys_change_with_the_code(monkeypatch):

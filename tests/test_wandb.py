@@ -37,7 +37,7 @@ def runs(tmp_path_factory, configs_dir):
         )
         ckpt = fit / "checkpoints" / "last.ckpt"
         args = ["heal", "--config", f"{configs_dir}/digits.yaml", f"--ckpt_path={ckpt}", f"--run_dir={heal}"]
-        args += ["--heal.epochs=2", "--adversary.budget=20", "--twins.metric=raw_l2", *FAST]
+        args += ["--heal.epochs=2", "--adversary.budget=20", "--twins.metric=RawL2", *FAST]
         assert main(args) == 0
     finally:
         os.chdir(cwd)

@@ -78,6 +78,7 @@ import torch
 from torch import Tensor
 
 from healing_pl.adversary.membership import REASONS, Decision, MembershipIndex, Request
+from healing_pl.files import write_atomic
 
 __all__ = [
     "GENESIS",
@@ -481,10 +482,7 @@ class Ledger:
     def _write_head(self) -> None:
         """Replace the head atomically (no fsync: it is written after the lines it names are on disk, so after a
         crash it can only lag behind the file, which opening the ledger repairs; it never runs ahead)."""
-        tmp = self.head_path.with_name(self.head_path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps({"lines": self._lines, "hash": self._prev}) + "\n")
-        os.replace(tmp, self.head_path)
+        write_atomic(self.head_path, json.dumps({"lines": self._lines, "hash": self._prev}) + "\n", fsync=False)
 
     def _append(self, records: Sequence[dict]) -> None:
         """Chain ``records`` onto the ledger: one write, one fsync, then the head."""

@@ -31,10 +31,11 @@ from dataclasses import dataclass
 
 import lightning as L
 
+from healing_pl.adversary import Selector
 from healing_pl.adversary.requests import RequestsFile
 from healing_pl.models.classifier import Classifier, evaluate
 from healing_pl.phases.baseline import Baseline
-from healing_pl.phases.config import AdversaryConfig, HealConfig, StreamConfig, TwinsConfig, UnlearnConfig
+from healing_pl.phases.config import HealConfig, StreamConfig, TwinsConfig
 from healing_pl.phases.distributed import cpu_state, inner_trainer, rank_zero_run
 from healing_pl.phases.evaluate import Evaluation, evaluate_sets
 from healing_pl.phases.forget import ForgetSet, request_forget_set
@@ -45,7 +46,7 @@ from healing_pl.phases.mia import MiaResult, draw_heldout, mia_phase, mia_twins_
 from healing_pl.phases.record import compose, save_config, save_model, write_record
 from healing_pl.phases.twins import TwinSet, ledger_twins, twin_phase
 from healing_pl.phases.unlearn import AttackStrength, Unlearned, attack_strength, unlearn_phase
-from healing_pl.unlearning.methods import Context
+from healing_pl.unlearning import Context, Unlearner
 
 
 def detached_copy(model: Classifier, hparams: dict) -> Classifier:
@@ -158,8 +159,8 @@ class UnlearnPhase(Phase):
     def __init__(
         self,
         baseline: Baseline,
-        adversary: AdversaryConfig,
-        unlearn: UnlearnConfig,
+        adversary: Selector,
+        unlearn: Unlearner,
         *,
         gold: bool,
         run_dir: str,
@@ -408,15 +409,14 @@ class ShardHealing(Phase):
 
 
 class SisaShardJob(Phase):
-    """Trains one SISA shard into the cache (``--unlearn.sisa_shard i``): one job per shard on a cluster; a later
-    ``unlearn`` or ``heal`` run aggregates the cached shards."""
+    """Trains one SISA shard into the cache (``--unlearn SISA --unlearn.shard i``): one job per shard on a cluster;
+    a later ``unlearn`` or ``heal`` run aggregates the cached shards."""
 
-    def __init__(self, baseline: Baseline, unlearn: UnlearnConfig):
+    def __init__(self, baseline: Baseline, unlearn: Unlearner):
         self.baseline, self.unlearn = baseline, unlearn
         self.job: _ShardJob | None = None
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        from healing_pl.unlearning.methods import sisa_directory
         from healing_pl.unlearning.sisa import train_sisa_shard
 
         def train() -> _ShardJob:
@@ -425,24 +425,24 @@ class SisaShardJob(Phase):
                 raise ValueError("training one SISA shard needs --unlearn.cache_dir, where the shards meet.")
             context = Context(epochs=self.baseline.epochs, seed=self.baseline.seed)
             param = next(pl_module.parameters())
-            directory = sisa_directory(detached_copy(pl_module, self.baseline.hparams), dm, cfg, context)
+            directory = cfg.directory(detached_copy(pl_module, self.baseline.hparams), dm, context)
             start = time.perf_counter()
             path = train_sisa_shard(
                 self.baseline.hparams,
                 dm,
-                cfg.sisa_shard,
+                cfg.shard,
                 shards=cfg.shards,
                 slices=cfg.slices,
                 epochs=self.baseline.epochs,
-                epochs_per_slice=cfg.sisa_epochs,
+                epochs_per_slice=cfg.epochs_per_slice,
                 seed=self.baseline.seed,
                 device=param.device,
                 dtype=param.dtype,
                 directory=directory,
                 progress=_progress(trainer),
             )
-            print(f"SISA shard {cfg.sisa_shard} of {cfg.shards} written to {path}")
-            return _ShardJob(cfg.sisa_shard, cfg.shards, path, time.perf_counter() - start)
+            print(f"SISA shard {cfg.shard} of {cfg.shards} written to {path}")
+            return _ShardJob(cfg.shard, cfg.shards, path, time.perf_counter() - start)
 
         self.job = rank_zero_run(trainer, train)
 
@@ -471,18 +471,15 @@ class StreamPhase(Phase):
     """A stream of requests in rounds, applied on rank zero on the model's device (:mod:`healing_pl.phases.stream`).
 
     The state after each round is kept under ``<run_dir>/stream/``, so a rerun into the same folder resumes after
-    the last round the ledger holds. Tests stop a stream after round ``k`` with ``HEALING_PL_STOP_AFTER_ROUND=k``
-    (a KeyboardInterrupt once that round's summary is in the ledger).
+    the last round the ledger holds.
     """
-
-    STOP_ENV = "HEALING_PL_STOP_AFTER_ROUND"
 
     def __init__(
         self,
         baseline: Baseline,
         *,
-        unlearn: UnlearnConfig,
-        adversary: AdversaryConfig,
+        unlearn: Unlearner,
+        adversary: Selector,
         stream: StreamConfig,
         twins: TwinsConfig,
         heal: HealConfig,
@@ -507,17 +504,6 @@ class StreamPhase(Phase):
             logger = trainer.logger
             log = (lambda metrics, step: logger.log_metrics(metrics, step=step)) if logger is not None else None
             ledger = _ledger(self.run_dir)
-            stop = os.environ.get(self.STOP_ENV)
-            if stop:  # test-only: interrupt once round `stop` is on record
-                append_round = ledger.append_round
-
-                def append_and_stop(record: dict) -> bool:
-                    written = append_round(record)
-                    if int(record["round"]) == int(stop):
-                        raise KeyboardInterrupt(f"{self.STOP_ENV}={stop}")
-                    return written
-
-                ledger.append_round = append_and_stop
             return run_stream(
                 detached_copy(pl_module, self.baseline.hparams),
                 self.baseline,

@@ -9,7 +9,7 @@ It reads the same YAML and flags as ``healing-pl unlearn`` (the LightningCLI par
 ``--unlearn.*``, ``--adversary.*`` and ``--requests``), loads the baseline with
 :func:`healing_pl.phases.baseline.load_baseline`, picks the forget set once with
 :func:`healing_pl.phases.forget.request_forget_set` (no ledger is written), and then bisects the strength
-in log space: each step runs :func:`healing_pl.unlearning.methods.unlearn_with_repeats` (the method's
+in log space: each step runs :func:`healing_pl.unlearning.base.unlearn_with_repeats` (the method's
 ``repeats``, seeds ``seed``, ``seed + 1``...) and measures
 
     drop = baseline validation accuracy - mean validation accuracy of the unlearned repeats.
@@ -26,13 +26,13 @@ influence  damping    smaller                      [1e-6, 1e2]
 
 Every step measures on the validation split only: the test set is never evaluated, so a choice made
 here cannot leak the reported numbers (tests/test_calibrate.py scrambles the test labels and gets the
-same value). A strength whose model diverges (:func:`~healing_pl.unlearning.methods.check_divergence`)
+same value). A strength whose model diverges (:func:`~healing_pl.unlearning.base.check_divergence`)
 counts as too strong. The search stops early once a drop is within ``--tol`` of the target; otherwise it
 reports the closest value it tried. Candidate values are rounded to 4 significant digits before they are
 measured, so the value written is exactly the value measured.
 
 The result is printed and, with ``--output``, written (by rank zero) as a YAML config snippet,
-``unlearn: {method: ..., <param>: ..., <the method's other settings>}``, which loads back as a second
+``unlearn: {class_path: <Method>, init_args: {<param>: ..., <the method's other knobs>}}``, which loads back as a second
 ``--config`` of ``healing-pl unlearn``/``heal``. Bad input (no or a missing checkpoint, a parameter the
 method does not have, a target outside (0, 1), a range that is not positive and increasing, an output
 folder that does not exist) stops with one sentence and exit status 2 before anything is computed or
@@ -45,31 +45,28 @@ import math
 import os
 import statistics
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import yaml
 from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 
+from healing_pl.adversary import Selector
 from healing_pl.cli import USER_ERRORS, HealingCLI, parser_sentence
+from healing_pl.console import quiet_console
+from healing_pl.files import write_atomic
 from healing_pl.models.classifier import Classifier, evaluate, read_checkpoint
 from healing_pl.phases.baseline import Baseline, load_baseline
-from healing_pl.phases.config import AdversaryConfig, UnlearnConfig
 from healing_pl.phases.distributed import inner_trainer
 from healing_pl.phases.forget import request_forget_set
-from healing_pl.tracking import quiet_console
-from healing_pl.unlearning.methods import Context, unlearn_with_repeats
-
-#: method -> its strengths: param -> (stronger when larger, default low end, default high end)
-STRENGTHS: dict[str, dict[str, tuple[bool, float, float]]] = {
-    "fisher": {"alpha": (True, 1e-10, 1e-2)},
-    "influence": {"scale": (False, 1.0, 1e6), "damping": (False, 1e-6, 1e2)},
-}
+from healing_pl.trainer import DEFAULT_ADVERSARY, DEFAULT_UNLEARN
+from healing_pl.unlearning import UNLEARNERS, Context, Unlearner, unlearn_with_repeats
 
 
 def _strength_names() -> str:
-    return "; ".join(f"{m}: {', '.join(p)}" for m, p in STRENGTHS.items())
+    """Each method with strengths to calibrate (its class's ``strengths``), and those strengths."""
+    return "; ".join(f"{c.__name__}: {', '.join(c.strengths)}" for c in UNLEARNERS.classes() if c.strengths)
 
 
 class CalibrateCLI(HealingCLI):
@@ -95,11 +92,9 @@ class CalibrateCLI(HealingCLI):
             "--ckpt_path", type=str | None, default=None, help="The baseline checkpoint (healing-pl fit)."
         )
         parser.add_argument(
-            "--unlearn", type=UnlearnConfig, default=UnlearnConfig(), help="The unlearning method and its settings."
+            "--unlearn", type=Unlearner, default=DEFAULT_UNLEARN, help="The unlearning method and its knobs."
         )
-        parser.add_argument(
-            "--adversary", type=AdversaryConfig, default=AdversaryConfig(), help="Who picks the forget set."
-        )
+        parser.add_argument("--adversary", type=Selector, default=DEFAULT_ADVERSARY, help="Who picks the forget set.")
         parser.add_argument(
             "--requests",
             type=str | None,
@@ -165,21 +160,19 @@ class Search:
 
 def search_options(config) -> Search:
     """Check the calibrate options against the unlearn config; one sentence for the first problem."""
-    unlearn: UnlearnConfig = config.unlearn
-    method = unlearn.method
+    unlearn: Unlearner = config.unlearn
+    strengths, method = type(unlearn).strengths, type(unlearn).__name__
     target = config.target_drop
     if target is None:
         raise ValueError("pass --target_drop, the validation-accuracy drop to reach, in (0, 1).")
     if not 0.0 < target < 1.0:
         raise ValueError(f"--target_drop must lie in (0, 1), got {target}.")
-    if method not in STRENGTHS:
-        raise ValueError(f"calibrate tunes a strength of fisher or influence, not of '{method}' ({_strength_names()}).")
-    param = config.param or next(iter(STRENGTHS[method]))
-    if param not in STRENGTHS[method]:
-        raise ValueError(
-            f"--param {param} is not a strength of {method}; choose one of {', '.join(STRENGTHS[method])}."
-        )
-    increasing, lo, hi = STRENGTHS[method][param]
+    if not strengths:
+        raise ValueError(f"calibrate tunes a strength of a method that has one, not of {method} ({_strength_names()}).")
+    param = config.param or next(iter(strengths))
+    if param not in strengths:
+        raise ValueError(f"--param {param} is not a strength of {method}; choose one of {', '.join(strengths)}.")
+    increasing, lo, hi = strengths[param]
     lo = lo if config.lo is None else config.lo
     hi = hi if config.hi is None else config.hi
     if not (lo > 0 and hi > lo and math.isfinite(hi)):
@@ -203,8 +196,8 @@ class Setup:
     model: Classifier
     datamodule: object
     baseline: Baseline
-    unlearn: UnlearnConfig
-    adversary: AdversaryConfig
+    unlearn: Unlearner
+    adversary: Selector
     requests: str | None
     search: Search
     context: Context
@@ -270,7 +263,7 @@ def run_calibration(setup: Setup, progress: bool = True) -> Calibration:
     try:
         for step in range(1, s.steps + 1):
             value = _round(math.exp((lo + hi) / 2))
-            cfg = replace(setup.unlearn, **{s.param: value})
+            cfg = setup.unlearn.replace(**{s.param: value})
             try:
                 out = unlearn_with_repeats(model, dm, forget, cfg, setup.context, test_loader=val_loader)
                 accs = list(out.accs)  # validation accuracies: the test loader here is the validation split
@@ -294,7 +287,7 @@ def run_calibration(setup: Setup, progress: bool = True) -> Calibration:
             bar.close()
     if result.best is None:
         raise ValueError(
-            f"every {s.param} tried in [{s.lo:g}, {s.hi:g}] made {setup.unlearn.method} diverge; "
+            f"every {s.param} tried in [{s.lo:g}, {s.hi:g}] made {type(setup.unlearn).__name__} diverge; "
             f"{'lower --hi' if s.increasing else 'raise --lo'}."
         )
     return result
@@ -304,9 +297,10 @@ def snippet(setup: Setup, result: Calibration) -> str:
     """The YAML config snippet: the unlearn settings with the chosen strength, and a comment on how it was found."""
     best = result.best
     s = setup.search
-    chosen = replace(setup.unlearn, **{s.param: best["value"]})
+    chosen = setup.unlearn.replace(**{s.param: best["value"]})
     settings = chosen.hyperparameters()
-    unlearn = {"method": settings.pop("method"), s.param: settings.pop(s.param), **settings}
+    settings.pop("method")
+    unlearn = {"class_path": type(chosen).__name__, "init_args": {s.param: settings.pop(s.param), **settings}}
     within = abs(best["drop"] - s.target) <= s.tol
     reached = "reached" if within else f"closest to the target (not within {s.tol:g})"
     n = len(best["val_accs"])
@@ -346,19 +340,9 @@ def calibrate_main(args=None) -> int:
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
     print(text, end="")
     if setup.search.output and rank_zero_only.rank == 0:
-        with open(setup.search.output, "w") as f:
-            f.write(text)
+        write_atomic(setup.search.output, text)
         print(f"written to {setup.search.output}")
     return 0
 
 
-__all__ = [
-    "STRENGTHS",
-    "Calibration",
-    "CalibrateCLI",
-    "Search",
-    "Setup",
-    "calibrate_main",
-    "load_setup",
-    "run_calibration",
-]
+__all__ = ["Calibration", "CalibrateCLI", "Search", "Setup", "calibrate_main", "load_setup", "run_calibration"]

@@ -16,6 +16,8 @@ import os
 import socket
 import time
 
+from healing_pl.files import write_json
+
 HOST = socket.gethostname()
 
 
@@ -98,10 +100,7 @@ class Claims:
         """Record the worker process that runs a claimed run (the claim stays live while either lives)."""
         with self._locked():
             held = self.read(run_dir) or {"pids": [], "host": HOST}
-            tmp = self.path(run_dir) + f".{os.getpid()}.tmp"
-            with open(tmp, "w") as f:
-                json.dump({"pids": [*held.get("pids", []), pid], "host": HOST}, f)
-            os.replace(tmp, self.path(run_dir))
+            write_json(self.path(run_dir), {"pids": [*held.get("pids", []), pid], "host": HOST})
 
     def release(self, run_dir: str, code: int) -> None:
         with self._locked():

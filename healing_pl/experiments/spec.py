@@ -8,9 +8,14 @@
     heal: {adversary.budget: 25}    # overrides shared by every run of the command
     axes:                           # every combination of one entry per axis is one run
       unlearn:
-        - {unlearn.method: fisher, unlearn.alpha: 8.0e-6}
-        - {unlearn.method: influence, unlearn.damping: 0.001}
-      twins: [{twins.metric: none}, {twins.metric: raw_l2}]
+        - {unlearn: Fisher, unlearn.alpha: 8.0e-6}
+        - {unlearn: Influence, unlearn.damping: 0.001}
+      twins: [{twins.metric: null}, {twins.metric: RawL2}]
+
+A method family is chosen by class (``unlearn: Fisher``, ``adversary: ClassSelector``, ``twins.metric:
+RawL2``; null: no twins) and its knobs follow as ``unlearn.<knob>``; the class always goes first on the
+command line, whatever the order in the file. A file with a key of the old flat options
+(``unlearn.method``, ``adversary.selector``, ...) stops with one sentence naming the new key.
 
 Without ``seeds`` every run keeps its config's seeds and the runs sit in ``<out>/<run>``; with
 ``seeds`` each run gets ``--seed_everything``, ``--data.seed`` (and ``--unlearn.seed``,
@@ -61,7 +66,27 @@ def value_text(value) -> str:
 
 
 def overrides(pairs: dict | None) -> list[str]:
-    return [f"--{key}={value_text(value)}" for key, value in (pairs or {}).items()]
+    """``--key=value`` options; a chosen class (``unlearn``, ``twins.metric``) before its knobs (``unlearn.alpha``),
+    since the CLI drops the knobs given before a class is chosen."""
+    pairs = pairs or {}
+    depth = {key: sum(other.startswith(key + ".") for other in pairs) for key in pairs}
+    ordered = sorted(pairs, key=lambda key: -depth[key] if depth[key] else 0)
+    return [f"--{key}={value_text(pairs[key])}" for key in ordered]
+
+
+def check_renamed(path: str, where: str, pairs: dict) -> None:
+    """Stop with one sentence when ``pairs`` use an option that the method-family classes replaced."""
+    from healing_pl.phases.config import RENAMED_KEYS, RENAMED_VALUES
+
+    for key, value in pairs.items():
+        if key in RENAMED_KEYS:
+            raise ValueError(f"'{key}' in '{where}' of the grid '{path}' is gone; use {RENAMED_KEYS[key]}.")
+        old = RENAMED_VALUES.get(key, {})
+        if isinstance(value, str) and value in old:
+            raise ValueError(
+                f"{key}: {value} in '{where}' of the grid '{path}' names the class the old way; "
+                f"use {key}: {old[value]}."
+            )
 
 
 def load_spec(path: str) -> dict:
@@ -100,8 +125,12 @@ def load_spec(path: str) -> dict:
         if not isinstance(values, list) or not values or not all(isinstance(v, dict) and v for v in values):
             raise ValueError(
                 f"the grid's axes entry '{name}' must be a non-empty list of override mappings "
-                f"(e.g. [{{twins.metric: none}}]), got {values!r}."
+                f"(e.g. [{{twins.metric: RawL2}}]), got {values!r}."
             )
+    for where, pairs in [("fit", spec.get("fit") or {}), (command, spec.get(command) or {})] + [
+        (f"axes.{name}", entry) for name, values in axes.items() for entry in values
+    ]:
+        check_renamed(path, where, pairs)
     if "seeds" in spec:
         seeds = spec["seeds"]
         if (
@@ -132,7 +161,11 @@ def seed_args(subcommand: str, seed: int | None) -> list[str]:
 
 
 def _label(combo) -> str:
-    return "-".join(f"{v:g}" if isinstance(v, float) else value_text(v) for part in combo for v in part.values())
+    return "-".join(
+        f"{v:g}" if isinstance(v, float) else "none" if v is None else value_text(v)
+        for part in combo
+        for v in part.values()
+    )
 
 
 def cells(spec: dict) -> list[tuple[str, dict, tuple[dict, ...]]]:

@@ -3,10 +3,12 @@
 The sweep runs the same commands as the grid: the fixed arguments carry the config, the
 baseline checkpoint, the W&B group, the seeds (one seed) and the overrides every run shares;
 each axis becomes one sweep parameter. An axis whose entries set one option becomes that option
-(``twins.metric: [none, raw_l2]``); an axis whose entries set several options of one group becomes
-the group, with dict values (``unlearn: [{method: fisher, alpha: 8.0e-06}, ...]``): W&B's agent
-writes them as ``--unlearn={'method': 'fisher', 'alpha': 8e-06}``, which jsonargparse reads into
-the group on top of the fixed options. Several seeds become the parameter ``config`` whose values
+(``twins.metric: [null, RawL2]``; a null goes through as the text ``null``, which the CLI reads as
+None); an axis whose entries choose a class and its knobs becomes the class option with dict values
+(``unlearn: [{class_path: Fisher, init_args: {alpha: 8.0e-06}}, ...]``), and one whose entries set
+several options of one group becomes the group: W&B's agent writes a dict as its Python repr
+(``--unlearn={'class_path': 'Fisher', 'init_args': {'alpha': 8e-06}}``), which jsonargparse reads on
+top of the fixed options. Several seeds become the parameter ``config`` whose values
 set the seeds and the seed's baseline checkpoint (``--config`` also takes a config as text).
 Every cell's command is checked with the CLI's parser before the file is written.
 """
@@ -19,6 +21,9 @@ import os
 import yaml
 
 from healing_pl.experiments.spec import SEED_OPTIONS, overrides, seed_args
+
+#: the options that choose a method family's class; their knobs follow as ``<option>.<knob>``
+CLASS_OPTIONS = ("unlearn", "adversary", "twins.metric")
 
 #: the metric each command's sweep optimises: validation accuracy wherever a run has one (a choice never reads
 #: test; ``healed/val/acc`` is the fine-tune's validation accuracy, logged every epoch, its last value in the
@@ -33,6 +38,12 @@ def agent_args(values: dict) -> list[str]:
 
 
 def _nested(pairs: dict) -> dict:
+    """Dotted options as a tree; a chosen class with its knobs as ``{class_path, init_args}``."""
+    pairs = dict(pairs)
+    for option in sorted(CLASS_OPTIONS, key=len, reverse=True):
+        if option in pairs and isinstance(pairs[option], str):
+            knobs = {k[len(option) + 1 :]: pairs.pop(k) for k in list(pairs) if k.startswith(option + ".")}
+            pairs[option] = {"class_path": pairs[option], "init_args": knobs}
     tree: dict = {}
     for key, value in pairs.items():
         *groups, last = key.split(".")
@@ -54,8 +65,15 @@ def _contains_none(value) -> bool:
 def axis_parameter(name: str, entries: list[dict]) -> tuple[str, list]:
     """The sweep parameter of one axis: (its name, its values)."""
     keys = [key for entry in entries for key in entry]
+    option = next((o for o in CLASS_OPTIONS if all(k == o or k.startswith(o + ".") for k in keys)), None)
     if all(len(entry) == 1 for entry in entries) and len(set(keys)) == 1:
-        parameter, values = keys[0], [entry[keys[0]] for entry in entries]
+        parameter, values = keys[0], ["null" if entry[keys[0]] is None else entry[keys[0]] for entry in entries]
+    elif option is not None and all(isinstance(entry.get(option), str) for entry in entries):
+        parameter = option  # a class and its knobs: {class_path, init_args}
+        values = [_nested(entry)[option] if "." not in option else _nested(entry) for entry in entries]
+        if "." in option:  # twins.metric: the value is the metric's subtree
+            for part in option.split("."):
+                values = [v[part] for v in values]
     else:
         split = [key.split(".") for key in keys]
         prefix: list[str] = []
@@ -68,8 +86,8 @@ def axis_parameter(name: str, entries: list[dict]) -> tuple[str, list]:
         values = [_nested({".".join(key.split(".")[cut:]): value for key, value in entry.items()}) for entry in entries]
     if _contains_none(values):
         raise ValueError(
-            f"the axis '{name}' has a null value, which cannot pass through a W&B sweep (its agent writes "
-            "Python's None); leave the option at its default instead."
+            f"the axis '{name}' has a null value inside a group, which cannot pass through a W&B sweep (its agent "
+            "writes Python's None); leave the option at its default instead."
         )
     return parameter, values
 

@@ -1,7 +1,8 @@
-"""Twin search: similarity metrics, exact top-k search and spare-set policies."""
+"""Twin search: twin metrics (registered classes), exact top-k search and spare-set policies."""
 
+from healing_pl.healing import metrics  # noqa: F401  (registers every twin metric)
+from healing_pl.healing.metric import TWIN_METRICS, Metric, get_metric
 from healing_pl.healing.policies import POLICIES, get_policy
 from healing_pl.healing.search import nearest
-from healing_pl.healing.similarity import METRICS, get_metric
 
-__all__ = ["METRICS", "POLICIES", "get_metric", "get_policy", "nearest"]
+__all__ = ["POLICIES", "TWIN_METRICS", "Metric", "get_metric", "get_policy", "nearest"]

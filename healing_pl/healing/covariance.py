@@ -2,8 +2,8 @@
 
 Used by the Mahalanobis metrics: :mod:`healing_pl.healing.search` whitens with
 :func:`whitening_matrix` (and estimates a missing covariance with
-:func:`ledoit_wolf_covariance`), :mod:`healing_pl.healing.similarity` exposes
-the estimators per metric.  This module imports neither of them.
+:func:`ledoit_wolf_covariance`), :mod:`healing_pl.healing.metrics._mahalanobis`
+picks the estimator per metric.  This module imports neither of them.
 
 With 784 pixels and a few hundred candidates the sample covariance is singular,
 so it is shrunk towards a scaled identity: Ledoit-Wolf (the formula of

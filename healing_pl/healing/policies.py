@@ -60,7 +60,8 @@ import numpy as np
 import torch
 
 from healing_pl.healing.covariance import ArrayLike
-from healing_pl.healing.similarity import Ids, Metric, get_metric
+from healing_pl.healing.metric import Metric, get_metric
+from healing_pl.healing.representations import Ids
 
 __all__ = [
     "GROUP_MODES",
@@ -204,7 +205,7 @@ class SparePolicy:
     ):
         """
         Args:
-            metric: a :data:`~healing_pl.healing.similarity.METRICS` name or instance.
+            metric: a :data:`~healing_pl.healing.metric.TWIN_METRICS` record name or instance.
             same_class: twins come from the request's class (labels required); off: from the whole spare set.
             group: ``"sequential"``, ``"greedy"`` or ``"optimal"``.
             max_candidates: longest candidate list per request in one search.

@@ -7,9 +7,9 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from healing_pl.adversary import Selector
 from healing_pl.adversary.requests import RequestsFile
-from healing_pl.phases.config import AdversaryConfig, UnlearnConfig
-from healing_pl.unlearning.methods import METHODS, Context
+from healing_pl.unlearning import UNLEARNERS, Context, Unlearner
 
 
 @dataclass(frozen=True)
@@ -17,7 +17,7 @@ class ForgetSet:
     """The accepted forget set F and what happened to every request."""
 
     ids: torch.Tensor  # accepted pool ids, in request order
-    adversary: AdversaryConfig
+    adversary: Selector
     requested: int
     reasons: dict[str, int]  # decision reason -> count
     classes: list[int]  # samples of F per class
@@ -30,18 +30,7 @@ class ForgetSet:
         return int(self.ids.numel())
 
     def record(self) -> dict:
-        a = self.adversary
-        source = (
-            self.source.record()
-            if self.source is not None
-            else {
-                "adversary/selector": a.selector,
-                "adversary/budget": a.budget,
-                "adversary/system_knowledge": a.system_knowledge,
-                "adversary/data_knowledge": a.data_knowledge,
-                "adversary/target_class": a.target_class,
-            }
-        )
+        source = self.source.record() if self.source is not None else self.adversary.record()
         return {
             **source,
             "forget/count": self.accepted,
@@ -55,37 +44,33 @@ class ForgetSet:
         }
 
 
-#: methods the unlearning-aware adversary can simulate per candidate (naive and sisa retrain: far too slow)
-SIMULATED_METHODS = ("fisher", "influence")
-
-
-def unlearning_simulator(unlearn: UnlearnConfig, model, datamodule, context: Context | None = None):
+def unlearning_simulator(unlearn: Unlearner, model, datamodule, context: Context | None = None):
     """``simulate(forget_ids) -> model``: the deployed method with its hyperparameters on a copy of ``model``.
 
     Every simulation uses the first repeat's seed (``unlearn.seed``): the unlearning-aware adversary
     compares candidate sets under the same noise draw.  No progress bars, no cache, no divergence check
     (a diverged copy simply scores as very damaging).
     """
-    if unlearn.method not in SIMULATED_METHODS:
+    if not unlearn.simulable:
+        simulable = " or ".join(cls.__name__ for cls in UNLEARNERS.classes() if cls.simulable)
         raise ValueError(
             f"the unlearning_aware adversary simulates the unlearning once per candidate, which it can for "
-            f"{' or '.join(SIMULATED_METHODS)}, not for '{unlearn.method}' (it retrains); pick another selector."
+            f"{simulable}, not for {type(unlearn).__name__} (it retrains); pick another selector."
         )
-    method = METHODS[unlearn.method]
     quiet = replace(context or Context(), progress=False)
 
     def simulate(forget_ids: torch.Tensor) -> torch.nn.Module:
-        return method.run(model, datamodule, forget_ids, unlearn, quiet, unlearn.seed)[0]
+        return unlearn.run(model, datamodule, forget_ids, quiet, unlearn.seed)[0]
 
     return simulate
 
 
 def select_forget_ids(
-    adversary: AdversaryConfig,
+    adversary: Selector,
     model,
     datamodule,
     progress: bool = False,
-    unlearn: UnlearnConfig | None = None,
+    unlearn: Unlearner | None = None,
     context: Context | None = None,
 ) -> torch.Tensor:
     """The adversary's requested ids (only what its knowledge allows reaches the selector).
@@ -97,7 +82,7 @@ def select_forget_ids(
     from healing_pl.adversary.selectors import select_forget_set
 
     simulate = None
-    if adversary.selector == "unlearning_aware":
+    if adversary.simulates_unlearning:
         if unlearn is None:
             raise ValueError("the unlearning_aware adversary needs the unlearn config it attacks.")
         simulate = unlearning_simulator(unlearn, model, datamodule, context)
@@ -119,13 +104,13 @@ def select_forget_ids(
 
 
 def request_forget_set(
-    adversary: AdversaryConfig,
+    adversary: Selector,
     model,
     datamodule,
     ledger=None,
     progress: bool = False,
     requests: RequestsFile | None = None,
-    unlearn: UnlearnConfig | None = None,
+    unlearn: Unlearner | None = None,
     context: Context | None = None,
 ) -> ForgetSet:
     """Select the adversary's requests, check membership, and write every decision to ``ledger`` (if any).
@@ -146,7 +131,7 @@ def request_forget_set(
         decisions = membership.check(requests.requests)
     else:
         requested = select_forget_ids(adversary, model, datamodule, progress, unlearn, context)
-        requester = f"adversary-{adversary.selector}"
+        requester = f"adversary-{adversary.name}"
         decisions = membership.check([Request(requester, sample_id=int(i), kind="adversarial") for i in requested])
     request_ids = ledger.record(decisions, round_index=0) if ledger is not None else []
     accepted_requests = tuple(rid for rid, d in zip(request_ids, decisions) if d.accepted)

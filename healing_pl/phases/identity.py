@@ -24,7 +24,6 @@ import hashlib
 import json
 
 from healing_pl.phases.baseline import Baseline
-from healing_pl.unlearning.methods import METHODS
 
 #: compared within one experiment: the heal setup (R or T-<metric>) and the spare policy
 COMPARED = ("twins.metric", "twins.policy")
@@ -59,11 +58,8 @@ NOT_EXPERIMENT = (
     "data.num_workers",
     "data.eval_batch_size",
     "unlearn.cache_dir",
-    "unlearn.sisa_shard",
+    "unlearn.shard",
 )
-
-#: unlearning settings every method reads (the rest are per-method knobs)
-_UNLEARN_COMMON = ("method", "repeats", "max_norm")
 
 
 def _is_seed(name: str) -> bool:
@@ -91,13 +87,17 @@ def _split_seeds(tree: dict, prefix: str = "") -> dict:
     return seeds
 
 
-def _method_knobs(unlearn: dict) -> dict:
-    """The unlearn section reduced to the settings its method reads (all of it for an unknown method)."""
-    method = METHODS.get(unlearn.get("method"))
-    if method is None:
-        return unlearn
-    keep = set(_UNLEARN_COMMON) | set(method.knobs)
-    return {k: v for k, v in unlearn.items() if k in keep}
+def plain_classes(tree):
+    """``tree`` with every chosen class (``{"class_path": ..., "init_args": {...}}``, as the CLI dumps a method,
+    an adversary or a twin metric) as ``{"class": <class name>, **init_args}``: one flat level of knobs."""
+    if isinstance(tree, dict):
+        if "class_path" in tree and set(tree) <= {"class_path", "init_args", "dict_kwargs"}:
+            knobs = {k: plain_classes(v) for k, v in (tree.get("init_args") or {}).items()}
+            return {"class": str(tree["class_path"]).rsplit(".", 1)[-1], **knobs}
+        return {k: plain_classes(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [plain_classes(v) for v in tree]
+    return tree
 
 
 def short_hash(value) -> str:
@@ -112,12 +112,10 @@ def experiment_identity(
     """The experiment a run belongs to: ``subcommand``, ``config`` (nested, without what does not define
     the experiment, the compared axes and the seeds), ``baseline`` (sha256 and model hyperparameters, or
     None for ``fit``) and ``seeds`` (dotted path -> value)."""
-    tree = copy.deepcopy(dict(config))
+    tree = plain_classes(copy.deepcopy(dict(config)))
     for dotted in NOT_EXPERIMENT + COMPARED:
         _drop(tree, dotted)
     seeds = _split_seeds(tree)
-    if isinstance(tree.get("unlearn"), dict):
-        tree["unlearn"] = _method_knobs(tree["unlearn"])
     baseline = None
     if baseline_sha256 is not None:
         baseline = {"sha256": baseline_sha256, "hparams": dict(baseline_hparams or {})}

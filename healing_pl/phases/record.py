@@ -75,7 +75,8 @@ def write_record(run_dir: str, record: dict, logger=None) -> str:
 
 def save_model(model, datamodule, path: str, **extra) -> None:
     """Save a Classifier as a checkpoint that ``load_classifier`` and ``--ckpt_path`` accept (atomically)."""
-    from healing_pl.unlearning.naive import model_hparams, save_atomic
+    from healing_pl.files import save_torch
+    from healing_pl.unlearning.naive import model_hparams
 
     payload = {
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -83,7 +84,7 @@ def save_model(model, datamodule, path: str, **extra) -> None:
         type(datamodule).__qualname__: datamodule.state_dict(),
         **{k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in extra.items()},
     }
-    save_atomic(payload, path)
+    save_torch(payload, path)
 
 
 def read_record(run_dir: str) -> dict | None:

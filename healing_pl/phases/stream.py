@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
 
+from healing_pl.adversary import Selector
 from healing_pl.adversary.ledger import weights_sha256
 from healing_pl.adversary.requests import RequestsFile
+from healing_pl.files import save_torch
 from healing_pl.models.classifier import evaluate
 from healing_pl.phases.baseline import Baseline
-from healing_pl.phases.config import AdversaryConfig, HealConfig, StreamConfig, TwinsConfig, UnlearnConfig
+from healing_pl.phases.config import HealConfig, StreamConfig, TwinsConfig
 from healing_pl.phases.forget import select_forget_ids
 from healing_pl.phases.heal import fine_tune
 from healing_pl.phases.twins import ledger_twins, spare_policy, twin_phase
 from healing_pl.phases.unlearn import unlearned_model
-from healing_pl.unlearning.methods import METHODS, Context, copy_model
+from healing_pl.unlearning import UNLEARNERS, Context, Unlearner, copy_model
 
 
 @dataclass(frozen=True)
@@ -29,13 +30,13 @@ class StreamResult:
     n_adversarial: int
     n_benign: int
     unlearned_count: int
-    adversary: AdversaryConfig
+    adversary: Selector
     ledger: str
     source: RequestsFile | None = None  # the requests file (None: the adversary's stream)
     n_user: int = 0
 
     def record(self) -> dict:
-        source = self.source.record() if self.source is not None else {"adversary/selector": self.adversary.selector}
+        source = self.source.record() if self.source is not None else {"adversary/selector": self.adversary.name}
         return {
             "stream/rounds": self.rounds,
             "stream/curve": self.curve,
@@ -56,30 +57,13 @@ def round_checkpoint(directory: str, index: int) -> str:
     return os.path.join(directory, f"round-{index:04d}.pt")
 
 
-def save_round(path: str, state: dict) -> None:
-    """Write a round's state atomically: a unique temporary file in the same folder, then ``os.replace``."""
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def run_stream(
     model,
     baseline: Baseline,
     datamodule,
     *,
-    unlearn: UnlearnConfig,
-    adversary: AdversaryConfig,
+    unlearn: Unlearner,
+    adversary: Selector,
     stream: StreamConfig,
     twins: TwinsConfig,
     heal: HealConfig,
@@ -107,10 +91,10 @@ def run_stream(
     from healing_pl.adversary.membership import MembershipIndex
     from healing_pl.adversary.streams import RequestStream, run_rounds
 
-    if METHODS[unlearn.method].ensemble:
+    if unlearn.ensemble:
         raise ValueError(
-            f"request streams cannot apply '{unlearn.method}' round by round; use "
-            f"{', '.join(name for name, method in METHODS.items() if not method.ensemble)}."
+            f"request streams cannot apply {type(unlearn).__name__} round by round; use "
+            f"{', '.join(cls.__name__ for cls in UNLEARNERS.classes() if not cls.ensemble)}."
         )
     if requests is not None:
         listed = list(requests.requests)
@@ -131,7 +115,7 @@ def run_stream(
     stream_rounds = [listed[i : i + size] for i in range(0, len(listed), size)]
     kinds = Counter(r.kind for r in listed)
     membership = MembershipIndex(datamodule.pool.train, datamodule.primary_ids)
-    policy = spare_policy(twins, model, datamodule) if stream.heal and twins.metric != "none" else None
+    policy = spare_policy(twins, model, datamodule) if stream.heal and twins.metric is not None else None
     embedder = model
     current = {"model": model}
     twin_ids: list[int] = []
@@ -148,7 +132,7 @@ def run_stream(
             "twin_ids": torch.tensor(twin_ids, dtype=torch.long),
             "policy": policy.state_dict() if policy is not None else None,
         }
-        save_round(round_checkpoint(checkpoint_dir, index), state)
+        save_torch(state, round_checkpoint(checkpoint_dir, index))
 
     def restore(index: int) -> bool:
         path = round_checkpoint(checkpoint_dir, index)

@@ -26,7 +26,7 @@ class TwinSet:
 
     def record(self) -> dict:
         return {
-            "twins/metric": self.config.metric,
+            "twins/metric": self.config.metric_name,
             "twins/policy": self.config.policy,
             "heal/setup": self.config.setup,
             "twins/pairs": self.pairs,
@@ -43,16 +43,10 @@ def spare_policy(twins: TwinsConfig, model, datamodule):
     Feature metrics embed with ``model`` (the baseline) on its device."""
     from healing_pl.healing.policies import get_policy
 
-    metric_kwargs = {"seed": twins.seed} if twins.metric == "random" else {}
     policy_kwargs = {"k": twins.k} if twins.policy == "twins" else {}
-    policy = get_policy(
-        twins.policy,
-        metric=twins.metric,
-        same_class=twins.same_class,
-        group=twins.group,
-        metric_kwargs=metric_kwargs,
-        **policy_kwargs,
-    )
+    # a fresh metric per policy: the random control starts its draws over, seeded by twins.seed unless it has a seed
+    metric = twins.metric.fresh(twins.seed)
+    policy = get_policy(twins.policy, metric=metric, same_class=twins.same_class, group=twins.group, **policy_kwargs)
     metric = policy.metric
     dataset, embedder = datamodule.pool.train, model if metric.needs_features else None
     backup = spare_ids(twins, datamodule.backup_ids)
@@ -102,7 +96,7 @@ def twin_phase(twins: TwinsConfig, model, datamodule, forget_ids, policy=None) -
     """
     start = time.perf_counter()
     pairs: list[dict] = []
-    if twins.metric != "none":
+    if twins.metric is not None:
         policy = policy or spare_policy(twins, model, datamodule)
         pairs = assign_twins(policy, model, datamodule, forget_ids)
     targets = datamodule.targets

@@ -10,19 +10,19 @@ from dataclasses import dataclass, field
 import torch
 
 from healing_pl.codehash import MODEL_CODE, code_version
+from healing_pl.files import save_torch
 from healing_pl.models.classifier import Classifier, evaluate
 from healing_pl.phases.baseline import Baseline
-from healing_pl.phases.config import AdversaryConfig, UnlearnConfig
 from healing_pl.phases.evaluate import Evaluation, evaluate_sets
-from healing_pl.unlearning.methods import METHODS, Context, unlearn_with_repeats
-from healing_pl.unlearning.naive import load_cached, model_hparams, save_atomic
+from healing_pl.unlearning import Context, Unlearner, unlearn_with_repeats
+from healing_pl.unlearning.naive import load_cached, model_hparams
 
 
 @dataclass(frozen=True)
 class Unlearned:
     """The unlearned model's figures: the representative repeat and the spread over repeats."""
 
-    config: UnlearnConfig
+    config: Unlearner
     evaluation: Evaluation
     summary: dict  # acc_mean, acc_std, time_mean_s, representative, acc_repeats, val_acc_{mean,std,repeats}
     cached: bool
@@ -68,21 +68,21 @@ def _plain(value) -> bool:
     return isinstance(value, (int, float, str, bool, list, dict)) or value is None
 
 
-def _cache_path(cfg: UnlearnConfig, baseline: Baseline, forget_ids) -> str | None:
-    if not cfg.cache_dir or not METHODS[cfg.method].cacheable:
+def _cache_path(cfg: Unlearner, baseline: Baseline, forget_ids) -> str | None:
+    if not cfg.cache_dir or not cfg.cacheable:
         return None
     content = {
         "baseline": baseline.sha256,
         "forget": sorted(forget_ids.tolist()),
         "cfg": cfg.hyperparameters(),
-        "code": code_version("healing_pl.unlearning", *MODEL_CODE),
+        "code": code_version("healing_pl.unlearning", "healing_pl.gradients", *MODEL_CODE),
     }
     key = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:20]
     return os.path.join(cfg.cache_dir, f"unlearned-{key}.pt")
 
 
 def unlearned_model(
-    model, baseline: Baseline, datamodule, forget_ids, cfg: UnlearnConfig, context: Context
+    model, baseline: Baseline, datamodule, forget_ids, cfg: Unlearner, context: Context
 ) -> tuple[torch.nn.Module, dict, dict, bool]:
     """Unlearn ``forget_ids`` from ``model`` (the baseline, on its device) with repeats.
 
@@ -98,7 +98,7 @@ def unlearned_model(
         return out.to(device=param.device, dtype=param.dtype).eval(), saved["summary"], {}, True
     result = unlearn_with_repeats(model, datamodule, forget_ids, cfg, context)
     if path:
-        save_atomic(
+        save_torch(
             {
                 "state_dict": {k: v.cpu() for k, v in result.model.state_dict().items()},
                 "hyper_parameters": model_hparams(model),
@@ -110,7 +110,7 @@ def unlearned_model(
 
 
 def unlearn_phase(
-    model, baseline: Baseline, datamodule, forget_ids, cfg: UnlearnConfig, context: Context
+    model, baseline: Baseline, datamodule, forget_ids, cfg: Unlearner, context: Context
 ) -> tuple[torch.nn.Module, Unlearned]:
     """The unlearned model and its figures."""
     out, summary, info, cached = unlearned_model(model, baseline, datamodule, forget_ids, cfg, context)
@@ -122,15 +122,16 @@ def attack_strength(
     baseline: Baseline,
     datamodule,
     forget_ids,
-    cfg: UnlearnConfig,
+    cfg: Unlearner,
     context: Context,
     baseline_acc: float,
     unlearned_acc: float,
 ) -> AttackStrength:
     """Unlearn a random forget set of the same size and compare the accuracy drops."""
+    from healing_pl.adversary import SELECTORS
     from healing_pl.phases.forget import select_forget_ids
 
-    reference = AdversaryConfig(selector="random", budget=len(forget_ids), seed=cfg.seed)
+    reference = SELECTORS["random"](budget=len(forget_ids), seed=cfg.seed)
     random_ids = select_forget_ids(reference, model, datamodule)
     out, _, _, _ = unlearned_model(model, baseline, datamodule, random_ids, cfg, context)
     random_acc = evaluate(out, datamodule.test_dataloader())["acc"]

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 
+from healing_pl.files import write_atomic
 from healing_pl.report.tables import healing_tables, load_records, methods_tables, report, to_json
 
 
@@ -37,7 +38,6 @@ def check_output(output: str) -> None:
 
 def write_report(text: str, records: list[dict], output: str, source: str | None = None) -> None:
     """Write the report as markdown, JSON (tables with every statistic, and the runs) or the HTML dashboard."""
-    os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
     if output.endswith(".json"):
         found = to_json(healing_tables(records))
         payload = json.dumps(
@@ -56,10 +56,7 @@ def write_report(text: str, records: list[dict], output: str, source: str | None
         payload = dashboard_html(records, source)
     else:
         payload = text + "\n"
-    tmp = f"{output}.tmp"
-    with open(tmp, "w") as f:
-        f.write(payload)
-    os.replace(tmp, output)
+    write_atomic(output, payload)
 
 
 def report_main(argv: list[str]) -> int:

@@ -26,10 +26,15 @@ import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from healing_pl.healing import TWIN_METRICS
 from healing_pl.phases.identity import short_hash
 
-#: the setups best and worst are chosen from; every other setup (T-random, ...) is a control
-COMPARED_SETUPS = ("R", "T-raw_l2", "T-raw_mahalanobis", "T-feat_cosine", "T-feat_mahalanobis")
+
+#: the setups best and worst are chosen from: R and every registered twin metric that is not a control (the
+#: random twins); a control's setup is shown but never chosen
+def compared_setups() -> tuple[str, ...]:
+    return ("R", *(cls.label for cls in TWIN_METRICS.classes() if not cls.control))
+
 
 #: flat record keys that stand for the identity of a record written before identities were recorded
 _FLAT_IDENTITY = (
@@ -292,7 +297,7 @@ def _base(label: str) -> str:
 
 def is_compared(label: str) -> bool:
     """Whether a setup is a candidate for best and worst (R and the four twin metrics), not a control."""
-    return _base(label) in COMPARED_SETUPS
+    return _base(label) in compared_setups()
 
 
 def _epoch_key(split: str, epoch) -> str:
@@ -325,7 +330,8 @@ def _choose(cands: dict[str, Stat], highest: bool) -> list[str]:
 
 def _order(label: str):
     base = _base(label)
-    return (COMPARED_SETUPS.index(base) if base in COMPARED_SETUPS else len(COMPARED_SETUPS), label)
+    setups = compared_setups()
+    return (setups.index(base) if base in setups else len(setups), label)
 
 
 def healing_row(exp: Experiment) -> dict:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 
+from healing_pl.unlearning.base import UNLEARNERS, Unlearner
 from healing_pl.unlearning.naive import fit_on
 
 
@@ -42,3 +43,36 @@ def finetune(
     fit_on(out, datamodule, remain, epochs=epochs, trainer=trainer, progress=progress)
     out.hparams.lr = baseline_lr  # the copy keeps the baseline's recipe
     return out
+
+
+@UNLEARNERS.register
+class Finetune(Unlearner):
+    """Finetune: fine-tune on the remain set alone.
+
+    The forget set is forgotten catastrophically (:func:`finetune`)."""
+
+    name = "finetune"
+    label = "Finetune"
+
+    def __init__(self, epochs: int = 2, lr: float | None = None, **kwargs):
+        """
+        Args:
+            epochs: epochs on the remain set.
+            lr: Adam learning rate (None: the baseline's).
+        """
+        super().__init__(**kwargs)
+        self._at_least({"epochs": epochs}, 1)
+        self._positive({"lr": lr})
+        self.epochs, self.lr = epochs, lr
+
+    def run(self, model, datamodule, forget_ids, context, seed):
+        out = finetune(
+            model,
+            datamodule,
+            forget_ids,
+            epochs=self.epochs,
+            lr=self.lr,
+            trainer=context.trainer,
+            progress=context.progress,
+        )
+        return out, {}

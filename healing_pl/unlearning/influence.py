@@ -1,33 +1,5 @@
 """Influence-function unlearning (Koh & Liang 2017) with the LiSSA inverse-HVP.
 
-``lissa_inverse_hvp(model, loss_fn, loader, v, damping=d, scale=s, depth=J)``
-    approximates ``(H + d I)^-1 v`` without forming the Hessian ``H`` of the
-    mean loss over the loader's data.  The recursion (public code disagrees
-    on what "damping" means; ``damping_convention`` picks one)::
-
-        h_0 = v
-        additive:  h_j = v + h_{j-1} - (H_j h_{j-1} + d h_{j-1}) / s      j = 1..J
-        koh_liang: h_j = v + (1 - d) h_{j-1} - H_j h_{j-1} / s
-        result = h_J / s          (averaged over ``repeats`` independent runs)
-
-    ``koh_liang`` is the form of Koh & Liang's code (and of the LiSSA of the
-    public influence-unlearning code below); its fixed point is
-    ``(H + d s I)^-1 v``, so its ``d`` at scale ``s`` is an additive ``d * s``
-    (the paper's d = 1e-6 at s = 1000 is an additive 1e-3).  Below, "d" is
-    the effective additive damping.
-
-    where ``H_j`` is the Hessian of the loss on the j-th batch drawn from the
-    loader (cycled as needed).  With ``A = H + d I`` the fixed point is
-    ``h = s A^-1 v``, so ``h_J / s -> A^-1 v``; the error shrinks like
-    ``(1 - lambda_min(A)/s)^J``.  The recursion converges when every
-    eigenvalue of ``A / s`` lies in ``(0, 2)``: ``s`` must exceed half the
-    largest eigenvalue of ``A`` and ``d`` must cover the negative curvature
-    of a non-convex loss.  Hessian-vector products use double backward
-    (``torch.autograd.grad`` with ``create_graph=True``); no Hessian is formed.
-    When consecutive batches hold the same data (a full-batch or one-batch
-    loader), the gradient graph of the first is reused, which skips the
-    forward and first backward pass of every later step.
-
 ``influence_unlearn(model, loss_fn, remain_loader, forget_loader, n_train=n, removal=..., ...)``
     removes the forget set in one Newton-like step per forget batch ``B``;
     the influences of the removed points add up::
@@ -46,222 +18,48 @@
     (``batch_f >= |F|``) "mean" and "sum" are single updates; "batch" then
     equals "sum" divided by ``|F|``.
 
+The inverse-HVP ``(H_R + d I)^-1 g`` is :func:`healing_pl.gradients.lissa.lissa_inverse_hvp`
+(its recursion, damping conventions and convergence condition are described there).
 Loss functions have the signature ``loss_fn(model, batch) -> scalar``: the
-*mean* loss over the samples of the batch (e.g. :func:`cross_entropy_loss`).
-Any regulariser in it counts as part of every sample's loss.
+*mean* loss over the samples of the batch (e.g.
+:func:`healing_pl.gradients.lissa.cross_entropy_loss`).  Any regulariser in it
+counts as part of every sample's loss.
 
-Both functions run the model in eval mode (BatchNorm statistics are neither
-used per batch nor updated, dropout is off) and restore every module's flag.
-Batches are moved to the model's device and floating dtype (a float64 model
-gets float64 inputs from a float32 loader; labels stay integer) and every
-vector lives there too.
+The model runs in eval mode (BatchNorm statistics are neither used per batch
+nor updated, dropout is off) and every module's flag is restored.  Batches are
+moved to the model's device and floating dtype (a float64 model gets float64
+inputs from a float32 loader; labels stay integer) and every vector lives
+there too.
 """
 
 from __future__ import annotations
 
 import copy
-import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 from tqdm.auto import tqdm
 
-from ._params import (
+from healing_pl.gradients.lissa import check_lissa_knobs, lissa_inverse_hvp
+from healing_pl.gradients.params import (
     add_,
     all_finite,
     batch_size,
     clip_by_global_norm,
-    cycle,
     eval_mode,
     flatten,
     to_model,
     trainable_parameters,
     unflatten,
 )
+from healing_pl.unlearning.base import UNLEARNERS, StochasticUnlearner
 
-__all__ = [
-    "DAMPING_CONVENTIONS",
-    "REMOVALS",
-    "cross_entropy_loss",
-    "hessian_vector_product",
-    "influence_unlearn",
-    "lissa_inverse_hvp",
-]
+__all__ = ["REMOVALS", "influence_unlearn"]
 
 #: How the forget gradient is scaled (see :func:`influence_unlearn`).
 REMOVALS = ("mean", "sum", "batch")
-#: How LiSSA damps (see :func:`lissa_inverse_hvp`).
-DAMPING_CONVENTIONS = ("additive", "koh_liang")
-
-#: Divergence rule of LiSSA.  When every batch Hessian satisfies the
-#: convergence condition, each step ``h -> v + (I - A_j/s) h`` maps ``h`` with
-#: an operator of norm at most 1, so ``|h_j| <= (j + 1) |v|``.  A norm above
-#: ``_GROWTH_LIMIT`` times that bound can only come from steps that expand,
-#: i.e. from geometric growth: the recursion is diverging.
-_GROWTH_LIMIT = 100.0
-
-
-def cross_entropy_loss(model: nn.Module, batch) -> Tensor:
-    """Mean cross-entropy of ``model`` on an ``(x, y)`` batch."""
-    x, y = batch[0], batch[1]
-    return F.cross_entropy(model(x), y)
-
-
-def hessian_vector_product(model: nn.Module, loss_fn, batch, vector: Tensor) -> Tensor:
-    """Flat ``H v`` for the Hessian of ``loss_fn(model, batch)`` (double backward).
-
-    ``vector`` and the result are flat over the model's trainable parameters;
-    both and the batch are moved to the model's device and floating dtype.
-    The model is not put in eval mode here and nothing is written to ``.grad``.
-    """
-    params = trainable_parameters(model)
-    if params:
-        vector = vector.to(device=params[0].device, dtype=params[0].dtype)
-    return flatten(_hvp(model, params, loss_fn, to_model(batch, model), unflatten(vector, params)))
-
-
-def _hvp(model: nn.Module, params: list[Tensor], loss_fn, batch, vec: list[Tensor]) -> list[Tensor]:
-    return _GradientGraph(model, params, loss_fn, batch).hvp(vec)
-
-
-class _GradientGraph:
-    """The gradient of one batch's loss, kept with its graph for repeated HVPs.
-
-    ``hvp(v)`` differentiates ``<grad, v>`` once more (double backward).  The
-    graph is retained, so consecutive LiSSA steps on the same batch (a
-    full-batch or single-batch loader) skip the forward and first backward.
-    """
-
-    def __init__(self, model: nn.Module, params: list[Tensor], loss_fn, batch):
-        self.params = params
-        self.batch = batch
-        loss = loss_fn(model, batch)
-        grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
-        self.grads = [g if g is not None and g.requires_grad else None for g in grads]
-        self.zero = torch.zeros((), device=loss.device, dtype=loss.dtype)
-
-    def hvp(self, vec: list[Tensor]) -> list[Tensor]:
-        terms = [(g * v).sum() for g, v in zip(self.grads, vec, strict=True) if g is not None]
-        if not terms:  # the loss is at most linear in the parameters
-            return [torch.zeros_like(p) for p in self.params]
-        hv = torch.autograd.grad(sum(terms, start=self.zero), self.params, retain_graph=True, allow_unused=True)
-        return [torch.zeros_like(p) if h is None else h for p, h in zip(self.params, hv, strict=True)]
-
-    def same_batch(self, batch) -> bool:
-        """True when ``batch`` holds the same data (same objects, or equal tensors)."""
-        return _same(self.batch, batch)
-
-
-def _same(a, b) -> bool:
-    if a is b:
-        return True
-    if isinstance(a, Tensor) and isinstance(b, Tensor):
-        return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    return a == b if isinstance(a, (int, float, str, type(None))) else False
-
-
-def _check_knobs(damping: float, scale: float, depth: int, repeats: int, convention: str = "additive") -> None:
-    if convention not in DAMPING_CONVENTIONS:
-        raise ValueError(f"damping_convention must be one of {DAMPING_CONVENTIONS}, got {convention!r}.")
-    if not (damping >= 0 and math.isfinite(damping)):
-        raise ValueError(f"damping must be a finite number >= 0, got {damping}.")
-    if not (scale > 0 and math.isfinite(scale)):
-        raise ValueError(f"scale must be a finite number > 0, got {scale}.")
-    if int(depth) != depth or depth < 0:
-        raise ValueError(f"depth must be an integer >= 0, got {depth}.")
-    if int(repeats) != repeats or repeats < 1:
-        raise ValueError(f"repeats must be an integer >= 1, got {repeats}.")
-
-
-def lissa_inverse_hvp(
-    model: nn.Module,
-    loss_fn,
-    loader,
-    vector: Tensor,
-    *,
-    damping: float,
-    scale: float,
-    depth: int,
-    repeats: int = 1,
-    damping_convention: str = "additive",
-    progress: bool = False,
-) -> Tensor:
-    """LiSSA estimate of ``(H + damping I)^-1 vector`` (``additive``) or ``(H + damping*scale I)^-1 vector``.
-
-    Args:
-        model: the model; its trainable parameters (``requires_grad=True``,
-            in ``model.parameters()`` order) are the variables.
-        loss_fn: ``loss_fn(model, batch) -> scalar`` mean loss of a batch.
-        loader: batches whose mean loss defines ``H`` (cycled as needed; the
-            batches are moved to the model's device and floating dtype).
-            ``loss_fn`` must be deterministic given the batch: a batch equal
-            to the previous one reuses its gradient graph.
-        vector: flat tensor over the trainable parameters.
-        damping: ``d`` in ``(H + d I)^-1`` (>= 0); with
-            ``damping_convention="koh_liang"`` the recursion damps by
-            ``(1 - d) h`` and inverts ``H + d * scale * I``.
-        scale: ``s`` (> 0); must exceed half the largest eigenvalue of
-            the damped Hessian.
-        depth: number of recursion steps ``J`` per repeat (0 returns
-            ``vector / scale``).
-        repeats: independent runs (each continues through the loader),
-            averaged.
-        damping_convention: ``"additive"`` (``h - (H h + d h) / s``) or
-            ``"koh_liang"`` (``(1 - d) h - H h / s``, Koh & Liang's code).
-        progress: show a progress bar over the steps.
-
-    Returns:
-        A flat tensor (detached) with the estimate.  The model's parameters,
-        buffers, ``.grad`` and training flags are left as they were.
-
-    Raises:
-        ValueError: when the recursion diverges (non-finite values, or the
-            norm of ``h`` growing past ``100 (j + 1) |v|``): raise ``scale``
-            or ``damping``.
-    """
-    _check_knobs(damping, scale, depth, repeats, damping_convention)
-    params = trainable_parameters(model)
-    n = sum(p.numel() for p in params)
-    if vector.numel() != n:
-        raise ValueError(f"vector has {vector.numel()} entries but the model has {n} trainable parameter entries.")
-    if not params:
-        return vector.detach().clone()
-    v = vector.detach().reshape(-1).to(device=params[0].device, dtype=params[0].dtype)
-    if not all_finite([v]):
-        raise ValueError("the vector given to LiSSA is not finite.")
-    v_norm = float(v.norm())
-    batches = cycle(loader)
-    total = torch.zeros_like(v)
-    graph: _GradientGraph | None = None
-    with eval_mode(model), tqdm(total=repeats * depth, desc="LiSSA", disable=not progress, leave=False) as bar:
-        for _ in range(repeats):
-            h = v.clone()
-            for j in range(1, depth + 1):
-                batch = to_model(next(batches), model)
-                if graph is None or not graph.same_batch(batch):
-                    graph = None  # free the previous graph first
-                    graph = _GradientGraph(model, params, loss_fn, batch)
-                hv = flatten(graph.hvp(unflatten(h, params))).detach()
-                if damping_convention == "koh_liang":
-                    h = v + (1 - damping) * h - hv / scale
-                else:
-                    h = v + h - (hv + damping * h) / scale
-                norm = float(h.norm())
-                if not math.isfinite(norm) or norm > _GROWTH_LIMIT * (j + 1) * v_norm:
-                    raise ValueError(
-                        f"LiSSA diverged at step {j} of {depth} (|h| = {norm:.3g}, |v| = {v_norm:.3g}): "
-                        "raise scale (it must exceed half the largest eigenvalue of H + damping*I) "
-                        "or damping (it must cover the negative curvature of the loss)."
-                    )
-                bar.update(1)
-            total += h / scale
-    del graph
-    return total / repeats
 
 
 def influence_unlearn(
@@ -311,7 +109,7 @@ def influence_unlearn(
       deletion follows Mahadevan & Mathioudakis 2021 (the paper's [29]).
       See docs/conventions.md.
 
-    ``damping_convention`` (see :func:`lissa_inverse_hvp`): ``"additive"``
+    ``damping_convention`` (see :func:`~healing_pl.gradients.lissa.lissa_inverse_hvp`): ``"additive"``
     inverts ``H_R + damping I``, ``"koh_liang"`` ``H_R + damping * scale * I``.
 
     Args:
@@ -320,7 +118,7 @@ def influence_unlearn(
         remain_loader: batches of the remain set R (the Hessian's data).
         forget_loader: batches of the forget set F, removed one after another.
         n_train: training set size (> 0).
-        damping, scale, depth, repeats: LiSSA knobs (see :func:`lissa_inverse_hvp`).
+        damping, scale, depth, repeats: LiSSA knobs (see :func:`~healing_pl.gradients.lissa.lissa_inverse_hvp`).
         max_norm: if set, each batch's update is scaled down to at most this
             L2 norm.
         removal: ``"mean"``, ``"sum"`` or ``"batch"`` (the scaling ``c`` above).
@@ -338,7 +136,7 @@ def influence_unlearn(
         raise ValueError(f"n_train must be > 0, got {n_train}.")
     if removal not in REMOVALS:
         raise ValueError(f"removal must be one of {REMOVALS}, got {removal!r}.")
-    _check_knobs(damping, scale, depth, repeats, damping_convention)
+    check_lissa_knobs(damping, scale, depth, repeats, damping_convention)
     new = copy.deepcopy(model)
     params = trainable_parameters(new)
     for batch in tqdm(forget_loader, desc="influence (forget batches)", disable=not progress, leave=False):
@@ -369,3 +167,81 @@ def influence_unlearn(
             raise ValueError("the influence update is not finite: raise scale or damping.")
         add_(params, deltas)
     return new
+
+
+def _loss(model, batch):
+    x, y = batch
+    return F.cross_entropy(model(x), y)
+
+
+@UNLEARNERS.register
+class Influence(StochasticUnlearner):
+    """Influence unlearning (Koh & Liang 2017) with LiSSA.
+
+    A Newton step along the LiSSA inverse-Hessian-vector product of the forget gradient, one forget minibatch
+    after another (:func:`influence_unlearn`)."""
+
+    name = "influence"
+    label = "Influence"
+    simulable = True
+    strengths = {"scale": (False, 1.0, 1e6), "damping": (False, 1e-6, 1e2)}
+
+    def __init__(
+        self,
+        damping: float = 0.01,
+        damping_convention: Literal["additive", "koh_liang"] = "additive",
+        scale: float = 100.0,
+        depth: int = 100,
+        lissa_repeats: int = 1,
+        removal: Literal["mean", "sum", "batch"] = "mean",
+        batch_r: int = 512,
+        batch_f: int = 64,
+        max_norm: float | None = None,
+        **kwargs,
+    ):
+        """
+        Args:
+            damping: LiSSA damping d (see damping_convention).
+            damping_convention: additive (h <- v + h - (H + d I) h / s: inverts H + d I) or koh_liang
+                (h <- v + (1 - d) h - H h / s as in Koh & Liang's code: inverts H + d s I, so the paper's
+                d = 1e-6 at s = 1000 is an additive 1e-3).
+            scale: LiSSA scale s: must exceed half the largest eigenvalue of the damped Hessian.
+            depth: LiSSA recursion depth.
+            lissa_repeats: LiSSA estimates averaged per inverse-Hessian-vector product.
+            removal: how the forget gradient of each forget batch B (batch_f) is scaled: mean (Koh & Liang:
+                theta + (1/n) H^-1 sum_B grad, n the training set size), sum (theta + H^-1 sum_B grad) or batch
+                (theta + H^-1 mean_B grad after each batch, as public influence-unlearning code does).
+            batch_r: batch size over the remain set (Hessian-vector products).
+            batch_f: forget-set minibatch: the forget set is removed in sequential minibatches of this size.
+            max_norm: clip the L2 norm of each update (None: no clip).
+        """
+        super().__init__(**kwargs)
+        self._at_least({"batch_r": batch_r, "batch_f": batch_f, "depth": depth, "lissa_repeats": lissa_repeats}, 1)
+        self._non_negative({"damping": damping})
+        self._positive({"scale": scale, "max_norm": max_norm})
+        self.damping, self.damping_convention, self.scale, self.depth = damping, damping_convention, scale, depth
+        self.lissa_repeats, self.removal = lissa_repeats, removal
+        self.batch_r, self.batch_f, self.max_norm = batch_r, batch_f, max_norm
+
+    def divergence_hint(self) -> str:
+        return f"raise --unlearn.scale (now {self.scale:g}) or --unlearn.damping (now {self.damping:g})"
+
+    def run(self, model, datamodule, forget_ids, context, seed):
+        remain = datamodule.remain_ids(forget_ids)
+        # the Hessian batches are drawn in a seeded shuffled order: repeats differ, reruns do not
+        out = influence_unlearn(
+            model,
+            _loss,
+            datamodule.loader(remain, shuffle=True, batch_size=self.batch_r, seed=seed),
+            datamodule.loader(forget_ids, batch_size=self.batch_f),
+            n_train=len(datamodule.primary_ids),
+            damping=self.damping,
+            scale=self.scale,
+            depth=self.depth,
+            repeats=self.lissa_repeats,
+            max_norm=self.max_norm,
+            removal=self.removal,
+            damping_convention=self.damping_convention,
+            progress=context.progress,
+        )
+        return out, {}

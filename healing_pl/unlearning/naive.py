@@ -17,8 +17,10 @@ import lightning as L
 import torch
 
 from healing_pl.codehash import MODEL_CODE, code_version
+from healing_pl.console import labelled_progress_bar
+from healing_pl.files import save_torch
 from healing_pl.models.classifier import Classifier
-from healing_pl.tracking import labelled_progress_bar
+from healing_pl.unlearning.base import UNLEARNERS, Unlearner
 
 
 def model_hparams(model: Classifier) -> dict:
@@ -148,8 +150,7 @@ def gold_standard(
     )
     seconds = time.perf_counter() - start
     if path:
-        os.makedirs(cache_dir, exist_ok=True)
-        save_atomic(
+        save_torch(
             {
                 "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
                 "hyper_parameters": hparams,
@@ -215,18 +216,29 @@ def trainer_device(trainer: dict) -> torch.device:
     return torch.device(accelerator, index) if index is not None else torch.device(accelerator)
 
 
-def save_atomic(payload: dict, path: str) -> None:
-    """``torch.save`` through a unique temporary file in the same folder, then an atomic rename."""
-    import tempfile
+@UNLEARNERS.register
+class Naive(Unlearner):
+    """Naive: retrain from scratch on the remain set (the gold standard).
 
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    The baseline's recipe, cached by content hash in cache_dir."""
+
+    name = "naive"
+    label = "Naive"
+    cacheable = False  # the gold standard keeps its own cache
+
+    def divergence_hint(self) -> str:
+        return "lower the baseline's --model.lr"
+
+    def run(self, model, datamodule, forget_ids, context, seed):
+        # the gold standard repeats the baseline's recipe (its seed), whatever the method's seed
+        gold, info = gold_standard(
+            model_hparams(model),
+            datamodule,
+            forget_ids,
+            epochs=context.epochs,
+            seed=context.seed,
+            cache_dir=self.cache_dir,
+            trainer=context.trainer,
+            progress=context.progress,
+        )
+        return gold, {"gold_cached": info["cached"]}

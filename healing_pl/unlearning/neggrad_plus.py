@@ -18,7 +18,9 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from healing_pl.unlearning._params import cycle, to_model
+from healing_pl.gradients.params import cycle, to_model
+from healing_pl.unlearning.base import UNLEARNERS, StochasticUnlearner, learning_rate
+from healing_pl.unlearning.loop import train_epochs
 
 
 def adam_for(model, lr: float) -> torch.optim.Adam:
@@ -49,13 +51,48 @@ def neggrad_plus(
     remain_loader = datamodule.loader(remain, shuffle=True, batch_size=size, seed=seed)
     forget_batches = cycle(datamodule.loader(forget_ids, shuffle=True, batch_size=size, seed=seed + 1))
     out = copy.deepcopy(model).train()
-    optimizer = adam_for(out, lr)
-    for _ in range(epochs):
-        for batch in remain_loader:
-            xr, yr = to_model(batch, out)
-            xf, yf = to_model(next(forget_batches), out)
-            loss = alpha * F.cross_entropy(out(xr), yr) - (1.0 - alpha) * F.cross_entropy(out(xf), yf)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+
+    def objective(batch) -> torch.Tensor:
+        xr, yr = batch
+        xf, yf = to_model(next(forget_batches), out)
+        return alpha * F.cross_entropy(out(xr), yr) - (1.0 - alpha) * F.cross_entropy(out(xf), yf)
+
+    train_epochs(out, remain_loader, objective, adam_for(out, lr), epochs=epochs)
     return out.eval()
+
+
+@UNLEARNERS.register
+class NegGradPlus(StochasticUnlearner):
+    """NegGrad+ (Kurmanji et al. 2023).
+
+    Descend the remain loss and ascend the forget loss, alpha * L_R - (1 - alpha) * L_F (:func:`neggrad_plus`)."""
+
+    name = "neggrad_plus"
+    label = "NegGrad+"
+
+    def __init__(self, alpha: float = 0.99, epochs: int = 2, lr: float | None = None, **kwargs):
+        """
+        Args:
+            alpha: weight of the remain loss in alpha * L_R - (1 - alpha) * L_F, in [0, 1].
+            epochs: epochs over the remain set.
+            lr: Adam learning rate (None: the baseline's).
+        """
+        super().__init__(**kwargs)
+        self._positive({"lr": lr})
+        self.lr = lr
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"unlearn.alpha must lie in [0, 1], got {alpha}.")
+        self._at_least({"epochs": epochs}, 1)
+        self.alpha, self.epochs = alpha, epochs
+
+    def run(self, model, datamodule, forget_ids, context, seed):
+        out = neggrad_plus(
+            model,
+            datamodule,
+            forget_ids,
+            lr=learning_rate(self.lr, model),
+            alpha=self.alpha,
+            epochs=self.epochs,
+            seed=seed,
+        )
+        return out, {}

@@ -24,7 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from healing_pl.unlearning._params import eval_mode, to_model, trainable_named_parameters
+from healing_pl.gradients.params import eval_mode, to_model, trainable_named_parameters
+from healing_pl.unlearning.base import UNLEARNERS, StochasticUnlearner, learning_rate
+from healing_pl.unlearning.loop import train_epochs
 from healing_pl.unlearning.neggrad_plus import adam_for
 
 
@@ -96,15 +98,52 @@ def salun(
     frozen = [(p, mask[n], p.detach().clone()) for n, p in named]
     optimizer = adam_for(out, lr)
     out.train()
-    for _ in range(epochs):
-        for batch in loader:
-            x, y = to_model(batch, out)
-            loss = F.cross_entropy(out(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                for p, m, start in frozen:
-                    p.copy_(torch.where(m, p, start))
+
+    def objective(batch) -> torch.Tensor:
+        x, y = batch
+        return F.cross_entropy(out(x), y)
+
+    def hold_non_salient() -> None:  # only the salient weights change
+        with torch.no_grad():
+            for p, m, start in frozen:
+                p.copy_(torch.where(m, p, start))
+
+    train_epochs(out, loader, objective, optimizer, epochs=epochs, after_step=hold_non_salient)
     salient = sum(int(m.sum()) for m in mask.values()) / max(1, sum(m.numel() for m in mask.values()))
     return out.eval(), {"salient_fraction": salient}
+
+
+@UNLEARNERS.register
+class SalUn(StochasticUnlearner):
+    """SalUn (Fan et al. 2024).
+
+    Random-label fine-tuning restricted to the weights most salient for the forget loss (:func:`salun`)."""
+
+    name = "salun"
+    label = "SalUn"
+
+    def __init__(self, ratio: float = 0.5, epochs: int = 2, lr: float | None = None, **kwargs):
+        """
+        Args:
+            ratio: share of the weights (largest forget-loss gradients) that random labelling updates, in (0, 1].
+            epochs: epochs of random-label fine-tuning over the forget plus remain sets.
+            lr: Adam learning rate (None: the baseline's).
+        """
+        super().__init__(**kwargs)
+        self._positive({"lr": lr})
+        self.lr = lr
+        if not 0.0 < ratio <= 1.0:
+            raise ValueError(f"unlearn.ratio must lie in (0, 1], got {ratio}.")
+        self._at_least({"epochs": epochs}, 1)
+        self.ratio, self.epochs = ratio, epochs
+
+    def run(self, model, datamodule, forget_ids, context, seed):
+        return salun(
+            model,
+            datamodule,
+            forget_ids,
+            lr=learning_rate(self.lr, model),
+            ratio=self.ratio,
+            epochs=self.epochs,
+            seed=seed,
+        )

@@ -21,7 +21,9 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from healing_pl.unlearning._params import eval_mode, to_model
+from healing_pl.gradients.params import eval_mode
+from healing_pl.unlearning.base import UNLEARNERS, StochasticUnlearner, learning_rate
+from healing_pl.unlearning.loop import train_epochs
 from healing_pl.unlearning.neggrad_plus import adam_for
 
 
@@ -58,23 +60,79 @@ def scrub(
     student = copy.deepcopy(model).train()
     optimizer = adam_for(student, lr)
 
-    def step(loss: torch.Tensor) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    def teacher_logits(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model(x)
+
+    def max_step(batch) -> torch.Tensor:  # away from the teacher on F
+        x, _ = batch
+        teacher = teacher_logits(x)
+        return -distill_kl(student(x), teacher, temperature)
+
+    def min_step(batch) -> torch.Tensor:  # the teacher's on R
+        x, y = batch
+        teacher = teacher_logits(x)
+        logits = student(x)
+        return gamma * F.cross_entropy(logits, y) + alpha * distill_kl(logits, teacher, temperature)
 
     with eval_mode(model):
         for epoch in range(epochs):
             if epoch < msteps:
-                for batch in forget_loader:
-                    x, _ = to_model(batch, student)
-                    with torch.no_grad():
-                        teacher = model(x)
-                    step(-distill_kl(student(x), teacher, temperature))
-            for batch in remain_loader:
-                x, y = to_model(batch, student)
-                with torch.no_grad():
-                    teacher = model(x)
-                logits = student(x)
-                step(gamma * F.cross_entropy(logits, y) + alpha * distill_kl(logits, teacher, temperature))
+                train_epochs(student, forget_loader, max_step, optimizer)
+            train_epochs(student, remain_loader, min_step, optimizer)
     return student.eval()
+
+
+@UNLEARNERS.register
+class SCRUB(StochasticUnlearner):
+    """SCRUB (Kurmanji et al. 2023).
+
+    A student distilled from the original model on the remain set (min steps) and pushed away from it on the
+    forget set (max steps) (:func:`scrub`)."""
+
+    name = "scrub"
+    label = "SCRUB"
+
+    def __init__(
+        self,
+        epochs: int = 3,
+        msteps: int = 2,
+        alpha: float = 0.001,
+        gamma: float = 0.99,
+        temperature: float = 4.0,
+        lr: float | None = None,
+        **kwargs,
+    ):
+        """
+        Args:
+            epochs: epochs (each a min-step pass over the remain set).
+            msteps: the first epochs that also make a max-step pass over the forget set.
+            alpha: weight of the KL to the teacher in the min-steps.
+            gamma: weight of the cross-entropy in the min-steps.
+            temperature: distillation temperature T.
+            lr: Adam learning rate (None: the baseline's).
+        """
+        super().__init__(**kwargs)
+        self._positive({"lr": lr})
+        self.lr = lr
+        self._at_least({"epochs": epochs}, 1)
+        if not 0 <= msteps <= epochs:
+            raise ValueError(f"unlearn.msteps must lie in [0, epochs={epochs}], got {msteps}.")
+        self._non_negative({"alpha": alpha, "gamma": gamma})
+        self._positive({"temperature": temperature})
+        self.epochs, self.msteps, self.alpha, self.gamma, self.temperature = epochs, msteps, alpha, gamma, temperature
+
+    def run(self, model, datamodule, forget_ids, context, seed):
+        out = scrub(
+            model,
+            datamodule,
+            forget_ids,
+            lr=learning_rate(self.lr, model),
+            epochs=self.epochs,
+            msteps=self.msteps,
+            alpha=self.alpha,
+            gamma=self.gamma,
+            temperature=self.temperature,
+            seed=seed,
+        )
+        return out, {}

@@ -3,7 +3,7 @@
 Foster, Schoepf and Brintrup, AAAI 2024, "Fast Machine Unlearning Without Retraining Through Selective Synaptic
 Dampening". Retraining-free: the importance of each weight is its diagonal Fisher information, over the full
 training data D (here the primary set, which holds the forget set) and over the forget set F
-(:func:`healing_pl.unlearning.fisher.diagonal_fisher`, empirical: the squared per-sample gradients of the
+(:func:`healing_pl.gradients.fisher.diagonal_fisher`, empirical: the squared per-sample gradients of the
 cross-entropy at the true labels, averaged). Weights far more important to F than to D are dampened:
 
     where  I_F > alpha * I_D:   theta  <-  theta * min(lambda * I_D / I_F, 1)
@@ -18,8 +18,9 @@ import copy
 
 import torch
 
-from healing_pl.unlearning._params import trainable_named_parameters
-from healing_pl.unlearning.fisher import diagonal_fisher
+from healing_pl.gradients.fisher import diagonal_fisher
+from healing_pl.gradients.params import trainable_named_parameters
+from healing_pl.unlearning.base import UNLEARNERS, Unlearner
 
 
 def ssd(
@@ -52,3 +53,36 @@ def ssd(
             selected += int(select.sum())
             total += select.numel()
     return out.eval(), {"dampened_fraction": selected / max(total, 1)}
+
+
+@UNLEARNERS.register
+class SSD(Unlearner):
+    """SSD: selective synaptic dampening (Foster et al. 2024).
+
+    Dampens the weights far more important to the forget set than to the training data (:func:`ssd`)."""
+
+    name = "ssd"
+    label = "SSD"
+
+    def __init__(self, lam: float = 1.0, alpha: float = 10.0, batch_r: int = 512, **kwargs):
+        """
+        Args:
+            lam: dampening constant lambda (selected weights scale by min(lambda I_D / I_F, 1)).
+            alpha: selection weighting alpha (weights with I_F > alpha I_D are dampened).
+            batch_r: batch size of the importance passes over the training data and the forget set.
+        """
+        super().__init__(**kwargs)
+        self._positive({"lam": lam, "alpha": alpha})
+        self._at_least({"batch_r": batch_r}, 1)
+        self.lam, self.alpha, self.batch_r = lam, alpha, batch_r
+
+    def run(self, model, datamodule, forget_ids, context, seed):
+        return ssd(
+            model,
+            datamodule,
+            forget_ids,
+            lam=self.lam,
+            alpha=self.alpha,
+            batch_size=self.batch_r,
+            progress=context.progress,
+        )

@@ -6,15 +6,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from healing_pl.adversary.selectors import SELECTORS, UnlearningAwareSelector, WorstLogitsSelector, build_surface
+from healing_pl.adversary.selectors import (
+    SELECTORS,
+    RandomSelector,
+    UnlearningAwareSelector,
+    WorstLogitsSelector,
+    build_surface,
+)
 from healing_pl.data.datamodule import HealingDataModule
 from healing_pl.models.classifier import Classifier
-from healing_pl.phases.config import AdversaryConfig, UnlearnConfig
 from healing_pl.phases.forget import select_forget_ids, unlearning_simulator
-from healing_pl.unlearning.methods import METHODS, Context
+from healing_pl.unlearning import UNLEARNERS, Context
 
-#: empirical Fisher (one backward pass per batch): a simulation takes about 0.1 s on digits
-UNLEARN = UnlearnConfig(method="fisher", alpha=3e-6, fisher_kind="empirical", seed=3, cache_dir=None)
+
+@pytest.fixture(scope="module")
+def fisher():
+    """Empirical Fisher (one backward pass per batch): a simulation takes about 0.1 s on digits."""
+    return UNLEARNERS["fisher"](alpha=3e-6, fisher_kind="empirical", seed=3, cache_dir=None)
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +39,10 @@ def setup():
     return model.eval(), dm
 
 
-def simulated(model, dm, ids, cfg=UNLEARN) -> tuple[int, float]:
-    """The objective, computed here on its own: Fisher on the sorted ids with the config's seed, then the
+def simulated(model, dm, ids, method) -> tuple[int, float]:
+    """The objective, computed here on its own: Fisher on the sorted ids with the method's seed, then the
     validation split's correct count and mean cross-entropy, in one batch."""
-    out, _ = METHODS["fisher"].run(model, dm, torch.sort(torch.as_tensor(ids)).values, cfg, Context(), cfg.seed)
+    out, _ = method.run(model, dm, torch.sort(torch.as_tensor(ids)).values, Context(), method.seed)
     val = dm.splits["val"]
     x = torch.stack([dm.pool.train[i][0] for i in val.tolist()])
     y = dm.targets[val]
@@ -54,35 +62,34 @@ def ranking(model, dm, k: int) -> list[int]:
     return WorstLogitsSelector().select(surface, k).tolist()
 
 
-def aware(budget: int, **kw) -> AdversaryConfig:
-    return AdversaryConfig(
-        selector="unlearning_aware", system_knowledge="parameter_aware", budget=budget, batch_size=1024, **kw
-    )
+def aware(budget: int, **kw) -> UnlearningAwareSelector:
+    return UnlearningAwareSelector(system_knowledge="parameter_aware", budget=budget, batch_size=1024, **kw)
 
 
 def test_registered_with_its_knowledge():
     cls = SELECTORS["unlearning_aware"]
     assert cls is UnlearningAwareSelector
-    assert (cls.system_knowledge, cls.data_knowledge) == ("parameter_aware", "known")
+    assert (cls.needs_system, cls.needs_data) == ("parameter_aware", "known")
+    assert cls.simulates_unlearning
 
 
-def test_budget_one_is_the_best_single_sample_of_the_pool(setup):
+def test_budget_one_is_the_best_single_sample_of_the_pool(setup, fisher):
     model, dm = setup
     pool = ranking(model, dm, 5)
-    picked = select_forget_ids(aware(1, aware_pool=5), model, dm, unlearn=UNLEARN).tolist()
-    scores = {c: simulated(model, dm, [c]) for c in pool}
+    picked = select_forget_ids(aware(1, pool=5), model, dm, unlearn=fisher).tolist()
+    scores = {c: simulated(model, dm, [c], fisher) for c in pool}
     best = min(pool, key=lambda c: (scores[c][0], -scores[c][1], pool.index(c)))
     assert picked == [best]
     assert len({scores[c] for c in pool}) > 1  # the candidates really differ under the simulation
 
 
-def test_greedy_equals_brute_force_of_the_simulated_objective(setup):
+def test_greedy_equals_brute_force_of_the_simulated_objective(setup, fisher):
     model, dm = setup
     pool = ranking(model, dm, 4)
-    picked = select_forget_ids(aware(2, aware_pool=4, aware_block=1), model, dm, unlearn=UNLEARN).tolist()
+    picked = select_forget_ids(aware(2, pool=4, block=1), model, dm, unlearn=fisher).tolist()
 
     def key(ids):
-        correct, loss = simulated(model, dm, ids)
+        correct, loss = simulated(model, dm, ids, fisher)
         return correct, -loss
 
     # every singleton, then every pair that extends the best one: the greedy's two steps, exhaustively
@@ -95,45 +102,45 @@ def test_greedy_equals_brute_force_of_the_simulated_objective(setup):
     assert picked == expected
 
 
-def test_block_adds_the_best_singletons_at_once(setup):
+def test_block_adds_the_best_singletons_at_once(setup, fisher):
     model, dm = setup
     pool = ranking(model, dm, 4)
-    picked = select_forget_ids(aware(2, aware_pool=4, aware_block=2), model, dm, unlearn=UNLEARN).tolist()
-    keyed = sorted(((lambda s: (s[0], -s[1]))(simulated(model, dm, [c])), i, c) for i, c in enumerate(pool))
+    picked = select_forget_ids(aware(2, pool=4, block=2), model, dm, unlearn=fisher).tolist()
+    keyed = sorted(((lambda s: (s[0], -s[1]))(simulated(model, dm, [c], fisher)), i, c) for i, c in enumerate(pool))
     expected = [keyed[0][2], keyed[1][2]]
-    both = simulated(model, dm, expected)
-    top = simulated(model, dm, pool[:2])
+    both = simulated(model, dm, expected, fisher)
+    top = simulated(model, dm, pool[:2], fisher)
     if set(pool[:2]) != set(expected) and (top[0], -top[1]) < (both[0], -both[1]):
         expected = pool[:2]
     assert picked == expected
 
 
-def test_damage_at_least_random_and_worst_logits(setup):
+def test_damage_at_least_random_and_worst_logits(setup, fisher):
     model, dm = setup
     budget = 8
     picks = {
-        "unlearning_aware": select_forget_ids(aware(budget, aware_pool=24), model, dm, unlearn=UNLEARN),
+        "unlearning_aware": select_forget_ids(aware(budget, pool=24), model, dm, unlearn=fisher),
         "worst_logits": select_forget_ids(
-            AdversaryConfig(selector="worst_logits", system_knowledge="output_aware", budget=budget), model, dm
+            WorstLogitsSelector(system_knowledge="output_aware", budget=budget), model, dm
         ),
-        "random": select_forget_ids(AdversaryConfig(selector="random", budget=budget, seed=0), model, dm),
+        "random": select_forget_ids(RandomSelector(budget=budget, seed=0), model, dm),
     }
-    key = {name: (lambda s: (s[0], -s[1]))(simulated(model, dm, ids)) for name, ids in picks.items()}
+    key = {name: (lambda s: (s[0], -s[1]))(simulated(model, dm, ids, fisher)) for name, ids in picks.items()}
     # fewer correct validation predictions (a larger accuracy drop), and among equals a higher loss
     assert key["unlearning_aware"][0] <= key["worst_logits"][0]
     assert key["unlearning_aware"][0] <= key["random"][0]
     assert key["unlearning_aware"] < key["worst_logits"] and key["unlearning_aware"] < key["random"]
 
 
-def test_refuses_what_it_cannot_simulate(setup):
+def test_refuses_what_it_cannot_simulate(setup, fisher):
     model, dm = setup
-    with pytest.raises(ValueError, match="fisher or influence, not for 'naive'"):
-        unlearning_simulator(UnlearnConfig(method="naive", cache_dir=None), model, dm)
+    with pytest.raises(ValueError, match="Fisher or Influence, not for Naive"):
+        unlearning_simulator(UNLEARNERS["naive"](cache_dir=None), model, dm)
     with pytest.raises(ValueError, match="needs the unlearn config"):
         select_forget_ids(aware(2), model, dm)
-    with pytest.raises(ValueError, match="aware_pool must be a whole number"):
-        aware(2, aware_pool=0)
-    with pytest.raises(ValueError, match=r"aware_pool \(3\) must be at least the budget \(5\)"):
-        select_forget_ids(aware(5, aware_pool=3), model, dm, unlearn=UNLEARN)
+    with pytest.raises(ValueError, match="pool must be a whole number"):
+        aware(2, pool=0)
+    with pytest.raises(ValueError, match=r"adversary.pool \(3\) must be at least the budget \(5\)"):
+        select_forget_ids(aware(5, pool=3), model, dm, unlearn=fisher)
     with pytest.raises(ValueError, match="needs system_knowledge 'parameter_aware'"):
-        AdversaryConfig(selector="unlearning_aware", system_knowledge="output_aware")
+        UnlearningAwareSelector(system_knowledge="output_aware")

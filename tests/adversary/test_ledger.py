@@ -1,5 +1,6 @@
 """The append-only JSON-lines ledger: records, twins, replay and resuming."""
 
+import hashlib
 import json
 from datetime import datetime
 
@@ -466,8 +467,12 @@ def test_weights_sha256_reads_a_model_or_its_state():
     from healing_pl.adversary.ledger import weights_sha256
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
-    assert weights_sha256(model) == weights_sha256(model.state_dict())
-    assert len(weights_sha256(model.to(torch.bfloat16))) == 64
+    full = weights_sha256(model)
+    assert full == weights_sha256(model.state_dict())
+    assert weights_sha256(model.to(torch.bfloat16)) != full  # other bytes, another hash
+    # by hand: each name (sorted), then its raw bytes; bfloat16 1.0 = 0x3F80, 0.5 = 0x3F00, -2.0 = 0xC000
+    state = {"b": torch.tensor([-2.0], dtype=torch.bfloat16), "a": torch.tensor([1.0, 0.5], dtype=torch.bfloat16)}
+    assert weights_sha256(state) == hashlib.sha256(b"a\x80\x3f\x00\x3f" + b"b\x00\xc0").hexdigest()
 
 
 class _DataModule:
@@ -486,19 +491,19 @@ def test_all_rejected_requests_are_recorded_before_the_error(tmp_path, monkeypat
     monkeypatch.setattr(forget, "select_forget_ids", lambda *a: torch.tensor([90, 100, 100, 119]))
     ledger = Ledger(tmp_path)
     with pytest.raises(ValueError, match="all 4 unlearn requests were rejected"):
-        forget.request_forget_set(SimpleNamespace(selector="random"), None, _DataModule(), ledger)
+        forget.request_forget_set(SimpleNamespace(name="random"), None, _DataModule(), ledger)
     rows = lines(ledger.path)
     assert [r["decision"] for r in rows] == ["reject"] * 4
     assert [r["reason"] for r in rows] == ["not_a_member"] * 4
     # some accepted: the forget set carries their ledger ids
     monkeypatch.setattr(forget, "select_forget_ids", lambda *a: torch.tensor([5, 100, 6]))
-    found = forget.request_forget_set(SimpleNamespace(selector="random"), None, _DataModule(), ledger)
+    found = forget.request_forget_set(SimpleNamespace(name="random"), None, _DataModule(), ledger)
     assert found.ids.tolist() == [5, 6] and len(found.request_ids) == 2
     assert [ledger.request_id_for_sample(i) for i in (5, 6)] == list(found.request_ids)
     # a forget set that would leave nothing to train on: accepted, then failed
     monkeypatch.setattr(forget, "select_forget_ids", lambda *a: PRIMARY)
     with pytest.raises(ValueError, match="whole primary set"):
-        forget.request_forget_set(SimpleNamespace(selector="everything"), None, _DataModule(), ledger)
+        forget.request_forget_set(SimpleNamespace(name="everything"), None, _DataModule(), ledger)
     state = Ledger.replay(ledger.path)
     assert lines(ledger.path)[-1]["type"] == "failed" and "whole primary set" in lines(ledger.path)[-1]["reason"]
     assert len(state.failed_request_ids) == 80  # another requester: 80 new requests
@@ -527,7 +532,7 @@ def test_unlearn_phase_writes_applied_or_failed(tmp_path, monkeypatch, fails):
     monkeypatch.setattr(phases.UnlearnPhase, "_unlearn", unlearn)
     baseline = SimpleNamespace(epochs=1, seed=0, hparams={})
     phase = phases.UnlearnPhase(
-        baseline, SimpleNamespace(selector="random"), SimpleNamespace(), gold=False, run_dir=str(tmp_path)
+        baseline, SimpleNamespace(name="random"), SimpleNamespace(), gold=False, run_dir=str(tmp_path)
     )
     trainer = SimpleNamespace(datamodule=_DataModule(), progress_bar_callback=None, is_global_zero=True)
     for _ in range(2):  # the rerun appends nothing

@@ -24,7 +24,6 @@ from healing_pl.adversary.selectors import (
     per_sample_grad_norms,
     select_forget_set,
 )
-from healing_pl.phases.config import AdversaryConfig
 
 
 class DigitsPool(Dataset):
@@ -178,10 +177,11 @@ def test_selector_refuses_a_surface_with_too_little_knowledge(pool, split, model
 
 
 def test_every_registered_selector_declares_its_knowledge():
-    for name, cls in SELECTORS.items():
+    for name in SELECTORS.names():
+        cls = SELECTORS[name]
         assert cls.name == name
-        assert cls.system_knowledge in ("blind", "output_aware", "parameter_aware")
-        assert cls.data_knowledge in ("blind", "known", "chosen")
+        assert cls.needs_system in ("blind", "output_aware", "parameter_aware")
+        assert cls.needs_data in ("blind", "known", "chosen")
 
 
 def test_selector_never_gets_more_than_its_surface(pool, split, model):
@@ -189,11 +189,17 @@ def test_selector_never_gets_more_than_its_surface(pool, split, model):
     seen = {}
 
     class Spy(RandomSelector):
+        name = "spy"
+
         def _choose(self, s, budget):
             seen["surface"] = s
             return super()._choose(s, budget)
 
-    Spy().select(surface(pool, split, "blind", "known", model=model), 4)
+    SELECTORS.register(Spy)  # only registered selectors run
+    try:
+        Spy().select(surface(pool, split, "blind", "known", model=model), 4)
+    finally:
+        SELECTORS.unregister("spy")
     assert isinstance(seen["surface"], AttackSurface)
     assert seen["surface"].predict is None and seen["surface"].glass_box is None
 
@@ -390,9 +396,9 @@ def test_influence_mode_ranks_by_exact_influence(pool, split, model, monkeypatch
         assert loss_fn(m, (x, y)).dim() == 0  # LiSSA's loss_fn(model, batch) form
         return torch.linalg.solve(hessian + damping * torch.eye(len(vector)), vector)
 
-    fake = types.ModuleType("healing_pl.unlearning.influence")
+    fake = types.ModuleType("healing_pl.gradients.lissa")
     fake.lissa_inverse_hvp = exact_inverse_hvp
-    monkeypatch.setitem(sys.modules, "healing_pl.unlearning.influence", fake)
+    monkeypatch.setitem(sys.modules, "healing_pl.gradients.lissa", fake)
     s = surface(pool, split, "parameter_aware", model=model, val_ids=split["val"])
     ids = GradientSelector("influence", damping=damping).select(s, 20)
     expected = train[torch.argsort(-scores, stable=True)[:20]]
@@ -435,56 +441,54 @@ def test_blind_guess_needs_a_blind_training_set(pool, split):
         BlindGuessSelector().select(surface(pool, split), 5)
 
 
-# ----------------------------------------------------------- config route
+# ----------------------------------------------------------- the pipeline's call
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    "name, kwargs",
     [
-        dict(selector="random"),
-        dict(selector="random", data_knowledge="blind"),
-        dict(selector="class", target_class=2),
-        dict(selector="worst_logits", system_knowledge="output_aware"),
-        dict(selector="gradient", system_knowledge="parameter_aware", gradient_engine="loop"),
-        dict(
-            selector="gradient",
-            system_knowledge="parameter_aware",
-            gradient_mode="influence",
-            influence_damping=0.5,
-            influence_scale=2.0,
-            influence_depth=20,
-        ),
-        dict(selector="blind_guess", data_knowledge="blind", member_fraction=0.5),
+        ("random", {}),
+        ("random", dict(data_knowledge="blind")),
+        ("class", dict(target_class=2)),
+        ("worst_logits", dict(system_knowledge="output_aware")),
+        ("gradient", dict(system_knowledge="parameter_aware", engine="loop")),
+        ("gradient", dict(system_knowledge="parameter_aware", mode="influence", damping=0.5, scale=2.0, depth=20)),
+        ("blind_guess", dict(member_fraction=0.5)),
     ],
 )
-def test_select_forget_set_from_a_config(pool, split, model, kwargs):
-    config = AdversaryConfig(budget=0.02, seed=3, **kwargs)  # 2% of 1200 = 24
+def test_select_forget_set_from_a_selector(pool, split, model, name, kwargs):
+    selector = SELECTORS[name](budget=0.02, seed=3, **kwargs)  # 2% of 1200 = 24
     kw = dict(dataset=pool, primary_ids=split["primary"], model=model, val_ids=split["val"])
-    if config.data_knowledge == "blind":
+    if selector.data_knowledge == "blind":
         kw["non_member_ids"] = split["backup"]
-    ids = select_forget_set(config, **kw)
+    ids = select_forget_set(selector, **kw)
     assert len(ids) == 24 and len(torch.unique(ids)) == 24
-    assert torch.equal(ids, select_forget_set(config, **kw))
-    if config.data_knowledge != "blind":
+    assert torch.equal(ids, select_forget_set(selector, **kw))
+    if selector.data_knowledge != "blind":
         assert torch.isin(ids, split["primary"]).all()
 
 
 def test_select_forget_set_rejects_bad_budget_and_class(pool, split):
     with pytest.raises(ValueError, match="exceeds the training set"):
-        select_forget_set(AdversaryConfig(budget=1201), dataset=pool, primary_ids=split["primary"])
+        select_forget_set(RandomSelector(budget=1201), dataset=pool, primary_ids=split["primary"])
     with pytest.raises(ValueError, match="outside"):
-        select_forget_set(
-            AdversaryConfig(selector="class", target_class=12), dataset=pool, primary_ids=split["primary"]
-        )
+        select_forget_set(ClassSelector(target_class=12), dataset=pool, primary_ids=split["primary"])
 
 
-def test_output_aware_config_without_a_model_raises(pool, split):
+def test_output_aware_selector_without_a_model_raises(pool, split):
     with pytest.raises(ValueError, match="needs the model"):
         select_forget_set(
-            AdversaryConfig(selector="worst_logits", system_knowledge="output_aware"),
-            dataset=pool,
-            primary_ids=split["primary"],
+            WorstLogitsSelector(system_knowledge="output_aware"), dataset=pool, primary_ids=split["primary"]
         )
+
+
+def test_select_forget_set_sets_progress_and_needs_a_selector(pool, split):
+    selector = RandomSelector(budget=5)
+    assert selector.progress is False
+    select_forget_set(selector, dataset=pool, primary_ids=split["primary"], progress=True)
+    assert selector.progress is True
+    with pytest.raises(TypeError, match="needs a Selector"):
+        select_forget_set({"selector": "random"}, dataset=pool, primary_ids=split["primary"])
 
 
 # ------------------------------------------------- device and precision

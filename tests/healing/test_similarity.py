@@ -1,4 +1,4 @@
-"""Similarity metrics, shrinkage covariance, whitening and representations."""
+"""Twin metrics, shrinkage covariance, whitening and representations."""
 
 from __future__ import annotations
 
@@ -9,18 +9,11 @@ from scipy.spatial.distance import cdist
 from sklearn.covariance import empirical_covariance, ledoit_wolf
 from sklearn.covariance import shrunk_covariance as sk_shrunk
 
+from healing_pl.healing import TWIN_METRICS, Metric, get_metric
+from healing_pl.healing.covariance import ledoit_wolf_covariance, shrunk_covariance, whitening_matrix
+from healing_pl.healing.metrics import RandomMetric
+from healing_pl.healing.representations import feature_vectors, raw_vectors
 from healing_pl.healing.search import nearest
-from healing_pl.healing.similarity import (
-    METRICS,
-    Metric,
-    RandomMetric,
-    feature_vectors,
-    get_metric,
-    ledoit_wolf_covariance,
-    raw_vectors,
-    shrunk_covariance,
-    whitening_matrix,
-)
 
 
 class PoolDataset(torch.utils.data.Dataset):
@@ -99,7 +92,7 @@ def test_identical_vectors_have_no_covariance():
 
 
 def test_registry():
-    assert set(METRICS) == {"raw_l2", "raw_mahalanobis", "feat_cosine", "feat_mahalanobis", "random"}
+    assert set(TWIN_METRICS) == {"raw_l2", "raw_mahalanobis", "feat_cosine", "feat_mahalanobis", "random"}
     expected = {
         "raw_l2": (False, "l2", False),
         "raw_mahalanobis": (False, "mahalanobis", False),
@@ -112,7 +105,7 @@ def test_registry():
         assert isinstance(m, Metric) and m.name == name
         assert (m.needs_features, m.search_metric, m.larger_is_better) == (feats, search_metric, larger)
     assert get_metric(m) is m
-    with pytest.raises(ValueError, match="unknown similarity metric 'pixels'"):
+    with pytest.raises(ValueError, match="unknown twin metric 'pixels'"):
         get_metric("pixels")
     with pytest.raises(ValueError, match="shrinkage must be in"):
         get_metric("raw_mahalanobis", shrinkage=2.0)
@@ -278,23 +271,30 @@ def test_covariance_in_row_blocks_matches_sklearn(monkeypatch):
 
 
 def test_one_way_imports():
-    """covariance <- search <- similarity <- policies: no module imports one further along, even lazily."""
+    """covariance <- search <- representations <- metric <- metrics <- policies: no module imports one further
+    along, even lazily (a package's modules may import each other)."""
     import ast
     import importlib
+    import pathlib
 
-    order = ["covariance", "search", "similarity", "policies"]
+    order = ["covariance", "search", "representations", "metric", "metrics", "policies"]
     for i, name in enumerate(order):
         mod = importlib.import_module(f"healing_pl.healing.{name}")
-        tree = ast.parse(open(mod.__file__).read())
+        path = pathlib.Path(mod.__file__)
+        files = sorted(path.parent.glob("*.py")) if path.name == "__init__.py" else [path]
         imported = set()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                imported.add(node.module)
-            elif isinstance(node, ast.Import):
-                imported.update(a.name for a in node.names)
-        later = {f"healing_pl.healing.{n}" for n in order[i:]}
-        assert not imported & later, f"{name} imports {imported & later}"
-    from healing_pl.healing import covariance, search, similarity
+        for file in files:
+            for node in ast.walk(ast.parse(file.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    imported.add(node.module)
+                elif isinstance(node, ast.Import):
+                    imported.update(a.name for a in node.names)
+        later = [f"healing_pl.healing.{n}" for n in order[i + 1 :]]
+        bad = {m for m in imported if m == f"healing_pl.healing.{name}" and len(files) == 1}
+        bad |= {m for m in imported for n in later if m == n or m.startswith(n + ".")}
+        assert not bad, f"{name} imports {bad}"
+    from healing_pl.healing import covariance, search
+    from healing_pl.healing.metrics import _mahalanobis
 
-    assert similarity.ledoit_wolf_covariance is covariance.ledoit_wolf_covariance
-    assert similarity.whitening_matrix is search.whitening_matrix is covariance.whitening_matrix
+    assert _mahalanobis.ledoit_wolf_covariance is covariance.ledoit_wolf_covariance
+    assert search.whitening_matrix is covariance.whitening_matrix

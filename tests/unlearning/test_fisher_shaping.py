@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from healing_pl.unlearning.fisher import diagonal_fisher, fisher_forget, noise_variance
+from healing_pl.gradients.fisher import diagonal_fisher
+from healing_pl.unlearning.fisher import fisher_forget, noise_variance
 
 CLASSES = 5
 
@@ -187,12 +188,17 @@ def test_shaping_errors(toy):
 
 
 def test_config_knob_and_cache_key():
-    from healing_pl.phases.config import UnlearnConfig
+    from healing_pl.unlearning import UNLEARNERS
 
-    golatkar = UnlearnConfig(method="fisher")
+    golatkar = UNLEARNERS["fisher"]()
     assert golatkar.shaping == "golatkar"
-    plain = UnlearnConfig(method="fisher", shaping="plain")
+    plain = UNLEARNERS["fisher"](shaping="plain")
     assert golatkar.hyperparameters()["shaping"] == "golatkar"
     assert golatkar.hyperparameters() != plain.hyperparameters()
+
+
+def test_config_refuses_an_unknown_shaping():
+    from healing_pl.unlearning import UNLEARNERS
+
     with pytest.raises(ValueError, match=r"^unlearn\.shaping must be one of golatkar, plain, got 'gaussian'\.$"):
-        UnlearnConfig(method="fisher", shaping="gaussian")
+        UNLEARNERS["fisher"](shaping="gaussian")

@@ -8,10 +8,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.func import functional_call
 
-from healing_pl.unlearning.influence import cross_entropy_loss, influence_unlearn, lissa_inverse_hvp
+from healing_pl.gradients.lissa import cross_entropy_loss
+from healing_pl.unlearning.influence import influence_unlearn
+from tests.gradients.shared import tiny_mlp
 
 N_TRAIN = 46  # remain 40 + forget 6
 
@@ -19,20 +20,7 @@ N_TRAIN = 46  # remain 40 + forget 6
 @pytest.fixture(scope="module")
 def tiny():
     """A 31-parameter tanh MLP on 3 classes, trained briefly in float64; 40 remain and 6 forget points."""
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(46, 3, generator=gen, dtype=torch.float64)
-    y = torch.randint(0, 3, (46,), generator=gen)
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3)).double()
-    opt = torch.optim.Adam(model.parameters(), lr=5e-2)
-    for _ in range(200):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    model.zero_grad(set_to_none=True)
-    remain = [(x[:40], y[:40])]  # one full batch: LiSSA sees the exact remain Hessian every step
-    forget = [(x[40:44], y[40:44]), (x[44:], y[44:])]  # two forget batches, removed in turn
-    return model, remain, forget
+    return tiny_mlp()
 
 
 def _flat(model):
@@ -131,20 +119,6 @@ def test_removal_scalings_relate(tiny):
     assert torch.allclose(steps["batch"], steps["sum"] / 6, rtol=1e-12, atol=0)
 
 
-def test_koh_liang_damping_is_additive_times_scale(tiny):
-    model, remain, _ = tiny
-    v = torch.linspace(-1, 1, sum(p.numel() for p in model.parameters()), dtype=torch.float64)
-    # a short recursion (not converged): the two conventions agree step by step, not only at the fixed point
-    kl = lissa_inverse_hvp(
-        model, cross_entropy_loss, remain, v, damping=0.01, scale=8.0, depth=7, damping_convention="koh_liang"
-    )
-    add = lissa_inverse_hvp(model, cross_entropy_loss, remain, v, damping=0.08, scale=8.0, depth=7)
-    assert torch.allclose(kl, add, rtol=1e-12, atol=1e-14)
-    assert not torch.allclose(
-        kl, lissa_inverse_hvp(model, cross_entropy_loss, remain, v, damping=0.01, scale=8.0, depth=7), rtol=1e-6
-    )
-
-
 def test_convention_errors(tiny):
     model, remain, forget = tiny
     kw = dict(n_train=N_TRAIN, damping=0.1, scale=10.0, depth=2)
@@ -155,18 +129,25 @@ def test_convention_errors(tiny):
 
 
 def test_config_knobs_and_cache_key():
-    from healing_pl.phases.config import UnlearnConfig
+    from healing_pl.unlearning import UNLEARNERS
 
-    default = UnlearnConfig(method="influence")
+    influence = UNLEARNERS["influence"]
+    default = influence()
     assert (default.removal, default.damping_convention) == ("mean", "additive")
     keys = {
-        tuple(sorted(UnlearnConfig(method="influence", removal=r, damping_convention=c).hyperparameters().items()))
+        tuple(sorted(influence(removal=r, damping_convention=c).hyperparameters().items()))
         for r in ("mean", "sum", "batch")
         for c in ("additive", "koh_liang")
     }
     assert len(keys) == 6  # the cache never returns a result computed with another convention
-    assert "removal" not in UnlearnConfig(method="fisher").hyperparameters()
+    assert "removal" not in UNLEARNERS["fisher"]().hyperparameters()
+
+
+def test_config_refuses_an_unknown_removal_or_convention():
+    from healing_pl.unlearning import UNLEARNERS
+
+    influence = UNLEARNERS["influence"]
     with pytest.raises(ValueError, match=r"^unlearn\.removal must be one of mean, sum, batch, got 'all'\.$"):
-        UnlearnConfig(method="influence", removal="all")
+        influence(removal="all")
     with pytest.raises(ValueError, match=r"^unlearn\.damping_convention must be one of additive, koh_liang"):
-        UnlearnConfig(method="influence", damping_convention="multiplicative")
+        influence(damping_convention="multiplicative")

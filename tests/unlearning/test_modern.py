@@ -15,9 +15,8 @@ import torch.nn.functional as F
 
 from healing_pl.data.datamodule import HealingDataModule
 from healing_pl.models.classifier import evaluate
-from healing_pl.phases.config import UnlearnConfig
+from healing_pl.unlearning import UNLEARNERS, unlearn_with_repeats
 from healing_pl.unlearning.finetune import finetune
-from healing_pl.unlearning.methods import METHODS, unlearn_with_repeats
 from healing_pl.unlearning.naive import train_classifier
 from healing_pl.unlearning.salun import random_wrong_labels, saliency_mask
 
@@ -47,14 +46,14 @@ def test_each_method_forgets_within_the_test_bound(setup, method):
     forget = class7 if method == "ssd" else hardest
     before = {k: v.clone() for k, v in base.state_dict().items()}
     test = dm.test_dataloader()
-    result = unlearn_with_repeats(base, dm, forget, UnlearnConfig(method=method, cache_dir=None))
+    result = unlearn_with_repeats(base, dm, forget, UNLEARNERS[method](cache_dir=None))
     base_forget = evaluate(base, dm.loader(forget))["acc"]
     forget_acc = evaluate(result.model, dm.loader(forget))["acc"]
     assert forget_acc <= base_forget - FORGET_DROP, (method, base_forget, forget_acc)
     assert result.accs[0] >= evaluate(base, test)["acc"] - TEST_BOUND, (method, result.accs)
     assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())  # the input is untouched
-    if METHODS[method].stochastic:  # reproducible by seed
-        again = unlearn_with_repeats(base, dm, forget, UnlearnConfig(method=method, cache_dir=None))
+    if UNLEARNERS[method].stochastic:  # reproducible by seed
+        again = unlearn_with_repeats(base, dm, forget, UNLEARNERS[method](cache_dir=None))
         assert all(torch.equal(a, b) for a, b in zip(result.model.parameters(), again.model.parameters()))
 
 
@@ -93,11 +92,13 @@ def test_salun_parts():
 
 
 def test_bad_knobs_stop_with_one_sentence():
-    with pytest.raises(ValueError, match="scrub_msteps must lie in"):
-        UnlearnConfig(method="scrub", scrub_epochs=2, scrub_msteps=3)
-    with pytest.raises(ValueError, match="salun_ratio must lie in"):
-        UnlearnConfig(method="salun", salun_ratio=0.0)
-    with pytest.raises(ValueError, match="ng_alpha must lie in"):
-        UnlearnConfig(method="neggrad_plus", ng_alpha=1.5)
-    with pytest.raises(ValueError, match="lr must be positive"):
-        UnlearnConfig(method="finetune", lr=0.0)
+    with pytest.raises(ValueError, match=r"^unlearn\.msteps must lie in \[0, epochs=2\], got 3\.$"):
+        UNLEARNERS["scrub"](epochs=2, msteps=3)
+    with pytest.raises(ValueError, match=r"^unlearn\.ratio must lie in \(0, 1\], got 0\.0\.$"):
+        UNLEARNERS["salun"](ratio=0.0)
+    with pytest.raises(ValueError, match=r"^unlearn\.alpha must lie in \[0, 1\], got 1\.5\.$"):
+        UNLEARNERS["neggrad_plus"](alpha=1.5)
+    with pytest.raises(ValueError, match=r"^unlearn\.lr must be positive"):
+        UNLEARNERS["finetune"](lr=0.0)
+    with pytest.raises(TypeError, match="alpha"):  # a knob of another method
+        UNLEARNERS["finetune"](alpha=0.5)

@@ -1,5 +1,7 @@
 """Naive unlearning (the gold standard) and the repeats machinery behind every method."""
 
+import sys
+
 import lightning as L
 import pytest
 import torch
@@ -64,18 +66,39 @@ def test_gold_standard_is_cached_by_content(dm, tmp_path):
     assert gold_key(HP, dm, forget[1:], epochs=1, seed=0) != base
 
 
-def test_repeats_keep_the_run_closest_to_the_mean(dm):
+def test_repeats_keep_the_run_closest_to_the_mean_validation_accuracy(dm):
     torch.manual_seed(0)
     model = Classifier(**HP)
     cfg = UnlearnConfig(method="fisher", alpha=1e-3, repeats=4, cache_dir=None)
     result = unlearn_with_repeats(model, dm, dm.primary_ids[:10], cfg)
-    assert len(result.accs) == 4 and len(set(result.accs)) > 1  # different seeds, different noise
-    mean = sum(result.accs) / 4
-    best = min(range(4), key=lambda i: abs(result.accs[i] - mean))
+    assert len(result.accs) == len(result.val_accs) == 4 and len(set(result.val_accs)) > 1  # different noise
+    mean = sum(result.val_accs) / 4
+    best = min(range(4), key=lambda i: (abs(result.val_accs[i] - mean), i))  # ties: the first
     assert result.representative == best
+    # the kept model is that repeat's: its validation and test accuracy are the ones recorded for it
+    assert evaluate(result.model, dm.val_dataloader())["acc"] == result.val_accs[best]
     assert evaluate(result.model, dm.test_dataloader())["acc"] == result.accs[best]
     again = unlearn_with_repeats(model, dm, dm.primary_ids[:10], cfg)
-    assert again.accs == result.accs  # reproducible by seed
+    assert (again.accs, again.val_accs, again.representative) == (result.accs, result.val_accs, best)  # by seed
+
+
+def test_test_accuracy_never_chooses_the_representative(dm, monkeypatch):
+    """Validation and test accuracy point at different repeats: the validation one is kept."""
+    val = [0.5, 0.9, 0.7, 0.6]  # mean 0.675: repeat 2 (0.7) is closest
+    test = [0.8, 0.2, 0.1, 0.5]  # mean 0.4: a choice on test accuracy would keep repeat 3 (0.5)
+    test_loader, evaluated = object(), []  # evaluated: each repeat's model, in order
+
+    def scripted(model, loader):
+        if loader is test_loader:
+            return {"acc": test[len(evaluated) - 1]}
+        evaluated.append(model)
+        return {"acc": val[len(evaluated) - 1]}
+
+    monkeypatch.setattr(sys.modules[unlearn_with_repeats.__module__], "evaluate", scripted)
+    cfg = UnlearnConfig(method="fisher", alpha=1e-3, repeats=4, cache_dir=None)
+    result = unlearn_with_repeats(Classifier(**HP), dm, dm.primary_ids[:10], cfg, test_loader=test_loader)
+    assert (result.val_accs, result.accs) == (val, test)
+    assert result.representative == 2 and result.model is evaluated[2]
 
 
 @pytest.mark.parametrize(

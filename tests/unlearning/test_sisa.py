@@ -12,7 +12,6 @@ from torch import nn
 
 from healing_pl.data.datamodule import HealingDataModule
 from healing_pl.models.classifier import evaluate
-from healing_pl.unlearning import sisa
 from healing_pl.unlearning.sisa import (
     SisaEnsemble,
     aggregate,
@@ -25,6 +24,8 @@ from healing_pl.unlearning.sisa import (
     train_sisa_shard,
     unlearn_sisa,
 )
+from healing_pl.unlearning.sisa import common as sisa_common
+from healing_pl.unlearning.sisa import train as sisa_train
 
 HP = dict(backbone="small_cnn", num_classes=10, in_chans=1, image_size=8, lr=1e-2)
 RECIPE = dict(shards=3, slices=3, epochs_per_slice=1, batch_size=32, seed=0)
@@ -264,15 +265,15 @@ def test_shard_jobs_then_load_equal_training_in_one_process(dm, state, jobs, tmp
 
     partial = copy_shards(jobs, tmp_path / "partial", shards=(0, 2))
     calls = []
-    real = sisa._train_shard
-    monkeypatch.setattr(sisa, "_train_shard", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    real = sisa_train._train_shard
+    monkeypatch.setattr(sisa_train, "_train_shard", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
     assert same_state(train_sisa(HP, dm, **RECIPE, directory=partial), state) and calls == [1]
-    monkeypatch.setattr(sisa, "_train_shard", no_training)
+    monkeypatch.setattr(sisa_train, "_train_shard", no_training)
     assert same_state(train_sisa(HP, dm, **RECIPE, directory=jobs, aggregation="softmax"), state)
 
     # unlearning from the loaded state is unlearning from the one trained in memory
     forget = state.assignment[1][1][:3]
-    monkeypatch.setattr(sisa, "_train_shard", real)
+    monkeypatch.setattr(sisa_train, "_train_shard", real)
     assert same_state(unlearn_sisa(loaded, forget, dm)[0], unlearn_sisa(state, forget, dm)[0])
 
 
@@ -319,7 +320,7 @@ def test_float64_shards_train_and_unlearn_exactly(dm):
 
 
 def test_devices_are_never_swapped_silently(dm):
-    model = sisa._fresh_model(HP, 0, torch.device("cpu"), torch.float32)
+    model = sisa_common._fresh_model(HP, 0, torch.device("cpu"), torch.float32)
     with pytest.raises(ValueError, match="lives on cpu but was asked to train on meta"):
         fit_plain(model, dm, dm.primary_ids[:8], epochs=1, seed=0, device="meta")
     with pytest.raises(ValueError, match="floating torch dtype"):

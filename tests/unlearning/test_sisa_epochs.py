@@ -11,8 +11,7 @@ import torch.nn.functional as F
 
 from healing_pl.data.datamodule import HealingDataModule
 from healing_pl.models.classifier import Classifier
-from healing_pl.phases.config import UnlearnConfig
-from healing_pl.unlearning.methods import METHODS, Context, sisa_directory
+from healing_pl.unlearning import UNLEARNERS, Context
 from healing_pl.unlearning.sisa import EPOCH_RULES, make_assignment, seed_for, slice_epochs, train_sisa
 
 HP = dict(backbone="small_cnn", num_classes=10, in_chans=1, image_size=8, lr=1e-2)
@@ -60,21 +59,20 @@ def test_bad_rules_stop_with_one_sentence(rule, message):
 
 
 def test_the_config_option_defaults_to_passes_and_keys_the_cache(dm, tmp_path):
-    cfg = UnlearnConfig(method="sisa", cache_dir=str(tmp_path))
-    assert cfg.sisa_epochs == "passes" and cfg.hyperparameters()["sisa_epochs"] == "passes"
-    assert "sisa_epochs" in METHODS["sisa"].knobs
+    sisa = UNLEARNERS["sisa"]
+    cfg = sisa(cache_dir=str(tmp_path))
+    assert cfg.epochs_per_slice == "passes" and cfg.hyperparameters()["epochs_per_slice"] == "passes"
+    assert "epochs_per_slice" in sisa.knob_names()
     model, context = Classifier(**HP), Context(epochs=10, seed=0)
     directory = {
-        rule: sisa_directory(
-            model, dm, UnlearnConfig(method="sisa", sisa_epochs=rule, cache_dir=str(tmp_path)), context
-        )
+        rule: sisa(epochs_per_slice=rule, cache_dir=str(tmp_path)).directory(model, dm, context)
         for rule in ("passes", "per_slice", 4, 2)
     }
     # the key holds the resolved count: passes = 4 and per_slice = 2 epochs per stage for N = 10, R = 5
     assert directory["passes"] == directory[4] and directory["per_slice"] == directory[2]
     assert directory["passes"] != directory["per_slice"]
     assert slice_epochs(11, 5) == 4  # N = 11 trains 4 epochs per stage too, but the baseline's N is keyed as well
-    assert sisa_directory(model, dm, cfg, Context(epochs=11, seed=0)) != directory["passes"]
+    assert cfg.directory(model, dm, Context(epochs=11, seed=0)) != directory["passes"]
 
 
 def _from_scratch(dm, slices: list[torch.Tensor], shard: int, *, seed: int, epochs: int, batch_size: int):

@@ -27,7 +27,7 @@ stays bounded whatever the batch size.  :func:`iter_per_sample_grads` yields the
 :func:`per_sample_reduce` folds each sample's gradients to values (e.g. :func:`grad_norms`,
 :func:`grad_dots`), :func:`sum_of_squares` sums the squared gradients over samples and objectives.
 
-The inputs are moved to the model's device and floating dtype (:func:`~._params.to_model`) and
+The inputs are moved to the model's device and floating dtype (:func:`~.params.to_model`) and
 everything is computed there; a parameter the objective does not depend on gets zero gradients.
 """
 
@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from ._params import to_model
+from .params import to_model
 
 __all__ = [
     "ENGINES",
@@ -260,7 +260,7 @@ def grad_dots(direction: Tensor) -> Callable[[dict[str, Tensor]], Tensor]:
     """A reduction: per-sample ``<grad_i, direction>`` for scalar objectives (``loss_fn``).
 
     ``direction`` is flat over the chosen parameters, in order (the layout of
-    :func:`~._params.flatten`).
+    :func:`~.params.flatten`).
     """
 
     def dot(grads: dict[str, Tensor]) -> Tensor:

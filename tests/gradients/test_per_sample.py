@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from healing_pl.unlearning._params import to_model
-from healing_pl.unlearning._per_sample import (
+from healing_pl.gradients.params import to_model
+from healing_pl.gradients.per_sample import (
     grad_dots,
     grad_norms,
     iter_per_sample_grads,

@@ -1,4 +1,4 @@
-"""Small helpers shared by the approximate unlearning methods.
+"""Parameter and batch helpers shared by the gradient math, the unlearning methods and the adversaries.
 
 Everything here works on the *trainable* parameters of a model (those with
 ``requires_grad=True``) in ``model.named_parameters()`` order, which is also
