@@ -19,6 +19,7 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from healing_pl import records as rk  # noqa: E402
 from healing_pl.report.tables import Stat, load_records  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -26,11 +27,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def _records(runs: str, grid: str, phase: str) -> list[dict]:
     folder = os.path.join(runs, grid)
-    return [r for r in load_records([folder]) if r.get("phase") == phase] if os.path.isdir(folder) else []
+    return [r for r in load_records([folder]) if r.get(rk.PHASE) == phase] if os.path.isdir(folder) else []
 
 
 def _final(record: dict, split: str = "test") -> float | None:
-    return record.get(f"healed/{split}/acc_epoch_{record.get('heal/epochs')}")
+    epochs = record.get(rk.HEAL_EPOCHS)
+    return None if epochs is None else record.get(rk.healed_acc(split, epochs))
 
 
 def _cell(stat: Stat) -> str:
@@ -38,23 +40,23 @@ def _cell(stat: Stat) -> str:
 
 
 def spares(runs: str) -> str:
-    records = _records(runs, "spares-mnist5k", "heal")
+    records = _records(runs, "spares-mnist5k", rk.HEAL)
     if not records:
         return "no spares-mnist5k records."
     by = defaultdict(lambda: defaultdict(Stat))
     gold, start = Stat(), Stat()
     for r in records:
-        size = int(r["experiment"]["config"]["twins"]["spares"])
-        by[r["heal/setup"]][size].values.append(_final(r))
-        by[r["heal/setup"] + " (val)"][size].values.append(_final(r, "val"))
-    for r in {r["experiment/seeds"]["seed_everything"]: r for r in records}.values():  # one per seed
-        gold.values.append(r["gold/test/acc"])
-        start.values.append(r["unlearned/test/acc"])
+        size = int(r[rk.EXPERIMENT]["config"]["twins"]["spares"])
+        by[r[rk.HEAL_SETUP]][size].values.append(_final(r))
+        by[r[rk.HEAL_SETUP] + " (val)"][size].values.append(_final(r, "val"))
+    for r in {r[rk.EXPERIMENT_SEEDS]["seed_everything"]: r for r in records}.values():  # one per seed
+        gold.values.append(r[rk.GOLD_TEST_ACC])
+        start.values.append(r[rk.UNLEARNED_TEST_ACC])
     table4 = os.path.join(runs, "table4-mnist5k-seeds")
     r_alone = Stat()
     if os.path.isdir(table4):
         for r in load_records([table4]):
-            if r.get("phase") == "heal" and r.get("unlearn/method") == "fisher" and r.get("heal/setup") == "R":
+            if r.get(rk.PHASE) == rk.HEAL and r.get(rk.UNLEARN_METHOD) == "fisher" and r.get(rk.HEAL_SETUP) == "R":
                 r_alone.values.append(_final(r))
     sizes = sorted(next(iter(by.values())))
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
@@ -93,15 +95,15 @@ def spares(runs: str) -> str:
 
 
 def streams(runs: str) -> str:
-    records = _records(runs, "streams-mnist5k", "stream")
+    records = _records(runs, "streams-mnist5k", rk.STREAM)
     if not records:
         return "no streams-mnist5k records."
     curves = defaultdict(lambda: defaultdict(Stat))
     for r in records:
-        stream = r["experiment"]["config"]["stream"]
+        stream = r[rk.EXPERIMENT]["config"]["stream"]
         key = (stream["benign_ratio"], bool(stream["heal"]))
-        for point in r["stream/curve"]:
-            curves[key][point["round"]].values.append(point["test/acc"])
+        for point in r[rk.STREAM_CURVE]:
+            curves[key][point[rk.CURVE_ROUND]].values.append(point[rk.CURVE_TEST_ACC])
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
     lines = ["| benign share | healing | rounds | final test acc | lowest round |", "|---|---|---|---|---|"]
     for (ratio, heal), by_round in sorted(curves.items()):
@@ -132,15 +134,15 @@ def streams(runs: str) -> str:
 
 def heal_lr(runs: str) -> str:
     """The heal-lr choice: mean validation accuracy after N/2 epochs per lr (over setups and seeds), with test."""
-    records = _records(runs, "heal-lr-mnist5k", "heal")
+    records = _records(runs, "heal-lr-mnist5k", rk.HEAL)
     if not records:
         return "no heal-lr-mnist5k records."
     val, test = defaultdict(Stat), defaultdict(Stat)
     for r in records:
-        for key in (r["heal/lr"], (r["heal/lr"], r["heal/setup"])):
+        for key in (r[rk.HEAL_LR], (r[rk.HEAL_LR], r[rk.HEAL_SETUP])):
             val[key].values.append(_final(r, "val"))
             test[key].values.append(_final(r))
-    lrs = sorted({r["heal/lr"] for r in records})
+    lrs = sorted({r[rk.HEAL_LR] for r in records})
     chosen = max(lrs, key=lambda lr: val[lr].mean)
     lines = ["| heal.lr | setup | val (chooses) | test (reported) |", "|---|---|---|---|"]
     for lr in lrs:
@@ -161,15 +163,15 @@ def table6(runs: str) -> str:
     ]
     for grid, label in (("table4-mnist5k-seeds", "25 × class 7"), ("table5-mnist5k", "worst 25 logits")):
         by = defaultdict(dict)  # method -> seed -> record (every heal run of a seed shares the unlearned model)
-        for r in _records(runs, grid, "heal"):
-            by[r["unlearn/method"]].setdefault(r["experiment/seeds"]["seed_everything"], r)
+        for r in _records(runs, grid, rk.HEAL):
+            by[r[rk.UNLEARN_METHOD]].setdefault(r[rk.EXPERIMENT_SEEDS]["seed_everything"], r)
         for method, seeds in sorted(by.items()):
             recs = list(seeds.values())
-            mean = Stat([r["unlearned/acc_mean"] for r in recs])
-            std = Stat([r["unlearned/acc_std"] for r in recs])
-            time_s = Stat([r["unlearned/time_s"] for r in recs])
-            collapsed = sum(a < 0.2 for r in recs for a in r["unlearned/acc_repeats"])
-            total = sum(len(r["unlearned/acc_repeats"]) for r in recs)
+            mean = Stat([r[rk.UNLEARNED_ACC_MEAN] for r in recs])
+            std = Stat([r[rk.UNLEARNED_ACC_STD] for r in recs])
+            time_s = Stat([r[rk.UNLEARNED_TIME_S] for r in recs])
+            collapsed = sum(a < 0.2 for r in recs for a in r[rk.UNLEARNED_ACC_REPEATS])
+            total = sum(len(r[rk.UNLEARNED_ACC_REPEATS]) for r in recs)
             lines.append(
                 f"| {label} | {method} | {len(recs)} | {mean.cell()} | {100 * std.mean:.2f} | {time_s.mean:.1f} "
                 f"| {collapsed} of {total} |"

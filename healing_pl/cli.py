@@ -26,6 +26,7 @@ from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from healing_pl import records as rk
 from healing_pl.adversary import SELECTORS
 from healing_pl.console import quiet_console
 from healing_pl.data.datamodule import HealingDataModule
@@ -74,9 +75,8 @@ class HealingCLI(LightningCLI):
         return {**LightningCLI.subcommands(), **HealingTrainer.extra_subcommands()}
 
     def parse_arguments(self, parser, args) -> None:
-        super().parse_arguments(parser, args)
-        cfg = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
-        check_family_knobs(cfg, sys.argv[1:] if args is None else list(args))
+        argv = sys.argv[1:] if args is None else list(args)
+        self.config = parse_families(parser, argv, self.subcommands())
 
     def _parse_ckpt_path(self) -> None:
         # Lightning adopts the model hyperparameters saved in --ckpt_path; a broken file must stop cleanly
@@ -174,8 +174,8 @@ class HealingCLI(LightningCLI):
         record = self._record()
         if record is not None:
             print(
-                f"test accuracy: {record['test/acc']:.4f} (after {record['train/epochs']} epochs, "
-                f"{record['train/time_s']:.1f} s)"
+                f"test accuracy: {record[rk.FIT_TEST_ACC]:.4f} (after {record[rk.TRAIN_EPOCHS]} epochs, "
+                f"{record[rk.TRAIN_TIME_S]:.1f} s)"
             )
 
     def after_unlearn(self) -> None:
@@ -208,6 +208,54 @@ def check_run_dir(run_dir: str) -> None:
     existing = run_dir if os.path.isdir(run_dir) else parent
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"run_dir '{run_dir}' cannot be written: '{existing}' is read-only.")
+
+
+def _choose_defaults(argv: list, options, subcommands) -> list:
+    """``argv`` with ``--<option>=<default class>`` for each of ``options``, right after the subcommand (so a
+    config file or a later ``--<option>`` still chooses another)."""
+    from healing_pl.trainer import DEFAULT_CLASSES
+
+    at = next((i + 1 for i, arg in enumerate(argv) if arg in subcommands), 0)
+    return [*argv[:at], *(f"--{option}={DEFAULT_CLASSES[option]}" for option in options), *argv[at:]]
+
+
+def parse_families(parser, argv: list, subcommands=()):
+    """Parse ``argv``; a method family that nothing chose gets its default class at that class's defaults.
+
+    The family parameters default to None rather than to an instance: jsonargparse carries a previous class's
+    knob values over to a class chosen after it, so a parsed default Fisher would hand its ``alpha`` to
+    ``--unlearn SSD``. Only when no config file and no option chose a class (the value is None, or knobs were
+    given with no class to belong to) is the command parsed again with the default class in front. Then every
+    knob named on the command line is checked against the chosen class (:func:`check_family_knobs`).
+    """
+    from healing_pl.trainer import DEFAULT_CLASSES
+
+    def sub(config):
+        return config[config.subcommand] if config.get("subcommand") else config
+
+    explicit_null = {option for option in DEFAULT_CLASSES if f"--{option}=null" in argv or f"--{option}" in argv}
+    # --print_config prints while parsing: probe without it first, so that it shows the default classes too
+    probe = [a for a in argv if not str(a).startswith("--print_config")]
+    missing: list[str] = []
+    while True:
+        try:
+            config = parser.parse_args(_choose_defaults(probe, missing, subcommands))
+            break
+        except ArgumentError as err:  # knobs given with no class to belong to: the default class takes them
+            text = str(err)
+            found = [
+                o for o in DEFAULT_CLASSES if o not in missing and f'Parser key "{o}"' in text and "NestedArg" in text
+            ]
+            if not found:
+                raise
+            missing += found
+    missing += [
+        o for o in DEFAULT_CLASSES if o not in missing and o not in explicit_null and sub(config).get(o) is None
+    ]
+    check_family_knobs(sub(config), list(argv))
+    if missing or len(probe) != len(argv):
+        config = parser.parse_args(_choose_defaults(list(argv), missing, subcommands))
+    return config
 
 
 def _given_knobs(argv: list, option: str) -> list[str]:
@@ -271,20 +319,21 @@ def _not_a_knob(option: str, knob: str, class_name: str, knobs: list[str]) -> st
 def phase_summary(record: dict) -> str:
     """A few lines that sum up an unlearn, heal or stream run."""
     keys = [
-        ("baseline/test/acc", "baseline"),
-        ("gold/test/acc", "gold standard"),
-        ("sisa/test/acc", "SISA"),
-        ("unlearned/test/acc", "unlearned"),
-        ("attack/random_forget/test/acc", "unlearned (random set)"),
-        ("healed/test/acc_epoch_1", "healed, 1 epoch"),
-        ("stream/final/test/acc", "after the whole stream"),
+        (rk.BASELINE_TEST_ACC, "baseline"),
+        (rk.GOLD_TEST_ACC, "gold standard"),
+        (rk.SISA_TEST_ACC, "SISA"),
+        (rk.UNLEARNED_TEST_ACC, "unlearned"),
+        (rk.ATTACK_RANDOM_TEST_ACC, "unlearned (random set)"),
+        (rk.healed_test_acc(1), "healed, 1 epoch"),
+        (rk.STREAM_FINAL_TEST_ACC, "after the whole stream"),
     ]
-    epochs = record.get("heal/epochs")
+    epochs = record.get(rk.HEAL_EPOCHS)
     if epochs and epochs > 1:
-        keys.append((f"healed/test/acc_epoch_{epochs}", f"healed, {epochs} epochs"))
-    who = record.get("adversary/selector")
-    source = f"requested in {record.get('requests/file')}" if who == "requests" else f"chosen by '{who}'"
-    lines = [f"forget set: {record.get('forget/count')} samples {source}"]
+        keys.append((rk.healed_test_acc(epochs), f"healed, {epochs} epochs"))
+    who = record.get(rk.ADVERSARY_SELECTOR)
+    where = record.get(rk.REQUESTS_FILE)
+    source = f"requested in {where}" if who == rk.REQUESTS_SELECTOR else f"chosen by '{who}'"
+    lines = [f"forget set: {record.get(rk.FORGET_COUNT)} samples {source}"]
     lines += [f"  {label:<24} test accuracy {record[k]:.4f}" for k, label in keys if record.get(k) is not None]
     return "\n".join(lines)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from lightning.pytorch.loggers import WandbLogger
 
+from healing_pl import records as rk
 from healing_pl.console import quiet_console
 from healing_pl.files import write_json
 
@@ -223,9 +224,9 @@ def read_offline_run(run_folder: str, wait_s: float = 30.0) -> dict:
 
 # --------------------------------------------------------------------------- W&B media, tables, artifacts
 #: the step metric of the healed curve (epoch 0: the unlearned start)
-HEAL_STEP = "heal/epoch"
+HEAL_STEP = rk.HEAL_EPOCH_STEP.name
 #: history keys of the healed curve, all plotted against :data:`HEAL_STEP`
-HEAL_KEYS = ("heal/test_acc", "heal/val_acc", "reference/baseline", "reference/gold")
+HEAL_KEYS = tuple(k.name for k in rk.HEAL_CURVE_KEYS)
 _DEFINED: set[str] = set()
 
 
@@ -249,8 +250,13 @@ def log_heal_epoch(
         for key in HEAL_KEYS:  # exact names: they win over Lightning's catch-all "*" -> trainer/global_step
             run.define_metric(key, step_metric=HEAL_STEP, summary="none")
         _DEFINED.add(run.id)
-    values = {"heal/test_acc": test, "heal/val_acc": val, "reference/baseline": baseline, "reference/gold": gold}
-    run.log({HEAL_STEP: epoch, **{k: v for k, v in values.items() if v is not None}})
+    values = {
+        rk.HEAL_TEST_ACC_POINT: test,
+        rk.HEAL_VAL_ACC_POINT: val,
+        rk.REFERENCE_BASELINE: baseline,
+        rk.REFERENCE_GOLD: gold,
+    }
+    run.log({HEAL_STEP: epoch, **{k.name: v for k, v in values.items() if v is not None}})
 
 
 def log_heal_chart(run, test: dict, val: dict, baseline: float | None, gold: float | None) -> None:
@@ -273,7 +279,7 @@ def log_heal_chart(run, test: dict, val: dict, baseline: float | None, gold: flo
     chart = wandb.plot.line_series(
         xs=epochs, ys=ys, keys=keys, title="Healed accuracy from the unlearned start", xname="heal epoch"
     )
-    run.log({"heal/curve": chart})
+    run.log({rk.HEAL_CURVE_CHART.name: chart})
 
 
 def log_twins(run, pairs: list[dict], dataset, class_names=(), *, grid_pairs: int = 16) -> None:
@@ -310,7 +316,7 @@ def log_twins(run, pairs: list[dict], dataset, class_names=(), *, grid_pairs: in
         if len(shown) < grid_pairs:
             shown.append((forget, twin))
     caption = f"{len(shown)} forget samples (left of each pair) beside their twins (right)"
-    run.log({"twins": table, "twins/grid": wandb.Image(pair_grid(shown), caption=caption)})
+    run.log({rk.TWINS_TABLE.name: table, rk.TWINS_GRID.name: wandb.Image(pair_grid(shown), caption=caption)})
 
 
 def log_id_table(run, key: str, ids, column: str) -> None:
@@ -362,7 +368,8 @@ def log_results_artifact(run, run_dir: str, record: dict, extra_files: tuple[str
     import wandb
 
     name = re.sub(r"[^\w.-]", "_", f"results-{run.id}")
-    meta = {k: record.get(k) for k in ("phase", "dataset", "backbone", "baseline/sha256") if record.get(k) is not None}
+    keys = (rk.PHASE, rk.DATASET, rk.BACKBONE, rk.BASELINE_SHA256)
+    meta = {k.name: record.get(k) for k in keys if record.get(k) is not None}
     artifact = wandb.Artifact(name, type="results", metadata=meta)
     artifact.add_file(os.path.join(run_dir, "results.json"), name="results.json")
     for path in extra_files:
@@ -381,7 +388,7 @@ def declare_baseline(run, name: str) -> str:
     """
     if run is None:
         return "none"
-    run.config.update({"lineage/baseline_artifact": f"{name}:latest"}, allow_val_change=True)
+    run.config.update({rk.LINEAGE_BASELINE_ARTIFACT.name: f"{name}:latest"}, allow_val_change=True)
     if wandb_mode() != "online":
         return "config"
     try:
@@ -418,7 +425,7 @@ def log_grid_table(
     )
     try:
         table = wandb.Table(columns=list(GRID_COLUMNS), data=[[r[c] for c in GRID_COLUMNS] for r in rows])
-        run.log({"grid": table})
+        run.log({rk.GRID_TABLE.name: table})
         return run.dir.rsplit(os.sep + "files", 1)[0]
     finally:
         run.finish()
@@ -431,22 +438,19 @@ def grid_rows(records: list[dict]) -> list[dict]:
     """Rows method x setup x epoch (test and validation accuracy) from heal records, in a stable order."""
     rows = []
     for r in records:
-        if r.get("phase") != "heal":
+        if r.get(rk.PHASE) != rk.HEAL:
             continue
-        epochs = sorted(
-            int(m.group(1)) for k in r if (m := re.fullmatch(r"healed/test/acc_epoch_(\d+)", k)) and r[k] is not None
-        )
-        for e in epochs:
+        for e, test in rk.per_epoch(r, "test").items():
             rows.append(
                 {
-                    "method": r.get("unlearn/method"),
-                    "setup": r.get("heal/setup"),
-                    "seed": r.get("unlearn/seed"),
+                    "method": r.get(rk.UNLEARN_METHOD),
+                    "setup": r.get(rk.HEAL_SETUP),
+                    "seed": r.get(rk.UNLEARN_SEED),
                     "epoch": e,
-                    "test_acc": r[f"healed/test/acc_epoch_{e}"],
-                    "val_acc": r.get(f"healed/val/acc_epoch_{e}"),
-                    "baseline_acc": r.get("baseline/test/acc"),
-                    "gold_acc": r.get("gold/test/acc"),
+                    "test_acc": test,
+                    "val_acc": r.get(rk.healed_val_acc(e)),
+                    "baseline_acc": r.get(rk.BASELINE_TEST_ACC),
+                    "gold_acc": r.get(rk.GOLD_TEST_ACC),
                 }
             )
     return sorted(rows, key=lambda x: (str(x["method"]), str(x["setup"]), str(x["seed"]), x["epoch"]))

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 
 import lightning as L
-from jsonargparse import lazy_instance
 
 from healing_pl.adversary import SELECTORS, Selector
 from healing_pl.adversary.requests import RequestsFile, read_requests
@@ -37,9 +36,18 @@ from healing_pl.phases.baseline import load_baseline
 from healing_pl.phases.config import HealConfig, StreamConfig, TwinsConfig
 from healing_pl.unlearning import UNLEARNERS, Unlearner
 
-#: the defaults of the method families: Fisher forgetting of 25 random training samples
-DEFAULT_UNLEARN = lazy_instance(UNLEARNERS["fisher"])
-DEFAULT_ADVERSARY = lazy_instance(SELECTORS["random"])
+#: the class each family uses when the command chooses none: Fisher forgetting of 25 random training samples.
+#: The parameters default to None and the CLI fills in these classes after parsing (a parsed default would pass
+#: its knob values on to another class chosen later: ``--unlearn SSD`` would inherit Fisher's ``alpha``).
+DEFAULT_CLASSES = {"unlearn": "Fisher", "adversary": "RandomSelector"}
+
+
+def _default(option: str, chosen):
+    """``chosen``, or the family's default class at its defaults (a call from code that passed nothing)."""
+    if chosen is not None:
+        return chosen
+    registry = UNLEARNERS if option == "unlearn" else SELECTORS
+    return registry.by_class_name(DEFAULT_CLASSES[option])()
 
 
 class HealingTrainer(L.Trainer):
@@ -91,8 +99,8 @@ class HealingTrainer(L.Trainer):
         model,
         datamodule,
         ckpt_path: str | None = None,
-        unlearn: Unlearner = DEFAULT_UNLEARN,
-        adversary: Selector = DEFAULT_ADVERSARY,
+        unlearn: Unlearner | None = None,
+        adversary: Selector | None = None,
         gold: bool = False,
         attack_strength: bool = False,
         requests: str | None = None,
@@ -101,8 +109,10 @@ class HealingTrainer(L.Trainer):
 
         Args:
             ckpt_path: the baseline checkpoint (written by healing-pl fit).
-            unlearn: the unlearning method, a class whose arguments are its knobs (--unlearn.help <Method>).
-            adversary: who picks the forget set, with which knowledge and budget (--adversary.help <Selector>).
+            unlearn: the unlearning method, a class whose arguments are its knobs (--unlearn.help <Method>);
+                default Fisher.
+            adversary: who picks the forget set, with which knowledge and budget (--adversary.help <Selector>);
+                default RandomSelector.
             gold: also train (or load from the cache) the gold standard for comparison.
             attack_strength: also unlearn a random forget set of the same size and report
                 the accuracy drop of the adversary's set relative to it.
@@ -112,6 +122,7 @@ class HealingTrainer(L.Trainer):
                 is not used (--adversary.* is ignored): the requests, in file order, pass the membership
                 check and go to the ledger like the adversary's.
         """
+        unlearn, adversary = _default("unlearn", unlearn), _default("adversary", adversary)
         baseline = load_baseline(ckpt_path, model, datamodule)
         if unlearn.ensemble and getattr(unlearn, "shard", None) is not None:  # one shard job of a cluster's SISA
             self.fit_phases("unlearn", model, datamodule, [SisaShardJob(baseline, unlearn)], epochs=0)
@@ -134,8 +145,8 @@ class HealingTrainer(L.Trainer):
         model,
         datamodule,
         ckpt_path: str | None = None,
-        unlearn: Unlearner = DEFAULT_UNLEARN,
-        adversary: Selector = DEFAULT_ADVERSARY,
+        unlearn: Unlearner | None = None,
+        adversary: Selector | None = None,
         twins: TwinsConfig = TwinsConfig(),
         heal: HealConfig = HealConfig(),
         requests: str | None = None,
@@ -145,8 +156,9 @@ class HealingTrainer(L.Trainer):
         Args:
             ckpt_path: the baseline checkpoint (written by healing-pl fit).
             unlearn: the unlearning method, a class whose arguments are its knobs (--unlearn.help <Method>);
-                SISA heals each affected shard.
-            adversary: who picks the forget set, with which knowledge and budget (--adversary.help <Selector>).
+                default Fisher; SISA heals each affected shard.
+            adversary: who picks the forget set, with which knowledge and budget (--adversary.help <Selector>);
+                default RandomSelector.
             twins: the twin metric (none: heal on R alone) and spare policy.
             heal: the fine-tune: epochs (default N/2), learning rate, gold standard.
             requests: a JSON-lines file of real unlearn requests, one a line: {"requester": "alice",
@@ -155,6 +167,7 @@ class HealingTrainer(L.Trainer):
                 is not used (--adversary.* is ignored): the requests, in file order, pass the membership
                 check and go to the ledger like the adversary's.
         """
+        unlearn, adversary = _default("unlearn", unlearn), _default("adversary", adversary)
         baseline = load_baseline(ckpt_path, model, datamodule)
         requests_file = self._requests(requests, adversary, datamodule)
         unlearned = UnlearnPhase(
@@ -182,8 +195,8 @@ class HealingTrainer(L.Trainer):
         model,
         datamodule,
         ckpt_path: str | None = None,
-        unlearn: Unlearner = DEFAULT_UNLEARN,
-        adversary: Selector = DEFAULT_ADVERSARY,
+        unlearn: Unlearner | None = None,
+        adversary: Selector | None = None,
         stream: StreamConfig = StreamConfig(),
         twins: TwinsConfig = TwinsConfig(),
         heal: HealConfig = HealConfig(),
@@ -193,9 +206,10 @@ class HealingTrainer(L.Trainer):
 
         Args:
             ckpt_path: the baseline checkpoint (written by healing-pl fit).
-            unlearn: the unlearning method applied to each round's accepted requests (--unlearn.help <Method>).
+            unlearn: the unlearning method applied to each round's accepted requests (--unlearn.help <Method>);
+                default Fisher.
             adversary: who picks the adversarial requests, with which knowledge and budget
-                (--adversary.help <Selector>).
+                (--adversary.help <Selector>); default RandomSelector.
             stream: the mix of benign requests, the arrival order, the round size and healing.
             twins: the twin metric and policy when the stream heals after each round.
             heal: the learning rate of each round's fine-tune (heal.lr; epochs come from stream.heal_epochs).
@@ -206,6 +220,7 @@ class HealingTrainer(L.Trainer):
                 the requests, in file order and rounds of stream.round_size, pass the membership check and go
                 to the ledger like the adversary's.
         """
+        unlearn, adversary = _default("unlearn", unlearn), _default("adversary", adversary)
         baseline = load_baseline(ckpt_path, model, datamodule)
         requests_file = self._requests(requests, adversary, datamodule)
         phase = StreamPhase(

@@ -21,6 +21,7 @@ LAYERS = {
     "files": 0,
     "console": 0,
     "registry": 0,
+    "records": 0,
     "gradients": 1,
     "unlearning": 2,
     "adversary": 2,

@@ -270,7 +270,7 @@ def test_stream_refuses_an_ensemble_method(in_tmp, configs_dir, baseline, capsys
             *QUIET,
         ]
     )
-    assert code == 2 and "cannot apply 'sisa' round by round" in capsys.readouterr().err
+    assert code == 2 and "cannot apply SISA round by round; use Naive, Fisher" in capsys.readouterr().err
 
 
 def test_gold_standard_repeats_the_baselines_recipe_whatever_the_heal_lr(in_tmp, configs_dir, baseline):

@@ -7,6 +7,7 @@ Everything here parses (or asks for help); nothing trains.
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import re
 
@@ -60,6 +61,32 @@ def test_every_registered_class_is_a_cli_choice(checker, configs_dir, option):
     for cls in registry.classes():  # parsed only (ClassSelector, e.g., is built with a target_class)
         config = checker.parser.parse_args(_heal(configs_dir, f"--{option}", cls.__name__))["heal"]
         assert _import(str(config[option]["class_path"])) is cls, (option, cls)
+
+
+def _defaults(cls: type) -> dict:
+    """The default of every constructor argument of ``cls`` and of the bases it forwards ``**kwargs`` to."""
+    defaults: dict = {}
+    for klass in cls.__mro__:
+        if "__init__" in klass.__dict__ and klass is not object:
+            for p in inspect.signature(klass.__dict__["__init__"]).parameters.values():
+                if p.default is not p.empty:
+                    defaults.setdefault(p.name, p.default)
+    return defaults
+
+
+@pytest.mark.parametrize("option", list(FAMILIES))
+def test_a_chosen_class_starts_from_its_own_defaults(checker, configs_dir, option):
+    """``--unlearn SSD`` runs SSD at SSD's defaults, not with the values the default class (Fisher) gives the knobs
+    of the same name (``alpha``, ``lam``)."""
+    wrong = {}  # class -> knob -> (parsed, its default)
+    for cls in FAMILIES[option].classes():
+        config = checker.parser.parse_args(_heal(configs_dir, f"--{option}", cls.__name__))["heal"]
+        init_args = config[option].get("init_args")
+        defaults = _defaults(cls)
+        for knob, value in (init_args.as_dict() if init_args is not None else {}).items():
+            if knob in defaults and value != defaults[knob]:
+                wrong.setdefault(cls.__name__, {})[knob] = (value, defaults[knob])
+    assert not wrong, f"--{option}: (parsed, default) {wrong}"
 
 
 def test_twins_metric_null_chooses_no_metric(checker, configs_dir):

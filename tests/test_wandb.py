@@ -11,6 +11,7 @@ import os
 import pytest
 from PIL import Image
 
+from healing_pl import records as rk
 from healing_pl.data.datasets import build_pool
 from healing_pl.main import main
 from healing_pl.phases.record import summary_scalars
@@ -153,9 +154,9 @@ def test_forget_ids_table(runs):
 
 def test_grid_summary_table(runs, tmp_path):
     heal = runs["heal"]
-    other = {**heal, "heal/setup": "R"}  # a second setup of the same grid
+    other = {**heal, rk.HEAL_SETUP.name: "R"}  # a second setup of the same grid
     for e in range(3):
-        other[f"healed/test/acc_epoch_{e}"] = 0.5 + e / 10
+        other[rk.healed_test_acc(e).name] = 0.5 + e / 10
     rows = grid_rows([heal, other, runs["fit"]])  # the fit record has no curve: no rows
     assert [(r["setup"], r["epoch"]) for r in rows] == [("R", 0), ("R", 1), ("R", 2)] + [
         (heal["heal/setup"], e) for e in range(3)

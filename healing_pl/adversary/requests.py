@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from healing_pl import records as rk
 from healing_pl.adversary.membership import KINDS, Request, sample_hash
 
 __all__ = ["KEYS", "RequestsFile", "read_requests", "image_hash"]
@@ -50,13 +51,13 @@ class RequestsFile:
     def record(self) -> dict:
         """What ``results.json`` says about the source of the requests (the adversary was not used)."""
         return {
-            "adversary/selector": "requests",
-            "adversary/budget": None,
-            "adversary/system_knowledge": None,
-            "adversary/data_knowledge": None,
-            "adversary/target_class": None,
-            "requests/file": self.path,
-            "requests/file_sha256": self.sha256,
+            rk.ADVERSARY_SELECTOR: rk.REQUESTS_SELECTOR,
+            rk.ADVERSARY_BUDGET: None,
+            rk.ADVERSARY_SYSTEM_KNOWLEDGE: None,
+            rk.ADVERSARY_DATA_KNOWLEDGE: None,
+            rk.ADVERSARY_TARGET_CLASS: None,
+            rk.REQUESTS_FILE: self.path,
+            rk.REQUESTS_FILE_SHA256: self.sha256,
         }
 
 

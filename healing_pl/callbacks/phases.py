@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import lightning as L
 
+from healing_pl import records as rk
 from healing_pl.adversary import Selector
 from healing_pl.adversary.requests import RequestsFile
 from healing_pl.models.classifier import Classifier, evaluate
@@ -41,9 +42,8 @@ from healing_pl.phases.evaluate import Evaluation, evaluate_sets
 from healing_pl.phases.forget import ForgetSet, request_forget_set
 from healing_pl.phases.gold import Gold, gold_phase
 from healing_pl.phases.heal import HealCurve
-from healing_pl.phases.identity import identity_record
 from healing_pl.phases.mia import MiaResult, draw_heldout, mia_phase, mia_twins_phase
-from healing_pl.phases.record import compose, save_config, save_model, write_record
+from healing_pl.phases.record import run_record, save_config, save_model, write_record
 from healing_pl.phases.twins import TwinSet, ledger_twins, twin_phase
 from healing_pl.phases.unlearn import AttackStrength, Unlearned, attack_strength, unlearn_phase
 from healing_pl.unlearning import Context, Unlearner
@@ -90,12 +90,12 @@ class Trained:
 
     def record(self) -> dict:
         return {
-            "test/acc": self.test["acc"],
-            "test/loss": self.test["loss"],
-            "test/acc_class": self.test["acc_class"],
-            "train/epochs": self.epochs,
-            "train/time_s": self.time_s,
-            "checkpoint": self.checkpoint,
+            rk.FIT_TEST_ACC: self.test["acc"],
+            rk.FIT_TEST_LOSS: self.test["loss"],
+            rk.FIT_TEST_ACC_CLASS: self.test["acc_class"],
+            rk.TRAIN_EPOCHS: self.epochs,
+            rk.TRAIN_TIME_S: self.time_s,
+            rk.CHECKPOINT: self.checkpoint,
         }
 
 
@@ -204,8 +204,8 @@ class UnlearnPhase(Phase):
 
     def _unlearn(self, forget: ForgetSet, model, dm, context: Context, progress: bool) -> UnlearnOutcome:
         """Baseline evaluation, gold standard, unlearning (and attack strength) for an accepted forget set."""
-        before = evaluate_sets(model, dm, forget.ids, "baseline")
-        mias = [self.mia(model, dm, forget.ids, "baseline")]
+        before = evaluate_sets(model, dm, forget.ids, rk.BASELINE)
+        mias = [self.mia(model, dm, forget.ids, rk.BASELINE)]
         gold = None
         if self.gold:
             gold_model, gold = gold_phase(
@@ -217,9 +217,9 @@ class UnlearnPhase(Phase):
                 trainer=context.trainer,
                 progress=progress,
             )
-            mias.append(self.mia(gold_model, dm, forget.ids, "gold"))
+            mias.append(self.mia(gold_model, dm, forget.ids, rk.GOLD))
         self.unlearned_model, unlearned = unlearn_phase(model, self.baseline, dm, forget.ids, self.unlearn, context)
-        mias.append(self.mia(self.unlearned_model, dm, forget.ids, "unlearned"))
+        mias.append(self.mia(self.unlearned_model, dm, forget.ids, rk.UNLEARNED))
         s = unlearned.summary
         print(
             f"unlearned ({self.unlearn.method}): test accuracy {unlearned.evaluation.test:.4f} "
@@ -246,8 +246,8 @@ class UnlearnPhase(Phase):
         if not self.unlearn.mia:
             return []
         forget_ids = self.outcome.forget.ids
-        twins = mia_twins_phase(model, dm, forget_ids, twin_ids, "healed", self.unlearn.seed)
-        return [self.mia(model, dm, forget_ids, "healed"), twins]
+        twins = mia_twins_phase(model, dm, forget_ids, twin_ids, rk.HEALED, self.unlearn.seed)
+        return [self.mia(model, dm, forget_ids, rk.HEALED), twins]
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if self.save_to and trainer.is_global_zero and isinstance(self.unlearned_model, Classifier):
@@ -271,7 +271,7 @@ class _Checkpoint:
     path: str
 
     def record(self) -> dict:
-        return {"checkpoint": self.path}
+        return {rk.CHECKPOINT: self.path}
 
 
 # --------------------------------------------------------------------------- twins and healing
@@ -351,7 +351,7 @@ class HealEvaluation(Phase):
         if trainer.is_global_zero:  # still on the training device (the strategy's teardown comes later)
             from healing_pl.tracking import log_heal_chart, wandb_run
 
-            self.healed = evaluate_sets(pl_module, trainer.datamodule, self.unlearned.outcome.forget.ids, "healed")
+            self.healed = evaluate_sets(pl_module, trainer.datamodule, self.unlearned.outcome.forget.ids, rk.HEALED)
             twin_ids = self.twins.twin_set.twin_ids if self.twins is not None else []
             self.mia = self.unlearned.mia_healed(pl_module, trainer.datamodule, twin_ids)
             if not trainer.interrupted:
@@ -400,7 +400,7 @@ class ShardHealing(Phase):
             )
             curve.time_s = time.perf_counter() - start
             mias = self.unlearned.mia_healed(state.ensemble, dm, self.twins.twin_set.twin_ids)
-            return curve, evaluate_sets(state.ensemble, dm, forget, "healed"), mias
+            return curve, evaluate_sets(state.ensemble, dm, forget, rk.HEALED), mias
 
         self.curve, self.healed, self.mia = rank_zero_run(trainer, heal)
 
@@ -459,10 +459,10 @@ class _ShardJob:
 
     def record(self) -> dict:
         return {
-            "sisa/shard": self.shard,
-            "sisa/shards": self.shards,
-            "sisa/shard_file": self.path,
-            "sisa/shard_time_s": self.time_s,
+            rk.SISA_SHARD: self.shard,
+            rk.SISA_SHARDS: self.shards,
+            rk.SISA_SHARD_FILE: self.path,
+            rk.SISA_SHARD_TIME_S: self.time_s,
         }
 
 
@@ -539,16 +539,16 @@ class RunWriter(L.Callback):
     def on_fit_end(self, trainer, pl_module) -> None:
         if trainer.interrupted or not trainer.is_global_zero:
             return
-        header = {
-            "dataset": trainer.datamodule.hparams.dataset,
-            "backbone": pl_module.hparams.backbone,
-            "run_dir": self.run_dir,
-            "world_size": trainer.world_size,
-            "device": str(trainer.strategy.root_device),
-            "precision": str(trainer.precision),
-        }
+        header = rk.header(
+            dataset=trainer.datamodule.hparams.dataset,
+            backbone=pl_module.hparams.backbone,
+            run_dir=self.run_dir,
+            world_size=trainer.world_size,
+            device=str(trainer.strategy.root_device),
+            precision=str(trainer.precision),
+        )
         results = [r for phase in self.phases for r in phase.results()]
-        record = compose(self.subcommand, header, results) | identity_record(self.subcommand, self.config, results)
+        record = run_record(self.subcommand, header, self.config, results)
         self.path = write_record(self.run_dir, record, trainer.logger)
         if trainer.world_size > 1:  # a spawned rank zero ends with its process: close its W&B run here
             from healing_pl.tracking import finish_wandb
@@ -567,7 +567,7 @@ class _ModelArtifact:
     name: str
 
     def record(self) -> dict:
-        return {"checkpoint/artifact": self.name}
+        return {rk.CHECKPOINT_ARTIFACT: self.name}
 
 
 def _log_baseline_artifact(trainer, pl_module, checkpoint: str, trained: Trained) -> _ModelArtifact | None:
@@ -579,6 +579,6 @@ def _log_baseline_artifact(trainer, pl_module, checkpoint: str, trained: Trained
         checkpoint,
         dataset=trainer.datamodule.hparams.dataset,
         backbone=pl_module.hparams.backbone,
-        metadata={"epochs": trained.epochs, "test/acc": trained.test["acc"]},
+        metadata={"epochs": trained.epochs, rk.FIT_TEST_ACC.name: trained.test["acc"]},
     )
     return _ModelArtifact(name) if name else None

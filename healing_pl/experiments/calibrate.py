@@ -1,7 +1,7 @@
 """``healing-pl calibrate``: the unlearning strength that reaches a target validation-accuracy drop.
 
-    healing-pl calibrate --config configs/digits.yaml --ckpt_path runs/bl/checkpoints/last.ckpt \\
-        --adversary.selector worst_logits --adversary.system_knowledge output_aware --adversary.budget 25 \\
+    healing-pl calibrate --config configs/digits.yaml --ckpt_path runs/bl/checkpoints/last.ckpt --unlearn Fisher \\
+        --adversary WorstLogitsSelector --adversary.system_knowledge output_aware --adversary.budget 25 \\
         --target_drop 0.13 --output fisher-alpha.yaml
 
 It reads the same YAML and flags as ``healing-pl unlearn`` (the LightningCLI parser of
@@ -14,15 +14,15 @@ in log space: each step runs :func:`healing_pl.unlearning.base.unlearn_with_repe
 
     drop = baseline validation accuracy - mean validation accuracy of the unlearned repeats.
 
-Strengths (``--param``; default the first of the method's):
+Strengths (``--param``; default the first of the method's; a method's ``strengths`` class attribute):
 
-=========  =========  ===========================  =================
-method     param      stronger when it is          default range
-=========  =========  ===========================  =================
-fisher     alpha      larger                       [1e-10, 1e-2]
-influence  scale      smaller (a longer step)      [1, 1e6]
-influence  damping    smaller                      [1e-6, 1e2]
-=========  =========  ===========================  =================
+===============  =========  ===========================  =================
+``--unlearn``    param      stronger when it is          default range
+===============  =========  ===========================  =================
+Fisher           alpha      larger                       [1e-10, 1e-2]
+Influence        scale      smaller (a longer step)      [1, 1e6]
+Influence        damping    smaller                      [1e-6, 1e2]
+===============  =========  ===========================  =================
 
 Every step measures on the validation split only: the test set is never evaluated, so a choice made
 here cannot leak the reported numbers (tests/test_calibrate.py scrambles the test labels and gets the
@@ -60,7 +60,6 @@ from healing_pl.models.classifier import Classifier, evaluate, read_checkpoint
 from healing_pl.phases.baseline import Baseline, load_baseline
 from healing_pl.phases.distributed import inner_trainer
 from healing_pl.phases.forget import request_forget_set
-from healing_pl.trainer import DEFAULT_ADVERSARY, DEFAULT_UNLEARN
 from healing_pl.unlearning import UNLEARNERS, Context, Unlearner, unlearn_with_repeats
 
 
@@ -92,9 +91,11 @@ class CalibrateCLI(HealingCLI):
             "--ckpt_path", type=str | None, default=None, help="The baseline checkpoint (healing-pl fit)."
         )
         parser.add_argument(
-            "--unlearn", type=Unlearner, default=DEFAULT_UNLEARN, help="The unlearning method and its knobs."
+            "--unlearn", type=Unlearner | None, default=None, help="The unlearning method and its knobs (Fisher)."
         )
-        parser.add_argument("--adversary", type=Selector, default=DEFAULT_ADVERSARY, help="Who picks the forget set.")
+        parser.add_argument(
+            "--adversary", type=Selector | None, default=None, help="Who picks the forget set (RandomSelector)."
+        )
         parser.add_argument(
             "--requests",
             type=str | None,

@@ -13,7 +13,7 @@ import warnings
 
 from jsonargparse import ArgumentError
 
-from healing_pl.cli import FAMILIES, HealingCLI, check_family_knobs, parser_sentence
+from healing_pl.cli import FAMILIES, HealingCLI, parse_families, parser_sentence
 from healing_pl.phases.config import HealConfig, StreamConfig, Tracking, TwinsConfig
 
 #: the config dataclass of each option group
@@ -55,13 +55,12 @@ class CommandChecker:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                config = self.parser.parse_args(list(argv))
+                config = parse_families(self.parser, list(argv), HealingCLI.subcommands())
         except ArgumentError as err:
             raise ValueError(parser_sentence(str(err), subcommand)) from None
         except SystemExit:  # jsonargparse's own exit on a few errors (already printed)
             raise ValueError(f"the CLI refused the command 'healing-pl {' '.join(argv)}'.") from None
         sub = config[config.subcommand]
-        check_family_knobs(sub, list(argv))
         for key in ("unlearn", "adversary"):
             if sub.get(key) is not None:
                 try:

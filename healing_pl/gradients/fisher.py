@@ -349,7 +349,7 @@ class _FisherComputer:
     def _fallback(self, names: list[str], x: Tensor, cots: Tensor) -> dict[str, Tensor]:
         """Exact ``sum_i sum_k (J_i^T cots[k, i])^2`` for the parameters ``names``.
 
-        Uses the shared per-sample engine (:mod:`._per_sample`) with
+        Uses the shared per-sample engine (:mod:`.per_sample`) with
         ``engine="vmap"`` when it runs this model and agrees with the
         engine's per-sample loop on the first samples it sees (a missing or
         wrong batching rule must not go unnoticed); otherwise ``"loop"``.

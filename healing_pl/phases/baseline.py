@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from healing_pl import records as rk
 from healing_pl.models.classifier import Classifier, check_compatible, load_classifier
 from healing_pl.unlearning.naive import model_hparams
 
@@ -24,7 +25,7 @@ class Baseline:
     hparams: dict
 
     def record(self) -> dict:
-        return {"baseline/checkpoint": self.path, "baseline/sha256": self.sha256, "baseline/epochs": self.epochs}
+        return {rk.BASELINE_CHECKPOINT: self.path, rk.BASELINE_SHA256: self.sha256, rk.BASELINE_EPOCHS: self.epochs}
 
 
 def load_baseline(ckpt_path: str | None, model: Classifier, datamodule) -> Baseline:

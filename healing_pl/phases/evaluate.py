@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from healing_pl import records as rk
 from healing_pl.models.classifier import evaluate
 
 
@@ -18,7 +19,11 @@ class Evaluation:
 
     def record(self) -> dict:
         p = self.prefix
-        return {f"{p}/test/acc": self.test, f"{p}/remain/acc": self.remain, f"{p}/forget/acc": self.forget}
+        return {
+            rk.accuracy(p, rk.TEST): self.test,
+            rk.accuracy(p, rk.REMAIN): self.remain,
+            rk.accuracy(p, rk.FORGET): self.forget,
+        }
 
 
 def evaluate_sets(model, datamodule, forget_ids, prefix: str) -> Evaluation:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from healing_pl import records as rk
 from healing_pl.adversary import Selector
 from healing_pl.adversary.requests import RequestsFile
 from healing_pl.unlearning import UNLEARNERS, Context, Unlearner
@@ -33,14 +34,14 @@ class ForgetSet:
         source = self.source.record() if self.source is not None else self.adversary.record()
         return {
             **source,
-            "forget/count": self.accepted,
-            "forget/ids": self.ids.tolist(),
-            "forget/classes": self.classes,
-            "primary/count": self.primary_count,
-            "requests/count": self.requested,
-            "requests/accepted": self.accepted,
-            "requests/rejected": self.requested - self.accepted,
-            "requests/reasons": self.reasons,
+            rk.FORGET_COUNT: self.accepted,
+            rk.FORGET_IDS: self.ids.tolist(),
+            rk.FORGET_CLASSES: self.classes,
+            rk.PRIMARY_COUNT: self.primary_count,
+            rk.REQUESTS_COUNT: self.requested,
+            rk.REQUESTS_ACCEPTED: self.accepted,
+            rk.REQUESTS_REJECTED: self.requested - self.accepted,
+            rk.REQUESTS_REASONS: self.reasons,
         }
 
 

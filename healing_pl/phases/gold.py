@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from healing_pl import records as rk
 from healing_pl.phases.baseline import Baseline
 from healing_pl.phases.evaluate import Evaluation, evaluate_sets
 
@@ -15,7 +16,7 @@ class Gold:
     cached: bool
 
     def record(self) -> dict:
-        return {**self.evaluation.record(), "gold/time_s": self.time_s, "gold/cached": self.cached}
+        return {**self.evaluation.record(), rk.GOLD_TIME_S: self.time_s, rk.GOLD_CACHED: self.cached}
 
 
 def gold_phase(
@@ -34,4 +35,4 @@ def gold_phase(
         trainer=trainer,
         progress=progress,
     )
-    return gold, Gold(evaluate_sets(gold, datamodule, forget_ids, "gold"), info["time_s"], info["cached"])
+    return gold, Gold(evaluate_sets(gold, datamodule, forget_ids, rk.GOLD), info["time_s"], info["cached"])

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from healing_pl import records as rk
+
 
 @dataclass
 class HealCurve:
@@ -19,9 +21,9 @@ class HealCurve:
     val_accs: dict[int, float] = field(default_factory=dict)
 
     def record(self) -> dict:
-        out = {"heal/epochs": self.epochs, "heal/lr": self.lr, "heal/time_s": self.time_s}
-        out.update({f"healed/test/acc_epoch_{e}": a for e, a in sorted(self.accs.items())})
-        out.update({f"healed/val/acc_epoch_{e}": a for e, a in sorted(self.val_accs.items())})
+        out = {rk.HEAL_EPOCHS: self.epochs, rk.HEAL_LR: self.lr, rk.HEAL_TIME_S: self.time_s}
+        out.update({rk.healed_test_acc(e): a for e, a in sorted(self.accs.items())})
+        out.update({rk.healed_val_acc(e): a for e, a in sorted(self.val_accs.items())})
         return out
 
 

@@ -9,8 +9,11 @@ full nested CLI configuration without
   name, tags; the grid or sweep name, ``wandb.group``, stays), progress bars, logging intervals,
   where it ran (accelerator, devices, strategy; precision stays), data loading workers, caches;
 - ``ckpt_path``, replaced by the baseline checkpoint's sha256 and its model hyperparameters;
-- unlearning knobs that the chosen method does not read (``fisher`` ignores ``unlearn.depth``);
 - the seeds, kept apart in ``seeds`` (every key named ``seed``, ``seed_everything`` or ``*_seed``).
+
+A chosen class (``{class_path, init_args}``: the unlearning method, the adversary, the twin metric) appears
+as ``{"class": <Class>, <its knobs>}`` (:func:`plain_classes`); a method carries only its own knobs
+(``Fisher`` has no ``depth``), so there is nothing of another method to leave out.
 
 ``experiment/id`` hashes the identity without seeds and without the baseline's sha256 (a baseline
 retrained with another seed is another checkpoint of the same experiment); reports separate runs of
@@ -23,6 +26,7 @@ import copy
 import hashlib
 import json
 
+from healing_pl import records as rk
 from healing_pl.phases.baseline import Baseline
 
 #: compared within one experiment: the heal setup (R or T-<metric>) and the spare policy
@@ -139,4 +143,4 @@ def identity_record(subcommand: str, config: dict, results) -> dict:
         None if baseline is None else baseline.sha256,
         None if baseline is None else baseline.hparams,
     )
-    return {"experiment": identity, "experiment/id": experiment_id(identity), "experiment/seeds": identity["seeds"]}
+    return {rk.EXPERIMENT: identity, rk.EXPERIMENT_ID: experiment_id(identity), rk.EXPERIMENT_SEEDS: identity["seeds"]}

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from healing_pl import records as rk
+
 FOLDS = 5
 
 
@@ -127,14 +129,13 @@ class MiaResult:
     acc: float
     n: int
     heldout: str | None = None
-    kind: str = "mia"
+    kind: str = rk.MIA
 
     def record(self) -> dict:
-        key = f"{self.prefix}/{self.kind}"
-        out = {f"{key}/auc": self.auc, f"{key}/acc": self.acc}
-        if self.kind == "mia":
-            return out | {"mia/heldout": self.heldout, "mia/n": self.n}
-        return out | {f"{key}/n": self.n}
+        out = {rk.mia(self.prefix, "auc", self.kind): self.auc, rk.mia(self.prefix, "acc", self.kind): self.acc}
+        if self.kind == rk.MIA:
+            return out | {rk.MIA_HELDOUT: self.heldout, rk.MIA_N: self.n}
+        return out | {rk.mia_twins_n(self.prefix): self.n}
 
 
 def _rng_kept(model):
@@ -162,4 +163,4 @@ def mia_twins_phase(model, datamodule, forget_ids, twin_ids, prefix: str, seed: 
         return None
     with _rng_kept(model):
         out = mia_twins(model, datamodule, forget_ids, twin_ids, seed)
-    return MiaResult(prefix, out["auc"], out["acc"], out["n"], kind="mia_twins")
+    return MiaResult(prefix, out["auc"], out["acc"], out["n"], kind=rk.MIA_TWINS)

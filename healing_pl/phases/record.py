@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 
 import torch
 import yaml
 
+from healing_pl import records as rk
+from healing_pl.phases.identity import identity_record
 from healing_pl.tracking import log_summary, write_results
 
 
@@ -30,18 +31,19 @@ def save_config(run_dir: str, config: dict, logger=None) -> None:
 
 
 def compose(subcommand: str, header: dict, results) -> dict:
-    """One flat record from the phase results (each ``record()`` adds its namespaced keys)."""
-    record = {"phase": subcommand, **header}
+    """One flat record from the phase results (each ``record()`` adds its namespaced keys, named by
+    :mod:`healing_pl.records`); the keys are plain strings."""
+    record = {rk.PHASE: subcommand, **header}
     for result in results:
         if result is not None:
             record.update(result.record())
-    return record
+    return rk.plain(record)
 
 
-#: per-epoch keys (``healed/test/acc_epoch_3``): W&B holds them as history (the healed curve), not in the summary
-PER_EPOCH_KEY = re.compile(r".*_epoch_\d+$")
-#: subcommands that start from a baseline checkpoint (their W&B run uses the baseline's model artifact)
-FROM_BASELINE = ("unlearn", "heal", "stream")
+def run_record(subcommand: str, header: dict, config: dict, results) -> dict:
+    """A run's whole record, as :class:`~healing_pl.callbacks.phases.RunWriter` writes it: the phase results
+    (:func:`compose`) and the run's experiment identity."""
+    return compose(subcommand, header, results) | rk.plain(identity_record(subcommand, config, results))
 
 
 def summary_scalars(record: dict) -> dict:
@@ -49,7 +51,7 @@ def summary_scalars(record: dict) -> dict:
     return {
         k: v
         for k, v in record.items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and not PER_EPOCH_KEY.match(k)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not rk.is_per_epoch(k)
     }
 
 
@@ -64,10 +66,10 @@ def write_record(run_dir: str, record: dict, logger=None) -> str:
     path = write_results(run_dir, record)
     run = wandb_run(logger)
     if run is not None:
-        log_id_table(run, "forget/ids", record.get("forget/ids"), "forget_id")
-        if record.get("phase") in FROM_BASELINE and record.get("baseline/sha256"):
-            name = artifact_name(record["dataset"], record["backbone"], record["baseline/sha256"])
-            run.summary["lineage/declared"] = declare_baseline(run, name)
+        log_id_table(run, rk.FORGET_IDS_TABLE.name, record.get(rk.FORGET_IDS), "forget_id")
+        if record.get(rk.PHASE) in rk.FROM_BASELINE and record.get(rk.BASELINE_SHA256):
+            name = artifact_name(record[rk.DATASET], record[rk.BACKBONE], record[rk.BASELINE_SHA256])
+            run.summary[rk.LINEAGE_DECLARED.name] = declare_baseline(run, name)
         ledger = os.path.join(run_dir, Ledger.FILENAME)  # and its head file, which anchors the hash chain
         log_results_artifact(run, run_dir, record, extra_files=(ledger, os.path.splitext(ledger)[0] + ".head"))
     return path

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from healing_pl import records as rk
 from healing_pl.adversary import Selector
 from healing_pl.adversary.ledger import weights_sha256
 from healing_pl.adversary.requests import RequestsFile
@@ -36,19 +37,19 @@ class StreamResult:
     n_user: int = 0
 
     def record(self) -> dict:
-        source = self.source.record() if self.source is not None else {"adversary/selector": self.adversary.name}
+        source = self.source.record() if self.source is not None else {rk.ADVERSARY_SELECTOR: self.adversary.name}
         return {
-            "stream/rounds": self.rounds,
-            "stream/curve": self.curve,
-            "stream/n_adversarial": self.n_adversarial,
-            "stream/n_benign": self.n_benign,
-            "stream/n_user": self.n_user,
-            "baseline/test/acc": self.curve[0]["test/acc"],
-            "stream/final/test/acc": self.curve[-1]["test/acc"],
-            "stream/unlearned_count": self.unlearned_count,
+            rk.STREAM_ROUNDS: self.rounds,
+            rk.STREAM_CURVE: self.curve,
+            rk.STREAM_N_ADVERSARIAL: self.n_adversarial,
+            rk.STREAM_N_BENIGN: self.n_benign,
+            rk.STREAM_N_USER: self.n_user,
+            rk.BASELINE_TEST_ACC: self.curve[0][rk.CURVE_TEST_ACC],
+            rk.STREAM_FINAL_TEST_ACC: self.curve[-1][rk.CURVE_TEST_ACC],
+            rk.STREAM_UNLEARNED_COUNT: self.unlearned_count,
             **source,
-            "forget/count": self.unlearned_count,
-            "stream/ledger": self.ledger,
+            rk.FORGET_COUNT: self.unlearned_count,
+            rk.STREAM_LEDGER: self.ledger,
         }
 
 
@@ -157,12 +158,12 @@ def run_stream(
         return True
 
     def on_round(index: int, accepted: torch.Tensor) -> dict:
-        metrics: dict = {"round/accepted": int(accepted.numel())}
+        metrics: dict = {rk.CURVE_ACCEPTED: int(accepted.numel())}
         if accepted.numel():
             start = current["model"]
             source = baseline if start is model else replace(baseline, sha256=weights_sha256(start))
             current["model"], _, _, _ = unlearned_model(start, source, datamodule, accepted, unlearn, context)
-            metrics["unlearned/test/acc"] = evaluate(current["model"], test)["acc"]
+            metrics[rk.CURVE_UNLEARNED_TEST_ACC] = evaluate(current["model"], test)["acc"]
             if stream.heal:
                 twin_set = twin_phase(twins, embedder, datamodule, accepted, policy) if policy is not None else None
                 datamodule.splits["primary"] = datamodule.remain_ids(accepted)  # the forgotten leave D for good
@@ -179,19 +180,20 @@ def run_stream(
                     lr=heal.lr,
                     trainer=context.trainer,
                 )
-                metrics["healed/test/acc"] = evaluate(current["model"], test)["acc"]
+                metrics[rk.CURVE_HEALED_TEST_ACC] = evaluate(current["model"], test)["acc"]
             else:
                 datamodule.splits["primary"] = datamodule.remain_ids(accepted)
-        metrics["test/acc"] = evaluate(current["model"], test)["acc"]
+        metrics[rk.CURVE_TEST_ACC] = evaluate(current["model"], test)["acc"]
         if checkpoint_dir:
             checkpoint(index)
         if log is not None:
-            log({f"stream/{k}": v for k, v in metrics.items()}, index)
-        print(f"round {index}: {metrics['round/accepted']} accepted, test accuracy {metrics['test/acc']:.4f}")
-        return metrics
+            log({rk.stream_history(k).name: v for k, v in metrics.items()}, index)
+        print(f"round {index}: {metrics[rk.CURVE_ACCEPTED]} accepted, test accuracy {metrics[rk.CURVE_TEST_ACC]:.4f}")
+        return rk.plain(metrics)
 
     rounds = run_rounds(stream_rounds, membership, ledger, on_round, restore=restore if checkpoint_dir else None)
-    curve = [{"round": -1, "test/acc": baseline_acc}] + [{"round": r["round"], **r["metrics"]} for r in rounds]
+    curve = [{rk.CURVE_ROUND.name: -1, rk.CURVE_TEST_ACC.name: baseline_acc}]
+    curve += [{rk.CURVE_ROUND.name: r["round"], **r["metrics"]} for r in rounds]
     return StreamResult(
         rounds,
         curve,

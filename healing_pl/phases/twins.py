@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from healing_pl import records as rk
 from healing_pl.phases.config import TwinsConfig
 
 
@@ -26,14 +27,14 @@ class TwinSet:
 
     def record(self) -> dict:
         return {
-            "twins/metric": self.config.metric_name,
-            "twins/policy": self.config.policy,
-            "heal/setup": self.config.setup,
-            "twins/pairs": self.pairs,
-            "twins/count": len(self.pairs),
-            "twins/time_s": self.time_s,
-            "twins/same_class": self.same_class,
-            "heal/train_size": self.train_size,
+            rk.TWINS_METRIC: self.config.metric_name,
+            rk.TWINS_POLICY: self.config.policy,
+            rk.HEAL_SETUP: self.config.setup,
+            rk.TWINS_PAIRS: self.pairs,
+            rk.TWINS_COUNT: len(self.pairs),
+            rk.TWINS_TIME_S: self.time_s,
+            rk.TWINS_SAME_CLASS: self.same_class,
+            rk.HEAL_TRAIN_SIZE: self.train_size,
         }
 
 

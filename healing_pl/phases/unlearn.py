@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from healing_pl import records as rk
 from healing_pl.codehash import MODEL_CODE, code_version
 from healing_pl.files import save_torch
 from healing_pl.models.classifier import Classifier, evaluate
@@ -31,19 +32,19 @@ class Unlearned:
     def record(self) -> dict:
         s = self.summary
         return {
-            **{f"unlearn/{k}": v for k, v in self.config.hyperparameters().items()},
+            **{rk.unlearn_knob(k): v for k, v in self.config.hyperparameters().items()},
             **self.evaluation.record(),
-            "unlearned/acc_mean": s["acc_mean"],
-            "unlearned/acc_std": s["acc_std"],
-            "unlearned/time_s": s["time_mean_s"],
-            "unlearned/representative": s["representative"],
-            "unlearned/acc_repeats": s["acc_repeats"],
+            rk.UNLEARNED_ACC_MEAN: s["acc_mean"],
+            rk.UNLEARNED_ACC_STD: s["acc_std"],
+            rk.UNLEARNED_TIME_S: s["time_mean_s"],
+            rk.UNLEARNED_REPRESENTATIVE: s["representative"],
+            rk.UNLEARNED_ACC_REPEATS: s["acc_repeats"],
             # the representative repeat is the one whose validation accuracy is closest to their mean
-            "unlearned/val/acc_repeats": s.get("val_acc_repeats"),
-            "unlearned/val/acc_mean": s.get("val_acc_mean"),
-            "unlearned/val/acc_std": s.get("val_acc_std"),
-            "unlearned/cached": self.cached,
-            **{f"{self.config.method}/{k}": v for k, v in self.info.items() if _plain(v)},
+            rk.UNLEARNED_VAL_ACC_REPEATS: s.get("val_acc_repeats"),
+            rk.UNLEARNED_VAL_ACC_MEAN: s.get("val_acc_mean"),
+            rk.UNLEARNED_VAL_ACC_STD: s.get("val_acc_std"),
+            rk.UNLEARNED_CACHED: self.cached,
+            **{rk.method_info(self.config.method, k): v for k, v in self.info.items() if _plain(v)},
         }
 
 
@@ -57,10 +58,10 @@ class AttackStrength:
 
     def record(self) -> dict:
         return {
-            "attack/random_forget/test/acc": self.random_acc,
-            "attack/drop": self.drop,
-            "attack/drop_random": self.drop_random,
-            "attack/strength": self.drop - self.drop_random,
+            rk.ATTACK_RANDOM_TEST_ACC: self.random_acc,
+            rk.ATTACK_DROP: self.drop,
+            rk.ATTACK_DROP_RANDOM: self.drop_random,
+            rk.ATTACK_STRENGTH: self.drop - self.drop_random,
         }
 
 
@@ -114,7 +115,7 @@ def unlearn_phase(
 ) -> tuple[torch.nn.Module, Unlearned]:
     """The unlearned model and its figures."""
     out, summary, info, cached = unlearned_model(model, baseline, datamodule, forget_ids, cfg, context)
-    return out, Unlearned(cfg, evaluate_sets(out, datamodule, forget_ids, "unlearned"), summary, cached, info)
+    return out, Unlearned(cfg, evaluate_sets(out, datamodule, forget_ids, rk.UNLEARNED), summary, cached, info)
 
 
 def attack_strength(

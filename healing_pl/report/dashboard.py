@@ -21,6 +21,7 @@ from collections import defaultdict
 
 import yaml
 
+from healing_pl import records as rk
 from healing_pl.report.tables import (
     Stat,
     derived_warning,
@@ -204,8 +205,8 @@ def twin_figure(record: dict, images: ImageSource) -> str:
     """Forget samples (top row) above their twins (bottom row), with classes and scores."""
     from healing_pl.media import sample_image
 
-    pool = images.pool(os.path.dirname(record.get("_file") or os.path.join(str(record["run_dir"]), "x")))
-    pairs = (record.get("twins/pairs") or [])[:GRID_PAIRS]
+    pool = images.pool(os.path.dirname(record.get(rk.FILE) or os.path.join(str(record[rk.RUN_DIR]), "x")))
+    pairs = (record.get(rk.TWINS_PAIRS) or [])[:GRID_PAIRS]
     names = list(getattr(pool, "classes", []) or [])
     from matplotlib.figure import Figure
 
@@ -229,10 +230,10 @@ def twin_figure(record: dict, images: ImageSource) -> str:
 
 def twin_section(row: dict, records: list[dict], images: ImageSource) -> str:
     parts = []
-    by_dir = {str(r.get("run_dir")): r for r in records}
+    by_dir = {str(r.get(rk.RUN_DIR)): r for r in records}
     for label, dirs in row["runs"].items():
         record = by_dir.get(str(dirs[0])) if dirs else None
-        if record is None or not record.get("twins/pairs"):
+        if record is None or not record.get(rk.TWINS_PAIRS):
             continue
         try:
             uri = twin_figure(record, images)
@@ -248,13 +249,13 @@ def twin_section(row: dict, records: list[dict], images: ImageSource) -> str:
 # --------------------------------------------------------------------------- adversary and stream
 def adversary_figure(records: list[dict]) -> str | None:
     """Unlearned test accuracy per selector (x) and method (bars), mean over runs; BL as a line."""
-    runs = [r for r in records if r.get("phase") == "unlearn" and r.get("unlearned/test/acc") is not None]
+    runs = [r for r in records if r.get(rk.PHASE) == rk.UNLEARN and r.get(rk.UNLEARNED_TEST_ACC) is not None]
     if not runs:
         return None
     cells: dict[tuple, list[float]] = defaultdict(list)
     for r in runs:
-        selector = f"{r.get('adversary/selector')} ×{r.get('forget/count')}"
-        cells[(selector, r.get("unlearn/method"))].append(r["unlearned/test/acc"])
+        selector = f"{r.get(rk.ADVERSARY_SELECTOR)} ×{r.get(rk.FORGET_COUNT)}"
+        cells[(selector, r.get(rk.UNLEARN_METHOD))].append(r[rk.UNLEARNED_TEST_ACC])
     selectors = sorted({s for s, _ in cells})
     methods = sorted({str(m) for _, m in cells})
     fig, ax = _new_figure(width=max(5.0, 1.4 * len(selectors) + 2))
@@ -265,7 +266,7 @@ def adversary_figure(records: list[dict]) -> str | None:
         ys = [100 * s.mean for s in stats if s.mean is not None]
         err = [100 * (s.half or 0) for s in stats if s.mean is not None]
         ax.bar(xs, ys, width=width, yerr=err, capsize=3, label=method)
-    baseline = Stat([r["baseline/test/acc"] for r in runs if r.get("baseline/test/acc") is not None])
+    baseline = Stat([r[rk.BASELINE_TEST_ACC] for r in runs if r.get(rk.BASELINE_TEST_ACC) is not None])
     if baseline.mean is not None:
         ax.axhline(100 * baseline.mean, color="black", linestyle="--", linewidth=1, label="BL")
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(selectors))], selectors, rotation=20, ha="right")
@@ -278,15 +279,15 @@ def adversary_figure(records: list[dict]) -> str | None:
 
 def stream_figure(records: list[dict]) -> str | None:
     """Test accuracy per round of every stream run (round 0: the baseline)."""
-    runs = [r for r in records if r.get("phase") == "stream" and r.get("stream/curve")]
+    runs = [r for r in records if r.get(rk.PHASE) == rk.STREAM and r.get(rk.STREAM_CURVE)]
     if not runs:
         return None
     fig, ax = _new_figure()
     for r in runs:
-        curve = sorted(r["stream/curve"], key=lambda p: p.get("round", 0))
-        xs = [p.get("round", 0) + 1 for p in curve if p.get("test/acc") is not None]
-        ys = [100 * p["test/acc"] for p in curve if p.get("test/acc") is not None]
-        ax.plot(xs, ys, marker="o", label=os.path.basename(str(r.get("run_dir"))))
+        curve = sorted(r[rk.STREAM_CURVE], key=lambda p: p.get(rk.CURVE_ROUND, 0))
+        xs = [p.get(rk.CURVE_ROUND, 0) + 1 for p in curve if p.get(rk.CURVE_TEST_ACC) is not None]
+        ys = [100 * p[rk.CURVE_TEST_ACC] for p in curve if p.get(rk.CURVE_TEST_ACC) is not None]
+        ax.plot(xs, ys, marker="o", label=os.path.basename(str(r.get(rk.RUN_DIR))))
     ax.set_xlabel("round (0: the baseline)")
     ax.set_ylabel("test accuracy [%]")
     ax.set_title("Streams of unlearn requests")
@@ -296,13 +297,13 @@ def stream_figure(records: list[dict]) -> str | None:
 
 
 def stream_table(records: list[dict]) -> str:
-    runs = [r for r in records if r.get("phase") == "stream"]
+    runs = [r for r in records if r.get(rk.PHASE) == rk.STREAM]
     out = ["| run | selector | rounds | adversarial | benign | BL | final |", "|---|---|---|---|---|---|---|"]
     for r in runs:
         out.append(
-            f"| {os.path.basename(str(r.get('run_dir')))} | {r.get('adversary/selector')} "
-            f"| {len(r.get('stream/rounds') or [])} | {r.get('stream/n_adversarial')} | {r.get('stream/n_benign')} "
-            f"| {_pct(r.get('baseline/test/acc'))} | {_pct(r.get('stream/final/test/acc'))} |"
+            f"| {os.path.basename(str(r.get(rk.RUN_DIR)))} | {r.get(rk.ADVERSARY_SELECTOR)} "
+            f"| {len(r.get(rk.STREAM_ROUNDS) or [])} | {r.get(rk.STREAM_N_ADVERSARIAL)} | {r.get(rk.STREAM_N_BENIGN)} "
+            f"| {_pct(r.get(rk.BASELINE_TEST_ACC))} | {_pct(r.get(rk.STREAM_FINAL_TEST_ACC))} |"
         )
     return "\n".join(out)
 
@@ -317,12 +318,12 @@ def dashboard_html(records: list[dict], source: str | None = None) -> str:
     body = [f"<h1>healing-pl report{(': ' + html.escape(source)) if source else ''}</h1>"]
     counts = defaultdict(int)
     for r in records:
-        counts[str(r.get("phase"))] += 1
+        counts[str(r.get(rk.PHASE))] += 1
     body.append(f'<p class="note">{", ".join(f"{n} {p} run(s)" for p, n in sorted(counts.items()))}.</p>')
     for line in (derived_warning(records), mixed_warning(records, source)):
         if line:
             body.append(f'<p class="warn">{html.escape(line)}</p>')
-    if counts.get("fit"):
+    if counts.get(rk.FIT):
         body += ["<h2>Baselines</h2>", markdown_to_html(fit_table(records))]
     found = healing_tables(records)
     if found:
@@ -348,13 +349,13 @@ def dashboard_html(records: list[dict], source: str | None = None) -> str:
             uri = mia_figure(table)
             if uri:
                 body.append(_figure(uri, "MIA AUC on the forget set per method, unlearned vs healed (BL, GS dashed)"))
-    if counts.get("unlearn"):
+    if counts.get(rk.UNLEARN):
         body.append("<h2>Adversaries and unlearning</h2>")
         uri = adversary_figure(records)
         if uri:
             body.append(_figure(uri, "unlearned test accuracy per selector and method (BL dashed)"))
         body.append(markdown_to_html(unlearning_table(records)))
-    if counts.get("stream"):
+    if counts.get(rk.STREAM):
         body.append("<h2>Streams</h2>")
         uri = stream_figure(records)
         if uri:

@@ -26,6 +26,7 @@ import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from healing_pl import records as rk
 from healing_pl.healing import TWIN_METRICS
 from healing_pl.phases.identity import short_hash
 
@@ -38,16 +39,16 @@ def compared_setups() -> tuple[str, ...]:
 
 #: flat record keys that stand for the identity of a record written before identities were recorded
 _FLAT_IDENTITY = (
-    "dataset",
-    "backbone",
-    "baseline/epochs",
-    "adversary/selector",
-    "adversary/budget",
-    "adversary/target_class",
-    "adversary/system_knowledge",
-    "adversary/data_knowledge",
-    "heal/epochs",
-    "heal/lr",
+    rk.DATASET,
+    rk.BACKBONE,
+    rk.BASELINE_EPOCHS,
+    rk.ADVERSARY_SELECTOR,
+    rk.ADVERSARY_BUDGET,
+    rk.ADVERSARY_TARGET_CLASS,
+    rk.ADVERSARY_SYSTEM_KNOWLEDGE,
+    rk.ADVERSARY_DATA_KNOWLEDGE,
+    rk.HEAL_EPOCHS,
+    rk.HEAL_LR,
 )
 
 
@@ -72,8 +73,8 @@ def load_records(paths: list[str]) -> list[dict]:
                 raise ValueError(f"'{file}' is not a text file, so not a results record.") from None
         if not isinstance(record, dict):
             raise ValueError(f"'{file}' is not a results record (a JSON object), but a {type(record).__name__}.")
-        record.setdefault("run_dir", os.path.dirname(file))
-        record["_file"] = file
+        record.setdefault(rk.RUN_DIR.name, os.path.dirname(file))
+        record[rk.FILE.name] = file
         records.append(record)
     return records
 
@@ -139,21 +140,24 @@ class Stat:
 def record_identity(record: dict) -> tuple[dict, str, dict, bool]:
     """``(identity, id, seeds, derived)`` of a record; ``derived``: rebuilt from the flat keys of a record
     written before identities were recorded (dataset, model, method, adversary, baseline, heal settings)."""
-    if "experiment/id" in record and isinstance(record.get("experiment"), dict):
-        return record["experiment"], record["experiment/id"], dict(record.get("experiment/seeds") or {}), False
-    config = {k.replace("/", "."): record.get(k) for k in _FLAT_IDENTITY if k in record}
-    config.update(
-        {k.replace("/", "."): v for k, v in record.items() if k.startswith("unlearn/") and k != "unlearn/seed"}
-    )
-    seeds = {"unlearn.seed": record["unlearn/seed"]} if "unlearn/seed" in record else {}
-    sha = record.get("baseline/sha256")
+    if rk.EXPERIMENT_ID in record and isinstance(record.get(rk.EXPERIMENT), dict):
+        return record[rk.EXPERIMENT], record[rk.EXPERIMENT_ID], dict(record.get(rk.EXPERIMENT_SEEDS) or {}), False
+    config = {_dotted(k): record.get(k) for k in _FLAT_IDENTITY if k in record}
+    config.update({_dotted(k): v for k, v in record.items() if rk.knob_of(k) is not None and k != rk.UNLEARN_SEED})
+    seeds = {_dotted(rk.UNLEARN_SEED): record[rk.UNLEARN_SEED]} if rk.UNLEARN_SEED in record else {}
+    sha = record.get(rk.BASELINE_SHA256)
     identity = {
-        "subcommand": record.get("phase"),
+        "subcommand": record.get(rk.PHASE),
         "config": config,
         "baseline": None if sha is None else {"sha256": sha, "hparams": {}},
         "seeds": seeds,
     }
-    return identity, "flat-" + short_hash({"subcommand": record.get("phase"), "config": config}), seeds, True
+    return identity, "flat-" + short_hash({"subcommand": record.get(rk.PHASE), "config": config}), seeds, True
+
+
+def _dotted(key: str) -> str:
+    """A flat record key as the dotted option it records (``adversary/budget`` -> ``adversary.budget``)."""
+    return key.replace("/", ".")
 
 
 def _seed_key(seeds: dict) -> str:
@@ -161,10 +165,10 @@ def _seed_key(seeds: dict) -> str:
 
 
 def _sha(record: dict) -> str | None:
-    identity = record.get("experiment")
+    identity = record.get(rk.EXPERIMENT)
     if isinstance(identity, dict) and isinstance(identity.get("baseline"), dict):
         return identity["baseline"].get("sha256")
-    return record.get("baseline/sha256")
+    return record.get(rk.BASELINE_SHA256)
 
 
 @dataclass
@@ -202,15 +206,15 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def experiments(records: list[dict], phase: str = "heal") -> list[Experiment]:
+def experiments(records: list[dict], phase: str = rk.HEAL) -> list[Experiment]:
     """The ``phase`` records grouped into experiments (sorted by dataset, method and id)."""
     groups: dict[str, list[dict]] = defaultdict(list)
     for r in records:
-        if r.get("phase") == phase:
+        if r.get(rk.PHASE) == phase:
             groups[record_identity(r)[1]].append(r)
     out = []
     for exp_id, runs in groups.items():
-        runs = sorted(runs, key=lambda r: str(r.get("run_dir")))
+        runs = sorted(runs, key=lambda r: str(r.get(rk.RUN_DIR)))
         identity, _, _, derived = record_identity(runs[0])
         shas_by_seed: dict[str, set] = defaultdict(set)
         for r in runs:
@@ -223,11 +227,11 @@ def experiments(records: list[dict], phase: str = "heal") -> list[Experiment]:
                 by_sha[str(_sha(r))].append(r)
             for sha, part in sorted(by_sha.items()):
                 out.append(Experiment(f"{exp_id}/{sha[:8]}", identity, part, derived, split_baseline=sha))
-    return sorted(out, key=lambda e: (str(e.records[0].get("dataset")), str(_method(e.records[0])), e.id))
+    return sorted(out, key=lambda e: (str(e.records[0].get(rk.DATASET)), str(_method(e.records[0])), e.id))
 
 
 def _method(record: dict) -> str | None:
-    return record.get("unlearn/method")
+    return record.get(rk.UNLEARN_METHOD)
 
 
 def differing(dicts: list[dict]) -> list[str]:
@@ -267,7 +271,7 @@ def tables(exps: list[Experiment]) -> list[Table]:
             out.append(Table(members))
         else:  # two experiments of one method: their settings differ, so they are not rows of one table
             out += [Table([e]) for e in members]
-    out.sort(key=lambda t: (str(t.experiments[0].records[0].get("dataset")), t.experiments[0].id))
+    out.sort(key=lambda t: (str(t.experiments[0].records[0].get(rk.DATASET)), t.experiments[0].id))
     keys = [t.key() for t in out]
     distinct = differing(keys)
     for t, key in zip(out, keys):
@@ -286,8 +290,8 @@ def _short(value) -> str:
 
 # --------------------------------------------------------------------------- healing rows
 def _label(record: dict, several_policies: bool) -> str:
-    setup = record.get("heal/setup") or "?"
-    policy = record.get("twins/policy")
+    setup = record.get(rk.HEAL_SETUP) or "?"
+    policy = record.get(rk.TWINS_POLICY)
     return f"{setup} [{policy}]" if several_policies and setup != "R" and policy else setup
 
 
@@ -300,19 +304,18 @@ def is_compared(label: str) -> bool:
     return _base(label) in compared_setups()
 
 
-def _epoch_key(split: str, epoch) -> str:
-    return f"healed/{split}/acc_epoch_{epoch}"
-
-
-def _at(record: dict, split: str, epoch: int) -> float | None:
+def _at(record: dict, split: str, epoch: int | None) -> float | None:
+    """The healed accuracy on ``split`` after ``epoch`` epochs (epoch 0 on test: the unlearned start)."""
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        return None
     if epoch == 0 and split == "test":
-        value = record.get(_epoch_key("test", 0))
-        return record.get("unlearned/test/acc") if value is None else value
-    return record.get(_epoch_key(split, epoch))
+        value = record.get(rk.healed_acc("test", 0))
+        return record.get(rk.UNLEARNED_TEST_ACC) if value is None else value
+    return record.get(rk.healed_acc(split, epoch))
 
 
 def _runs_by_seed(exp: Experiment) -> tuple[dict[str, dict[str, dict]], bool]:
-    several_policies = len({r.get("twins/policy") for r in exp.records if r.get("heal/setup") != "R"}) > 1
+    several_policies = len({r.get(rk.TWINS_POLICY) for r in exp.records if r.get(rk.HEAL_SETUP) != "R"}) > 1
     by_seed: dict[str, dict[str, dict]] = defaultdict(dict)
     for r in exp.records:  # sorted by run folder: a repeated run of one seed and setup counts once
         by_seed[_seed_key(record_identity(r)[2])].setdefault(_label(r, several_policies), r)
@@ -349,45 +352,48 @@ def healing_row(exp: Experiment) -> dict:
         return Stat(values)
 
     labels = sorted({label for runs in by_seed.values() for label in runs}, key=_order)
-    n_half = max((r.get("heal/epochs") or 0) for r in exp.records) or None
+    n_half = max((r.get(rk.HEAL_EPOCHS) or 0) for r in exp.records) or None
     row = {
         "experiment": exp.id,
         "group": exp.group,
         "identity": exp.identity,
         "identity_derived": exp.derived,
-        "dataset": first.get("dataset"),
-        "backbone": first.get("backbone"),
+        "dataset": first.get(rk.DATASET),
+        "backbone": first.get(rk.BACKBONE),
         "method": _method(first),
-        "selector": first.get("adversary/selector"),
-        "forget": first.get("forget/count"),
+        "selector": first.get(rk.ADVERSARY_SELECTOR),
+        "forget": first.get(rk.FORGET_COUNT),
         "seeds": len(seeds),
         "seed_values": [json.loads(s) for s in seeds],
         "N/2": n_half,
-        "BL": over_seeds("baseline/test/acc"),
-        "GS": over_seeds("gold/test/acc"),
-        "Init": over_seeds("unlearned/test/acc"),
-        "Init mean": first.get("unlearned/acc_mean"),
-        "Init std": first.get("unlearned/acc_std"),
+        "BL": over_seeds(rk.BASELINE_TEST_ACC),
+        "GS": over_seeds(rk.GOLD_TEST_ACC),
+        "Init": over_seeds(rk.UNLEARNED_TEST_ACC),
+        "Init mean": first.get(rk.UNLEARNED_ACC_MEAN),
+        "Init std": first.get(rk.UNLEARNED_ACC_STD),
         "setups": {},
         "curves": {},
-        "runs": {label: [runs[label].get("run_dir") for runs in by_seed.values() if label in runs] for label in labels},
+        "runs": {
+            label: [runs[label].get(rk.RUN_DIR) for runs in by_seed.values() if label in runs] for label in labels
+        },
         "notes": [],
     }
     val_missing = any(
-        _at(r, "val", r.get("heal/epochs") or 1) is None
+        _at(r, "val", r.get(rk.HEAL_EPOCHS) or 1) is None
         for runs in by_seed.values()
         for label, r in runs.items()
         if is_compared(label)
     )
     if val_missing:
-        row["notes"].append("chosen on test accuracy: some runs record no validation accuracy (healed/val/acc_epoch_k)")
+        missing = rk.HEALED_EPOCH.template.format(split="val", epoch="k")
+        row["notes"].append(f"chosen on test accuracy: some runs record no validation accuracy ({missing})")
     for label in labels:
         runs = [runs[label] for runs in by_seed.values() if label in runs]
         per_col = {}
         for col in ("1", "N/2"):
             test, val = [], []
             for r in runs:
-                epoch = 1 if col == "1" else r.get("heal/epochs")
+                epoch = 1 if col == "1" else r.get(rk.HEAL_EPOCHS)
                 t, v = _at(r, "test", epoch), _at(r, "val", epoch)
                 if t is not None:
                     test.append(t)
@@ -395,7 +401,7 @@ def healing_row(exp: Experiment) -> dict:
                     val.append(v)
             per_col[col], per_col[f"val {col}"] = Stat(test), Stat(val)
         row["setups"][label] = per_col
-        epochs = max((r.get("heal/epochs") or 0) for r in runs)
+        epochs = max((r.get(rk.HEAL_EPOCHS) or 0) for r in runs)
         row["curves"][label] = [
             Stat([x for x in (_at(r, "test", k) for r in runs) if x is not None]) for k in range(epochs + 1)
         ]
@@ -422,18 +428,18 @@ def _minus_gs(by_seed: dict, label: str, col: str) -> Stat:
     values = []
     for runs in by_seed.values():
         r = runs.get(label)
-        if r is None or r.get("gold/test/acc") is None:
+        if r is None or r.get(rk.GOLD_TEST_ACC) is None:
             continue
-        acc = _at(r, "test", 1 if col == "1" else r.get("heal/epochs"))
+        acc = _at(r, "test", 1 if col == "1" else r.get(rk.HEAL_EPOCHS))
         if acc is not None:
-            values.append(acc - r["gold/test/acc"])
+            values.append(acc - r[rk.GOLD_TEST_ACC])
     return Stat(values)
 
 
 def healing_tables(records: list[dict]) -> list[dict]:
     """One entry per table: ``title``, ``key`` (shared identity) and ``rows`` (one per experiment)."""
     out = []
-    for table in tables(experiments(records, "heal")):
+    for table in tables(experiments(records, rk.HEAL)):
         out.append({"title": table.title, "key": table.key(), "rows": [healing_row(e) for e in table.experiments]})
     return out
 
@@ -445,7 +451,7 @@ def healing_rows(records: list[dict]) -> list[dict]:
 
 def mixed_warning(records: list[dict], source: str | None = None) -> str | None:
     """The one-line warning for records of several experiments (None when they hold at most one table)."""
-    found = tables(experiments(records, "heal"))
+    found = tables(experiments(records, rk.HEAL))
     if len(found) < 2:
         return None
     distinct = differing([t.key() for t in found]) or ["their settings"]
@@ -457,7 +463,7 @@ def mixed_warning(records: list[dict], source: str | None = None) -> str | None:
 
 
 def derived_warning(records: list[dict]) -> str | None:
-    old = [r for r in records if r.get("phase") == "heal" and record_identity(r)[3]]
+    old = [r for r in records if r.get(rk.PHASE) == rk.HEAL and record_identity(r)[3]]
     if not old:
         return None
     return (
@@ -468,7 +474,7 @@ def derived_warning(records: list[dict]) -> str | None:
 
 
 def _source(records: list[dict]) -> str:
-    dirs = [os.path.abspath(str(r.get("run_dir"))) for r in records if r.get("run_dir")]
+    dirs = [os.path.abspath(str(r.get(rk.RUN_DIR))) for r in records if r.get(rk.RUN_DIR)]
     if not dirs:
         return "the records"
     common = os.path.commonpath(dirs) if len(dirs) > 1 else os.path.dirname(dirs[0])
@@ -583,16 +589,16 @@ def _stat(runs: list[dict], key: str) -> Stat:
 
 
 def _forget_label(record: dict) -> str:
-    budget = (record.get("experiment") or {}).get("config", {}).get("adversary", {}).get("budget")
+    budget = (record.get(rk.EXPERIMENT) or {}).get("config", {}).get("adversary", {}).get("budget")
     share = f" ({100 * budget:g}%)" if isinstance(budget, float) and budget < 1 else ""
-    return f"{record.get('forget/count')}{share} × {record.get('adversary/selector')}"
+    return f"{record.get(rk.FORGET_COUNT)}{share} × {record.get(rk.ADVERSARY_SELECTOR)}"
 
 
 def unlearning_table(records: list[dict]) -> str:
     """Markdown: one row per unlearn experiment (Tables 2, 3 and 6 shape), each figure the mean ± 95% CI over
     its seeds (n); the representative repeat of each seed is chosen on validation, the repeats' test mean and
     standard deviation are reported beside it."""
-    exps = experiments(records, "unlearn")
+    exps = experiments(records, rk.UNLEARN)
     if not exps:
         return "no unlearn runs found."
     out = [
@@ -604,23 +610,23 @@ def unlearning_table(records: list[dict]) -> str:
     for exp in exps:
         runs = exp.records
         first = runs[0]
-        stds = _stat(runs, "unlearned/acc_std")
-        repeats = _stat(runs, "unlearned/acc_mean").cell(n_row=len(runs))
+        stds = _stat(runs, rk.UNLEARNED_ACC_STD)
+        repeats = _stat(runs, rk.UNLEARNED_ACC_MEAN).cell(n_row=len(runs))
         if stds.values:
             repeats += f" ({100 * stds.mean:.2f})"
-        time_s = _stat(runs, "unlearned/time_s")
+        time_s = _stat(runs, rk.UNLEARNED_TIME_S)
         seconds = f"{time_s.mean:.1f}" if time_s.values else "—"
-        order = (str(first.get("dataset")), str(first.get("unlearn/method")), str(first.get("adversary/selector")))
+        order = (str(first.get(rk.DATASET)), str(first.get(rk.UNLEARN_METHOD)), str(first.get(rk.ADVERSARY_SELECTOR)))
         line = (
-            f"| {first.get('dataset')} | {first.get('unlearn/method')} | {_forget_label(first)} | {len(runs)} "
-            f"| {_stat(runs, 'baseline/test/acc').cell()} | {_stat(runs, 'unlearned/test/acc').cell()} "
-            f"| {repeats} | {_stat(runs, 'gold/test/acc').cell(n_row=len(runs))} "
-            f"| {_stat(runs, 'attack/random_forget/test/acc').cell(n_row=len(runs))} "
-            f"| {_stat(runs, 'attack/strength').cell(signed=True, n_row=len(runs))} | {seconds} | {exp.id} |"
+            f"| {first.get(rk.DATASET)} | {first.get(rk.UNLEARN_METHOD)} | {_forget_label(first)} | {len(runs)} "
+            f"| {_stat(runs, rk.BASELINE_TEST_ACC).cell()} | {_stat(runs, rk.UNLEARNED_TEST_ACC).cell()} "
+            f"| {repeats} | {_stat(runs, rk.GOLD_TEST_ACC).cell(n_row=len(runs))} "
+            f"| {_stat(runs, rk.ATTACK_RANDOM_TEST_ACC).cell(n_row=len(runs))} "
+            f"| {_stat(runs, rk.ATTACK_STRENGTH).cell(signed=True, n_row=len(runs))} | {seconds} | {exp.id} |"
         )
-        rows.append(((*order, first.get("forget/count") or 0), line))
+        rows.append(((*order, first.get(rk.FORGET_COUNT) or 0), line))
     out += [line for _, line in sorted(rows, key=lambda t: t[0])]
-    sisa = [e for e in exps if e.records[0].get("unlearn/method") == "sisa" and "sisa/test/acc" in e.records[0]]
+    sisa = [e for e in exps if e.records[0].get(rk.UNLEARN_METHOD) == rk.SISA and rk.SISA_TEST_ACC in e.records[0]]
     if sisa:
         out += [
             "",
@@ -632,14 +638,19 @@ def unlearning_table(records: list[dict]) -> str:
         seen = set()
         for exp in sisa:
             r = exp.records[0]
-            key = (r.get("dataset"), r.get("unlearn/shards"), r.get("unlearn/slices"), r.get("sisa/epochs_per_slice"))
+            key = (
+                r.get(rk.DATASET),
+                r.get(rk.UNLEARN_SHARDS),
+                r.get(rk.UNLEARN_SLICES),
+                r.get(rk.SISA_EPOCHS_PER_SLICE),
+            )
             if key in seen:  # every deletion size of one grid trains the same ensemble
                 continue
             seen.add(key)
-            t, acc = _stat(exp.records, "sisa/train_time_s"), _stat(exp.records, "sisa/test/acc")
+            t, acc = _stat(exp.records, rk.SISA_TRAIN_TIME_S), _stat(exp.records, rk.SISA_TEST_ACC)
             out.append(
-                f"| {r.get('dataset')} | {r.get('unlearn/shards')} × {r.get('unlearn/slices')} "
-                f"| {r.get('sisa/epochs_per_slice')} | {len(exp.records)} | {acc.cell()} "
+                f"| {r.get(rk.DATASET)} | {r.get(rk.UNLEARN_SHARDS)} × {r.get(rk.UNLEARN_SLICES)} "
+                f"| {r.get(rk.SISA_EPOCHS_PER_SLICE)} | {len(exp.records)} | {acc.cell()} "
                 f"| {f'{t.mean:.1f}' if t.values else '—'} |"
             )
     return "\n".join(out)
@@ -648,8 +659,13 @@ def unlearning_table(records: list[dict]) -> str:
 # --------------------------------------------------------------------------- methods
 #: a methods table's stages: the unlearned start, the R heal setup, and the best twin metric (chosen on validation)
 METHOD_STAGES = ("unlearned", "R", "best twin")
-#: per stage: the record suffixes shown (test accuracy, forget accuracy, MIA AUC on the forget set vs held-out)
-METHOD_FIGURES = (("test", "test/acc"), ("forget", "forget/acc"), ("MIA", "mia/auc"))
+#: per stage: the figures shown, each the record key of a model (test accuracy, forget accuracy, MIA AUC on the
+#: forget set vs held-out)
+METHOD_FIGURES = (
+    ("test", lambda model: rk.accuracy(model, rk.TEST)),
+    ("forget", lambda model: rk.accuracy(model, rk.FORGET)),
+    ("MIA", lambda model: rk.mia(model, "auc")),
+)
 
 
 def _over_seeds(by_seed: dict, key: str, label: str | None = None) -> Stat:
@@ -670,14 +686,14 @@ def _best_twin(by_seed: dict) -> list[str]:
     healing's last epoch (test accuracy where no run records validation); several when they tie."""
     labels = {label for runs in by_seed.values() for label in runs if is_compared(label) and _base(label) != "R"}
     runs = [r for per_seed in by_seed.values() for label, r in per_seed.items() if label in labels]
-    split = "val" if all(_at(r, "val", r.get("heal/epochs") or 1) is not None for r in runs) else "test"
+    split = "val" if all(_at(r, "val", r.get(rk.HEAL_EPOCHS) or 1) is not None for r in runs) else "test"
     cands = {
         label: Stat(
             [
                 v
                 for per_seed in by_seed.values()
                 if label in per_seed
-                for v in [_at(per_seed[label], split, per_seed[label].get("heal/epochs") or 1)]
+                for v in [_at(per_seed[label], split, per_seed[label].get(rk.HEAL_EPOCHS) or 1)]
                 if v is not None
             ]
         )
@@ -695,22 +711,22 @@ def methods_row(exp: Experiment) -> dict:
         "experiment": exp.id,
         "method": _method(first),
         "seeds": len(by_seed),
-        "time": _over_seeds(by_seed, "unlearned/time_s"),
+        "time": _over_seeds(by_seed, rk.UNLEARNED_TIME_S),
         "reference": {
-            name: {col: _over_seeds(by_seed, f"{prefix}/{key}") for col, key in METHOD_FIGURES}
-            for name, prefix in (("BL", "baseline"), ("GS", "gold"))
+            name: {col: _over_seeds(by_seed, key(model)) for col, key in METHOD_FIGURES}
+            for name, model in (("BL", rk.BASELINE), ("GS", rk.GOLD))
         },
-        "unlearned": {col: _over_seeds(by_seed, f"unlearned/{key}") for col, key in METHOD_FIGURES},
+        "unlearned": {col: _over_seeds(by_seed, key(rk.UNLEARNED)) for col, key in METHOD_FIGURES},
         "best twin setups": [],
     }
-    if first.get("phase") != "heal":
+    if first.get(rk.PHASE) != rk.HEAL:
         return row
-    row["R"] = {col: _over_seeds(by_seed, f"healed/{key}", "R") for col, key in METHOD_FIGURES}
+    row["R"] = {col: _over_seeds(by_seed, key(rk.HEALED), "R") for col, key in METHOD_FIGURES}
     best = _best_twin(by_seed)
     row["best twin setups"] = best
     if best:
-        row["best twin"] = {col: _over_seeds(by_seed, f"healed/{key}", best[0]) for col, key in METHOD_FIGURES}
-        row["best twin"]["MIA F/twins"] = _over_seeds(by_seed, "healed/mia_twins/auc", best[0])
+        row["best twin"] = {col: _over_seeds(by_seed, key(rk.HEALED), best[0]) for col, key in METHOD_FIGURES}
+        row["best twin"]["MIA F/twins"] = _over_seeds(by_seed, rk.HEALED_MIA_TWINS_AUC, best[0])
     return row
 
 
@@ -719,7 +735,7 @@ def methods_tables(records: list[dict]) -> list[dict]:
     method."""
     return [
         {"title": f"{phase}: {t.title}", "phase": phase, "rows": [methods_row(e) for e in t.experiments]}
-        for phase in ("heal", "unlearn")
+        for phase in (rk.HEAL, rk.UNLEARN)
         for t in tables(experiments(records, phase))
     ]
 
@@ -748,7 +764,7 @@ def _figure_cells(figures: dict | None, n_row: int) -> list[str]:
 
 def methods_markdown(table: dict) -> str:
     """Markdown: one row per method, BL and GS as reference rows (one per method where they differ)."""
-    rows, heal = table["rows"], table["phase"] == "heal"
+    rows, heal = table["rows"], table["phase"] == rk.HEAL
     stages = METHOD_STAGES if heal else METHOD_STAGES[:1]
     head = "| method | seeds | unlearn time [s] |" + "".join(
         f" {stage} {col} |" for stage in stages for col, _ in METHOD_FIGURES
@@ -791,18 +807,18 @@ def methods_table(records: list[dict]) -> str:
 
 def fit_table(records: list[dict]) -> str:
     """Markdown: the baselines, one row per fit experiment (mean ± 95% CI over its seeds)."""
-    exps = experiments(records, "fit")
+    exps = experiments(records, rk.FIT)
     if not exps:
         return "no fit runs found."
     out = ["| dataset | backbone | n | test acc | train time [s] | runs |", "|---|---|---|---|---|---|"]
     for exp in exps:
-        r, t = exp.records[0], _stat(exp.records, "train/time_s")
+        r, t = exp.records[0], _stat(exp.records, rk.TRAIN_TIME_S)
         names = ", ".join(
-            os.path.relpath(str(x.get("run_dir")), os.path.dirname(str(r.get("run_dir")))) for x in exp.records
+            os.path.relpath(str(x.get(rk.RUN_DIR)), os.path.dirname(str(r.get(rk.RUN_DIR)))) for x in exp.records
         )
         out.append(
-            f"| {r.get('dataset')} | {r.get('backbone')} | {len(exp.records)} "
-            f"| {_stat(exp.records, 'test/acc').cell()} | {f'{t.mean:.1f}' if t.values else '—'} | {names} |"
+            f"| {r.get(rk.DATASET)} | {r.get(rk.BACKBONE)} | {len(exp.records)} "
+            f"| {_stat(exp.records, rk.FIT_TEST_ACC).cell()} | {f'{t.mean:.1f}' if t.values else '—'} | {names} |"
         )
     return "\n".join(out)
 
@@ -815,13 +831,13 @@ def report(records: list[dict], source: str | None = None, stderr=None) -> str:
         if line:
             print(line, file=stream)
     parts = []
-    if any(r.get("phase") == "fit" for r in records):
+    if any(r.get(rk.PHASE) == rk.FIT for r in records):
         parts += ["## Baselines", "", fit_table(records), ""]
-    if any(r.get("phase") == "unlearn" for r in records):
+    if any(r.get(rk.PHASE) == rk.UNLEARN for r in records):
         parts += ["## Unlearning", "", unlearning_table(records), ""]
-    if any(r.get("phase") == "heal" for r in records):
+    if any(r.get(rk.PHASE) == rk.HEAL for r in records):
         parts += ["## Healing (the paper's Table 4 shape; accuracies in %)", "", healing_table(records), ""]
-    if any(r.get("phase") in ("heal", "unlearn") for r in records):
+    if any(r.get(rk.PHASE) in (rk.HEAL, rk.UNLEARN) for r in records):
         parts += ["## Methods (forget quality before and after healing)", "", methods_table(records), ""]
     return "\n".join(parts) if parts else "no finished runs found."
 

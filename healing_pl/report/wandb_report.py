@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 
+from healing_pl import records as rk
 from healing_pl.report.tables import healing_tables, table_markdown, unlearning_table
 
 
@@ -46,37 +47,41 @@ def build_report(records: list[dict], source: str | None = None):
             panels = [
                 wr.LinePlot(
                     title=f"{row['method']}: accuracy vs heal epoch (BL, GS dashed)",
-                    x="heal/epoch",
-                    y=["heal/test_acc", "reference/baseline", "reference/gold"],
+                    x=rk.HEAL_EPOCH_STEP.name,
+                    y=[k.name for k in (rk.HEAL_TEST_ACC_POINT, rk.REFERENCE_BASELINE, rk.REFERENCE_GOLD)],
                     groupby="cli.twins.metric",
                     title_x="heal epoch (0: unlearned start)",
                     title_y="test accuracy",
-                    line_marks={"reference/baseline": "dashed", "reference/gold": "dashed"},
+                    line_marks={rk.REFERENCE_BASELINE.name: "dashed", rk.REFERENCE_GOLD.name: "dashed"},
                 ),
                 wr.BarPlot(
                     title=f"{row['method']}: healed test accuracy per setup (compare with GS)",
-                    metrics=[wr.SummaryMetric("healed/test/acc"), wr.SummaryMetric("gold/test/acc")],
+                    metrics=[wr.SummaryMetric(rk.HEALED_TEST_ACC.name), wr.SummaryMetric(rk.GOLD_TEST_ACC.name)],
                     groupby="cli.twins.metric",
                     groupby_rangefunc="stderr" if row["seeds"] > 1 else None,
                 ),
-                wr.MediaBrowser(title=f"{row['method']}: forget samples beside their twins", media_keys=["twins/grid"]),
+                wr.MediaBrowser(
+                    title=f"{row['method']}: forget samples beside their twins", media_keys=[rk.TWINS_GRID.name]
+                ),
             ]
             blocks.append(wr.PanelGrid(runsets=[runs], panels=panels))
-    if any(r.get("phase") == "unlearn" for r in records):
+    if any(r.get(rk.PHASE) == rk.UNLEARN for r in records):
         blocks += [wr.H2("Adversaries and unlearning"), wr.MarkdownBlock(unlearning_table(records))]
         runs = _runset(wr, entity, project, "unlearn runs", "JobType == 'unlearn'", ["cli.adversary.selector"])
         panels = [
             wr.BarPlot(
                 title="unlearned test accuracy per selector and method",
-                metrics=[wr.SummaryMetric("unlearned/test/acc"), wr.SummaryMetric("baseline/test/acc")],
+                metrics=[wr.SummaryMetric(rk.UNLEARNED_TEST_ACC.name), wr.SummaryMetric(rk.BASELINE_TEST_ACC.name)],
                 groupby="cli.adversary.selector",
             )
         ]
         blocks.append(wr.PanelGrid(runsets=[runs], panels=panels))
-    if any(r.get("phase") == "stream" for r in records):
+    if any(r.get(rk.PHASE) == rk.STREAM for r in records):
         blocks.append(wr.H2("Streams"))
         runs = _runset(wr, entity, project, "stream runs", "JobType == 'stream'", [])
-        panels = [wr.LinePlot(title="test accuracy per round", x="round", y=["test/acc"])]
+        # a stream logs each round's metrics as stream/<metric> at Lightning's step = the round's index
+        test_acc = rk.stream_history(rk.CURVE_TEST_ACC).name
+        panels = [wr.LinePlot(title="test accuracy per round", x=rk.WANDB_STEP.name, y=[test_acc])]
         blocks.append(wr.PanelGrid(runsets=[runs], panels=panels))
     return wr.Report(
         project=project,

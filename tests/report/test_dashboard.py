@@ -6,27 +6,25 @@ import os
 import pytest
 import yaml
 
+from healing_pl import records as rk
 from healing_pl.main import main
 from tests.report.browser import find_browser, render
-from tests.report.conftest import CONFIG
+from tests.report.conftest import CONFIG, stream_record, unlearn_record
 
 
 @pytest.fixture
 def runs(tmp_path, make_record):
     """Heal runs over two seeds with twins of digits samples, an unlearn run and a stream run, as run folders."""
     records = []
+    pairs = [{"request_id": q, "twin_id": q + 1, "score": 0.5} for q in range(0, 20, 2)]
     for seed in (0, 1):
         for i, metric in enumerate(("none", "raw_l2", "feat_cosine", "random")):
-            r = make_record(metric, [0.85 + i / 100 + seed / 200, 0.9 - i / 100], seed=seed)
-            if metric != "none":
-                r["twins/pairs"] = [{"request_id": q, "twin_id": q + 1, "score": 0.5} for q in range(0, 20, 2)]
-            records.append(r)
-    unlearn = {"phase": "unlearn", "dataset": "digits", "unlearn/method": "fisher", "adversary/selector": "class"}
-    records.append(unlearn | {"forget/count": 10, "baseline/test/acc": 0.94, "unlearned/test/acc": 0.6, "run_dir": "u"})
-    curve = [{"round": -1, "test/acc": 0.94}, {"round": 0, "test/acc": 0.9}, {"round": 1, "test/acc": 0.92}]
-    records.append({"phase": "stream", "dataset": "digits", "stream/curve": curve, "run_dir": "s"})
+            twins = pairs if metric != "none" else ()
+            records.append(make_record(metric, [0.85 + i / 100 + seed / 200, 0.9 - i / 100], seed=seed, pairs=twins))
+    records.append(unlearn_record(0, 0.6, bl=0.94, run="u"))
+    records.append(stream_record([0.94, 0.9, 0.92], run="s"))
     for r in records:
-        folder = tmp_path / "runs" / r["run_dir"].replace("/", "_")
+        folder = tmp_path / "runs" / r[rk.RUN_DIR].replace("/", "_")
         folder.mkdir(parents=True)
         (folder / "results.json").write_text(json.dumps(r))
         (folder / "config.yaml").write_text(yaml.safe_dump(CONFIG))
@@ -105,14 +103,14 @@ def test_run_records_its_experiment_identity(tmp_path, configs_dir):
     fit = tmp_path / "fit"
     args = ["--config", f"{configs_dir}/digits.yaml", *quiet]
     assert main(["fit", *args, f"--run_dir={fit}", "--trainer.max_epochs=1"]) == 0
-    heal = ["heal", *args, f"--ckpt_path={fit}/checkpoints/last.ckpt", "--adversary.selector=class"]
-    heal += ["--adversary.target_class=3", "--adversary.budget=5", "--unlearn.alpha=1e-7", "--heal.epochs=1"]
-    heal += ["--heal.gold=false", f"--unlearn.cache_dir={tmp_path / 'cache'}", "--wandb.group=tiny"]
-    assert main([*heal, f"--run_dir={tmp_path / 'a'}", "--twins.metric=none"]) == 0
-    assert main([*heal, f"--run_dir={tmp_path / 'b'}", "--twins.metric=raw_l2", "--seed_everything=4"]) == 0
+    heal = ["heal", *args, f"--ckpt_path={fit}/checkpoints/last.ckpt", "--adversary=ClassSelector"]
+    heal += ["--adversary.target_class=3", "--adversary.budget=5", "--unlearn=Fisher", "--unlearn.alpha=1e-7"]
+    heal += ["--heal.epochs=1", "--heal.gold=false", f"--unlearn.cache_dir={tmp_path / 'cache'}", "--wandb.group=tiny"]
+    assert main([*heal, f"--run_dir={tmp_path / 'a'}", "--twins.metric=null"]) == 0
+    assert main([*heal, f"--run_dir={tmp_path / 'b'}", "--twins.metric=RawL2", "--seed_everything=4"]) == 0
     a, b = (json.loads((tmp_path / x / "results.json").read_text()) for x in "ab")
-    assert a["experiment/id"] == b["experiment/id"] and len(a["experiment/id"]) == 12
-    assert a["experiment/seeds"]["seed_everything"] == 0 and b["experiment/seeds"]["seed_everything"] == 4
-    assert a["experiment"]["baseline"]["sha256"] == a["baseline/sha256"]
-    assert a["experiment"]["config"]["wandb"] == {"group": "tiny"} and "run_dir" not in a["experiment"]["config"]
-    assert json.loads((tmp_path / "fit" / "results.json").read_text())["experiment"]["baseline"] is None
+    assert a[rk.EXPERIMENT_ID] == b[rk.EXPERIMENT_ID] and len(a[rk.EXPERIMENT_ID]) == 12
+    assert a[rk.EXPERIMENT_SEEDS]["seed_everything"] == 0 and b[rk.EXPERIMENT_SEEDS]["seed_everything"] == 4
+    assert a[rk.EXPERIMENT]["baseline"]["sha256"] == a[rk.BASELINE_SHA256]
+    assert a[rk.EXPERIMENT]["config"]["wandb"] == {"group": "tiny"} and "run_dir" not in a[rk.EXPERIMENT]["config"]
+    assert json.loads((tmp_path / "fit" / "results.json").read_text())[rk.EXPERIMENT]["baseline"] is None

@@ -13,7 +13,7 @@ def test_identity_drops_what_does_not_define_the_experiment():
     assert c["wandb"] == {"group": "g"}  # the grid name stays; name, tags, project do not
     assert "enable_progress_bar" not in c["trainer"] and "accelerator" not in c["trainer"]
     assert c["twins"] == {"k": 3}  # the compared axes (metric, policy) and the seed are out
-    assert c["unlearn"] == {"method": "fisher", "repeats": 1, "alpha": 1e-6}  # fisher reads no depth; no cache
+    assert c["unlearn"] == {"class": "Fisher", "repeats": 1, "alpha": 1e-6}  # the chosen class and its knobs; no cache
     assert identity["baseline"] == {"sha256": SHA, "hparams": HPARAMS}
     assert identity["seeds"] == {
         "seed_everything": 0,
@@ -30,7 +30,7 @@ def test_id_ignores_compared_axes_seeds_and_the_baseline_sha_but_not_the_rest():
     base = experiment_id(identity)
     assert base == short_hash({"subcommand": "heal", "config": identity["config"], "hparams": HPARAMS})
     same = [
-        experiment_identity("heal", config(twins__metric="none", twins__policy="twins"), SHA, HPARAMS),
+        experiment_identity("heal", config(twins__metric=None, twins__policy="twins"), SHA, HPARAMS),
         experiment_identity("heal", config(seed_everything=3, data__seed=2, unlearn__seed=5), SHA, HPARAMS),
         experiment_identity("heal", config(run_dir="elsewhere", wandb__name="x", wandb__tags=["a"]), "b" * 64, HPARAMS),
     ]

@@ -6,9 +6,10 @@ import json
 import pytest
 from scipy import stats
 
+from healing_pl import records as rk
 from healing_pl.main import main
 from healing_pl.report.tables import Stat, healing_rows, healing_tables, report
-from tests.report.conftest import config
+from tests.report.conftest import config, method
 
 
 def _report(records):
@@ -34,7 +35,7 @@ def test_two_experiments_give_two_tables_and_one_warning(make_record):
 
 def test_methods_share_a_table_but_one_method_with_two_alphas_does_not(make_record):
     fisher = [make_record(m, [0.9, 0.9]) for m in ("none", "raw_l2")]
-    influence = [make_record(m, [0.8, 0.8], cfg=config(unlearn__method="influence")) for m in ("none", "raw_l2")]
+    influence = [make_record(m, [0.8, 0.8], cfg=config(unlearn=method("influence"))) for m in ("none", "raw_l2")]
     found = healing_tables(fisher + influence)
     assert len(found) == 1 and [r["method"] for r in found[0]["rows"]] == ["fisher", "influence"]
     other_alpha = [make_record(m, [0.7, 0.7], cfg=config(unlearn__alpha=8e-6)) for m in ("none", "raw_l2")]
@@ -44,7 +45,7 @@ def test_methods_share_a_table_but_one_method_with_two_alphas_does_not(make_reco
 
 def test_one_seed_two_baselines_are_two_experiments(make_record):
     runs = [make_record("none", [0.9, 0.9]), make_record("none", [0.8, 0.8], sha="c" * 64)]
-    assert len(runs[0]["experiment/id"]) == 12 and runs[0]["experiment/id"] == runs[1]["experiment/id"]
+    assert len(runs[0][rk.EXPERIMENT_ID]) == 12 and runs[0][rk.EXPERIMENT_ID] == runs[1][rk.EXPERIMENT_ID]
     rows = healing_rows(runs)
     assert len(rows) == 2 and {r["experiment"].split("/")[1] for r in rows} == {"a" * 8, "c" * 8}
     # another seed with another baseline is a repeat of the same experiment
@@ -90,7 +91,7 @@ def test_a_tie_names_every_tied_setup(make_record):
 def test_without_validation_keys_the_best_is_chosen_on_test_and_says_so(make_record):
     runs = [make_record("none", [0.8, 0.9]), make_record("raw_l2", [0.8, 0.7])]
     for r in runs:
-        for k in [k for k in r if "/val/" in k]:
+        for k in [k for k in r if (epoch := rk.HEALED_EPOCH.match(k)) and epoch["split"] == "val"]:
             del r[k]
     assert healing_rows(runs)[0]["best N/2"] == ["R"]
     assert "Note: chosen on test accuracy: some runs record no validation accuracy" in _report(runs)[0]
@@ -128,7 +129,7 @@ def test_stat_interval_matches_scipy():
 def test_records_without_identity_are_grouped_by_flat_keys_and_said_so(make_record):
     old = [make_record(m, [0.9, 0.9]) for m in ("none", "raw_l2")]
     for r in old:
-        for k in ("experiment", "experiment/id", "experiment/seeds"):
+        for k in (rk.EXPERIMENT, rk.EXPERIMENT_ID, rk.EXPERIMENT_SEEDS):
             del r[k]
     text, err = _report(old)
     assert "2 heal record(s) carry no experiment identity" in err and "no identity recorded" in text
@@ -138,11 +139,11 @@ def test_records_without_identity_are_grouped_by_flat_keys_and_said_so(make_reco
 def test_report_command_writes_json_with_every_statistic(tmp_path, make_record, capsys):
     runs = [make_record(m, [0.9, 0.9 - i / 100], seed=s) for i, m in enumerate(("none", "raw_l2")) for s in (0, 1)]
     for r in runs:
-        folder = tmp_path / "runs" / r["run_dir"].replace("/", "_")
+        folder = tmp_path / "runs" / r[rk.RUN_DIR].replace("/", "_")
         folder.mkdir(parents=True)
         (folder / "results.json").write_text(json.dumps(r))
     assert main(["report", str(tmp_path / "runs"), "--output", str(tmp_path / "r.json")]) == 0
     out = json.loads((tmp_path / "r.json").read_text())
     row = out["tables"][0]["rows"][0]
     assert row["seeds"] == 2 and row["best N/2"] == ["R"] and row["setups"]["R"]["N/2"]["n"] == 2
-    assert out["healing"][0]["experiment"] == runs[0]["experiment/id"] and len(out["runs"]) == 4
+    assert out["healing"][0]["experiment"] == runs[0][rk.EXPERIMENT_ID] and len(out["runs"]) == 4

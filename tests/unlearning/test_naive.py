@@ -8,8 +8,7 @@ import torch
 
 from healing_pl.data.datamodule import HealingDataModule
 from healing_pl.models.classifier import Classifier, evaluate
-from healing_pl.phases.config import UnlearnConfig
-from healing_pl.unlearning.methods import unlearn_with_repeats
+from healing_pl.unlearning import make_unlearner, unlearn_with_repeats
 from healing_pl.unlearning.naive import gold_key, gold_standard, naive_unlearn
 
 HP = dict(backbone="small_cnn", num_classes=10, in_chans=1, image_size=8, lr=3e-3)
@@ -69,7 +68,7 @@ def test_gold_standard_is_cached_by_content(dm, tmp_path):
 def test_repeats_keep_the_run_closest_to_the_mean_validation_accuracy(dm):
     torch.manual_seed(0)
     model = Classifier(**HP)
-    cfg = UnlearnConfig(method="fisher", alpha=1e-3, repeats=4, cache_dir=None)
+    cfg = make_unlearner("fisher", alpha=1e-3, repeats=4, cache_dir=None)
     result = unlearn_with_repeats(model, dm, dm.primary_ids[:10], cfg)
     assert len(result.accs) == len(result.val_accs) == 4 and len(set(result.val_accs)) > 1  # different noise
     mean = sum(result.val_accs) / 4
@@ -95,7 +94,7 @@ def test_test_accuracy_never_chooses_the_representative(dm, monkeypatch):
         return {"acc": val[len(evaluated) - 1]}
 
     monkeypatch.setattr(sys.modules[unlearn_with_repeats.__module__], "evaluate", scripted)
-    cfg = UnlearnConfig(method="fisher", alpha=1e-3, repeats=4, cache_dir=None)
+    cfg = make_unlearner("fisher", alpha=1e-3, repeats=4, cache_dir=None)
     result = unlearn_with_repeats(Classifier(**HP), dm, dm.primary_ids[:10], cfg, test_loader=test_loader)
     assert (result.val_accs, result.accs) == (val, test)
     assert result.representative == 2 and result.model is evaluated[2]
@@ -112,11 +111,11 @@ def test_test_accuracy_never_chooses_the_representative(dm, monkeypatch):
 )
 def test_bad_forget_sets_stop_with_a_sentence(dm, forget, words):
     with pytest.raises(ValueError, match=words):
-        unlearn_with_repeats(Classifier(**HP), dm, forget(dm), UnlearnConfig(method="fisher", cache_dir=None))
+        unlearn_with_repeats(Classifier(**HP), dm, forget(dm), make_unlearner("fisher", cache_dir=None))
 
 
 def test_unknown_method_and_bad_knobs():
     with pytest.raises(ValueError, match="unknown unlearning method 'fishr'"):
-        UnlearnConfig(method="fishr")
+        make_unlearner("fishr")
     with pytest.raises(ValueError, match="scale must be positive"):
-        UnlearnConfig(method="influence", scale=0)
+        make_unlearner("influence", scale=0)

@@ -26,6 +26,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from healing_pl import records as rk
 from healing_pl.adversary.selectors.surface import (
     DATA_KNOWLEDGE,
     SYSTEM_KNOWLEDGE,
@@ -181,11 +182,11 @@ class Selector(ABC):
     def record(self) -> dict:
         """What results.json records of the adversary."""
         return {
-            "adversary/selector": self.name,
-            "adversary/budget": self.budget,
-            "adversary/system_knowledge": self.system_knowledge,
-            "adversary/data_knowledge": self.data_knowledge,
-            "adversary/target_class": getattr(self, "target_class", None),
+            rk.ADVERSARY_SELECTOR: self.name,
+            rk.ADVERSARY_BUDGET: self.budget,
+            rk.ADVERSARY_SYSTEM_KNOWLEDGE: self.system_knowledge,
+            rk.ADVERSARY_DATA_KNOWLEDGE: self.data_knowledge,
+            rk.ADVERSARY_TARGET_CLASS: getattr(self, "target_class", None),
         }
 
     def __repr__(self) -> str:
