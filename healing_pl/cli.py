@@ -286,23 +286,10 @@ def check_family_knobs(cfg, argv: list) -> None:
         if chosen is None:  # twins.metric null: no metric has knobs
             raise ValueError(f"--{option}.{given[0]} is given, but {option} is null (no class chosen).")
         cls = registry.by_class_name(str(chosen["class_path"]))
-        knobs = cls.knob_names() if hasattr(cls, "knob_names") else _init_names(cls)
+        knobs = cls.knob_names()
         wrong = [k for k in given if k not in knobs]
         if wrong:
             raise ValueError(_not_a_knob(option, wrong[0], cls.__name__, knobs))
-
-
-def _init_names(cls) -> list[str]:
-    """The constructor arguments of ``cls`` and of the bases it forwards ``**kwargs`` to."""
-    import inspect
-
-    names: list[str] = []
-    for klass in cls.__mro__:
-        if "__init__" in klass.__dict__ and klass is not object:
-            for p in inspect.signature(klass.__dict__["__init__"]).parameters.values():
-                if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in names:
-                    names.append(p.name)
-    return names
 
 
 def _not_a_knob(option: str, knob: str, class_name: str, knobs: list[str]) -> str:
@@ -403,7 +390,7 @@ def _family_sentence(text: str) -> str | None:
     knob = re.search(r"class_path '([\w.]+)'.*?(?:Option|Key) '([\w.]+)' is not accepted", text)
     if knob:
         cls = registry.by_class_name(knob.group(1))
-        knobs = cls.knob_names() if hasattr(cls, "knob_names") else _init_names(cls)
+        knobs = cls.knob_names()
         return _not_a_knob(option, knob.group(2), cls.__name__, knobs)
     given = re.search(r"(?:import path string|Given value|Got value|class_path): '?([^'\s]+)'?", text)
     value = given.group(1).rstrip(".") if given else "?"

@@ -100,3 +100,29 @@ class Registry(Generic[T]):
                 f"{cls.__module__}.{cls.__qualname__} is not a registered {self.family}; "
                 f"choose one of {', '.join(self.class_names())} ({self.option})."
             )
+
+
+def knob_names(cls: type) -> list[str]:
+    """The constructor arguments of ``cls`` and of every base it forwards ``**kwargs`` to, in that order."""
+    import inspect
+
+    names: list[str] = []
+    for klass in cls.__mro__:
+        if "__init__" not in klass.__dict__ or klass is object or klass.__module__.startswith("jsonargparse"):
+            continue  # (a lazy_instance wrapper's own constructor is not a knob)
+        for p in inspect.signature(klass.__dict__["__init__"]).parameters.values():
+            if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in names:
+                names.append(p.name)
+    return names
+
+
+class Knobs:
+    """A family member's knobs: its constructor arguments (over the bases it forwards to) and their values."""
+
+    @classmethod
+    def knob_names(cls) -> list[str]:
+        return knob_names(cls)
+
+    def knobs(self) -> dict:
+        """Every knob and its value."""
+        return {k: getattr(self, k) for k in self.knob_names()}

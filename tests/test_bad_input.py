@@ -65,11 +65,11 @@ def _inputs(folder, ckpt: str, configs_dir: str) -> None:
     (folder / "listruns" / "run" / "results.json").write_text("[1, 2, 3]")
     cfg = f"{configs_dir}/digits.yaml"
     grids = {
-        "nocfg": "config: nowhere.yaml\naxes:\n  m:\n    - {twins.metric: none}\n",
+        "nocfg": "config: nowhere.yaml\naxes:\n  m:\n    - {twins.metric: null}\n",
         "axes_scalar": f"config: {cfg}\naxes:\n  m: 3\n",
         "axes_not_map": f"config: {cfg}\naxes: [1, 2]\n",
         "axis_items": f"config: {cfg}\naxes:\n  m: [none, raw_l2]\n",
-        "command": f"config: {cfg}\ncommand: fit\naxes:\n  m:\n    - {{twins.metric: none}}\n",
+        "command": f"config: {cfg}\ncommand: fit\naxes:\n  m:\n    - {{twins.metric: null}}\n",
         "list": "- config\n- axes\n",
         "nokeys": f"config: {cfg}\n",
         "yaml": "config: [unclosed\n",
@@ -108,13 +108,68 @@ CASES = {
     "fit-unknown-dataset": (FIT + ["--data.dataset=mnsit"], "unknown dataset 'mnsit'; choose one of"),
     "fit-unknown-backbone": (FIT + ["--model.backbone=resnet5O"], "unknown backbone 'resnet5O'"),
     "unknown-subcommand": (["fitt", "--config", C], "invalid choice: 'fitt'"),
-    "unlearn-unknown-method": (UNLEARN + ["--unlearn.method=fishr"], ("unknown ", "'fishr'")),
+    "unlearn-unknown-method": (
+        UNLEARN + ["--unlearn=fishr"],
+        ("unknown unlearning method 'fishr' for --unlearn", "choose one of Naive, SISA, Fisher"),
+    ),
     "unlearn-type-repeats": (UNLEARN + ["--unlearn.repeats=many"], "repeats must be of type int, got 'many'"),
-    "unlearn-unknown-selector": (UNLEARN + ["--adversary.selector=worst"], ("unknown ", "'worst'")),
-    "heal-unknown-metric": (HEAL + ["--twins.metric=raw_l3"], ("unknown ", "'raw_l3'")),
+    "unlearn-type-repeats-of-a-class": (
+        UNLEARN + ["--unlearn=NegGradPlus", "--unlearn.repeats=many"],
+        "repeats must be of type int, got 'many'",
+    ),
+    "unlearn-unknown-selector": (
+        UNLEARN + ["--adversary=worst"],
+        ("unknown adversary 'worst' for --adversary", "choose one of RandomSelector, ClassSelector"),
+    ),
+    "heal-unknown-metric": (
+        HEAL + ["--twins.metric=raw_l3"],
+        ("unknown twin metric 'raw_l3' for --twins.metric", "choose one of RawL2, RawMahalanobis"),
+    ),
     "heal-unknown-policy": (HEAL + ["--twins.policy=twin"], ("unknown ", "'twin'")),
     "stream-unknown-order": (STREAM + ["--stream.order=random"], ("unknown ", "'random'")),
     "heal-typo": (HEAL + ["--heal.epochz=2"], "unknown option --heal.epochz=2"),
+    # the method families: classes and their knobs
+    "unlearn-knob-of-another-class": (
+        UNLEARN + ["--unlearn", "Influence", "--unlearn.alpha", "5"],
+        ("unlearn.alpha is not a knob of Influence (its knobs: damping,", "see --unlearn.help Influence"),
+    ),
+    "unlearn-knob-before-another-class": (
+        UNLEARN + ["--unlearn.alpha", "5", "--unlearn", "Influence"],
+        ("unlearn.alpha is not a knob of Influence (its knobs: damping,", "see --unlearn.help Influence"),
+    ),
+    "unlearn-repeats-of-a-deterministic-method": (
+        UNLEARN + ["--unlearn=Finetune", "--unlearn.repeats=2"],
+        "unlearn.repeats is not a knob of Finetune",
+    ),
+    "unlearn-knob-of-the-default-selector": (
+        UNLEARN + ["--adversary.target_class=3"],
+        "adversary.target_class is not a knob of RandomSelector",
+    ),
+    "unlearn-unknown-class": (
+        UNLEARN + ["--unlearn", "Nope"],
+        "unknown unlearning method 'Nope' for --unlearn; choose one of Naive, SISA, Fisher, Influence, Finetune, "
+        "NegGradPlus, SCRUB, SalUn, SSD",
+    ),
+    "unlearn-old-method-option": (
+        UNLEARN + ["--unlearn.method", "fisher"],
+        ("--unlearn.method is gone; use unlearn: <Method>", "--unlearn Fisher"),
+    ),
+    "unlearn-old-knob": (
+        UNLEARN + ["--unlearn=Finetune", "--unlearn.ft_epochs=1"],
+        "--unlearn.ft_epochs is gone; use unlearn.epochs (with --unlearn Finetune)",
+    ),
+    "unlearn-old-selector-option": (
+        UNLEARN + ["--adversary.selector=class"],
+        ("--adversary.selector is gone; use adversary: <Selector>", "--adversary RandomSelector, ClassSelector"),
+    ),
+    "unlearn-old-selector-knob": (
+        UNLEARN + ["--adversary.gradient_mode=influence"],
+        "--adversary.gradient_mode is gone; use adversary.mode (with --adversary GradientSelector)",
+    ),
+    "heal-old-metric-value": (
+        HEAL + ["--twins.metric", "raw_l2"],
+        "--twins.metric raw_l2 names the class the old way; use --twins.metric RawL2",
+    ),
     # values out of range
     "fit-batch-0": (
         FIT + ["--data.batch_size=0"],
@@ -139,17 +194,20 @@ CASES = {
     ),
     "unlearn-budget-fraction": (UNLEARN + ["--adversary.budget=1.5"], "fractional budget must lie in (0, 1], got 1.5"),
     "unlearn-target-class": (
-        UNLEARN + ["--adversary.selector=class", "--adversary.target_class=12"],
+        UNLEARN + ["--adversary=ClassSelector", "--adversary.target_class=12"],
         "target_class 12 is outside [0, 10)",
     ),
-    "unlearn-no-target-class": (UNLEARN + ["--adversary.selector=class"], "selector 'class' needs a target_class"),
+    "unlearn-no-target-class": (UNLEARN + ["--adversary=ClassSelector"], "selector 'class' needs a target_class"),
     "unlearn-knowledge": (
-        UNLEARN + ["--adversary.selector=worst_logits"],
+        UNLEARN + ["--adversary=WorstLogitsSelector"],
         "needs system_knowledge 'output_aware' or more, but 'blind' was granted",
     ),
     "unlearn-repeats-0": (UNLEARN + ["--unlearn.repeats=0"], "repeats must be at least 1, got 0"),
-    "unlearn-scale-0": (UNLEARN + ["--unlearn.scale=0"], "scale must be positive, got 0"),
-    "unlearn-sisa-shard": (UNLEARN + ["--unlearn.method=sisa", "--unlearn.sisa_shard=7"], "must lie in [0, 3), got 7"),
+    "unlearn-scale-0": (
+        UNLEARN + ["--unlearn=Influence", "--unlearn.scale=0"],
+        "unlearn.scale must be positive, got 0",
+    ),
+    "unlearn-sisa-shard": (UNLEARN + ["--unlearn=SISA", "--unlearn.shard=7"], "must lie in [0, 3), got 7"),
     "heal-epochs-0": (HEAL + ["--heal.epochs=0"], "heal.epochs must be at least 1, got 0"),
     "heal-epochs-negative": (HEAL + ["--heal.epochs=-2"], "heal.epochs must be at least 1, got -2"),
     "heal-lr-0": (HEAL + ["--heal.lr=0"], "heal.lr must be positive, got 0"),

@@ -48,10 +48,10 @@ def _heal(tmp, configs_dir, baseline, name: str, *extra) -> dict:
         f"--ckpt_path={baseline}",
         f"--run_dir={run}",
         "--adversary.budget=20",
-        "--unlearn.method=finetune",
-        "--unlearn.ft_epochs=1",
+        "--unlearn=Finetune",
+        "--unlearn.epochs=1",
         f"--unlearn.cache_dir={run / 'cache'}",  # each run unlearns and trains its gold standard afresh
-        "--twins.metric=feat_cosine",
+        "--twins.metric=FeatCosine",
         "--heal.epochs=1",
         *QUIET,
         *extra,

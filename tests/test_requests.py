@@ -51,7 +51,7 @@ def _args(subcommand, configs_dir, ckpt, run, requests, *extra):
         f"--ckpt_path={ckpt}",
         f"--run_dir={run}",
         f"--requests={requests}",
-        "--unlearn.method=fisher",
+        "--unlearn=Fisher",
         "--unlearn.alpha=1e-9",
         f"--unlearn.cache_dir={run.parent / 'cache'}",
         *QUIET,
@@ -107,7 +107,7 @@ def test_heal_with_a_requests_file(in_tmp, configs_dir, baseline):
     ids = primary[10:15]
     requests = _write(in_tmp / "r.jsonl", [{"requester": f"u{i}", "sample_id": i} for i in ids])
     run = in_tmp / "heal"
-    assert main(_args("heal", configs_dir, ckpt, run, requests, "--heal.epochs=1", "--twins.metric=raw_l2")) == 0
+    assert main(_args("heal", configs_dir, ckpt, run, requests, "--heal.epochs=1", "--twins.metric=RawL2")) == 0
     r = json.loads((run / "results.json").read_text())
     assert r["forget/ids"] == ids and r["adversary/selector"] == "requests"
     assert len(r["twins/pairs"]) == 5 and r["healed/test/acc_epoch_1"] == r["healed/test/acc"]  # one heal epoch

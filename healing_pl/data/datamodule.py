@@ -10,8 +10,6 @@ so a later phase reloads exactly the same sets.
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterable
 
 import lightning as L
@@ -311,9 +309,9 @@ class HealingDataModule(L.LightningDataModule):
         self.train_ids = self.splits["primary"]
 
     def save_splits(self, path: str) -> None:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(self.state_dict(), f)
+        from healing_pl.files import write_json
+
+        write_json(path, self.state_dict())
 
     def summary(self) -> str:
         sizes = ", ".join(f"{k} {len(v)}" for k, v in self.splits.items())

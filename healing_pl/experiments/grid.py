@@ -25,6 +25,7 @@ from healing_pl.cli import check_run_dir
 from healing_pl.cli import run_cli as cli_main
 from healing_pl.experiments.claims import Claims, done
 from healing_pl.experiments.spec import Run, build_runs, grid_name, load_spec
+from healing_pl.files import write_atomic
 from healing_pl.report.cli import OneLineParser, check_output, write_report
 from healing_pl.report.tables import load_records, report
 
@@ -256,9 +257,7 @@ def grid_main(argv: list[str]) -> int:
             file = args.export_sweep or os.path.join("sweeps", os.path.basename(args.grid))
             check_output(file)
             text = _export(spec, args.grid, out, name, file, runs)
-            os.makedirs(os.path.dirname(file) or ".", exist_ok=True)
-            with open(file, "w") as f:
-                f.write(text)
+            write_atomic(file, text)
             print(f"sweep written to {file}")
             return 0
         check_run_dir(out)

@@ -25,7 +25,6 @@ Usage::
 
 from __future__ import annotations
 
-import inspect
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
@@ -34,7 +33,7 @@ import torch
 from healing_pl.healing.covariance import ArrayLike
 from healing_pl.healing.representations import Ids, feature_vectors, raw_vectors
 from healing_pl.healing.search import nearest
-from healing_pl.registry import Registry
+from healing_pl.registry import Knobs, Registry
 
 __all__ = ["TWIN_METRICS", "Metric", "get_metric"]
 
@@ -42,7 +41,7 @@ __all__ = ["TWIN_METRICS", "Metric", "get_metric"]
 TWIN_METRICS: Registry = Registry("twin metric", "--twins.metric")
 
 
-class Metric(ABC):
+class Metric(Knobs, ABC):
     """A twin metric (abstract: pick a registered subclass with ``--twins.metric <Class>``).
 
     Attributes:
@@ -72,22 +71,6 @@ class Metric(ABC):
         TWIN_METRICS.check(self)
 
     # ----------------------------------------------------------------- knobs
-    @classmethod
-    def knob_names(cls) -> list[str]:
-        """The constructor arguments of the (registered) class and of its bases."""
-        names: list[str] = []
-        for klass in TWIN_METRICS[cls.name].__mro__:
-            if "__init__" not in klass.__dict__ or klass is object:
-                continue
-            for p in inspect.signature(klass.__dict__["__init__"]).parameters.values():
-                if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in names:
-                    names.append(p.name)
-        return names
-
-    def knobs(self) -> dict:
-        """Every knob and its value."""
-        return {k: getattr(self, k) for k in self.knob_names()}
-
     def fresh(self, seed: int | None = None) -> Metric:
         """A new metric with these knobs and a fresh random state, for one spare policy.
 

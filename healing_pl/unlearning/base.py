@@ -14,7 +14,6 @@ stochastic method (:class:`StochasticUnlearner`) also has ``repeats``.
 from __future__ import annotations
 
 import copy
-import inspect
 import statistics
 import sys
 import time
@@ -27,7 +26,7 @@ from torch import nn
 
 from healing_pl.console import announce_repeat
 from healing_pl.models.classifier import evaluate
-from healing_pl.registry import Registry
+from healing_pl.registry import Knobs, Registry
 
 #: every registered unlearning method, by record name
 UNLEARNERS: Registry = Registry("unlearning method", "--unlearn")
@@ -54,7 +53,7 @@ class Context:
     progress: bool = False
 
 
-class Unlearner(ABC):
+class Unlearner(Knobs, ABC):
     """An unlearning method (abstract: pick a registered subclass with ``--unlearn <Class>``)."""
 
     #: record name of the method (``unlearn/method`` in results.json, cache keys, reports)
@@ -114,22 +113,6 @@ class Unlearner(ABC):
     def method(self) -> str:
         """The record name (``unlearn/method``)."""
         return self.name
-
-    @classmethod
-    def knob_names(cls) -> list[str]:
-        """The constructor arguments of the class and of every base it forwards ``**kwargs`` to."""
-        names: list[str] = []
-        for klass in cls.__mro__:
-            if "__init__" not in klass.__dict__ or klass is object:
-                continue
-            for p in inspect.signature(klass.__dict__["__init__"]).parameters.values():
-                if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in names:
-                    names.append(p.name)
-        return names
-
-    def knobs(self) -> dict:
-        """Every knob and its value."""
-        return {k: getattr(self, k) for k in self.knob_names()}
 
     def replace(self, **changes) -> Unlearner:
         """A new method of the same class with ``changes`` to its knobs."""

@@ -17,7 +17,6 @@ gets its simulation passed in through the surface).
 
 from __future__ import annotations
 
-import inspect
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -36,7 +35,7 @@ from healing_pl.adversary.selectors.surface import (
     _dataset_targets,
     build_surface,
 )
-from healing_pl.registry import Registry
+from healing_pl.registry import Knobs, Registry
 
 __all__ = ["SELECTORS", "Selector", "select_forget_set"]
 
@@ -50,7 +49,7 @@ def check_choice(knob: str, value, choices: Sequence[str]) -> None:
         raise ValueError(f"Unknown {knob} {value!r}; expected one of {', '.join(choices)}.")
 
 
-class Selector(ABC):
+class Selector(Knobs, ABC):
     """An adversary: picks the forget set it asks to unlearn (abstract: pick a registered subclass with
     ``--adversary <Class>``)."""
 
@@ -163,22 +162,6 @@ class Selector(ABC):
         """Pick ``budget`` ids; the base class has checked knowledge and budget."""
 
     # ----------------------------------------------------------------- knobs and records
-    @classmethod
-    def knob_names(cls) -> list[str]:
-        """The constructor arguments of the class and of every base it forwards ``**kwargs`` to."""
-        names: list[str] = []
-        for klass in cls.__mro__:
-            if "__init__" not in klass.__dict__ or klass is object:
-                continue
-            for p in inspect.signature(klass.__dict__["__init__"]).parameters.values():
-                if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in names:
-                    names.append(p.name)
-        return names
-
-    def knobs(self) -> dict:
-        """Every knob and its value (``system_knowledge`` as granted, resolved)."""
-        return {k: getattr(self, k) for k in self.knob_names()}
-
     def record(self) -> dict:
         """What results.json records of the adversary."""
         return {
