@@ -250,7 +250,9 @@ def parse_families(parser, argv: list, subcommands=()):
                 raise
             missing += found
     missing += [
-        o for o in DEFAULT_CLASSES if o not in missing and o not in explicit_null and sub(config).get(o) is None
+        o
+        for o in DEFAULT_CLASSES
+        if o not in missing and o not in explicit_null and o in sub(config) and sub(config)[o] is None
     ]
     check_family_knobs(sub(config), list(argv))
     if missing or len(probe) != len(argv):

@@ -16,8 +16,9 @@ a family of keys    a :class:`Family` (a template with typed placeholders) and a
                     member: :func:`accuracy` (``<model>/<split>/acc``), :func:`healed_acc`
                     (``healed/<split>/acc_epoch_<k>``), :func:`mia` (``<model>/mia/<figure>``),
                     :func:`unlearn_knob` (``unlearn/<knob>``), :func:`method_info` (``<method>/<info>``)
-reading             :func:`get` (a typed value or a default), :func:`per_epoch` (a healed curve),
-                    :func:`is_per_epoch`, :func:`lookup` (the declaration of any key)
+reading             :func:`get` (the value, typed by its key, or a default), :func:`number`,
+                    :func:`per_epoch` (a healed curve), :func:`is_per_epoch`, :func:`lookup` (the declaration of
+                    any key), :func:`undeclared` (what of a record the schema does not declare)
 ==================  =========================================================================================
 
 Besides the record's own keys (``where == "record"``), the module names the keys *inside* a stream's

@@ -199,7 +199,7 @@ CASES = {
     ),
     "unlearn-no-target-class": (UNLEARN + ["--adversary=ClassSelector"], "selector 'class' needs a target_class"),
     "unlearn-knowledge": (
-        UNLEARN + ["--adversary=WorstLogitsSelector"],
+        UNLEARN + ["--adversary=WorstLogitsSelector", "--adversary.system_knowledge=blind"],
         "needs system_knowledge 'output_aware' or more, but 'blind' was granted",
     ),
     "unlearn-repeats-0": (UNLEARN + ["--unlearn.repeats=0"], "repeats must be at least 1, got 0"),

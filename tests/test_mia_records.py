@@ -9,6 +9,7 @@ import os
 import pytest
 import torch
 
+from healing_pl import records as rk
 from healing_pl.data.datamodule import HealingDataModule
 from healing_pl.main import main
 from healing_pl.models.classifier import Classifier, load_classifier
@@ -106,42 +107,44 @@ def test_switching_it_off_removes_the_keys_and_changes_nothing_else(runs):
 
 def test_records_of_the_result_type():
     assert MiaResult("gold", 0.75, 0.5, 30, "val").record() == {
-        "gold/mia/auc": 0.75,
-        "gold/mia/acc": 0.5,
-        "mia/heldout": "val",
-        "mia/n": 30,
+        rk.GOLD_MIA_AUC: 0.75,
+        rk.GOLD_MIA_ACC: 0.5,
+        rk.MIA_HELDOUT: "val",
+        rk.MIA_N: 30,
     }
     assert MiaResult("healed", 0.5, 0.25, 8, kind="mia_twins").record() == {
-        "healed/mia_twins/auc": 0.5,
-        "healed/mia_twins/acc": 0.25,
-        "healed/mia_twins/n": 8,
+        rk.HEALED_MIA_TWINS_AUC: 0.5,
+        rk.HEALED_MIA_TWINS_ACC: 0.25,
+        rk.HEALED_MIA_TWINS_N: 8,
     }
     assert mia_twins_phase(None, None, list(range(10)), [], "healed", 0) is None  # R: no twins, no twin MIA
 
 
 def _record(method: str, seed: int, setup: str, val: float, test: float, mia: float) -> dict:
-    return {
-        "phase": "heal",
-        "run_dir": f"runs/{method}-{seed}-{setup}",
-        "dataset": "digits",
-        "unlearn/method": method,
-        "unlearn/seed": seed,
-        "heal/setup": setup,
-        "heal/epochs": 1,
-        "baseline/test/acc": 0.9,
-        "baseline/forget/acc": 1.0,
-        "baseline/mia/auc": 0.6,
-        "unlearned/test/acc": 0.8,
-        "unlearned/forget/acc": 0.5,
-        "unlearned/mia/auc": 0.7 + 0.1 * seed,
-        "unlearned/time_s": 2.0 + seed,
-        "healed/val/acc_epoch_1": val,
-        "healed/test/acc_epoch_1": test,
-        "healed/test/acc": test,
-        "healed/forget/acc": 0.75,
-        "healed/mia/auc": mia,
-        **({"healed/mia_twins/auc": 0.55} if setup != "R" else {}),
-    }
+    return rk.plain(
+        {
+            rk.PHASE: rk.HEAL,
+            rk.RUN_DIR: f"runs/{method}-{seed}-{setup}",
+            rk.DATASET: "digits",
+            rk.UNLEARN_METHOD: method,
+            rk.UNLEARN_SEED: seed,
+            rk.HEAL_SETUP: setup,
+            rk.HEAL_EPOCHS: 1,
+            rk.BASELINE_TEST_ACC: 0.9,
+            rk.BASELINE_FORGET_ACC: 1.0,
+            rk.BASELINE_MIA_AUC: 0.6,
+            rk.UNLEARNED_TEST_ACC: 0.8,
+            rk.UNLEARNED_FORGET_ACC: 0.5,
+            rk.UNLEARNED_MIA_AUC: 0.7 + 0.1 * seed,
+            rk.UNLEARNED_TIME_S: 2.0 + seed,
+            rk.healed_val_acc(1): val,
+            rk.healed_test_acc(1): test,
+            rk.HEALED_TEST_ACC: test,
+            rk.HEALED_FORGET_ACC: 0.75,
+            rk.HEALED_MIA_AUC: mia,
+            **({rk.HEALED_MIA_TWINS_AUC: 0.55} if setup != "R" else {}),
+        }
+    )
 
 
 def test_methods_table_reports_each_method_before_and_after_healing():

@@ -221,6 +221,8 @@ def test_every_family_has_members_and_they_are_typed(built):
     assert rk.lookup("healed/test/acc_epoch_12") == rk.healed_test_acc(12) and rk.lookup("healed/oops") is None
     assert rk.lookup("sisa/unlearn_time", METHODS) is not None and rk.lookup("sisa/unlearn_time") is None
     assert not rk.Key("x", float, "").accepts(True) and rk.Key("x", float, "").accepts(3)
+    assert rk.get({}, rk.HEAL_EPOCHS, 3) == rk.get({rk.HEAL_EPOCHS.name: None}, rk.HEAL_EPOCHS, 3) == 3
+    assert rk.number({rk.GOLD_CACHED.name: True}, rk.GOLD_CACHED) is None
     with pytest.raises(ValueError, match="not a key of the family"):
         rk.accuracy("teacher", rk.TEST)
 

@@ -63,6 +63,8 @@ NOT_EXPERIMENT = (
     "data.eval_batch_size",
     "unlearn.cache_dir",
     "unlearn.shard",
+    "unlearn.mia",  # evaluation only: the MIA does not change the models
+    "unlearn.on_collapse",  # a finished run is the same under stop and keep
 )
 
 

@@ -585,7 +585,7 @@ def healing_table(records: list[dict]) -> str:
 
 
 def _stat(runs: list[dict], key: str) -> Stat:
-    return Stat([r[key] for r in runs if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)])
+    return Stat([value for r in runs if (value := rk.number(r, key)) is not None])
 
 
 def _forget_label(record: dict) -> str:

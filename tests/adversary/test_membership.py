@@ -1,5 +1,8 @@
 """Membership check: content hashes, resolving requests, decisions and state."""
 
+import hashlib
+
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import Dataset
@@ -53,7 +56,10 @@ def test_sample_hash_depends_on_values_dtype_and_shape():
     y = x.clone()
     y[0, 0] += 1
     assert sample_hash(x) != sample_hash(y)
-    assert len(sample_hash(x)) == 64 and int(sample_hash(x), 16) >= 0
+    # the documented digest: SHA-256 of "<dtype>|<shape>|" then the raw (native-order) bytes of the values
+    expected = hashlib.sha256(b"torch.float32|(3, 4)|" + np.arange(12, dtype=np.float32).tobytes()).hexdigest()
+    assert sample_hash(x) == expected
+    assert sample_hash(x.t()) == hashlib.sha256(b"torch.float32|(4, 3)|" + x.t().numpy().tobytes()).hexdigest()
 
 
 # --------------------------------------------------------------- resolving
