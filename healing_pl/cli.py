@@ -347,6 +347,8 @@ def run_cli(args=None) -> int:
     except USER_ERRORS as err:
         if os.environ.get("HEALING_PL_DEBUG"):
             raise
+        while isinstance(err.__cause__, USER_ERRORS):  # a class's own check, wrapped by the parser: its sentence
+            err = err.__cause__
         print(f"healing-pl: error: {err}", file=sys.stderr)
         return 2
     except ProcessException as err:  # a rank of a spawned run raised or died
@@ -394,6 +396,11 @@ def _family_sentence(text: str) -> str | None:
         cls = registry.by_class_name(knob.group(1))
         knobs = cls.knob_names()
         return _not_a_knob(option, knob.group(2), cls.__name__, knobs)
+    typed = re.search(
+        r"class_path '[\w.]+'.*?Parser key \"(\w+)\": Expected a <class '(\w+)'>\. Got value: (\S+)", text
+    )
+    if typed:
+        return f"{option}.{typed.group(1)} must be of type {typed.group(2)}, got '{typed.group(3)}'."
     given = re.search(r"(?:import path string|Given value|Got value|class_path): '?([^'\s]+)'?", text)
     value = given.group(1).rstrip(".") if given else "?"
     old = RENAMED_KEYS.get(f"{option}.{value}")
