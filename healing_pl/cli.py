@@ -219,6 +219,39 @@ def _choose_defaults(argv: list, options, subcommands) -> list:
     return [*argv[:at], *(f"--{option}={DEFAULT_CLASSES[option]}" for option in options), *argv[at:]]
 
 
+def _groups(argv: list) -> list[list]:
+    """``argv`` as option groups: ``["--key=value"]`` or ``["--key", "value"]`` (or a lone token)."""
+    groups: list[list] = []
+    i = 0
+    while i < len(argv):
+        arg = str(argv[i])
+        takes_value = arg.startswith("--") and "=" not in arg and i + 1 < len(argv)
+        if takes_value and not str(argv[i + 1]).startswith("--"):
+            groups.append([argv[i], argv[i + 1]])
+            i += 2
+        else:
+            groups.append([argv[i]])
+            i += 1
+    return groups
+
+
+def knobs_after_class(argv: list, options) -> list:
+    """``argv`` with each family's knobs (``--unlearn.alpha 5``) moved behind the class chosen after them
+    (``--unlearn Fisher``): knobs belong to the class the command chooses, wherever they stand."""
+    groups = _groups(list(argv))
+    for option in options:
+        is_class = [str(g[0]) == f"--{option}" or str(g[0]).startswith(f"--{option}=") for g in groups]
+        if not any(is_class):
+            continue
+        last = max(i for i, c in enumerate(is_class) if c)
+        early = [i for i in range(last) if str(groups[i][0]).startswith(f"--{option}.")]
+        moved = [groups[i] for i in early]
+        groups = [g for i, g in enumerate(groups) if i not in early]
+        last -= len(early)
+        groups[last + 1 : last + 1] = moved
+    return [token for g in groups for token in g]
+
+
 def parse_families(parser, argv: list, subcommands=()):
     """Parse ``argv``; a method family that nothing chose gets its default class at that class's defaults.
 
@@ -233,7 +266,9 @@ def parse_families(parser, argv: list, subcommands=()):
     def sub(config):
         return config[config.subcommand] if config.get("subcommand") else config
 
-    explicit_null = {option for option in DEFAULT_CLASSES if f"--{option}=null" in argv or f"--{option}" in argv}
+    argv = knobs_after_class(list(argv), DEFAULT_CLASSES)
+
+    chosen = {o for o in DEFAULT_CLASSES if any(str(a) == f"--{o}" or str(a).startswith(f"--{o}=") for a in argv)}
     # --print_config prints while parsing: probe without it first, so that it shows the default classes too
     probe = [a for a in argv if not str(a).startswith("--print_config")]
     missing: list[str] = []
@@ -241,18 +276,16 @@ def parse_families(parser, argv: list, subcommands=()):
         try:
             config = parser.parse_args(_choose_defaults(probe, missing, subcommands))
             break
-        except ArgumentError as err:  # knobs given with no class to belong to: the default class takes them
+        except ArgumentError as err:  # knobs (or a config's init_args) with no class to belong to: the default's
             text = str(err)
-            found = [
-                o for o in DEFAULT_CLASSES if o not in missing and f'Parser key "{o}"' in text and "NestedArg" in text
-            ]
+            found = [o for o in DEFAULT_CLASSES if o not in chosen.union(missing) and f'Parser key "{o}"' in text]
             if not found:
                 raise
             missing += found
     missing += [
         o
         for o in DEFAULT_CLASSES
-        if o not in missing and o not in explicit_null and o in sub(config) and sub(config)[o] is None
+        if o not in missing and o not in chosen and o in sub(config) and sub(config)[o] is None
     ]
     check_family_knobs(sub(config), list(argv))
     if missing or len(probe) != len(argv):

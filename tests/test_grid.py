@@ -218,11 +218,12 @@ def test_a_sweep_agents_command_reproduces_the_grids_run(two_jobs, monkeypatch):
     spec = load_spec(spec_path)
     out = str(root / "out")
     params = sweep_parameters(spec, out)
-    cell = {"config": params["config"][1], "unlearn": params["unlearn"][0], "twins.metric": "RawL2"}
+    assert list(params)[-1] == "config"  # the seeds come last: after the class an axis chooses
+    cell = {"unlearn": params["unlearn"][0], "twins.metric": "RawL2", "config": params["config"][1]}
     # what W&B's agent puts in place of ${args} (its own function), and ours agrees
     args = create_sweep_command_args({"args": {k: {"value": v} for k, v in cell.items()}})["args"]
     assert args == agent_args(cell)
-    assert args[0].startswith("--config={'seed_everything': 1, 'ckpt_path': ")
+    assert args[-1].startswith("--config={'seed_everything': 1, 'ckpt_path': ")
     command = [c for c in sweep_cells(spec, out, "tiny") if c[-len(args) :] == args]
     assert len(command) == 1
     assert main(command[0]) == 0

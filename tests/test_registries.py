@@ -89,6 +89,20 @@ def test_a_chosen_class_starts_from_its_own_defaults(checker, configs_dir, optio
     assert not wrong, f"--{option}: (parsed, default) {wrong}"
 
 
+def test_a_seed_before_the_class_keeps_the_class_defaults(checker, configs_dir):
+    """A grid with seeds puts ``--unlearn.seed`` before ``--unlearn <Class>``: the seed reaches the class, which
+    otherwise keeps its own defaults."""
+    wrong = {}
+    for cls in UNLEARNERS.classes():
+        config = checker.parse(_heal(configs_dir, "--unlearn.seed=3", f"--unlearn={cls.__name__}"))
+        assert _import(str(config["unlearn"]["class_path"])) is cls
+        expected = {**_defaults(cls), "seed": 3}
+        got = config["unlearn"]["init_args"].as_dict()
+        if got != expected:
+            wrong[cls.__name__] = {k: (v, expected.get(k)) for k, v in got.items() if v != expected.get(k)}
+    assert not wrong, f"(parsed, expected) {wrong}"
+
+
 def test_twins_metric_null_chooses_no_metric(checker, configs_dir):
     assert checker.parser.parse_args(_heal(configs_dir, "--twins.metric", "null"))["heal"]["twins.metric"] is None
 

@@ -161,8 +161,9 @@ class Search:
 
 def search_options(config) -> Search:
     """Check the calibrate options against the unlearn config; one sentence for the first problem."""
-    unlearn: Unlearner = config.unlearn
-    strengths, method = type(unlearn).strengths, type(unlearn).__name__
+    unlearn = config.unlearn  # not built yet: the chosen class and its knobs
+    cls = UNLEARNERS.by_class_name(str(unlearn["class_path"])) if unlearn is not None else UNLEARNERS["fisher"]
+    strengths, method = cls.strengths, cls.__name__
     target = config.target_drop
     if target is None:
         raise ValueError("pass --target_drop, the validation-accuracy drop to reach, in (0, 1).")

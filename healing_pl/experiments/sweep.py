@@ -96,8 +96,16 @@ def sweep_parameters(spec: dict, out: str) -> dict[str, list]:
     """Sweep parameter name -> values (the axes, and ``config`` for several seeds), in the grid's order."""
     command = spec.get("command", "heal")
     params: dict[str, list] = {}
+    for name, entries in spec["axes"].items():
+        parameter, values = axis_parameter(name, entries)
+        if parameter in params or parameter == "config" and len(spec.get("seeds") or [None]) > 1:
+            raise ValueError(
+                f"the axes '{name}' and another one would both be the sweep parameter '{parameter}'; "
+                "merge them into one axis."
+            )
+        params[parameter] = values
     seeds = spec.get("seeds") or [None]
-    if len(seeds) > 1:
+    if len(seeds) > 1:  # last: the agent writes it after the axes, so a class an axis chooses takes the seeds
         params["config"] = [
             {
                 "seed_everything": s,
@@ -106,14 +114,6 @@ def sweep_parameters(spec: dict, out: str) -> dict[str, list]:
             }
             for s in seeds
         ]
-    for name, entries in spec["axes"].items():
-        parameter, values = axis_parameter(name, entries)
-        if parameter in params:
-            raise ValueError(
-                f"the axes '{name}' and another one would both be the sweep parameter '{parameter}'; "
-                "merge them into one axis."
-            )
-        params[parameter] = values
     return params
 
 

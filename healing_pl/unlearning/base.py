@@ -134,6 +134,11 @@ class Unlearner(Knobs, ABC):
                 raise ValueError(f"unlearn.{name} must be at least {low:g}, got {value}.")
 
     @staticmethod
+    def _one_of(name: str, value, choices) -> None:
+        if isinstance(value, bool) or value not in choices:
+            raise ValueError(f"unlearn.{name} must be one of {', '.join(map(str, choices))}, got {value!r}.")
+
+    @staticmethod
     def _positive(values: dict) -> None:
         for name, value in values.items():
             if value is not None and not value > 0:

@@ -291,6 +291,8 @@ class Fisher(StochasticUnlearner):
         """
         super().__init__(**kwargs)
         self._at_least({"batch_r": batch_r, "batch_f": batch_f}, 1)
+        self._one_of("fisher_kind", fisher_kind, ("true", "empirical"))
+        self._one_of("shaping", shaping, ("golatkar", "plain"))
         self._non_negative({"alpha": alpha, "lam": lam})
         self._positive({"max_norm": max_norm})
         self.alpha, self.fisher_kind, self.lam, self.noise_only, self.shaping = (

@@ -217,6 +217,8 @@ class Influence(StochasticUnlearner):
         """
         super().__init__(**kwargs)
         self._at_least({"batch_r": batch_r, "batch_f": batch_f, "depth": depth, "lissa_repeats": lissa_repeats}, 1)
+        self._one_of("damping_convention", damping_convention, ("additive", "koh_liang"))
+        self._one_of("removal", removal, ("mean", "sum", "batch"))
         self._non_negative({"damping": damping})
         self._positive({"scale": scale, "max_norm": max_norm})
         self.damping, self.damping_convention, self.scale, self.depth = damping, damping_convention, scale, depth

@@ -49,6 +49,13 @@ class SISA(Unlearner):
         """
         super().__init__(**kwargs)
         self._at_least({"shards": shards, "slices": slices}, 1)
+        self._one_of("aggregation", aggregation, ("vote", "softmax"))
+        if isinstance(epochs_per_slice, bool) or not (
+            epochs_per_slice in ("passes", "per_slice") or isinstance(epochs_per_slice, int) and epochs_per_slice >= 1
+        ):
+            raise ValueError(
+                f"unlearn.epochs_per_slice must be passes, per_slice or a count >= 1, got {epochs_per_slice!r}."
+            )
         if shard is not None and not 0 <= shard < shards:
             raise ValueError(f"unlearn.shard must lie in [0, {shards}), got {shard}.")
         self.shards, self.slices, self.aggregation = shards, slices, aggregation
