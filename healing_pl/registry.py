@@ -126,3 +126,18 @@ class Knobs:
     def knobs(self) -> dict:
         """Every knob and its value."""
         return {k: getattr(self, k) for k in self.knob_names()}
+
+
+def import_members(package: str, path) -> None:
+    """Import every module of ``package`` (its ``__path__``) that is not imported yet, so that a member in a new
+    file registers itself: adding a method, an adversary or a twin metric is that one file. The built-in members
+    are imported by name before this (their order is the registry's order, the order help texts and tables
+    use); a new one comes after them."""
+    import importlib
+    import pkgutil
+    import sys
+
+    for module in pkgutil.iter_modules(path):
+        name = f"{package}.{module.name}"
+        if name not in sys.modules and not module.name.startswith("_"):
+            importlib.import_module(name)

@@ -2,7 +2,7 @@
 
 Naive (retraining: the gold standard), SISA (shards x slices), Fisher forgetting and Influence (LiSSA) as the
 paper ran them; Finetune, NegGradPlus, SCRUB, SalUn and SSD as their authors run them. A new method is one
-module with a registered :class:`~healing_pl.unlearning.base.Unlearner` subclass, imported below.
+module with a registered :class:`~healing_pl.unlearning.base.Unlearner` subclass; every module of the package is imported, so it registers itself.
 """
 
 # isort: off
@@ -39,3 +39,8 @@ __all__ = [
     "representative_repeat",
     "unlearn_with_repeats",
 ]
+
+# a member in a new file of this package registers itself (after the built-in ones above)
+from healing_pl.registry import import_members  # noqa: E402
+
+import_members(__name__, __path__)

@@ -11,7 +11,7 @@
 
 The CLI offers them as ``--adversary <Class> --adversary.<knob> value`` (``--adversary.help <Class>`` lists
 the knobs). A new adversary is one module with a registered :class:`Selector` subclass that implements
-``_choose``, imported below; nothing else names it.
+``_choose``; every module of the package is imported, so it registers itself and nothing else names it.
 """
 
 # each module registers its adversary; the registry keeps this order (the CLI and tables list them so)
@@ -54,3 +54,8 @@ __all__ = [
     "per_sample_grads_apply",
     "margin_scores",
 ]
+
+# a member in a new file of this package registers itself (after the built-in ones above)
+from healing_pl.registry import import_members  # noqa: E402
+
+import_members(__name__, __path__)

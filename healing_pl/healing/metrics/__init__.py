@@ -23,3 +23,8 @@ from healing_pl.healing.metrics.feat_mahalanobis import FeatMahalanobis
 from healing_pl.healing.metrics.random import RandomMetric
 
 __all__ = ["RawL2", "RawMahalanobis", "FeatCosine", "FeatMahalanobis", "RandomMetric"]
+
+# a member in a new file of this package registers itself (after the built-in ones above)
+from healing_pl.registry import import_members  # noqa: E402
+
+import_members(__name__, __path__)
