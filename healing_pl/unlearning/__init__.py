@@ -2,7 +2,8 @@
 
 Naive (retraining: the gold standard), SISA (shards x slices), Fisher forgetting and Influence (LiSSA) as the
 paper ran them; Finetune, NegGradPlus, SCRUB, SalUn and SSD as their authors run them. A new method is one
-module with a registered :class:`~healing_pl.unlearning.base.Unlearner` subclass; every module of the package is imported, so it registers itself.
+module with a registered :class:`~healing_pl.unlearning.base.Unlearner` subclass; every module of the
+package is imported, so it registers itself.
 """
 
 # isort: off

@@ -4,8 +4,8 @@ Every method is a registered subclass of :class:`Unlearner` in a module of its o
 arguments are its knobs, which the CLI offers as ``--unlearn <Class> --unlearn.<knob> value`` (and
 ``--unlearn.help <Class>`` lists them). A method implements :meth:`Unlearner.run`, which returns a new
 model (a :class:`~healing_pl.models.classifier.Classifier`, or for SISA its shard ensemble) and leaves
-the input untouched. A new method is one new module (``healing_pl/unlearning/__init__.py`` imports every module of the package)
-plus its tests; nothing else names it.
+the input untouched. A new method is one new module plus its tests (``healing_pl/unlearning/__init__.py``
+imports every module of the package); nothing else names it.
 
 Knobs every method has (the base class): ``seed``, ``cache_dir``, ``mia`` and ``on_collapse``; a
 stochastic method (:class:`StochasticUnlearner`) also has ``repeats``.
