@@ -171,3 +171,11 @@ def test_grid_summary_table(runs, tmp_path):
     assert len(data) == 6
     assert data[1]["test_acc"] == pytest.approx(0.6) and data[1]["method"] == heal["unlearn/method"]
     assert data[3]["val_acc"] == pytest.approx(heal["healed/val/acc_epoch_0"])
+
+
+def test_the_wandb_config_names_the_chosen_classes_where_the_report_filters(runs):
+    # the W&B Report filters on Config('cli.unlearn.class') and groups by cli.twins.metric.class
+    cli = read_offline_run(runs["heal_wandb"])["config"]["cli"]
+    assert cli["unlearn"]["class"] == "Fisher" and cli["unlearn"]["alpha"] == runs["heal"]["unlearn/alpha"]
+    assert cli["twins"]["metric"] == {"class": "RawL2"}
+    assert cli["adversary"]["class"] == "RandomSelector"

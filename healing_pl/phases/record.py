@@ -17,17 +17,17 @@ import torch
 import yaml
 
 from healing_pl import records as rk
-from healing_pl.phases.identity import identity_record
+from healing_pl.files import write_atomic
+from healing_pl.phases.identity import identity_record, plain_classes
 from healing_pl.tracking import log_summary, write_results
 
 
 def save_config(run_dir: str, config: dict, logger=None) -> None:
-    """Write the run's full configuration to ``config.yaml`` and into the W&B run's config."""
-    os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "config.yaml"), "w") as f:
-        yaml.safe_dump(config, f, sort_keys=False)
+    """Write the run's full configuration to ``config.yaml`` (as the CLI reads it) and into the W&B run's config."""
+    write_atomic(os.path.join(run_dir, "config.yaml"), yaml.safe_dump(config, sort_keys=False))
     if logger is not None and hasattr(logger, "experiment"):
-        logger.experiment.config.update({"cli": config}, allow_val_change=True)
+        # a chosen class as {class: <Class>, <knobs>}: W&B filters and groups on cli.unlearn.class
+        logger.experiment.config.update({"cli": plain_classes(config)}, allow_val_change=True)
 
 
 def compose(subcommand: str, header: dict, results) -> dict:

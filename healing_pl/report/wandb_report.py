@@ -11,11 +11,12 @@ JSON, which a test reads back.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 from healing_pl import records as rk
+from healing_pl.files import write_json
 from healing_pl.report.tables import healing_tables, table_markdown, unlearning_table
+from healing_pl.unlearning import UNLEARNERS
 
 
 def _runset(wr, entity: str, project: str, name: str, filters: str, groupby: list[str]):
@@ -40,16 +41,19 @@ def build_report(records: list[dict], source: str | None = None):
         blocks += [wr.H2(table["title"]), wr.MarkdownBlock(table_markdown(table))]
         group = table["key"].get("wandb.group")
         for row in table["rows"]:
-            filters = f"Config('cli.unlearn.method') == '{row['method']}'"
+            method = UNLEARNERS[row["method"]].__name__ if row["method"] in UNLEARNERS else row["method"]
+            filters = f"Config('cli.unlearn.class') == '{method}'"
             if group:
                 filters = f"Config('cli.wandb.group') == '{group}' and " + filters
-            runs = _runset(wr, entity, project, f"{row['experiment']} {row['method']}", filters, ["cli.twins.metric"])
+            runs = _runset(
+                wr, entity, project, f"{row['experiment']} {row['method']}", filters, ["cli.twins.metric.class"]
+            )
             panels = [
                 wr.LinePlot(
                     title=f"{row['method']}: accuracy vs heal epoch (BL, GS dashed)",
                     x=rk.HEAL_EPOCH_STEP.name,
                     y=[k.name for k in (rk.HEAL_TEST_ACC_POINT, rk.REFERENCE_BASELINE, rk.REFERENCE_GOLD)],
-                    groupby="cli.twins.metric",
+                    groupby="cli.twins.metric.class",
                     title_x="heal epoch (0: unlearned start)",
                     title_y="test accuracy",
                     line_marks={rk.REFERENCE_BASELINE.name: "dashed", rk.REFERENCE_GOLD.name: "dashed"},
@@ -57,7 +61,7 @@ def build_report(records: list[dict], source: str | None = None):
                 wr.BarPlot(
                     title=f"{row['method']}: healed test accuracy per setup (compare with GS)",
                     metrics=[wr.SummaryMetric(rk.HEALED_TEST_ACC.name), wr.SummaryMetric(rk.GOLD_TEST_ACC.name)],
-                    groupby="cli.twins.metric",
+                    groupby="cli.twins.metric.class",
                     groupby_rangefunc="stderr" if row["seeds"] > 1 else None,
                 ),
                 wr.MediaBrowser(
@@ -67,12 +71,12 @@ def build_report(records: list[dict], source: str | None = None):
             blocks.append(wr.PanelGrid(runsets=[runs], panels=panels))
     if any(r.get(rk.PHASE) == rk.UNLEARN for r in records):
         blocks += [wr.H2("Adversaries and unlearning"), wr.MarkdownBlock(unlearning_table(records))]
-        runs = _runset(wr, entity, project, "unlearn runs", "JobType == 'unlearn'", ["cli.adversary.selector"])
+        runs = _runset(wr, entity, project, "unlearn runs", "JobType == 'unlearn'", ["cli.adversary.class"])
         panels = [
             wr.BarPlot(
                 title="unlearned test accuracy per selector and method",
                 metrics=[wr.SummaryMetric(rk.UNLEARNED_TEST_ACC.name), wr.SummaryMetric(rk.BASELINE_TEST_ACC.name)],
-                groupby="cli.adversary.selector",
+                groupby="cli.adversary.class",
             )
         ]
         blocks.append(wr.PanelGrid(runsets=[runs], panels=panels))
@@ -112,9 +116,7 @@ def spec(value):
 def publish(records: list[dict], path: str, source: str | None = None) -> str:
     """Build the report, write its spec to ``path`` and save it when W&B is online; return one sentence."""
     report = build_report(records, source)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(spec(report), f, indent=1)
+    write_json(path, spec(report), indent=1)
     panels = sum(len(b.panels) for b in report.blocks if hasattr(b, "panels"))
     built = f"W&B Report built ({len(report.blocks)} blocks, {panels} panels)"
     if os.environ.get("WANDB_MODE", "offline") in ("offline", "disabled", "dryrun"):

@@ -90,7 +90,7 @@ def test_wandb_report_is_built_offline_with_every_view(runs, tmp_path, capsys, m
     heal = spec["blocks"][4]
     assert heal["panels"][0]["y"] == ["heal/test_acc", "reference/baseline", "reference/gold"]
     assert (
-        heal["runsets"][0]["filters"] == "Config('cli.wandb.group') == 'g' and Config('cli.unlearn.method') == 'fisher'"
+        heal["runsets"][0]["filters"] == "Config('cli.wandb.group') == 'g' and Config('cli.unlearn.class') == 'Fisher'"
     )
     assert "| digits (small_cnn) | fisher | 10 × class | 2 |" in spec["blocks"][3]["text"]
     # the default spec path: the first run folder
