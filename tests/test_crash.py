@@ -146,6 +146,8 @@ def _figures(run: Path, root: Path) -> dict:
     finds what the killed run cached) and the baseline file's hash (a checkpoint holds its own folder's path)."""
     record = json.loads((run / "results.json").read_text().replace(str(root), "<root>"))
     drop = ("run_dir", "baseline/sha256")
+    if isinstance((record.get("experiment") or {}).get("baseline"), dict):  # the identity keeps that hash too
+        record["experiment"]["baseline"].pop("sha256", None)
     return {k: v for k, v in record.items() if "time_s" not in k and "cached" not in k and k not in drop}
 
 
