@@ -388,7 +388,7 @@ class ShardHealing(Phase):
 
             start = time.perf_counter()
             state = heal_sisa(
-                ensemble.sisa_state,
+                ensemble.state,
                 forget,
                 self.twins.twin_set.pairs,
                 dm,

@@ -88,7 +88,7 @@ class SISA(Unlearner):
     def run(self, model, datamodule, forget_ids, context, seed):
         """Train (or load the cached shards of) the ensemble on the primary set, then unlearn exactly.
 
-        The returned ensemble carries its state (``sisa_state``) so that healing can fine-tune its shards.
+        The returned ensemble carries its state (:attr:`SisaEnsemble.state`), from which healing fine-tunes its shards.
         """
         param = next(model.parameters())
         state = train_sisa(
@@ -114,5 +114,5 @@ class SISA(Unlearner):
             **{f"unlearn_{k}": v for k, v in info.items() if isinstance(v, (int, float, list, dict, str))},
         }
         ensemble = new_state.ensemble
-        ensemble.sisa_state = new_state
+        ensemble.state = new_state
         return ensemble, report

@@ -49,7 +49,13 @@ class SisaEnsemble(nn.Module):
         hparams: the Classifier hyperparameters; each shard is ``Classifier(**hparams)``.
         shards: the number of shard models.
         aggregation: ``vote`` (majority vote) or ``softmax`` (mean probabilities).
+
+    Attributes:
+        state: the :class:`SisaState` this ensemble answers for, when SISA unlearning produced it (healing
+            fine-tunes the affected shards from it); None for an ensemble built on its own.
     """
+
+    state: SisaState | None = None
 
     def __init__(self, hparams: Mapping, shards: int = 3, aggregation: str = "vote"):
         super().__init__()
