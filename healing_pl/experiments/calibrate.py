@@ -60,6 +60,7 @@ from healing_pl.models.classifier import Classifier, evaluate, read_checkpoint
 from healing_pl.phases.baseline import Baseline, load_baseline
 from healing_pl.phases.distributed import inner_trainer
 from healing_pl.phases.forget import request_forget_set
+from healing_pl.trainer import DEFAULT_CLASSES
 from healing_pl.unlearning import UNLEARNERS, Context, Unlearner, unlearn_with_repeats
 
 
@@ -162,7 +163,7 @@ class Search:
 def search_options(config) -> Search:
     """Check the calibrate options against the unlearn config; one sentence for the first problem."""
     unlearn = config.unlearn  # not built yet: the chosen class and its knobs
-    cls = UNLEARNERS.by_class_name(str(unlearn["class_path"])) if unlearn is not None else UNLEARNERS["fisher"]
+    cls = UNLEARNERS.by_class_name(str(unlearn["class_path"] if unlearn is not None else DEFAULT_CLASSES["unlearn"]))
     strengths, method = cls.strengths, cls.__name__
     target = config.target_drop
     if target is None:

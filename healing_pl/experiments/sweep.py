@@ -70,10 +70,9 @@ def axis_parameter(name: str, entries: list[dict]) -> tuple[str, list]:
         parameter, values = keys[0], ["null" if entry[keys[0]] is None else entry[keys[0]] for entry in entries]
     elif option is not None and all(isinstance(entry.get(option), str) for entry in entries):
         parameter = option  # a class and its knobs: {class_path, init_args}
-        values = [_nested(entry)[option] if "." not in option else _nested(entry) for entry in entries]
-        if "." in option:  # twins.metric: the value is the metric's subtree
-            for part in option.split("."):
-                values = [v[part] for v in values]
+        values = [_nested(entry) for entry in entries]
+        for part in option.split("."):  # the class option's subtree (twins.metric: twins, then metric)
+            values = [v[part] for v in values]
     else:
         split = [key.split(".") for key in keys]
         prefix: list[str] = []
