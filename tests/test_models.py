@@ -12,6 +12,35 @@ def test_small_cnn_logits_and_embed_shapes():
     assert model.embed(x).shape == (4, 128)
 
 
+def test_paper_cnn_is_conv32_conv64_fc128_and_trains_a_step():
+    model = Classifier("paper_cnn", num_classes=10, in_chans=1, image_size=28)
+    net = model.net
+    assert (net.conv1.out_channels, net.conv2.out_channels) == (32, 64)
+    assert (net.conv1.kernel_size, net.conv1.padding) == ((3, 3), (0, 0))
+    assert (net.fc1.in_features, net.fc1.out_features, net.fc2.in_features) == (9216, 128, 128)  # 64 x 12 x 12
+    n_params = 32 * 9 + 32 + 64 * 32 * 9 + 64 + 9216 * 128 + 128 + 128 * 10 + 10
+    assert sum(p.numel() for p in model.parameters()) == n_params
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 3, 7, 9])
+    assert model(x).shape == (4, 10)
+    assert model.embed(x).shape == (4, 128) and model.net.num_features == 128
+    assert torch.allclose(model(x), net.fc2(model.embed(x)))  # embed is the penultimate layer
+    opt = model.configure_optimizers()
+    opt = opt[0] if isinstance(opt, (list, tuple)) else opt
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss)
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    digits = Classifier("paper_cnn", num_classes=10, in_chans=1, image_size=8)
+    assert digits.net.fc1.in_features == 64 * 2 * 2 and digits(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    with pytest.raises(ValueError, match="^paper_cnn needs an image side of at least 6, got 4\\.$"):
+        Classifier("paper_cnn", image_size=4)
+    with pytest.raises(ValueError, match="^paper_cnn has no pretrained weights"):
+        Classifier("paper_cnn", pretrained=True)
+
+
 @pytest.mark.parametrize("name", ["resnet50", "efficientnet_b0"])
 def test_timm_backbone_builds_embeds_and_trains_a_step(name):
     torch.manual_seed(0)

@@ -6,8 +6,13 @@
 
         true:       F_k = 1/N sum_i sum_c p(c|x_i) (d/d theta_k  CE(f(x_i), c))^2
         empirical:  F_k = 1/N sum_i               (d/d theta_k  CE(f(x_i), y_i))^2
+        batch_mean: F_k = 1/K sum_b (d/d theta_k  1/|B_b| sum_{i in B_b} CE(f(x_i), y_i))^2
 
-    with p = softmax of the model's logits (treated as a constant).
+    with p = softmax of the model's logits (treated as a constant).  The first
+    two are per-sample estimators; ``batch_mean`` squares the gradient of each batch's *mean* loss
+    and averages over the ``K`` batches of the loader, so it depends on the
+    batch size (it is roughly the per-sample empirical Fisher divided by the
+    batch size, plus the squared mean gradient).
     :func:`diagonal_fisher_and_count` also returns the number of samples it
     averaged over.
 
@@ -111,8 +116,8 @@ _PAIR_MAX_POSITIONS = 9
 #: convolution (measured on the CPU: each is up to 2x faster on its side).
 _UNFOLD_MAX_POSITIONS = 128
 
-#: The two Fisher estimators (see :func:`diagonal_fisher`).
-KINDS = ("true", "empirical")
+#: The Fisher estimators (see :func:`diagonal_fisher`): two per sample, one per batch.
+KINDS = ("true", "empirical", "batch_mean")
 
 
 # --------------------------------------------------------------------------
@@ -622,6 +627,8 @@ def diagonal_fisher_and_count(
     """:func:`diagonal_fisher` plus the number of samples it averaged over (``desc``: the progress bar's label)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
+    if kind == "batch_mean":
+        return _batch_mean_fisher(model, loader, progress=progress, desc=desc)
     with eval_mode(model):
         comp = _FisherComputer(model, kind)
         try:
@@ -639,6 +646,30 @@ def diagonal_fisher_and_count(
     return fisher, comp.count
 
 
+def _batch_mean_fisher(model: nn.Module, loader, *, progress: bool, desc: str) -> tuple[dict[str, Tensor], int]:
+    """The ``batch_mean`` estimator: the mean over batches of the squared gradient of each batch's mean loss."""
+    named = trainable_named_parameters(model)
+    sums = {n: torch.zeros_like(p) for n, p in named}
+    batches = samples = 0
+    with eval_mode(model):
+        for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+            x, y = to_model(split_batch(batch), model)
+            if x.shape[0] == 0:
+                continue
+            if y is None:
+                raise ValueError("the batch-mean Fisher needs labels: the loader must yield (x, y) batches.")
+            loss = F.cross_entropy(model(x), y)
+            grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+            for (n, _), g in zip(named, grads, strict=True):
+                if g is not None:
+                    sums[n] += g.detach().square()
+            batches += 1
+            samples += x.shape[0]
+    if batches == 0:
+        raise ValueError("the loader yielded no samples, so the Fisher is undefined.")
+    return {n: s / batches for n, s in sums.items()}, samples
+
+
 def diagonal_fisher(model: nn.Module, loader, kind: str = "true", *, progress: bool = False) -> dict[str, Tensor]:
     """Diagonal Fisher information of a cross-entropy classifier, averaged over samples.
 
@@ -648,13 +679,16 @@ def diagonal_fisher(model: nn.Module, loader, kind: str = "true", *, progress: b
             ``kind="empirical"``).
         kind: ``"true"``: ``sum_c p(c|x) * grad CE(x, c)**2`` (``p`` from the
             model, treated as constant); ``"empirical"``: ``grad CE(x, y)**2``
-            with the dataset's label ``y``.
+            with the dataset's label ``y``; ``"batch_mean"``: the squared
+            gradient of each batch's mean loss, averaged over the batches
+            (the loader's batch size matters).
         progress: show a progress bar over the batches.
 
     Returns:
         ``{name: tensor}`` for every trainable parameter (names as in
         ``model.named_parameters()``), each the mean over all samples of the
-        per-sample squared gradient.  The model is left as it was (it runs in
+        per-sample squared gradient (``batch_mean``: over all batches of the
+        squared batch gradient).  The model is left as it was (it runs in
         eval mode; the temporary hooks are removed).
     """
     fisher, _ = diagonal_fisher_and_count(model, loader, kind, progress=progress)

@@ -1,4 +1,4 @@
-"""Backbones: the paper's small MNIST CNN and any timm model by name.
+"""Backbones: the project's small MNIST CNN, the paper's authors' MNIST CNN and any timm model by name.
 
 Every backbone is an ``nn.Module`` with ``forward(x) -> logits`` and
 ``embed(x) -> features`` (the penultimate layer, used for feature twins).
@@ -48,6 +48,47 @@ class SmallCNN(nn.Module):
         return self.fc2(self.drop(self.embed(x)))
 
 
+class PaperCNN(nn.Module):
+    """The paper's authors' MNIST CNN (the common PyTorch MNIST network).
+
+    conv3x3(32, no padding) - ReLU - conv3x3(64, no padding) - ReLU - maxpool - fc(128) - ReLU - fc(classes).
+    For MNIST (28x28) the flattened map is 64 x 12 x 12 = 9216.  Works for any square image side of at least 6
+    (8 for digits: 64 x 2 x 2).  ``drop_rate`` is the dropout before each linear layer (0: none).
+    """
+
+    def __init__(
+        self,
+        in_chans: int = 1,
+        num_classes: int = 10,
+        image_size: int = 28,
+        width: int = 32,
+        hidden: int = 128,
+        drop_rate: float = 0.0,
+    ):
+        super().__init__()
+        if image_size < 6:
+            raise ValueError(f"paper_cnn needs an image side of at least 6, got {image_size}.")
+        self.conv1 = nn.Conv2d(in_chans, width, 3)
+        self.conv2 = nn.Conv2d(width, 2 * width, 3)
+        self.drop1 = nn.Dropout(drop_rate)
+        self.fc1 = nn.Linear(2 * width * ((image_size - 4) // 2) ** 2, hidden)
+        self.drop = nn.Dropout(drop_rate)
+        self.fc2 = nn.Linear(hidden, num_classes)
+        self.num_features = hidden
+
+    def embed(self, x: Tensor) -> Tensor:
+        x = F.relu(self.conv1(x))
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return F.relu(self.fc1(self.drop1(x.flatten(1))))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.drop(self.embed(x)))
+
+
+#: the backbones built here, by name (anything else is a timm model name)
+OWN_BACKBONES = {"small_cnn": SmallCNN, "paper_cnn": PaperCNN}
+
+
 class TimmBackbone(nn.Module):
     """Any timm model (``resnet50``, ``efficientnet_b0``, ...) with an ``embed`` method."""
 
@@ -91,15 +132,16 @@ def build_backbone(
     weights: str | None = None,
     drop_rate: float = 0.0,
 ) -> nn.Module:
-    """``small_cnn`` or a timm model name; anything else stops with a sentence."""
-    if name == "small_cnn":
+    """``small_cnn``, ``paper_cnn`` or a timm model name; anything else stops with a sentence."""
+    if name in OWN_BACKBONES:
         if pretrained or weights:
-            raise ValueError("small_cnn has no pretrained weights; drop --model.pretrained / --model.weights.")
-        return SmallCNN(in_chans, num_classes, image_size, drop_rate=drop_rate)
+            raise ValueError(f"{name} has no pretrained weights; drop --model.pretrained / --model.weights.")
+        return OWN_BACKBONES[name](in_chans, num_classes, image_size, drop_rate=drop_rate)
     import timm
 
     if not timm.is_model(name):
         raise ValueError(
-            f"unknown backbone '{name}'; use small_cnn or a timm model name such as resnet50 or efficientnet_b0."
+            f"unknown backbone '{name}'; use small_cnn, paper_cnn or a timm model name such as resnet50 or "
+            "efficientnet_b0."
         )
     return TimmBackbone(name, in_chans, num_classes, pretrained, weights, drop_rate)

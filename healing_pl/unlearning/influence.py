@@ -18,6 +18,20 @@
     (``batch_f >= |F|``) "mean" and "sum" are single updates; "batch" then
     equals "sum" divided by ``|F|``.
 
+    ``step="fixed"`` (the paper's own step) keeps only the direction and moves
+    the weights by exactly ``max_norm`` per forget batch::
+
+        u     = (H_R + d I)^-1 sum_{z in B} grad loss(z, theta)
+        theta <- theta + max_norm * u / |u|
+
+    In the authors' experiment code the forget gradient passes through a
+    mixed-precision gradient scaler (x2^16) that is never divided out and the
+    update is then clipped to ``max_norm``, so every step has length
+    ``max_norm``; this is that intent, implemented directly and with the
+    flattened vector aligned with the parameters (their code flattens the
+    gradients in sorted-name order).  The removal scaling does not matter
+    then (a positive factor does not change a direction).
+
 The inverse-HVP ``(H_R + d I)^-1 g`` is :func:`healing_pl.gradients.lissa.lissa_inverse_hvp`
 (its recursion, damping conventions and convergence condition are described there).
 Loss functions have the signature ``loss_fn(model, batch) -> scalar``: the
@@ -56,10 +70,12 @@ from healing_pl.gradients.params import (
 )
 from healing_pl.unlearning.base import UNLEARNERS, StochasticUnlearner
 
-__all__ = ["REMOVALS", "influence_unlearn"]
+__all__ = ["REMOVALS", "STEPS", "influence_unlearn"]
 
 #: How the forget gradient is scaled (see :func:`influence_unlearn`).
 REMOVALS = ("mean", "sum", "batch")
+#: How long each forget batch's update is: the Newton step itself, or exactly ``max_norm`` along it.
+STEPS = ("newton", "fixed")
 
 
 def influence_unlearn(
@@ -76,6 +92,7 @@ def influence_unlearn(
     max_norm: float | None = None,
     removal: str = "mean",
     damping_convention: str = "additive",
+    step: str = "newton",
     progress: bool = False,
 ) -> nn.Module:
     """Koh & Liang influence removal of the forget set, one update per forget batch.
@@ -84,7 +101,8 @@ def influence_unlearn(
 
         g     = sum_{z in B_f} grad loss(z)        (= |B_f| * grad loss_fn(model, B_f))
         delta = c * (H_R + damping I)^-1 g         (LiSSA on remain_loader)
-        theta = theta + clip(delta, max_norm)
+        theta = theta + clip(delta, max_norm)                 step="newton"
+        theta = theta + max_norm * delta / |delta|            step="fixed"
 
     with ``c`` set by ``removal``:
 
@@ -120,9 +138,12 @@ def influence_unlearn(
         n_train: training set size (> 0).
         damping, scale, depth, repeats: LiSSA knobs (see :func:`~healing_pl.gradients.lissa.lissa_inverse_hvp`).
         max_norm: if set, each batch's update is scaled down to at most this
-            L2 norm.
+            L2 norm (``step="newton"``); the exact length of each batch's
+            update (``step="fixed"``, where it is required).
         removal: ``"mean"``, ``"sum"`` or ``"batch"`` (the scaling ``c`` above).
         damping_convention: ``"additive"`` or ``"koh_liang"``.
+        step: ``"newton"`` (the scaled step above, clipped) or ``"fixed"``
+            (length ``max_norm`` along the LiSSA direction).
         progress: show progress bars.
 
     Returns:
@@ -136,6 +157,10 @@ def influence_unlearn(
         raise ValueError(f"n_train must be > 0, got {n_train}.")
     if removal not in REMOVALS:
         raise ValueError(f"removal must be one of {REMOVALS}, got {removal!r}.")
+    if step not in STEPS:
+        raise ValueError(f"step must be one of {STEPS}, got {step!r}.")
+    if step == "fixed" and not (max_norm is not None and max_norm > 0):
+        raise ValueError(f"the fixed step needs max_norm > 0 (the length of each forget batch's step), got {max_norm}.")
     check_lissa_knobs(damping, scale, depth, repeats, damping_convention)
     new = copy.deepcopy(model)
     params = trainable_parameters(new)
@@ -158,11 +183,17 @@ def influence_unlearn(
             damping_convention=damping_convention,
             progress=progress,
         )
-        if removal == "mean":
-            u = u / n_train
-        elif removal == "batch":
-            u = u / size
-        deltas = clip_by_global_norm(unflatten(u, params), max_norm)
+        if step == "fixed":
+            norm = u.norm()
+            if not (torch.isfinite(norm) and norm > 0):
+                raise ValueError("the influence direction is zero or not finite, so it has no fixed-length step.")
+            deltas = unflatten(u * (max_norm / norm), params)
+        else:
+            if removal == "mean":
+                u = u / n_train
+            elif removal == "batch":
+                u = u / size
+            deltas = clip_by_global_norm(unflatten(u, params), max_norm)
         if not all_finite(deltas):
             raise ValueError("the influence update is not finite: raise scale or damping.")
         add_(params, deltas)
@@ -179,7 +210,8 @@ class Influence(StochasticUnlearner):
     """Influence unlearning (Koh & Liang 2017) with LiSSA.
 
     A Newton step along the LiSSA inverse-Hessian-vector product of the forget gradient, one forget minibatch
-    after another (:func:`influence_unlearn`)."""
+    after another (:func:`influence_unlearn`); with step fixed, a step of length max_norm along it per minibatch
+    (the paper's own step)."""
 
     name = "influence"
     label = "Influence"
@@ -197,6 +229,7 @@ class Influence(StochasticUnlearner):
         batch_r: int = 512,
         batch_f: int = 64,
         max_norm: float | None = None,
+        step: Literal["newton", "fixed"] = "newton",
         **kwargs,
     ):
         """
@@ -211,9 +244,15 @@ class Influence(StochasticUnlearner):
             removal: how the forget gradient of each forget batch B (batch_f) is scaled: mean (Koh & Liang:
                 theta + (1/n) H^-1 sum_B grad, n the training set size), sum (theta + H^-1 sum_B grad) or batch
                 (theta + H^-1 mean_B grad after each batch, as public influence-unlearning code does).
-            batch_r: batch size over the remain set (Hessian-vector products).
-            batch_f: forget-set minibatch: the forget set is removed in sequential minibatches of this size.
-            max_norm: clip the L2 norm of each update (None: no clip).
+            batch_r: batch size over the remain set (Hessian-vector products; the paper's batch_r, 2048 in its
+                Table 3).
+            batch_f: forget-set minibatch (the paper's deletion batch, 1024 or 2048 in its Table 3): the forget set
+                is removed in sequential minibatches of this size.
+            max_norm: clip the L2 norm of each update (None: no clip); with step fixed, the exact length of each
+                minibatch's update (required).
+            step: newton (the removal-scaled Newton step, clipped to max_norm) or fixed (the paper's own step:
+                each forget minibatch moves the weights by exactly max_norm along (H_R + d I)^-1 sum_B grad, what
+                the authors' never-divided gradient scaler followed by the clip does).
         """
         super().__init__(**kwargs)
         self._at_least({"batch_r": batch_r, "batch_f": batch_f, "depth": depth, "lissa_repeats": lissa_repeats}, 1)
@@ -221,6 +260,10 @@ class Influence(StochasticUnlearner):
         self._one_of("removal", removal, ("mean", "sum", "batch"))
         self._non_negative({"damping": damping})
         self._positive({"scale": scale, "max_norm": max_norm})
+        self._one_of("step", step, ("newton", "fixed"))
+        if step == "fixed" and max_norm is None:
+            raise ValueError("unlearn.step fixed needs unlearn.max_norm, the length of each forget minibatch's step.")
+        self.step = step
         self.damping, self.damping_convention, self.scale, self.depth = damping, damping_convention, scale, depth
         self.lissa_repeats, self.removal = lissa_repeats, removal
         self.batch_r, self.batch_f, self.max_norm = batch_r, batch_f, max_norm
@@ -244,6 +287,7 @@ class Influence(StochasticUnlearner):
             max_norm=self.max_norm,
             removal=self.removal,
             damping_convention=self.damping_convention,
+            step=self.step,
             progress=context.progress,
         )
         return out, {}

@@ -200,5 +200,6 @@ def test_config_knob_and_cache_key():
 def test_config_refuses_an_unknown_shaping():
     from healing_pl.unlearning import UNLEARNERS
 
-    with pytest.raises(ValueError, match=r"^unlearn\.shaping must be one of golatkar, plain, got 'gaussian'\.$"):
+    want = r"^unlearn\.shaping must be one of golatkar, plain, paper, paper_lambda, got 'gaussian'\.$"
+    with pytest.raises(ValueError, match=want):
         UNLEARNERS["fisher"](shaping="gaussian")

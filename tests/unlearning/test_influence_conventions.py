@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from healing_pl.gradients.lissa import cross_entropy_loss
-from healing_pl.unlearning.influence import influence_unlearn
+from healing_pl.unlearning.influence import REMOVALS, influence_unlearn
 from tests.gradients.shared import tiny_mlp
 
 N_TRAIN = 46  # remain 40 + forget 6
@@ -151,3 +151,81 @@ def test_config_refuses_an_unknown_removal_or_convention():
         influence(removal="all")
     with pytest.raises(ValueError, match=r"^unlearn\.damping_convention must be one of additive, koh_liang"):
         influence(damping_convention="multiplicative")
+
+
+# --------------------------------------------------------------------------
+# the paper's fixed-length step
+# --------------------------------------------------------------------------
+
+
+def _explicit_fixed(model, remain, forget, d, max_norm):
+    """The fixed-length path: theta += max_norm * u / |u|, u = (H_R(theta) + d I)^-1 sum_B grad(theta)."""
+    theta = _flat(model).clone()
+    path = [theta]
+    for batch in forget:
+        a = _hessian(model, theta, remain[0]) + d * torch.eye(theta.numel(), dtype=theta.dtype)
+        u = torch.linalg.solve(a, _grad_sum(model, theta, batch))
+        theta = theta + max_norm * u / u.norm()
+        path.append(theta)
+    return path
+
+
+def test_fixed_step_moves_exactly_max_norm_along_the_explicit_inverse(tiny):
+    """Each forget batch moves the weights by exactly max_norm, along (H_R + d I)^-1 g_B at the current point."""
+    model, remain, forget = tiny
+    d, max_norm = 0.05, 0.3
+    for _ in range(5):  # damping that keeps H_R + d I positive definite at every point of the path
+        path = _explicit_fixed(model, remain, forget, d, max_norm)
+        eigs = torch.cat([torch.linalg.eigvalsh(_hessian(model, t, remain[0])) for t in path[:-1]])
+        if float(eigs.min()) + d > 0.02:
+            break
+        d = -float(eigs.min()) + 0.05
+    s = float(eigs.max()) + d + 1.0
+    depth = int(math.log(1e-12) / math.log(1 - (float(eigs.min()) + d) / s)) + 1
+    got = [_flat(model)]
+    for k in range(1, len(forget) + 1):  # the forget set's first k batches, removed in turn
+        new = influence_unlearn(
+            model,
+            cross_entropy_loss,
+            remain,
+            forget[:k],
+            n_train=N_TRAIN,
+            damping=d,
+            scale=s,
+            depth=depth,
+            max_norm=max_norm,
+            removal="mean",  # no effect on a fixed step: a positive factor keeps the direction
+            step="fixed",
+        )
+        got.append(_flat(new))
+    for k in range(1, len(got)):
+        step = got[k] - got[k - 1]
+        assert abs(float(step.norm()) - max_norm) < 1e-12 * max_norm
+        want = path[k] - path[k - 1]
+        assert torch.allclose(step, want, rtol=1e-8, atol=1e-9 * max_norm)
+
+
+def test_fixed_step_ignores_the_removal_scaling(tiny):
+    model, remain, forget = tiny
+    kw = dict(n_train=N_TRAIN, damping=0.5, scale=10.0, depth=30, max_norm=0.2, step="fixed")
+    steps = [_flat(influence_unlearn(model, cross_entropy_loss, remain, forget, removal=r, **kw)) for r in REMOVALS]
+    assert all(torch.allclose(s, steps[0], rtol=1e-12, atol=1e-14) for s in steps[1:])
+    assert float((steps[0] - _flat(model)).norm()) > 0.2  # two batches moved it (not back to the start)
+
+
+def test_fixed_step_needs_max_norm(tiny):
+    from healing_pl.unlearning import UNLEARNERS
+
+    model, remain, forget = tiny
+    kw = dict(n_train=N_TRAIN, damping=0.1, scale=10.0, depth=2, step="fixed")
+    with pytest.raises(ValueError, match="the fixed step needs max_norm"):
+        influence_unlearn(model, cross_entropy_loss, remain, forget, **kw)
+    with pytest.raises(ValueError, match="step must be one of"):
+        influence_unlearn(model, cross_entropy_loss, remain, forget, **{**kw, "step": "long", "max_norm": 1.0})
+    with pytest.raises(ValueError, match=r"^unlearn\.step fixed needs unlearn\.max_norm, [^.]*\.$"):
+        UNLEARNERS["influence"](step="fixed")
+    with pytest.raises(ValueError, match=r"^unlearn\.step must be one of newton, fixed"):
+        UNLEARNERS["influence"](step="clipped", max_norm=1.0)
+    fixed = UNLEARNERS["influence"](step="fixed", max_norm=1.0)
+    newton = UNLEARNERS["influence"](max_norm=1.0)
+    assert fixed.hyperparameters()["step"] == "fixed" and newton.hyperparameters()["step"] == "newton"

@@ -19,6 +19,8 @@ The modules, each with its part of the story in its docstring:
 * :mod:`.unlearn`: exact unlearning (:func:`unlearn_sisa`);
 * :mod:`.heal`: healing the affected shards with twins (:func:`heal_sisa`).
 * :mod:`.method`: SISA registered as an unlearning method (its knobs and cache key).
+* :mod:`.protocol`: Bourtoule et al.'s protocol and the paper's authors' (10% of every slice held out, disjoint
+  slice stages of N epochs, a vote weighted by held-out accuracy).
 
 Public API: :class:`SisaEnsemble`, :func:`aggregate`, :class:`SisaState`,
 :func:`make_assignment`, :func:`train_sisa`, :func:`train_sisa_shard`,
@@ -30,6 +32,7 @@ Public API: :class:`SisaEnsemble`, :func:`aggregate`, :class:`SisaState`,
 from healing_pl.unlearning.sisa.common import seed_for
 from healing_pl.unlearning.sisa.epochs import EPOCH_RULES, slice_epochs
 from healing_pl.unlearning.sisa.heal import heal_sisa
+from healing_pl.unlearning.sisa.protocol import HOLDOUT_FRACTION, PROTOCOLS, holdout_accuracies, split_holdout
 from healing_pl.unlearning.sisa.shards import RECIPE_KEYS, SHARD_FORMAT, load_sisa, make_assignment
 from healing_pl.unlearning.sisa.state import AGGREGATIONS, Assignment, SisaEnsemble, SisaState, aggregate
 from healing_pl.unlearning.sisa.train import fit_plain, train_sisa, train_sisa_shard
@@ -38,6 +41,8 @@ from healing_pl.unlearning.sisa.unlearn import unlearn_sisa
 __all__ = [
     "AGGREGATIONS",
     "EPOCH_RULES",
+    "HOLDOUT_FRACTION",
+    "PROTOCOLS",
     "RECIPE_KEYS",
     "SHARD_FORMAT",
     "Assignment",
@@ -46,10 +51,12 @@ __all__ = [
     "aggregate",
     "fit_plain",
     "heal_sisa",
+    "holdout_accuracies",
     "load_sisa",
     "make_assignment",
     "seed_for",
     "slice_epochs",
+    "split_holdout",
     "train_sisa",
     "train_sisa_shard",
     "unlearn_sisa",

@@ -20,6 +20,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from healing_pl.unlearning.sisa.common import _adam, _cpu, _ids, _model_from, seed_for
+from healing_pl.unlearning.sisa.protocol import holdout_accuracies, reweigh
 from healing_pl.unlearning.sisa.state import SisaEnsemble, SisaState
 from healing_pl.unlearning.sisa.train import fit_plain
 
@@ -168,6 +169,8 @@ def heal_sisa(
                 )
                 bar.update(1)
             if on_epoch is not None:
+                if state.protocol == "paper":  # the vote weighted by the healed shards' held-out accuracies
+                    ensemble.vote_weights = holdout_accuracies(models, state.holdout, datamodule, state.batch_size)
                 on_epoch(epoch, ensemble)
                 ensemble.eval()
     heals = list(state.heals)
@@ -182,4 +185,4 @@ def heal_sisa(
                 "model": _cpu(models[s].state_dict()),
             },
         ]
-    return replace(state, ensemble=ensemble, heals=heals)
+    return reweigh(replace(state, ensemble=ensemble, heals=heals), datamodule)

@@ -35,6 +35,7 @@ class SISA(Unlearner):
         aggregation: Literal["vote", "softmax"] = "vote",
         epochs_per_slice: Literal["passes", "per_slice"] | int = "passes",
         shard: int | None = None,
+        protocol: Literal["bourtoule", "paper"] = "bourtoule",
         **kwargs,
     ):
         """
@@ -46,6 +47,10 @@ class SISA(Unlearner):
                 the baseline's N passes, Bourtoule et al. 2021), per_slice (round(N/R)) or a count.
             shard: train only this shard into the cache and stop (one job per shard on a cluster); a later run
                 without it aggregates the cached shards.
+            protocol: bourtoule (slice stages on the union of slices 0..r, epochs_per_slice, aggregation) or paper
+                (the paper's authors' protocol: 10% of every slice held out, stage r on slice r alone for the
+                baseline's N epochs unless epochs_per_slice is a count, the vote weighted by each shard's
+                held-out accuracy; aggregation must stay vote).
         """
         super().__init__(**kwargs)
         self._at_least({"shards": shards, "slices": slices}, 1)
@@ -58,8 +63,21 @@ class SISA(Unlearner):
             )
         if shard is not None and not 0 <= shard < shards:
             raise ValueError(f"unlearn.shard must lie in [0, {shards}), got {shard}.")
+        self._one_of("protocol", protocol, ("bourtoule", "paper"))
+        if protocol == "paper" and aggregation != "vote":
+            raise ValueError(
+                f"unlearn.aggregation {aggregation} does not apply to unlearn.protocol paper, whose vote is weighted "
+                "by each shard's held-out accuracy; leave it at vote."
+            )
+        self.protocol = protocol
         self.shards, self.slices, self.aggregation = shards, slices, aggregation
         self.epochs_per_slice, self.shard = epochs_per_slice, shard
+
+    def epochs_per_slice_for(self, epochs: int) -> int | str:
+        """The epochs_per_slice of train_sisa: the paper's protocol takes N epochs per slice unless given a count."""
+        if self.protocol == "paper" and isinstance(self.epochs_per_slice, str):
+            return epochs
+        return self.epochs_per_slice
 
     def hyperparameters(self) -> dict:
         return {k: v for k, v in super().hyperparameters().items() if k != "shard"}
@@ -74,7 +92,8 @@ class SISA(Unlearner):
             "shards": self.shards,
             "slices": self.slices,
             "epochs": context.epochs,
-            "epochs_per_slice": slice_epochs(context.epochs, self.slices, self.epochs_per_slice),
+            "epochs_per_slice": slice_epochs(context.epochs, self.slices, self.epochs_per_slice_for(context.epochs)),
+            "protocol": self.protocol,
             "seed": context.seed,
             "batch_size": datamodule.hparams.batch_size,
             "dtype": str(next(model.parameters()).dtype),
@@ -97,13 +116,14 @@ class SISA(Unlearner):
             shards=self.shards,
             slices=self.slices,
             epochs=context.epochs,
-            epochs_per_slice=self.epochs_per_slice,
+            epochs_per_slice=self.epochs_per_slice_for(context.epochs),
             seed=context.seed,
             aggregation=self.aggregation,
             device=param.device,
             dtype=param.dtype,
             directory=self.directory(model, datamodule, context),
             progress=context.progress,
+            protocol=self.protocol,
         )
         trained = evaluate(state.ensemble, datamodule.test_dataloader())["acc"]
         new_state, info = unlearn_sisa(state, forget_ids, datamodule, progress=context.progress)

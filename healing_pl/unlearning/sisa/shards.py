@@ -16,9 +16,12 @@ tensors and plain values (it loads with ``torch.load(..., weights_only=True)``):
      "slices": [Tensor, ...],                     # the R id tensors of this shard's slices
      "checkpoints": [{"model": {name: Tensor}, "optimizer": Adam state dict}, ...],  # R + 1, CPU tensors
      "train_time": seconds, "device": "cuda:0",  # informational
+     "holdout": Tensor,                           # protocol "paper" only: the shard's held-out ids
      "meta": {"hparams": {...}, "shards": S, "slices": R, "epochs_per_slice": E, "seed": seed,
               "batch_size": B, "dtype": "float32", "primary_hash": sha256 of the primary ids,
-              "assignment_hash": sha256 of the whole assignment}}
+              "assignment_hash": sha256 of the whole assignment, "protocol": "bourtoule" or "paper"}}
+
+A file without ``protocol`` (written before the paper's protocol existed) is a ``bourtoule`` file.
 
 Shards whose ``meta`` differ in any key are never mixed.
 """
@@ -37,6 +40,7 @@ from torch import Tensor
 from healing_pl.files import save_torch
 from healing_pl.unlearning.sisa.common import _as_device, _as_dtype, _dtype_name, _ids, _model_from, seed_for
 from healing_pl.unlearning.sisa.epochs import slice_epochs
+from healing_pl.unlearning.sisa.protocol import reweigh
 from healing_pl.unlearning.sisa.state import AGGREGATIONS, Assignment, SisaEnsemble, SisaState, _clean_hparams
 
 SHARD_FORMAT = "healing_pl.sisa_shard/1"
@@ -51,6 +55,7 @@ RECIPE_KEYS = (
     "dtype",
     "primary_hash",
     "assignment_hash",
+    "protocol",
 )
 _SHARD_FILE = re.compile(r"shard(\d+)\.pt")
 
@@ -98,6 +103,7 @@ class _Recipe:
     seed: int
     batch_size: int
     dtype: torch.dtype
+    protocol: str = "bourtoule"
 
     def meta(self, datamodule) -> dict:
         """The ``meta`` dict of a shard file (plain values only)."""
@@ -111,6 +117,7 @@ class _Recipe:
             "dtype": _dtype_name(self.dtype),
             "primary_hash": _hash_ids([datamodule.primary_ids]),
             "assignment_hash": _hash_assignment(self.assignment),
+            "protocol": self.protocol,
         }
 
 
@@ -126,6 +133,7 @@ def _recipe(
     assignment: Assignment | None,
     batch_size: int | None,
     dtype,
+    protocol: str = "bourtoule",
 ) -> _Recipe:
     """Check and resolve a SISA training recipe (the seeded assignment unless one is given)."""
     hparams = _clean_hparams(hparams)
@@ -142,7 +150,7 @@ def _recipe(
     rule = "passes" if epochs_per_slice is None else epochs_per_slice
     eps = slice_epochs(epochs, len(assignment[0]), rule)
     batch_size = int(batch_size or datamodule.hparams.batch_size)
-    return _Recipe(hparams, assignment, eps, int(seed), batch_size, _as_dtype(dtype))
+    return _Recipe(hparams, assignment, eps, int(seed), batch_size, _as_dtype(dtype), protocol)
 
 
 # ---------------------------------------------------------------- shard files
@@ -178,7 +186,15 @@ def _shard_path(directory: str, shard: int) -> str:
 
 
 def _write_shard(
-    directory: str, shard: int, slices: list[Tensor], ckpts: list[dict], *, meta: dict, train_time: float, device
+    directory: str,
+    shard: int,
+    slices: list[Tensor],
+    ckpts: list[dict],
+    *,
+    meta: dict,
+    train_time: float,
+    device,
+    holdout: Tensor | None = None,
 ) -> str:
     """Write ``directory/shard{shard}.pt`` atomically (temporary file, fsync, rename) and return its path."""
     payload = {
@@ -190,6 +206,8 @@ def _write_shard(
         "device": str(device),
         "meta": meta,
     }
+    if holdout is not None:
+        payload["holdout"] = holdout.clone()
     return save_torch(payload, _shard_path(directory, shard))
 
 
@@ -202,6 +220,8 @@ def _read_shard(path: str, shard: int) -> dict:
             f"{path} is not a readable SISA shard file ({type(err).__name__}); delete it and train shard {shard} again."
         ) from None
     meta = data.get("meta") if isinstance(data, dict) else None
+    if isinstance(meta, dict):
+        meta.setdefault("protocol", "bourtoule")
     ok = (
         isinstance(meta, dict)
         and data.get("format") == SHARD_FORMAT
@@ -213,6 +233,7 @@ def _read_shard(path: str, shard: int) -> dict:
         and isinstance(data.get("checkpoints"), list)
         and len(data["checkpoints"]) == meta["slices"] + 1
         and all(isinstance(c, dict) and {"model", "optimizer"} <= c.keys() for c in data["checkpoints"])
+        and (meta["protocol"] != "paper" or isinstance(data.get("holdout"), Tensor))
     )
     if not ok:
         raise ValueError(
@@ -308,7 +329,9 @@ def load_sisa(directory: str, datamodule, *, aggregation: str = "vote", device) 
             ) from None
         models.append(model.eval())
     shard_times = [float(files[i]["train_time"]) for i in range(n_shards)]
-    return SisaState(
+    protocol = meta["protocol"]
+    holdout = [_ids(files[i]["holdout"]) for i in range(n_shards)] if protocol == "paper" else []
+    state = SisaState(
         ensemble=SisaEnsemble.from_models(models, aggregation).eval(),
         assignment=assignment,
         checkpoints=[files[i]["checkpoints"] for i in range(n_shards)],
@@ -320,4 +343,7 @@ def load_sisa(directory: str, datamodule, *, aggregation: str = "vote", device) 
         shard_times=shard_times,
         device=str(device),
         dtype=dtype,
+        protocol=protocol,
+        holdout=holdout,
     )
+    return reweigh(state, datamodule)

@@ -1,7 +1,8 @@
 """The SISA ensemble (the shard models answering together) and :class:`SisaState`, all SISA needs to go on.
 
-The ensemble answers by aggregating its shard models' outputs (:func:`aggregate`): a majority vote
-or the mean softmax.
+The ensemble answers by aggregating its shard models' outputs (:func:`aggregate`): a majority vote,
+the mean softmax, or (the paper's protocol, :mod:`.protocol`) a vote weighted by each shard's held-out
+accuracy.
 """
 
 from __future__ import annotations
@@ -17,23 +18,32 @@ from healing_pl.models.classifier import Classifier
 from healing_pl.unlearning.sisa.common import _ids
 
 AGGREGATIONS = ("vote", "softmax")
+#: what an ensemble may use: the aggregations one asks for, and the paper protocol's weighted vote
+ENSEMBLE_AGGREGATIONS = (*AGGREGATIONS, "weighted_vote")
 
 Assignment = list[list[Tensor]]  # assignment[shard][slice] -> pool ids
 
 
 # ----------------------------------------------------------------- ensemble
-def aggregate(logits: Tensor, how: str = "vote") -> Tensor:
+def aggregate(logits: Tensor, how: str = "vote", weights: Tensor | None = None) -> Tensor:
     """Aggregate shard outputs ``logits`` of shape (S, B, C) into (B, C) scores.
 
     ``vote``: the vote count of every class (each shard votes for its argmax),
     so the argmax is the majority class, ties going to the lowest class.
     ``softmax``: the mean over shards of the softmax probabilities.
+    ``weighted_vote``: shard ``s``'s vote counts ``weights[s]`` (the paper's
+    protocol: its held-out accuracy); ties go to the lowest class.
     """
     if how == "vote":
         votes = logits.argmax(-1)  # (S, B)
         return F.one_hot(votes, logits.shape[-1]).sum(0).to(logits.dtype)
     if how == "softmax":
         return logits.softmax(-1).mean(0)
+    if how == "weighted_vote":
+        if weights is None or weights.numel() != logits.shape[0]:
+            raise ValueError("the weighted SISA vote needs one weight per shard (its held-out accuracy).")
+        w = weights.to(device=logits.device, dtype=logits.dtype).reshape(-1, 1, 1)
+        return (F.one_hot(logits.argmax(-1), logits.shape[-1]).to(logits.dtype) * w).sum(0)
     raise ValueError(f"unknown SISA aggregation '{how}'; choose one of {', '.join(AGGREGATIONS)}.")
 
 
@@ -56,6 +66,8 @@ class SisaEnsemble(nn.Module):
     """
 
     state: SisaState | None = None
+    #: the weight of each shard's vote (``weighted_vote``: the held-out accuracies), else None
+    vote_weights: Tensor | None = None
 
     def __init__(self, hparams: Mapping, shards: int = 3, aggregation: str = "vote"):
         super().__init__()
@@ -66,7 +78,9 @@ class SisaEnsemble(nn.Module):
         self.aggregation = aggregation
 
     @classmethod
-    def from_models(cls, models: Sequence[nn.Module], aggregation: str = "vote") -> SisaEnsemble:
+    def from_models(
+        cls, models: Sequence[nn.Module], aggregation: str = "vote", weights: Tensor | None = None
+    ) -> SisaEnsemble:
         """An ensemble over already built shard models (kept as they are, not copied)."""
         if len(models) == 0:
             raise ValueError("a SISA ensemble needs at least one shard model.")
@@ -76,6 +90,7 @@ class SisaEnsemble(nn.Module):
         self.shard_hparams = _clean_hparams(hp) if isinstance(hp, Mapping) else {}
         self.models = nn.ModuleList(models)
         self.aggregation = aggregation
+        self.vote_weights = weights
         return self
 
     @property
@@ -84,7 +99,7 @@ class SisaEnsemble(nn.Module):
 
     @aggregation.setter
     def aggregation(self, how: str) -> None:
-        if how not in AGGREGATIONS:
+        if how not in ENSEMBLE_AGGREGATIONS:
             raise ValueError(f"unknown SISA aggregation '{how}'; choose one of {', '.join(AGGREGATIONS)}.")
         self._aggregation = how
 
@@ -97,7 +112,7 @@ class SisaEnsemble(nn.Module):
         return torch.stack([m(x) for m in self.models])
 
     def forward(self, x: Tensor) -> Tensor:
-        return aggregate(self.shard_logits(x), self.aggregation)
+        return aggregate(self.shard_logits(x), self.aggregation, self.vote_weights)
 
     def embed(self, x: Tensor) -> Tensor:
         """The mean of the shard models' embeddings."""
@@ -130,6 +145,9 @@ class SisaState:
         dtype: the floating dtype of the shard models.
         heals: ``heals[s]`` lists the heal steps of shard ``s`` in order (see :func:`heal_sisa`):
             ``{"twins": ids, "epochs", "lr", "seed", "model": state dict after the step}``.
+        protocol: ``bourtoule`` or ``paper`` (:mod:`.protocol`).
+        holdout: ``paper``: ``holdout[s]`` holds shard ``s``'s held-out ids (never trained on; their
+            accuracy weighs the shard's vote); empty lists for ``bourtoule``.
     """
 
     ensemble: SisaEnsemble
@@ -148,10 +166,19 @@ class SisaState:
     dtype: torch.dtype = torch.float32
     heals: list[list[dict]] = field(default_factory=list)
     deleted_shards: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    protocol: str = "bourtoule"
+    holdout: list[Tensor] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.heals:
             self.heals = [[] for _ in self.assignment]
+        if not self.holdout:
+            self.holdout = [torch.zeros(0, dtype=torch.long) for _ in self.assignment]
+
+    @property
+    def cumulative(self) -> bool:
+        """Whether stage ``r`` trains on slices ``0..r`` (bourtoule) or on slice ``r`` alone (paper)."""
+        return self.protocol != "paper"
 
     @property
     def num_shards(self) -> int:
@@ -178,6 +205,14 @@ class SisaState:
     def train_ids(self, shard: int) -> Tensor:
         """Everything shard ``shard`` is trained on: its primary ids slice after slice, then its twins."""
         return torch.cat([self.shard_ids(shard), self.twin_ids(shard)])
+
+    def locate_holdout(self, ids) -> Tensor:
+        """The shard holding each id as a held-out id (paper protocol); -1 elsewhere."""
+        ids = _ids(ids)
+        shard = torch.full_like(ids, -1)
+        for s, held in enumerate(self.holdout):
+            shard[torch.isin(ids, held)] = s
+        return shard
 
     def locate(self, ids) -> tuple[Tensor, Tensor]:
         """The (shard, slice) of each primary id; -1 for ids the assignment does not hold."""

@@ -1,7 +1,8 @@
 """Training SISA: the plain loop, the shards stage by stage, in one process or as one job per shard.
 
 One model per shard is trained in isolation, incrementally: stage ``r`` (0-based) trains on the union
-of slices ``0..r`` for ``epochs_per_slice`` epochs (:mod:`.epochs`), and a checkpoint (model and Adam
+of slices ``0..r`` for ``epochs_per_slice`` epochs (:mod:`.epochs`) (the paper's protocol, :mod:`.protocol`:
+on slice ``r`` alone, for the baseline's N epochs, 10% of every slice held out), and a checkpoint (model and Adam
 state) is kept after every stage, from which :func:`~healing_pl.unlearning.sisa.unlearn_sisa` resumes.
 Each stage is one :func:`fit_plain` call, i.e. one run of the unlearning package's inner loop
 (:func:`healing_pl.unlearning.loop.train_epochs`) with the cross-entropy objective.
@@ -32,7 +33,9 @@ from healing_pl.unlearning.sisa.common import (
     _snapshot,
     seed_for,
 )
+from healing_pl.unlearning.sisa.protocol import PROTOCOLS, reweigh, split_holdout
 from healing_pl.unlearning.sisa.shards import (
+    _check_assignment,
     _check_recipe,
     _read_shard,
     _Recipe,
@@ -40,6 +43,7 @@ from healing_pl.unlearning.sisa.shards import (
     _shard_path,
     _write_shard,
     load_sisa,
+    make_assignment,
 )
 from healing_pl.unlearning.sisa.state import AGGREGATIONS, Assignment, SisaEnsemble, SisaState
 
@@ -126,14 +130,16 @@ def _train_stages(
     ckpts: list[dict],
     checkpoint_dir: str | None,
     bar,
+    cumulative: bool = True,
 ) -> None:
-    """Train stages ``start..R-1`` of one shard, appending a checkpoint after each."""
+    """Train stages ``start..R-1`` of one shard (on slices ``0..r``, or slice ``r`` alone when not
+    ``cumulative``), appending a checkpoint after each."""
     for r in range(start, len(slices)):
         bar.set_postfix(shard=shard, slice=r)
         fit_plain(
             model,
             datamodule,
-            torch.cat(slices[: r + 1]),
+            torch.cat(slices[: r + 1]) if cumulative else slices[r],
             epochs=epochs_per_slice,
             seed=seed_for("stage", seed, shard, r),
             batch_size=batch_size,
@@ -158,6 +164,7 @@ def _train_shard(
     dtype: torch.dtype,
     checkpoint_dir: str | None,
     bar,
+    cumulative: bool = True,
 ) -> tuple[Classifier, list[dict], float]:
     """Train every stage of one shard from its seeded initial weights: (model, checkpoints, seconds)."""
     t0 = time.perf_counter()
@@ -179,8 +186,55 @@ def _train_shard(
         ckpts=ckpts,
         checkpoint_dir=checkpoint_dir,
         bar=bar,
+        cumulative=cumulative,
     )
     return model.eval(), ckpts, time.perf_counter() - t0
+
+
+def _protocol_split(
+    protocol: str,
+    datamodule,
+    *,
+    assignment: Assignment | None,
+    holdout: list | None,
+    shards: int | None,
+    slices: int | None,
+    epochs: int,
+    epochs_per_slice,
+    seed: int,
+    aggregation: str,
+):
+    """``(assignment, holdout, epochs_per_slice)`` of a protocol: for ``paper`` the training parts of the slices,
+    the held-out ids of every shard (:func:`~healing_pl.unlearning.sisa.protocol.split_holdout`, unless given)
+    and N epochs per slice stage; ``bourtoule`` leaves everything as it is."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown SISA protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}.")
+    if protocol == "bourtoule":
+        if holdout is not None:
+            raise ValueError("held-out ids belong to the paper's SISA protocol; drop them or use protocol='paper'.")
+        return assignment, None, epochs_per_slice
+    if aggregation != "vote":
+        raise ValueError(
+            f"the paper's SISA protocol votes weighted by held-out accuracy, so aggregation {aggregation!r} "
+            "does not apply; leave it at vote."
+        )
+    if holdout is None:
+        if assignment is None:
+            full = make_assignment(
+                datamodule.primary_ids, 3 if shards is None else shards, 5 if slices is None else slices, seed
+            )
+        else:
+            full = _check_assignment(assignment, datamodule)
+        assignment, holdout = split_holdout(full, seed)
+    else:
+        if assignment is None or len(holdout) != len(assignment):
+            raise ValueError("held-out ids need the explicit assignment they were split from, one id set per shard.")
+        holdout = [_ids(h) for h in holdout]
+        held = torch.cat(holdout)
+        datamodule.check_members(held, "primary", "SISA held-out set")
+        if torch.isin(held, torch.cat([torch.cat([_ids(sl) for sl in sh]) for sh in assignment])).any():
+            raise ValueError("the SISA held-out ids overlap the slices they must be held out of.")
+    return assignment, holdout, epochs if epochs_per_slice is None else epochs_per_slice
 
 
 def train_sisa(
@@ -200,6 +254,8 @@ def train_sisa(
     directory: str | None = None,
     checkpoint_dir: str | None = None,
     progress: bool = False,
+    protocol: str = "bourtoule",
+    holdout: list | None = None,
 ) -> SisaState:
     """Train a SISA ensemble on the primary set of ``datamodule``.
 
@@ -223,9 +279,27 @@ def train_sisa(
             ``train_time`` is then the sum of the shards' recorded training times.
         checkpoint_dir: also write every stage checkpoint there.
         progress: show a progress bar.
+        protocol: ``bourtoule`` or ``paper`` (:mod:`.protocol`: 10% of every slice held out, stage ``r`` on
+            slice ``r`` alone for ``epochs`` epochs unless ``epochs_per_slice`` is given, the vote weighted by
+            each shard's held-out accuracy; ``aggregation`` must stay ``vote``).  With an explicit ``assignment``
+            and no ``holdout``, its slices are split; with both, ``assignment`` holds the training parts.
+        holdout: ``paper``: ``holdout[s]``, the held-out ids of shard ``s`` (e.g. a previous state's minus
+            deleted ids, to retrain from scratch).
     """
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"unknown SISA aggregation '{aggregation}'; choose one of {', '.join(AGGREGATIONS)}.")
+    assignment, holdout, epochs_per_slice = _protocol_split(
+        protocol,
+        datamodule,
+        assignment=assignment,
+        holdout=holdout,
+        shards=shards,
+        slices=slices,
+        epochs=epochs,
+        epochs_per_slice=epochs_per_slice,
+        seed=seed,
+        aggregation=aggregation,
+    )
     recipe = _recipe(
         hparams,
         datamodule,
@@ -237,6 +311,7 @@ def train_sisa(
         assignment=assignment,
         batch_size=batch_size,
         dtype=dtype,
+        protocol=protocol,
     )
     device = _as_device(device)
     n_shards, n_slices = len(recipe.assignment), len(recipe.assignment[0])
@@ -258,6 +333,7 @@ def train_sisa(
                     directory=directory,
                     checkpoint_dir=checkpoint_dir,
                     bar=bar,
+                    holdout=None if holdout is None else holdout[s],
                 )
         state = load_sisa(directory, datamodule, aggregation=aggregation, device=device)
         state.checkpoint_dir = checkpoint_dir
@@ -279,12 +355,13 @@ def train_sisa(
                 dtype=recipe.dtype,
                 checkpoint_dir=checkpoint_dir,
                 bar=bar,
+                cumulative=recipe.protocol != "paper",
             )
             models.append(model)
             checkpoints.append(ckpts)
             shard_times.append(secs)
     ensemble = SisaEnsemble.from_models(models, aggregation).eval()
-    return SisaState(
+    state = SisaState(
         ensemble=ensemble,
         assignment=recipe.assignment,
         checkpoints=checkpoints,
@@ -297,7 +374,10 @@ def train_sisa(
         checkpoint_dir=checkpoint_dir,
         device=str(device),
         dtype=recipe.dtype,
+        protocol=recipe.protocol,
+        holdout=holdout or [],
     )
+    return reweigh(state, datamodule)
 
 
 def _train_shard_file(
@@ -310,6 +390,7 @@ def _train_shard_file(
     directory: str,
     checkpoint_dir: str | None,
     bar,
+    holdout=None,
 ) -> str:
     """Train one shard of ``recipe`` and write its file; the per-shard code of train_sisa and train_sisa_shard."""
     slices = recipe.assignment[shard]
@@ -325,8 +406,9 @@ def _train_shard_file(
         dtype=recipe.dtype,
         checkpoint_dir=checkpoint_dir,
         bar=bar,
+        cumulative=recipe.protocol != "paper",
     )
-    return _write_shard(directory, shard, slices, ckpts, meta=meta, train_time=secs, device=device)
+    return _write_shard(directory, shard, slices, ckpts, meta=meta, train_time=secs, device=device, holdout=holdout)
 
 
 def train_sisa_shard(
@@ -345,6 +427,7 @@ def train_sisa_shard(
     epochs_per_slice: int | str | None = None,
     dtype=None,
     assignment: Assignment | None = None,
+    protocol: str = "bourtoule",
 ) -> str:
     """Train shard ``shard`` of a SISA ensemble (all its stages) and write ``directory/shard{shard}.pt``.
 
@@ -361,10 +444,23 @@ def train_sisa_shard(
         directory: the folder of the shard files.
         progress: show a progress bar.
         assignment: an explicit assignment instead of the seeded one (the same in every job).
+        protocol: ``bourtoule`` or ``paper``, as for :func:`train_sisa`.
 
     Returns:
         the path of the shard file.
     """
+    assignment, holdout, epochs_per_slice = _protocol_split(
+        protocol,
+        datamodule,
+        assignment=assignment,
+        holdout=None,
+        shards=shards,
+        slices=slices,
+        epochs=epochs,
+        epochs_per_slice=epochs_per_slice,
+        seed=seed,
+        aggregation="vote",
+    )
     recipe = _recipe(
         hparams,
         datamodule,
@@ -376,6 +472,7 @@ def train_sisa_shard(
         assignment=assignment,
         batch_size=batch_size,
         dtype=dtype,
+        protocol=protocol,
     )
     n_shards = len(recipe.assignment)
     if not 0 <= int(shard) < n_shards:
@@ -391,4 +488,5 @@ def train_sisa_shard(
             directory=directory,
             checkpoint_dir=None,
             bar=bar,
+            holdout=None if holdout is None else holdout[int(shard)],
         )

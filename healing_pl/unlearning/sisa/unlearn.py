@@ -24,7 +24,11 @@ from:
   continues exactly where a from-scratch run would be.
 
 Deleting ids from slice ``r`` leaves the ids of stages ``0..r-1`` unchanged,
-so their checkpoints are those a from-scratch run would produce.
+so their checkpoints are those a from-scratch run would produce.  In the
+paper's protocol (:mod:`.protocol`) stage ``r`` trains on slice ``r`` alone, which
+changes nothing here; a deleted held-out id leaves its shard's model as it is
+and only its held-out set (the shard's vote weight is measured again on the
+rest, as a from-scratch run on the remaining held-out ids would).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from tqdm.auto import tqdm
 
 from healing_pl.unlearning.sisa.common import _adam, _cpu, _ids, _model_from, _restore, seed_for
 from healing_pl.unlearning.sisa.heal import _heal_epoch
+from healing_pl.unlearning.sisa.protocol import reweigh
 from healing_pl.unlearning.sisa.state import SisaEnsemble, SisaState
 from healing_pl.unlearning.sisa.train import _train_stages
 
@@ -61,7 +66,7 @@ def _check_forget(state: SisaState, forget_ids, datamodule) -> tuple[Tensor, Ten
         if (~is_twin).any():
             datamodule.check_members(ids[~is_twin], "primary", "forget set")
     shard_of, _ = state.locate(ids)
-    absent = ids[(shard_of < 0) & ~is_twin]
+    absent = ids[(shard_of < 0) & ~is_twin & (state.locate_holdout(ids) < 0)]
     if absent.numel():
         raise ValueError(
             f"the forget set holds {absent.numel()} primary id(s) this SISA model does not train on "
@@ -89,7 +94,10 @@ def unlearn_sisa(state: SisaState, forget_ids, datamodule, progress: bool = Fals
     shard_of, slice_of = state.locate(forget)
     twin_shard, twin_step = state.locate_twins(forget)
     shard_of = torch.where(is_twin, twin_shard, shard_of)
-    affected = sorted(set(shard_of.tolist()))
+    held_shard = state.locate_holdout(forget)  # held-out ids (paper protocol): no retraining, only a new weight
+    held = held_shard >= 0
+    affected = sorted(set(shard_of[~held].tolist()))
+    new_holdout = [h[~torch.isin(h, forget)] for h in state.holdout]
     R = state.num_slices
     new_assignment, new_heals = list(state.assignment), list(state.heals)
     restart, heal_from = {}, {}
@@ -116,8 +124,14 @@ def unlearn_sisa(state: SisaState, forget_ids, datamodule, progress: bool = Fals
     eps, device, dtype = state.epochs_per_slice, torch.device(state.device), state.dtype
     stages = sum(R - restart[s] for s in affected)
     replays = sum(len(new_heals[s]) - heal_from[s] for s in affected)
+
+    def stage_size(s: int, r: int) -> int:
+        return (
+            sum(sl.numel() for sl in new_assignment[s][: r + 1]) if state.cumulative else new_assignment[s][r].numel()
+        )
+
     samples = sum(
-        eps * sum(sum(sl.numel() for sl in new_assignment[s][: r + 1]) for r in range(restart[s], R))
+        eps * sum(stage_size(s, r) for r in range(restart[s], R))
         + sum(new_heals[s][k]["epochs"] * heal_ids(s, k).numel() for k in range(heal_from[s], len(new_heals[s])))
         for s in affected
     )
@@ -146,6 +160,7 @@ def unlearn_sisa(state: SisaState, forget_ids, datamodule, progress: bool = Fals
                     ckpts=ckpts,
                     checkpoint_dir=state.checkpoint_dir,
                     bar=bar,
+                    cumulative=state.cumulative,
                 )
             steps, h = list(new_heals[s]), heal_from[s]
             if r == R:  # only twins go: start from the weights before heal step h
@@ -176,7 +191,10 @@ def unlearn_sisa(state: SisaState, forget_ids, datamodule, progress: bool = Fals
     info = {
         "affected_shards": affected,
         "restart_slice": restart,
-        "removed": {s: int((shard_of == s).sum()) for s in affected},
+        "removed": {
+            s: int(((shard_of == s) & ~held).sum() + (held_shard == s).sum())
+            for s in sorted(set(affected) | set(held_shard[held].tolist()))
+        },
         "stages_retrained": stages,
         "heal_steps_replayed": replays,
         "samples_retrained": samples,
@@ -184,6 +202,7 @@ def unlearn_sisa(state: SisaState, forget_ids, datamodule, progress: bool = Fals
     }
     ensemble = SisaEnsemble.from_models(models, state.ensemble.aggregation).eval()
     order = forget.argsort()
+    shard_of = torch.where(held, held_shard, shard_of)
     new_state = replace(
         state,
         ensemble=ensemble,
@@ -193,5 +212,6 @@ def unlearn_sisa(state: SisaState, forget_ids, datamodule, progress: bool = Fals
         deleted=torch.cat([state.deleted, forget[order]]),
         deleted_shards=torch.cat([state.deleted_shards, shard_of[order]]),
         history=[*state.history, info],
+        holdout=new_holdout,
     )
-    return new_state, info
+    return reweigh(new_state, datamodule), info
