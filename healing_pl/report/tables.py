@@ -11,9 +11,17 @@ Per row: the baseline (BL), the gold standard (GS), the unlearned start (Init), 
 heal setup after 1 epoch and after N/2 epochs, and Best−GS. Best and worst are taken over R and the
 four twin metrics only; random twins (and any other control) have their own columns. The best is
 chosen by validation accuracy (``healed/val/acc_epoch_k``) and reported with its test accuracy;
-equal validation accuracies are a tie and name every tied setup. With several seeds each cell is the
-mean ± the half-width of its 95% confidence interval (Student t), and ``≈`` marks a best whose interval
-overlaps another compared setup's (or, on Best−GS, the gold standard's): within noise.
+equal validation accuracies are a tie and name every tied setup.
+
+Every comparison is paired (:mod:`healing_pl.report.stats`, docs/statistics.md): the setups of one seed start
+from the same unlearned model and are scored on the same test images, so per seed each setup minus R, minus
+each control (T-random) and minus GS is one difference, and across seeds the table prints the mean difference
+with its 95% interval, the minimum difference the seeds could detect (80% power) and, where the runs saved
+their per-image results, exact McNemar tests on the test images. ``≈`` (within noise) marks a paired interval
+that contains 0: on the best, its difference to another compared setup; on Best−GS, to the gold standard. Each
+cell over seeds is the mean [95% interval], never outside its range ([0, 100] for accuracies); seeds that mix
+collapsed and intact models print per seed with a count; one seed prints single values and says "n = 1: no
+uncertainty".
 """
 
 from __future__ import annotations
@@ -28,7 +36,9 @@ from dataclasses import dataclass, field
 
 from healing_pl import records as rk
 from healing_pl.healing import TWIN_METRICS
+from healing_pl.phases.evaluate import load_correctness
 from healing_pl.phases.identity import short_hash
+from healing_pl.report import stats
 
 
 #: the setups best and worst are chosen from: R and every registered twin metric that is not a control (the
@@ -82,16 +92,22 @@ def load_records(paths: list[str]) -> list[dict]:
 # --------------------------------------------------------------------------- statistics
 def t_quantile(n: int) -> float:
     """The 97.5% quantile of Student's t with n - 1 degrees of freedom."""
-    from scipy.stats import t
-
-    return float(t.ppf(0.975, n - 1))
+    return stats.t_quantile(0.975, n - 1)
 
 
 @dataclass
 class Stat:
-    """One figure over seeds: its values, mean and the half-width of the 95% confidence interval."""
+    """One figure over seeds (accuracies, AUCs and differences as fractions): its values, mean and interval.
+
+    ``bounds``: the range the figure lives in (stats.UNIT for an accuracy or AUC, stats.DIFFERENCE for a
+    difference of two, None for a time); its interval never leaves it (:func:`healing_pl.report.stats.interval`).
+    ``threshold``: an accuracy's collapse threshold; ``collapsed``: for a difference, the seeds in which either
+    side collapsed. Seeds that mix collapsed and intact models print per seed with their count, not a mean."""
 
     values: list[float] = field(default_factory=list)
+    bounds: tuple[float, float] | None = stats.UNIT
+    threshold: float | None = None
+    collapsed: int | None = None
 
     @property
     def n(self) -> int:
@@ -103,37 +119,86 @@ class Stat:
 
     @property
     def half(self) -> float | None:
-        """t(0.975, n-1) * s / sqrt(n), s the sample standard deviation; None for fewer than 2 values."""
-        if self.n < 2:
-            return None
-        m = self.mean
-        s = math.sqrt(sum((v - m) ** 2 for v in self.values) / (self.n - 1))
-        return t_quantile(self.n) * s / math.sqrt(self.n)
+        """t(0.975, n-1) * s / sqrt(n), s the sample standard deviation (the unbounded t interval's half-width,
+        for error bars); None for fewer than 2 values."""
+        ci = stats.t_interval(self.values)
+        return None if ci is None else (ci[1] - ci[0]) / 2
+
+    @property
+    def mixed(self) -> bool:
+        """Whether the seeds mix collapsed and intact models (a bimodal figure)."""
+        k = self.collapsed if self.collapsed is not None else stats.collapsed(self.values, self.threshold)
+        return 0 < k < self.n
+
+    def summary(self) -> stats.Summary:
+        if self.collapsed is None:
+            return stats.summary(self.values, self.bounds, self.threshold)
+        values = tuple(float(v) for v in self.values)
+        if not values:
+            return stats.Summary((), None, None)
+        mixed = 0 < self.collapsed < len(values)
+        ci = None if mixed else stats.interval(values, self.bounds)
+        return stats.Summary(values, self.mean, ci, self.collapsed, mixed)
 
     def interval(self) -> tuple[float, float] | None:
-        half = self.half
-        return None if half is None else (self.mean - half, self.mean + half)
+        """The 95% interval of the mean, inside ``bounds`` (None for fewer than 2 values or a bimodal figure)."""
+        ci = self.summary().interval
+        return None if ci is None else (ci.low, ci.high)
+
+    @property
+    def sd(self) -> float | None:
+        return stats.sd(self.values)
+
+    @property
+    def mde(self) -> float | None:
+        """For paired differences: the minimum detectable difference at 80% power (two-sided alpha 0.05)."""
+        return stats.mde(self.n, self.sd)
+
+    @property
+    def within_noise(self) -> bool | None:
+        """For paired differences: whether the interval contains 0 (None without an interval)."""
+        ci = self.interval()
+        return None if ci is None else ci[0] <= 0.0 <= ci[1]
 
     def overlaps(self, other: Stat) -> bool:
-        """Whether both have confidence intervals and they overlap."""
+        """Whether both have confidence intervals and they overlap (not a test of their difference: the report
+        compares setups by their paired differences)."""
         a, b = self.interval(), other.interval()
         return a is not None and b is not None and a[0] <= b[1] and b[0] <= a[1]
 
     def json(self) -> dict | None:
         if not self.values:
             return None
-        return {"mean": self.mean, "ci95": self.half, "n": self.n, "values": list(self.values)}
+        s = self.summary()
+        return {
+            "mean": self.mean,
+            "n": self.n,
+            "values": list(self.values),
+            "interval": None if s.interval is None else [s.interval.low, s.interval.high],
+            "interval_kind": None if s.interval is None else s.interval.kind,
+            "collapsed": s.collapsed,
+            "bimodal": s.mixed,
+        }
 
-    def cell(self, signed: bool = False, n_row: int | None = None) -> str:
-        """Percent: ``88.48``, or ``88.48 ± 1.20`` over seeds (and ``[n=2]`` where n differs from the row's)."""
+    def cell(self, signed: bool = False, n_row: int | None = None, scale: float = 100.0, digits: int = 2) -> str:
+        """Percent: ``88.48``, or ``88.48 [86.10, 90.86]`` over seeds (the 95% interval, inside the range), or
+        ``per seed 10.00, 95.20 (1 of 2 collapsed)``; ``[n=2]`` where n differs from the row's."""
         if not self.values:
             return "—"
-        text = f"{100 * self.mean:+.2f}" if signed else f"{100 * self.mean:.2f}"
-        if self.half is not None:
-            text += f" ± {100 * self.half:.2f}"
+        s = self.summary()
+        if s.interval is None and not s.mixed:
+            text = f"{scale * self.mean:{'+' if signed else ''}.{digits}f}"
+        else:
+            text = s.text(scale, digits, signed)
         if n_row is not None and self.n != n_row:
             text += f" [n={self.n}]"
         return text
+
+
+def difference(a: list[float], b: list[float], collapsed: int = 0) -> Stat:
+    """Paired differences a - b (one pair per seed) as a Stat in [-1, 1]; ``collapsed``: seeds where a side
+    collapsed."""
+    return Stat([x - y for x, y in zip(a, b)], bounds=stats.DIFFERENCE, collapsed=collapsed)
 
 
 # --------------------------------------------------------------------------- experiments
@@ -337,11 +402,72 @@ def _order(label: str):
     return (setups.index(base) if base in setups else len(setups), label)
 
 
+def classes(exp: Experiment) -> int | None:
+    """The experiment's number of classes: the baseline's ``num_classes``, else the forget set's class count."""
+    hparams = (exp.identity.get("baseline") or {}).get("hparams") or {}
+    if isinstance(hparams.get("num_classes"), int):
+        return hparams["num_classes"]
+    counts = exp.records[0].get(rk.FORGET_CLASSES)
+    return len(counts) if isinstance(counts, list) and counts else None
+
+
+def _test_at(record: dict, col: str) -> float | None:
+    """A run's test accuracy after 1 epoch (``col`` "1") or after its last epoch (N/2)."""
+    return _at(record, "test", 1 if col == "1" else record.get(rk.HEAL_EPOCHS))
+
+
+def _paired(by_seed: dict, label: str, ref: str, col: str, threshold: float | None) -> Stat:
+    """Per seed: setup ``label`` minus ``ref`` (a setup of the same seed, or "GS") on the same start and test
+    set; the seeds where either side collapsed are counted."""
+    a, b, collapsed = [], [], 0
+    for runs in by_seed.values():
+        r = runs.get(label)
+        if r is None:
+            continue
+        x = _test_at(r, col)
+        y = r.get(rk.GOLD_TEST_ACC) if ref == "GS" else (_test_at(runs[ref], col) if ref in runs else None)
+        if x is None or y is None:
+            continue
+        a.append(x)
+        b.append(y)
+        collapsed += int(stats.collapsed([x, y], threshold) > 0)
+    return difference(a, b, collapsed)
+
+
+def _correctness(record: dict) -> dict[str, list[bool]]:
+    """The per-image test correctness a run saved beside its results.json (empty when none)."""
+    folder = os.path.dirname(str(record[rk.FILE.name])) if rk.FILE.name in record else record.get(rk.RUN_DIR)
+    return load_correctness(str(folder)) if folder else {}
+
+
+def _mcnemar(by_seed: dict, label: str, ref: str) -> list[stats.McNemar]:
+    """Per seed: exact McNemar of setup ``label``'s final model against ``ref``'s (a setup, or "GS") on the test
+    images, where both runs saved their per-image correctness."""
+    out = []
+    for runs in by_seed.values():
+        if label not in runs:
+            continue
+        mine = _correctness(runs[label])
+        if ref == "GS":
+            theirs = mine.get(rk.GOLD)
+        else:
+            theirs = _correctness(runs[ref]).get(rk.HEALED) if ref in runs else None
+        if mine.get(rk.HEALED) is not None and theirs is not None and len(theirs) == len(mine[rk.HEALED]):
+            out.append(stats.mcnemar(mine[rk.HEALED], theirs))
+    return out
+
+
+def references(labels: list[str]) -> list[str]:
+    """What every setup is compared with: R, each control (T-random) and the gold standard."""
+    return ["R", *(label for label in labels if not is_compared(label)), "GS"]
+
+
 def healing_row(exp: Experiment) -> dict:
-    """The Table 4 figures of one experiment, over its seeds."""
+    """The Table 4 figures of one experiment, over its seeds, and every setup's paired differences."""
     by_seed, _ = _runs_by_seed(exp)
     first = exp.records[0]
     seeds = list(by_seed)
+    threshold = stats.collapse_threshold(classes(exp))
 
     def over_seeds(key: str) -> Stat:
         values = []
@@ -349,7 +475,7 @@ def healing_row(exp: Experiment) -> dict:
             value = next((r.get(key) for r in runs.values() if r.get(key) is not None), None)
             if value is not None:
                 values.append(value)
-        return Stat(values)
+        return Stat(values, threshold=threshold)
 
     labels = sorted({label for runs in by_seed.values() for label in runs}, key=_order)
     n_half = max((r.get(rk.HEAL_EPOCHS) or 0) for r in exp.records) or None
@@ -366,6 +492,7 @@ def healing_row(exp: Experiment) -> dict:
         "seeds": len(seeds),
         "seed_values": [json.loads(s) for s in seeds],
         "N/2": n_half,
+        "collapse threshold": threshold,
         "BL": over_seeds(rk.BASELINE_TEST_ACC),
         "GS": over_seeds(rk.GOLD_TEST_ACC),
         "Init": over_seeds(rk.UNLEARNED_TEST_ACC),
@@ -373,6 +500,8 @@ def healing_row(exp: Experiment) -> dict:
         "Init std": first.get(rk.UNLEARNED_ACC_STD),
         "setups": {},
         "curves": {},
+        "paired": {},
+        "mcnemar": {},
         "runs": {
             label: [runs[label].get(rk.RUN_DIR) for runs in by_seed.values() if label in runs] for label in labels
         },
@@ -387,6 +516,7 @@ def healing_row(exp: Experiment) -> dict:
     if val_missing:
         missing = rk.HEALED_EPOCH.template.format(split="val", epoch="k")
         row["notes"].append(f"chosen on test accuracy: some runs record no validation accuracy ({missing})")
+    refs = references(labels)
     for label in labels:
         runs = [runs[label] for runs in by_seed.values() if label in runs]
         per_col = {}
@@ -399,13 +529,20 @@ def healing_row(exp: Experiment) -> dict:
                     test.append(t)
                 if v is not None:
                     val.append(v)
-            per_col[col], per_col[f"val {col}"] = Stat(test), Stat(val)
+            per_col[col], per_col[f"val {col}"] = Stat(test, threshold=threshold), Stat(val, threshold=threshold)
         row["setups"][label] = per_col
         epochs = max((r.get(rk.HEAL_EPOCHS) or 0) for r in runs)
         row["curves"][label] = [
-            Stat([x for x in (_at(r, "test", k) for r in runs) if x is not None]) for k in range(epochs + 1)
+            Stat([x for x in (_at(r, "test", k) for r in runs) if x is not None], threshold=threshold)
+            for k in range(epochs + 1)
         ]
-    row["gaps"] = {label: _minus_gs(by_seed, label, "N/2") for label in labels}
+        row["paired"][label] = {
+            ref: {col: _paired(by_seed, label, ref, col, threshold) for col in ("1", "N/2")}
+            for ref in refs
+            if ref != label
+        }
+        row["mcnemar"][label] = {ref: _mcnemar(by_seed, label, ref) for ref in refs if ref != label}
+    row["gaps"] = {label: row["paired"][label]["GS"]["N/2"] for label in labels}
     for col in ("1", "N/2"):
         compared = [label for label in labels if is_compared(label)]
         key = col if val_missing else f"val {col}"
@@ -415,25 +552,12 @@ def healing_row(exp: Experiment) -> dict:
         row[f"worst {col}"] = worst
         if not best:
             continue
-        best_stat = row["setups"][best[0]][col]
-        others = [row["setups"][label][col] for label in compared if label not in best]
-        row[f"best {col} within noise"] = any(best_stat.overlaps(o) for o in others)
-        row[f"best-GS {col}"] = {label: _minus_gs(by_seed, label, col) for label in best}
-        row[f"best-GS {col} within noise"] = best_stat.overlaps(row["GS"])
+        # within noise: the best's paired difference to another compared setup has an interval holding 0
+        others = [_paired(by_seed, best[0], label, col, threshold) for label in compared if label not in best]
+        row[f"best {col} within noise"] = any(d.within_noise for d in others)
+        row[f"best-GS {col}"] = {label: row["paired"][label]["GS"][col] for label in best}
+        row[f"best-GS {col} within noise"] = bool(row[f"best-GS {col}"][best[0]].within_noise)
     return row
-
-
-def _minus_gs(by_seed: dict, label: str, col: str) -> Stat:
-    """The best setup's test accuracy minus the gold standard's, paired by seed."""
-    values = []
-    for runs in by_seed.values():
-        r = runs.get(label)
-        if r is None or r.get(rk.GOLD_TEST_ACC) is None:
-            continue
-        acc = _at(r, "test", 1 if col == "1" else r.get(rk.HEAL_EPOCHS))
-        if acc is not None:
-            values.append(acc - r[rk.GOLD_TEST_ACC])
-    return Stat(values)
 
 
 def healing_tables(records: list[dict]) -> list[dict]:
@@ -514,7 +638,9 @@ def _init_cell(row: dict) -> str:
     init = row["Init"]
     if row["seeds"] > 1:
         return init.cell(n_row=row["seeds"])
-    spread = f" ({_pct(row['Init mean'])} ± {_pct(row['Init std'])})" if row["Init mean"] is not None else ""
+    spread = (
+        f" (repeats: mean {_pct(row['Init mean'])}, sd {_pct(row['Init std'])})" if row["Init mean"] is not None else ""
+    )
     return init.cell() + spread
 
 
@@ -561,12 +687,105 @@ def table_markdown(table: dict) -> str:
         "Best and worst over R and the twin metrics (controls in their own columns), chosen by validation "
         "accuracy and reported with test accuracy; A = B: a tie."
     )
+    legend += " " + seeds_sentence([r["seeds"] for r in rows])
     if any(r["seeds"] > 1 for r in rows):
-        legend += " Over seeds: mean ± 95% CI half-width (Student t); ≈: within noise (the best's interval "
-        legend += "overlaps another compared setup's, or on Best−GS the gold standard's)."
+        legend += (
+            " Over seeds: mean [95% interval] (Student t, kept inside [0, 100]: cut at the range below 5 seeds, a "
+            "bootstrap from 5 on; docs/statistics.md); ≈: within noise: the paired interval of the best minus "
+            "another compared setup (on Best−GS: minus GS) contains 0."
+        )
+    if any(r["Init"].mixed or any(a[c].mixed for a in r["setups"].values() for c in ("1", "N/2")) for r in rows):
+        legend += f" {_collapse_sentence(rows)}"
     out += ["", legend]
     out += [f"Note: {n}." for n in notes]
+    for r in rows:
+        out += ["", paired_markdown(r)]
     return "\n".join(out)
+
+
+def seeds_sentence(ns: list[int]) -> str:
+    """What the number of seeds allows: ``n = 3 seeds: t intervals are wide (t = 4.30)``; ``n = 1: no
+    uncertainty``."""
+    ns = sorted(set(ns))
+    parts = []
+    for n in ns:
+        if n == 1:
+            parts.append("n = 1: no uncertainty (one seed: single values, no interval)")
+        elif n < stats.FEW:
+            parts.append(f"n = {n} seeds: t intervals are wide (t = {t_quantile(n):.2f})")
+        else:
+            parts.append(f"n = {n} seeds")
+    return "; ".join(parts) + "."
+
+
+def _collapse_sentence(rows: list[dict]) -> str:
+    thresholds = {r["collapse threshold"] for r in rows if r.get("collapse threshold") is not None}
+    below = " or ".join(f"{100 * t:.0f}%" for t in sorted(thresholds)) or "chance"
+    return (
+        f"per seed …: the seeds mix collapsed models (test accuracy below {below}, chance plus "
+        f"{100 * stats.COLLAPSE_MARGIN:.0f} points) and intact ones, so no mean is shown; the count of collapsed seeds "
+        "follows."
+    )
+
+
+def _paired_cell(diff: Stat, n_row: int) -> str:
+    if not diff.values:
+        return "—"
+    return ("≈ " if diff.within_noise else "") + diff.cell(signed=True, n_row=n_row)
+
+
+def _mcnemar_cell(tests: list[stats.McNemar], n_row: int) -> str:
+    if not tests:
+        return "—"
+    if len(tests) == 1 and n_row == 1:
+        t = tests[0]
+        return f"{t.b} / {t.c}, p = {t.p:.3g}"
+    b, c = sum(t.b for t in tests), sum(t.c for t in tests)
+    significant = sum(t.p < stats.ALPHA for t in tests)
+    return f"p < {stats.ALPHA:g} in {significant} of {len(tests)} seeds ({b} / {c} in all)"
+
+
+def paired_markdown(row: dict) -> str:
+    """Markdown: every setup of one experiment minus R, minus each control (T-random) and minus GS, paired by
+    seed; the minimum detectable difference against R; exact McNemar against R on the test images."""
+    n = row["seeds"]
+    labels = sorted(row["paired"], key=_order)
+    refs = references(labels)
+    others = [ref for ref in refs if ref != "R"]
+    head = (
+        "| setup | − R 1 ep | − R N/2 ep |"
+        + "".join(f" − {ref} N/2 ep |" for ref in others)
+        + " MDE − R N/2 ep | McNemar − R N/2 ep: b / c |"
+    )
+    out = [
+        f"Paired differences, {row['method']} (points; n = {n} seed{'s' if n != 1 else ''}; per seed: the setup "
+        "minus the reference on the same unlearned start and the same test images):",
+        "",
+        head,
+        "|" + "---|" * (5 + len(others)),
+    ]
+    for label in labels:
+        diffs = row["paired"][label]
+        cells = [_paired_cell(diffs["R"][col], n) if "R" in diffs else "—" for col in ("1", "N/2")]
+        cells += [_paired_cell(diffs[ref]["N/2"], n) if ref in diffs else "—" for ref in others]
+        # no MDE from a bimodal spread: seeds that mix collapsed and intact models are not one noise
+        mde = diffs["R"]["N/2"].mde if "R" in diffs and not diffs["R"]["N/2"].mixed else None
+        cells.append("—" if mde is None else f"{100 * mde:.2f}")
+        cells.append(_mcnemar_cell(row["mcnemar"][label].get("R", []), n) if "R" in diffs else "—")
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    legend = seeds_sentence([n]) + " "
+    if n > 1:
+        legend += (
+            "Each cell: the mean of the per-seed differences [its 95% interval: Student t on the differences "
+            "(scipy's paired t); where that would leave [−100, 100], a bootstrap from 5 seeds on and below 5 cut "
+            "at the range]; ≈: the interval contains 0 (within noise). MDE: the smallest difference from R that "
+            f"{n} seeds detect with 80% power (two-sided α 0.05), from the observed spread of the differences. "
+        )
+    legend += (
+        "McNemar: exact test on the test images exactly one of the two final models classifies correctly (b: only "
+        "the setup, c: only R); — where the runs saved no per-image results."
+    )
+    return "\n".join(out + ["", legend])
 
 
 def _titled(found: list[dict], render, empty: str) -> str:
@@ -584,8 +803,8 @@ def healing_table(records: list[dict]) -> str:
     return _titled(healing_tables(records), table_markdown, "no heal runs found.")
 
 
-def _stat(runs: list[dict], key: str) -> Stat:
-    return Stat([value for r in runs if (value := rk.number(r, key)) is not None])
+def _stat(runs: list[dict], key: str, bounds=stats.UNIT, threshold: float | None = None) -> Stat:
+    return Stat([value for r in runs if (value := rk.number(r, key)) is not None], bounds, threshold)
 
 
 def _forget_label(record: dict) -> str:
@@ -619,13 +838,21 @@ def unlearning_table(records: list[dict]) -> str:
         order = (str(first.get(rk.DATASET)), str(first.get(rk.UNLEARN_METHOD)), str(first.get(rk.ADVERSARY_SELECTOR)))
         line = (
             f"| {first.get(rk.DATASET)} | {first.get(rk.UNLEARN_METHOD)} | {_forget_label(first)} | {len(runs)} "
-            f"| {_stat(runs, rk.BASELINE_TEST_ACC).cell()} | {_stat(runs, rk.UNLEARNED_TEST_ACC).cell()} "
+            f"| {_stat(runs, rk.BASELINE_TEST_ACC).cell()} "
+            f"| {_stat(runs, rk.UNLEARNED_TEST_ACC, threshold=stats.collapse_threshold(classes(exp))).cell()} "
             f"| {repeats} | {_stat(runs, rk.GOLD_TEST_ACC).cell(n_row=len(runs))} "
             f"| {_stat(runs, rk.ATTACK_RANDOM_TEST_ACC).cell(n_row=len(runs))} "
-            f"| {_stat(runs, rk.ATTACK_STRENGTH).cell(signed=True, n_row=len(runs))} | {seconds} | {exp.id} |"
+            f"| {_stat(runs, rk.ATTACK_STRENGTH, stats.DIFFERENCE).cell(signed=True, n_row=len(runs))} "
+            f"| {seconds} | {exp.id} |"
         )
         rows.append(((*order, first.get(rk.FORGET_COUNT) or 0), line))
     out += [line for _, line in sorted(rows, key=lambda t: t[0])]
+    out += [
+        "",
+        "n: seeds. Over seeds: mean [95% interval] (Student t, kept inside [0, 100]; attack strength is a paired "
+        "difference, the adversary's drop minus the random set's on the same seed); per seed …: seeds that mix "
+        "collapsed and intact unlearned models. " + seeds_sentence([len(e.records) for e in exps]),
+    ]
     sisa = [e for e in exps if e.records[0].get(rk.UNLEARN_METHOD) == rk.SISA and rk.SISA_TEST_ACC in e.records[0]]
     if sisa:
         out += [
@@ -668,7 +895,9 @@ METHOD_FIGURES = (
 )
 
 
-def _over_seeds(by_seed: dict, key: str, label: str | None = None) -> Stat:
+def _over_seeds(
+    by_seed: dict, key: str, label: str | None = None, bounds=stats.UNIT, threshold: float | None = None
+) -> Stat:
     """``key`` over seeds: from the run of setup ``label``, or (None) from the first run of the seed holding it."""
     values = []
     for runs in by_seed.values():
@@ -678,7 +907,7 @@ def _over_seeds(by_seed: dict, key: str, label: str | None = None) -> Stat:
             value = next((r.get(key) for r in runs.values() if r.get(key) is not None), None)
         if value is not None:
             values.append(value)
-    return Stat(values)
+    return Stat(values, bounds, threshold)
 
 
 def _best_twin(by_seed: dict) -> list[str]:
@@ -711,7 +940,7 @@ def methods_row(exp: Experiment) -> dict:
         "experiment": exp.id,
         "method": _method(first),
         "seeds": len(by_seed),
-        "time": _over_seeds(by_seed, rk.UNLEARNED_TIME_S),
+        "time": _over_seeds(by_seed, rk.UNLEARNED_TIME_S, bounds=stats.POSITIVE),
         "reference": {
             name: {col: _over_seeds(by_seed, key(model)) for col, key in METHOD_FIGURES}
             for name, model in (("BL", rk.BASELINE), ("GS", rk.GOLD))
@@ -741,17 +970,12 @@ def methods_tables(records: list[dict]) -> list[dict]:
 
 
 def _fraction(stat: Stat, n_row: int) -> str:
-    """An AUC as a fraction: ``0.612``, or ``0.612 ± 0.030`` over seeds."""
-    if not stat.values:
-        return "—"
-    text = f"{stat.mean:.3f}" + (f" ± {stat.half:.3f}" if stat.half is not None else "")
-    return text + (f" [n={stat.n}]" if stat.n != n_row else "")
+    """An AUC as a fraction: ``0.612``, or ``0.612 [0.580, 0.640]`` over seeds (never outside [0, 1])."""
+    return stat.cell(n_row=n_row, scale=1.0, digits=3)
 
 
 def _seconds(stat: Stat) -> str:
-    if not stat.values:
-        return "—"
-    return f"{stat.mean:.1f}" + (f" ± {stat.half:.1f}" if stat.half is not None else "")
+    return Stat(stat.values, bounds=stats.POSITIVE).cell(scale=1.0, digits=1)
 
 
 def _figure_cells(figures: dict | None, n_row: int) -> list[str]:
@@ -796,7 +1020,9 @@ def methods_markdown(table: dict) -> str:
             "validation accuracy; MIA F/twins: the healed model's AUC separating its twins from the forget set."
         )
     if any(r["seeds"] > 1 for r in rows):
-        legend += " Over seeds: mean ± 95% CI half-width (Student t)."
+        legend += " Over seeds: mean [95% interval] (Student t, kept inside the range: [0, 100] for accuracies, "
+        legend += "[0, 1] for AUCs)."
+    legend += " " + seeds_sentence([r["seeds"] for r in rows])
     return "\n".join(out + ["", legend])
 
 
@@ -843,9 +1069,11 @@ def report(records: list[dict], source: str | None = None, stderr=None) -> str:
 
 
 def to_json(value):
-    """Rows made JSON-able (a Stat becomes its mean, ci95, n and values)."""
+    """Rows made JSON-able (a Stat becomes its mean, n, values, interval and kind; a McNemar test its b, c, p)."""
     if isinstance(value, Stat):
         return value.json()
+    if isinstance(value, stats.McNemar):
+        return {"b": value.b, "c": value.c, "p": value.p}
     if isinstance(value, dict):
         return {k: to_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -111,10 +111,12 @@ def test_seeds_give_mean_and_student_t_interval(make_record):
     # R is far above T-raw_l2 (no ≈ on best) but within noise of GS (≈ on Best−GS)
     assert row["best N/2 within noise"] is False and row["best-GS N/2 within noise"] is True
     text, _ = _report(runs)
-    cell = f"{100 * best.mean:.2f} ± {100 * best.half:.2f} (R)"
+    cell = f"{100 * best.mean:.2f} [{100 * (best.mean - best.half):.2f}, {100 * (best.mean + best.half):.2f}] (R)"
     assert f"| {cell} |" in text and "| 3 |" in text
-    assert f"| ≈ {100 * gap.mean:+.2f} ± {100 * gap.half:.2f} |" in text
-    assert "≈: within noise" in text
+    glo, ghi = gap.interval()
+    assert f"| ≈ {100 * gap.mean:+.2f} [{100 * glo:+.2f}, {100 * ghi:+.2f}] |" in text
+    assert stats.ttest_rel(r_acc, gs).confidence_interval() == pytest.approx((glo, ghi))  # paired by seed
+    assert "≈: within noise" in text and "±" not in text
 
 
 def test_stat_interval_matches_scipy():
@@ -147,3 +149,6 @@ def test_report_command_writes_json_with_every_statistic(tmp_path, make_record, 
     row = out["tables"][0]["rows"][0]
     assert row["seeds"] == 2 and row["best N/2"] == ["R"] and row["setups"]["R"]["N/2"]["n"] == 2
     assert out["healing"][0]["experiment"] == runs[0][rk.EXPERIMENT_ID] and len(out["runs"]) == 4
+    diff = row["paired"]["T-raw_l2"]["R"]["N/2"]  # per seed 0.89 - 0.90: the same difference twice
+    assert diff["values"] == pytest.approx([-0.01, -0.01]) and diff["interval"] == pytest.approx([-0.01, -0.01])
+    assert diff["interval_kind"] == "t" and row["mcnemar"]["T-raw_l2"]["R"] == []  # no per-image results saved

@@ -1,4 +1,4 @@
-"""The unlearning and baseline tables aggregate an experiment's seeds: mean ± 95% CI, never a mix."""
+"""The unlearning and baseline tables aggregate an experiment's seeds: mean [95% interval], never a mix."""
 
 from scipy import stats
 
@@ -24,7 +24,7 @@ def test_seeds_of_one_experiment_make_one_row_with_a_t_interval():
     cells = _row(text, "| digits")
     assert cells[3] == "3"
     low, high = stats.t.interval(0.95, 2, loc=sum(accs) / 3, scale=stats.sem(accs))
-    assert cells[5] == f"{100 * sum(accs) / 3:.2f} ± {100 * (high - low) / 2:.2f}"
+    assert cells[5] == f"{100 * sum(accs) / 3:.2f} [{100 * low:.2f}, {100 * high:.2f}]"
     assert cells[10] == "2.0"
 
 
@@ -35,7 +35,7 @@ def test_two_strengths_are_two_rows_never_averaged():
     text = unlearning_table(records)
     rows = [line for line in text.splitlines() if line.startswith("| digits")]
     assert len(rows) == 2
-    assert {_row(line, "| digits")[5] for line in rows} == {"80.00 ± 0.00", "50.00 ± 0.00"}
+    assert {_row(line, "| digits")[5] for line in rows} == {"80.00 [80.00, 80.00]", "50.00 [50.00, 50.00]"}
 
 
 def test_sisa_ensembles_are_listed_once_per_grid():
@@ -47,11 +47,12 @@ def test_sisa_ensembles_are_listed_once_per_grid():
     assert all(r[key] == value for r in records for key, value in reported.items())
     text = unlearning_table(records)
     assert "SISA ensembles before unlearning" in text
-    assert _row(text, "| digits | 3 × 5")[4] == "93.00 ± 0.00"
+    assert _row(text, "| digits | 3 × 5")[4] == "93.00 [93.00, 93.00]"
 
 
 def test_baselines_aggregate_their_seeds():
     records = [fit_record(seed, acc, time_s=10.0 + seed) for seed, acc in ((0, 0.96), (1, 0.98))]
     cells = _row(fit_table(records), "| digits")
     low, high = stats.t.interval(0.95, 1, loc=0.97, scale=stats.sem([0.96, 0.98]))
-    assert cells[2] == "2" and cells[3] == f"97.00 ± {100 * (high - low) / 2:.2f}" and cells[4] == "10.5"
+    assert high > 1  # the t interval passes 100%: two seeds print it cut at the range, never past it
+    assert cells[2] == "2" and cells[3] == f"97.00 [{100 * low:.2f}, 100.00]" and cells[4] == "10.5"
