@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
 from healing_pl.data.datasets import Pool, build_pool
+from healing_pl.data.datasets import mislabel as mislabel_pool
 
 SPLITS = ("primary", "backup", "val", "test")
 
@@ -118,6 +119,9 @@ class HealingDataModule(L.LightningDataModule):
         seed: seed of the split and of the training shuffle.
         image_size: resize images to this side (default: the dataset's own, 224 for folders).
         channels: 1 or 3 image channels (image folders only).
+        mislabel: give this many primary samples (seeded) a wrong label, drawn among the other classes: a
+            model trained on them memorises wrong labels, which the gold standard does not, so their
+            forgetting is measurable (pick them with --adversary MislabelledSelector).
     """
 
     def __init__(
@@ -135,6 +139,7 @@ class HealingDataModule(L.LightningDataModule):
         seed: int = 0,
         image_size: int | None = None,
         channels: int | None = None,
+        mislabel: int = 0,
     ):
         super().__init__()
         if batch_size < 1 or eval_batch_size < 1:
@@ -162,6 +167,8 @@ class HealingDataModule(L.LightningDataModule):
                 f"dataset '{dataset}' has no test set of its own and the splits leave no test samples; "
                 "lower primary/backup/val or set test."
             )
+        #: the primary samples whose label was replaced (data.mislabel), sorted
+        self.pool, self.mislabelled_ids = mislabel_pool(self.pool, self.splits["primary"], mislabel, seed)
         self.train_ids: Tensor = self.splits["primary"]
 
     # ------------------------------------------------------------------ facts
@@ -213,8 +220,9 @@ class HealingDataModule(L.LightningDataModule):
             raise ValueError("the forget set covers the whole primary set; nothing would remain to train on.")
         return remain
 
-    def heal_ids(self, forget_ids, twin_ids=()) -> Tensor:
-        """The heal set: R plus the twins (which must come from outside the primary set)."""
+    def heal_ids(self, forget_ids, twin_ids=(), remain_fraction: float = 1.0, seed: int = 0) -> Tensor:
+        """The heal set: R (or a seeded ``remain_fraction`` of it, at least one sample) plus the twins (which
+        must come from outside the primary set)."""
         twins = _as_ids(twin_ids)
         if twins.numel():
             inside = twins[torch.isin(twins, self.primary_ids)]
@@ -222,7 +230,12 @@ class HealingDataModule(L.LightningDataModule):
                 raise ValueError(
                     f"twins must come from outside the primary set, but ids {inside[:5].tolist()} are in it."
                 )
-        return torch.cat([self.remain_ids(forget_ids), twins])
+        remain = self.remain_ids(forget_ids)
+        if remain_fraction < 1.0:
+            keep = max(1, int(remain_fraction * remain.numel() + 0.5))
+            order = torch.randperm(remain.numel(), generator=torch.Generator().manual_seed(seed))
+            remain = remain[order[:keep].sort().values]
+        return torch.cat([remain, twins])
 
     def set_train_ids(self, ids) -> None:
         """Make the training loader serve ``ids`` (e.g. the remain or heal set)."""

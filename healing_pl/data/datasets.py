@@ -13,6 +13,7 @@ datasets (torchvision): ``mnist`` and ``cifar10``. Image trees:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -115,6 +116,44 @@ class Pool:
 
     def __len__(self) -> int:
         return len(self.train)
+
+
+class Mislabelled(Dataset):
+    """``dataset`` with the labels of the samples ``ids`` replaced by ``labels`` (every other attribute, such as
+    the normalisation ``mean`` and ``std``, is the dataset's own)."""
+
+    def __init__(self, dataset: Dataset, ids: Tensor, labels: Tensor):
+        self.dataset, self.mislabelled_ids = dataset, ids
+        self.targets = dataset.targets.clone()
+        self.targets[ids] = labels
+        self._override = dict(zip(ids.tolist(), labels.tolist()))
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        x, y = self.dataset[index]
+        return x, self._override.get(int(index), y)
+
+    def __getattr__(self, name: str):
+        if name in ("dataset", "_override"):  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+def mislabel(pool: Pool, candidates: Tensor, count: int, seed: int) -> tuple[Pool, Tensor]:
+    """``pool`` with ``count`` samples drawn from ``candidates`` (seeded) given a different class, drawn uniformly
+    among the other classes, and their ids (sorted). A model trained on them memorises wrong labels: the gold
+    standard retrained without them predicts their true class, so forgetting them is measurable."""
+    if not 0 <= count <= candidates.numel():
+        raise ValueError(f"data.mislabel must lie in [0, {candidates.numel()}] (the primary set's size), got {count}.")
+    if count == 0:
+        return pool, torch.empty(0, dtype=torch.long)
+    g = torch.Generator().manual_seed(seed + 7919)  # a stream of its own: the splits' draws stay as they are
+    ids = candidates[torch.randperm(candidates.numel(), generator=g)[:count]].sort().values
+    shift = torch.randint(1, pool.num_classes, (count,), generator=g)
+    labels = (pool.targets[ids] + shift) % pool.num_classes
+    return dataclasses.replace(pool, train=Mislabelled(pool.train, ids, labels)), ids
 
 
 def _mnist5k(root=None, download=False, image_size=None, channels=None) -> Pool:

@@ -129,17 +129,23 @@ class HealConfig:
             rounded up (ceil(N/2): N = 10, 5, 3 give 5, 3, 2).
         lr: Adam learning rate of the fine-tune; None: the baseline's.
         gold: also train (or load from the cache) the gold standard, to report Best-GS.
+        remain_fraction: the share of the remain set R that joins the twins in the heal set, drawn with the
+            baseline's seed: 1 heals on R plus the twins (the paper); 0.1 on the twins plus a 10% subset of R,
+            where a twin weighs ten times more (the twin-regime study). heal subcommand only.
     """
 
     epochs: int | None = None
     lr: float | None = None
     gold: bool = True
+    remain_fraction: float = 1.0
 
     def __post_init__(self):
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"heal.epochs must be at least 1, got {self.epochs}.")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"heal.lr must be positive, got {self.lr}.")
+        if isinstance(self.remain_fraction, bool) or not 0.0 < self.remain_fraction <= 1.0:
+            raise ValueError(f"heal.remain_fraction must lie in (0, 1], got {self.remain_fraction}.")
 
     def epochs_for(self, baseline_epochs: int) -> int:
         """The fine-tune's epochs: ``epochs``, or ceil(N/2) of the baseline's N (at least 1)."""

@@ -127,6 +127,7 @@ def test_knobs_and_record():
     selector = ClassSelector(target_class=7, budget=0.1, seed=3)
     assert ClassSelector.knob_names() == [
         "target_class",
+        "class_fraction",
         "budget",
         "system_knowledge",
         "data_knowledge",
@@ -142,7 +143,7 @@ def test_knobs_and_record():
         "adversary/target_class": 7,
     }
     assert RandomSelector().record()["adversary/target_class"] is None
-    assert repr(selector).startswith("ClassSelector(target_class=7, budget=0.1")
+    assert repr(selector).startswith("ClassSelector(target_class=7, class_fraction=None, budget=0.1")
 
 
 def test_the_unlearning_aware_ranking_gets_its_knobs():

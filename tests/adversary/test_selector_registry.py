@@ -12,6 +12,7 @@ from healing_pl.adversary.selectors import (
     BlindGuessSelector,
     ClassSelector,
     GradientSelector,
+    MislabelledSelector,
     RandomSelector,
     UnlearningAwareSelector,
     WorstLogitsSelector,
@@ -24,6 +25,7 @@ CLASSES = (
     GradientSelector,
     BlindGuessSelector,
     UnlearningAwareSelector,
+    MislabelledSelector,
 )
 
 
@@ -46,16 +48,17 @@ PRIMARY = torch.arange(0, 40, 2)
 
 def test_every_selector_is_registered_under_a_unique_name_and_label():
     assert SELECTORS.classes() == list(CLASSES)
-    assert SELECTORS.names() == ["random", "class", "worst_logits", "gradient", "blind_guess", "unlearning_aware"]
+    names = ["random", "class", "worst_logits", "gradient", "blind_guess", "unlearning_aware", "mislabelled"]
+    assert SELECTORS.names() == names
     labels = [cls.label for cls in SELECTORS.classes()]
-    assert labels == ["random", "class", "worst logits", "gradient", "blind guess", "unlearning-aware"]
+    assert labels == ["random", "class", "worst logits", "gradient", "blind guess", "unlearning-aware", "mislabelled"]
     assert len(set(labels)) == len(labels)
     for name in SELECTORS:
         cls = SELECTORS[name]
         assert issubclass(cls, Selector) and cls.name == name
         assert SELECTORS.by_class_name(cls.__name__) is cls
         assert SELECTORS.by_class_name(f"{cls.__module__}.{cls.__name__}") is cls
-    assert [cls.simulates_unlearning for cls in CLASSES] == [False] * 5 + [True]
+    assert [cls.simulates_unlearning for cls in CLASSES] == [False] * 5 + [True, False]
 
 
 def test_cli_names_are_the_class_names():
@@ -145,6 +148,9 @@ def test_a_new_adversary_is_one_class(first_ids):
 
 def test_a_new_adversary_is_offered_on_the_command_line(first_ids):
     jsonargparse = pytest.importorskip("jsonargparse")
+    from healing_pl.cli import enforce_import_policy
+
+    enforce_import_policy()  # as the CLI does before parsing: a registered class is importable by name
     parser = jsonargparse.ArgumentParser(exit_on_error=False)
     parser.add_argument("--adversary", type=Selector, default=jsonargparse.lazy_instance(SELECTORS["random"]))
     args = parser.parse_args([f"--adversary={__name__}.FirstIds", "--adversary.skip=2", "--adversary.budget=4"])

@@ -17,12 +17,13 @@ the knobs). A new adversary is one module with a registered :class:`Selector` su
 # each module registers its adversary; the registry keeps this order (the CLI and tables list them so)
 # isort: off
 from healing_pl.adversary.selectors import random, targeted, worst_logits, gradient  # noqa: F401
-from healing_pl.adversary.selectors import blind_guess, unlearning_aware  # noqa: F401
+from healing_pl.adversary.selectors import blind_guess, unlearning_aware, mislabelled  # noqa: F401
 
 # isort: on
 from healing_pl.adversary.selectors.base import SELECTORS, Selector, select_forget_set
 from healing_pl.adversary.selectors.blind_guess import BlindGuessSelector
 from healing_pl.adversary.selectors.gradient import GradientSelector, per_sample_grad_norms, per_sample_grads_apply
+from healing_pl.adversary.selectors.mislabelled import MislabelledSelector
 from healing_pl.adversary.selectors.random import RandomSelector
 from healing_pl.adversary.selectors.surface import (
     DATA_KNOWLEDGE,
@@ -44,6 +45,7 @@ __all__ = [
     "GradientSelector",
     "BlindGuessSelector",
     "UnlearningAwareSelector",
+    "MislabelledSelector",
     "SYSTEM_KNOWLEDGE",
     "DATA_KNOWLEDGE",
     "GlassBox",

@@ -138,6 +138,8 @@ class AttackSurface:
             guesses land in the training set (its hit rate stands for side
             knowledge, e.g. a public data set overlapping the training set);
             a selector must not use it for anything else.
+        mislabelled_ids: the training samples the data owner knows to carry a wrong label (``data.mislabel``;
+            sorted, empty when none): a data-cleaning request names them. Known training set only.
     """
 
     system_knowledge: str
@@ -148,6 +150,7 @@ class AttackSurface:
     predict: Callable[[Tensor], Tensor] | None = None
     glass_box: GlassBox | None = None
     guess_pools: tuple[Tensor, Tensor] | None = None
+    mislabelled_ids: Tensor = torch.empty(0, dtype=torch.long)
 
     @property
     def system_level(self) -> int:
@@ -266,7 +269,11 @@ def build_surface(
             val_ids=None if val_ids is None else torch.unique(_as_ids(val_ids, "val_ids")),
             unlearn=unlearn,
         )
+    mislabelled = getattr(dataset, "mislabelled_ids", None)  # a mislabelled pool (healing_pl.data.datasets)
+    if mislabelled is None or d_level < DATA_KNOWLEDGE.index("known"):
+        mislabelled = torch.empty(0, dtype=torch.long)
     return AttackSurface(
+        mislabelled_ids=torch.as_tensor(mislabelled, dtype=torch.long),
         system_knowledge=system_knowledge,
         data_knowledge=data_knowledge,
         candidate_ids=candidates,

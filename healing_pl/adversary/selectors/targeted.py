@@ -9,21 +9,33 @@ from healing_pl.adversary.selectors.base import SELECTORS, Selector, _generator
 
 @SELECTORS.register
 class ClassSelector(Selector):
-    """Targeted: ``budget`` random samples (seeded) of one class of the training set, in draw order."""
+    """Targeted: ``budget`` random samples (seeded) of one class of the training set, in draw order (or a fraction
+    of that class's training samples: ``class_fraction`` 1.0 forgets the whole class)."""
 
     name = "class"
     label = "class"
     needs_data = "known"
 
-    def __init__(self, target_class: int | None = None, **kwargs):
+    def __init__(self, target_class: int | None = None, class_fraction: float | None = None, **kwargs):
         """
         Args:
             target_class: Class the samples are taken from (required).
+            class_fraction: Take this fraction of the class's training samples instead of ``budget`` (rounded to
+                the nearest count; 1.0 forgets the whole class, where the gold standard knows nothing of it).
         """
         super().__init__(**kwargs)
         if target_class is None:
             raise ValueError("Selector 'class' needs a target_class.")
+        if class_fraction is not None and not 0.0 < class_fraction <= 1.0:
+            raise ValueError(f"adversary.class_fraction must lie in (0, 1], got {class_fraction}.")
         self.target_class = int(target_class)
+        self.class_fraction = class_fraction
+
+    def select(self, surface, budget: int):
+        if self.class_fraction is not None and surface.labels is not None:
+            of_class = int((surface.labels == self.target_class).sum())
+            budget = max(1, int(self.class_fraction * of_class + 0.5))
+        return super().select(surface, budget)
 
     def validate(self, n_train: int, num_classes: int) -> int:
         if not 0 <= self.target_class < num_classes:
