@@ -102,3 +102,70 @@ def test_bad_input_is_one_sentence_and_writes_nothing(baseline, capsys, options,
 def test_top_level_help_lists_calibrate(capsys):
     assert main(["--help"]) == 0
     assert "    calibrate " in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- tuning against the gold standard
+WHOLE_CLASS = ["--adversary=ClassSelector", "--adversary.target_class=3", "--adversary.budget=40"]
+AGAINST_GOLD = ["--unlearn=SSD", "--against_gold=true", "--lo=1", "--hi=100", "--steps=3"]
+
+
+def test_against_gold_chooses_the_value_closest_to_the_gold_standard_on_validation(baseline, capsys):
+    import torch.nn.functional as F
+
+    from healing_pl.experiments.calibrate import candidates, tune_against_gold
+    from healing_pl.unlearning.naive import gold_standard, model_hparams
+
+    folder, args = baseline
+    options = [*args[:3], *WHOLE_CLASS, *AGAINST_GOLD]
+    setup = load_setup(options)
+    result = tune_against_gold(setup, progress=False)
+    assert [s["value"] for s in result.steps] == [1.0, 10.0, 100.0] == candidates(1, 100, 3)
+    assert result.best == min(result.steps, key=lambda s: s["distance"])
+    # the chosen value's distance, recomputed by hand: |forget acc - GS forget acc| + mean KL(GS || unlearned)
+    dm, model = setup.datamodule, setup.model
+    forget = torch.tensor(result.forget_ids)
+    assert len(forget) == 40 and (dm.targets[forget] == 3).all()
+    gold, _ = gold_standard(model_hparams(model), dm, forget, epochs=3, seed=0, cache_dir=setup.unlearn.cache_dir)
+    out, _ = setup.unlearn.replace(alpha=result.best["value"]).run(model, dm, forget, setup.context, 0)
+    x = torch.stack([dm.pool.train[int(i)][0] for i in forget])
+    y = dm.targets[forget]
+    with torch.no_grad():
+        lg, lu = F.log_softmax(gold.eval()(x).double(), 1), F.log_softmax(out.eval()(x).double(), 1)
+    gap = abs((lu.argmax(1) == y).double().mean().item() - (lg.argmax(1) == y).double().mean().item())
+    kl = (lg.exp() * (lg - lu)).sum(1).mean().item()
+    assert result.best["distance"] == pytest.approx(gap + kl, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_against_gold_never_reads_test_and_writes_a_snippet_labelled_tuned_on_validation(baseline, capsys):
+    from healing_pl.experiments.calibrate import tune_against_gold
+
+    folder, args = baseline
+    options = [*args[:3], *WHOLE_CLASS, *AGAINST_GOLD]
+    result = tune_against_gold(load_setup(options), progress=False)
+    # the test set is never read: scrambled test labels give the same choice
+    again = load_setup(options)
+    targets, test = again.datamodule.pool.train.targets, again.datamodule.splits["test"]
+    targets[test] = (targets[test] + 1) % 10
+    assert tune_against_gold(again, progress=False).steps == result.steps
+    # the command prints and writes the snippet, labelled as tuned on validation; it loads back
+    snippet = folder / "ssd.yaml"
+    assert main(["calibrate", *options, f"--output={snippet}"]) == 0
+    text = snippet.read_text()
+    assert text.startswith("# tuned on validation: unlearn.alpha") and text in capsys.readouterr().out
+    config = yaml.safe_load(text)["unlearn"]
+    assert config["class_path"] == "SSD" and config["init_args"]["alpha"] == result.best["value"]
+
+
+def test_against_gold_refuses_a_target_drop(baseline, capsys):
+    folder, args = baseline
+    assert main(["calibrate", *args[:3], *WHOLE_CLASS, *AGAINST_GOLD, "--target_drop=0.1"]) == 2
+    assert "drop --target_drop" in capsys.readouterr().err
+
+
+def test_candidates_near_one_are_spaced_in_log_one_minus_value():
+    from healing_pl.experiments.calibrate import candidates
+
+    assert candidates(0.9, 0.9999, 4) == [0.9, 0.99, 0.999, 0.9999]
+    assert candidates(1e-3, 1e-1, 3) == [0.001, 0.01, 0.1]
+    assert candidates(1.0, 100.0, 1) == [10.0]

@@ -22,6 +22,11 @@ Strengths (``--param``; default the first of the method's; a method's ``strength
 Fisher           alpha      larger                       [1e-10, 1e-2]
 Influence        scale      smaller (a longer step)      [1, 1e6]
 Influence        damping    smaller                      [1e-6, 1e2]
+SSD              alpha      smaller                      [1, 100]
+SCRUB            lr         larger                       [1e-4, 1e-1]
+SalUn            lr         larger                       [1e-4, 1e-1]
+NegGradPlus      alpha      smaller                      [0.5, 0.9999]
+Finetune         lr         larger                       [1e-4, 1e-1]
 ===============  =========  ===========================  =================
 
 Every step measures on the validation split only: the test set is never evaluated, so a choice made
@@ -30,6 +35,22 @@ same value). A strength whose model diverges (:func:`~healing_pl.unlearning.base
 counts as too strong. The search stops early once a drop is within ``--tol`` of the target; otherwise it
 reports the closest value it tried. Candidate values are rounded to 4 significant digits before they are
 measured, so the value written is exactly the value measured.
+
+**Tuning against the gold standard** (``--against_gold``, no ``--target_drop``): the methods without a drop to
+aim at (SSD, SCRUB, SalUn, NegGrad+, Finetune; :doc:`docs/methods.md`) are tuned by how close they come to the
+gold standard (GS, retraining on the remain set with the baseline's recipe; cached like the run's) on a
+*validation* forget set: the forget set the config picks here, which must be another request than the one the
+reported runs forget (e.g. another class, or another adversary seed); it is named in the snippet. Every one of
+``--steps`` values spread over [lo, hi] (log-spaced; values in (0, 1) near 1, as NegGrad+'s alpha, are spaced in
+log(1 - value)) is run with the method's repeats and measured on the forget set alone:
+
+    gap      = |forget accuracy of the unlearned model - forget accuracy of the GS|
+    kl       = mean over the forget samples of KL(GS output || unlearned output)
+    distance = gap + kl
+
+and the value with the smallest distance is chosen (ties: the earlier). Diverged values are skipped. The test set
+is never read; the validation accuracy of each value is reported beside it. The snippet is labelled "tuned on
+validation".
 
 The result is printed and, with ``--output``, written (by rank zero) as a YAML config snippet,
 ``unlearn: {class_path: <Method>, init_args: {<param>: ..., <the method's other knobs>}}``, which loads back as a second
@@ -124,6 +145,13 @@ class CalibrateCLI(HealingCLI):
         parser.add_argument("--steps", type=int, default=8, help="Bisection steps (one unlearning with repeats each).")
         parser.add_argument("--tol", type=float, default=0.01, help="Stop once a drop is this close to the target.")
         parser.add_argument("--output", type=str | None, default=None, help="Write the YAML snippet to this file.")
+        parser.add_argument(
+            "--against_gold",
+            type=bool,
+            default=False,
+            help="Tune the strength by its distance to the gold standard on this (validation) forget set "
+            "(forget-accuracy gap + output KL) instead of a target drop.",
+        )
 
     def _parse_ckpt_path(self) -> None:
         # what `unlearn` does with --ckpt_path: one sentence for a missing or broken file, then the
@@ -158,6 +186,7 @@ class Search:
     tol: float
     output: str | None
     increasing: bool  # a larger value unlearns harder
+    against_gold: bool = False  # choose by the distance to the gold standard (target unused)
 
 
 def search_options(config) -> Search:
@@ -165,10 +194,15 @@ def search_options(config) -> Search:
     unlearn = config.unlearn  # not built yet: the chosen class and its knobs
     cls = UNLEARNERS.by_class_name(str(unlearn["class_path"] if unlearn is not None else DEFAULT_CLASSES["unlearn"]))
     strengths, method = cls.strengths, cls.__name__
+    against_gold = bool(config.get("against_gold", False))
     target = config.target_drop
-    if target is None:
+    if against_gold:
+        if target is not None:
+            raise ValueError("--against_gold chooses by the distance to the gold standard; drop --target_drop.")
+        target = 0.0
+    elif target is None:
         raise ValueError("pass --target_drop, the validation-accuracy drop to reach, in (0, 1).")
-    if not 0.0 < target < 1.0:
+    elif not 0.0 < target < 1.0:
         raise ValueError(f"--target_drop must lie in (0, 1), got {target}.")
     if not strengths:
         raise ValueError(f"calibrate tunes a strength of a method that has one, not of {method} ({_strength_names()}).")
@@ -189,7 +223,17 @@ def search_options(config) -> Search:
         folder = os.path.dirname(os.path.abspath(output))
         if os.path.isdir(output) or not os.path.isdir(folder):
             raise ValueError(f"--output '{output}' cannot be written: its folder does not exist or it is a folder.")
-    return Search(param, float(target), float(lo), float(hi), int(config.steps), float(config.tol), output, increasing)
+    return Search(
+        param,
+        float(target),
+        float(lo),
+        float(hi),
+        int(config.steps),
+        float(config.tol),
+        output,
+        increasing,
+        against_gold,
+    )
 
 
 @dataclass
@@ -296,6 +340,140 @@ def run_calibration(setup: Setup, progress: bool = True) -> Calibration:
     return result
 
 
+def candidates(lo: float, hi: float, steps: int) -> list[float]:
+    """``steps`` values from ``lo`` to ``hi`` (one: their geometric mean), log-spaced, or spaced in log(1 - value)
+    when the range lies in (0, 1) and reaches above 0.9; rounded to 4 significant digits (duplicates dropped)."""
+    near_one = 0.0 < lo < hi < 1.0 and hi > 0.9
+    a, b = (math.log(1 - lo), math.log(1 - hi)) if near_one else (math.log(lo), math.log(hi))
+    points = [(a + b) / 2] if steps == 1 else [a + (b - a) * i / (steps - 1) for i in range(steps)]
+    values = [_round(1 - math.exp(t)) if near_one else _round(math.exp(t)) for t in points]
+    return list(dict.fromkeys(values))
+
+
+def forget_outputs(model, dm, forget_ids):
+    """``(accuracy, log-probabilities)`` of ``model`` on the forget set (eval mode, float64 log-probabilities)."""
+    import torch
+
+    param = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    logps, correct = [], 0
+    with torch.no_grad():
+        for x, y in dm.loader(forget_ids):
+            logits = model(x.to(device=param.device, dtype=param.dtype)).double()
+            correct += int((logits.argmax(1).cpu() == y).sum())
+            logps.append(torch.log_softmax(logits, 1).cpu())
+    model.train(was_training)
+    return correct / len(forget_ids), torch.cat(logps)
+
+
+def gold_distance(gold: tuple, model, dm, forget_ids) -> dict:
+    """``{"gap", "kl", "distance", "forget_acc"}`` of ``model`` against the gold standard's ``gold`` =
+    :func:`forget_outputs` on the forget set (KL(GS || model), averaged over the samples)."""
+    acc, logp = forget_outputs(model, dm, forget_ids)
+    gold_acc, gold_logp = gold
+    kl = float((gold_logp.exp() * (gold_logp - logp)).sum(1).mean())
+    gap = abs(acc - gold_acc)
+    return {"gap": gap, "kl": kl, "distance": gap + kl, "forget_acc": acc}
+
+
+@dataclass
+class GoldTuning:
+    """The values tried against the gold standard and their distances."""
+
+    param: str
+    forget_count: int
+    gold_forget_acc: float
+    baseline_forget_acc: float
+    baseline_val: float
+    steps: list[dict] = field(default_factory=list)  # {"value", "distance", "gap", "kl", "forget_acc", "val_acc"}
+    forget_ids: list[int] = field(default_factory=list)  # the validation forget set
+
+    @property
+    def best(self) -> dict | None:
+        """The value with the smallest distance (ties: the earlier), or None when all diverged."""
+        done = [s for s in self.steps if s["distance"] is not None]
+        return min(done, key=lambda s: s["distance"]) if done else None
+
+
+def tune_against_gold(setup: Setup, progress: bool = True) -> GoldTuning:
+    """Pick the (validation) forget set, train or load its gold standard, run every candidate value and choose the
+    one closest to the gold standard on the forget set (the test set is never read)."""
+    from healing_pl.adversary.requests import read_requests
+    from healing_pl.unlearning.naive import gold_standard, model_hparams
+
+    s, dm, model = setup.search, setup.datamodule, setup.model
+    if setup.requests is None:
+        setup.adversary.validate(len(dm.primary_ids), dm.num_classes)
+        requests = None
+    else:
+        requests = read_requests(setup.requests, dm.pool.train)
+    forget = request_forget_set(
+        setup.adversary, model, dm, None, progress, requests, unlearn=setup.unlearn, context=setup.context
+    ).ids
+    gold, _ = gold_standard(
+        model_hparams(model),
+        dm,
+        forget,
+        epochs=setup.baseline.epochs,
+        seed=setup.baseline.seed,
+        cache_dir=setup.unlearn.cache_dir,
+        trainer=setup.context.trainer,
+    )
+    gold_out = forget_outputs(gold, dm, forget)
+    val_loader = dm.val_dataloader()
+    result = GoldTuning(
+        s.param, len(forget), gold_out[0], forget_outputs(model, dm, forget)[0], evaluate(model, val_loader)["acc"]
+    )
+    result.forget_ids = [int(i) for i in forget]
+    for value in candidates(s.lo, s.hi, s.steps):
+        cfg = setup.unlearn.replace(**{s.param: value})
+        try:
+            out = unlearn_with_repeats(model, dm, forget, cfg, setup.context, test_loader=val_loader)
+        except FloatingPointError:  # diverged
+            result.steps.append({"value": value, "distance": None, "gap": None, "kl": None})
+            continue
+        step = {"value": value, **gold_distance(gold_out, out.model, dm, forget)}
+        step["val_acc"] = statistics.fmean(out.accs)  # validation accuracies: the test loader here is validation
+        result.steps.append(step)
+        if progress:
+            print(f"{s.param}={value:g}: distance {step['distance']:.4f}", file=sys.stderr)
+    if result.best is None:
+        raise ValueError(f"every {s.param} tried in [{s.lo:g}, {s.hi:g}] made {type(setup.unlearn).__name__} diverge.")
+    return result
+
+
+def gold_snippet(setup: Setup, result: GoldTuning) -> str:
+    """The YAML snippet of the value tuned against the gold standard, labelled "tuned on validation"."""
+    best, s = result.best, setup.search
+    chosen = setup.unlearn.replace(**{s.param: best["value"]})
+    settings = chosen.hyperparameters()
+    settings.pop("method")
+    unlearn = {"class_path": type(chosen).__name__, "init_args": {s.param: settings.pop(s.param), **settings}}
+
+    def tried(t: dict) -> str:
+        return f"{t['value']:g} ({'diverged' if t['distance'] is None else format(t['distance'], '.4f')})"
+
+    lines = [
+        f"# tuned on validation: unlearn.{s.param} closest to the gold standard on a validation forget set",
+        f"# distance {best['distance']:.4f} = forget-accuracy gap {best['gap']:.4f} + KL(GS || unlearned) "
+        f"{best['kl']:.4f}; forget accuracy {best['forget_acc']:.4f} (GS {result.gold_forget_acc:.4f}, baseline "
+        f"{result.baseline_forget_acc:.4f}); validation accuracy {best['val_acc']:.4f} "
+        f"(baseline {result.baseline_val:.4f})",
+        f"# validation forget set: {result.forget_count} samples, as this config requests them "
+        f"({_forget_request(setup)}); baseline {setup.baseline.path}; the test set was not read",
+        f"# tried: {', '.join(tried(t) for t in result.steps)}",
+    ]
+    return "\n".join(lines) + "\n" + yaml.safe_dump({"unlearn": unlearn}, sort_keys=False)
+
+
+def _forget_request(setup: Setup) -> str:
+    if setup.requests is not None:
+        return f"requests {setup.requests}"
+    knobs = ", ".join(f"{k}={v}" for k, v in setup.adversary.knobs().items())
+    return f"{type(setup.adversary).__name__}({knobs})"
+
+
 def snippet(setup: Setup, result: Calibration) -> str:
     """The YAML config snippet: the unlearn settings with the chosen strength, and a comment on how it was found."""
     best = result.best
@@ -327,8 +505,10 @@ def calibrate_main(args=None) -> int:
     argv = sys.argv[1:] if args is None else list(args)
     try:
         setup = load_setup(argv)
-        result = run_calibration(setup, progress=True)
-        text = snippet(setup, result)
+        if setup.search.against_gold:
+            text = gold_snippet(setup, tune_against_gold(setup, progress=True))
+        else:
+            text = snippet(setup, run_calibration(setup, progress=True))
     except USER_ERRORS as err:
         if os.environ.get("HEALING_PL_DEBUG"):
             raise
@@ -348,4 +528,14 @@ def calibrate_main(args=None) -> int:
     return 0
 
 
-__all__ = ["Calibration", "CalibrateCLI", "Search", "Setup", "calibrate_main", "load_setup", "run_calibration"]
+__all__ = [
+    "Calibration",
+    "CalibrateCLI",
+    "GoldTuning",
+    "Search",
+    "Setup",
+    "calibrate_main",
+    "load_setup",
+    "run_calibration",
+    "tune_against_gold",
+]

@@ -7,9 +7,21 @@ logistic regression on the loss, cross-validated (stratified 5-fold, shuffled wi
 mean ROC AUC and accuracy over the folds. 0.5 means the attacker cannot tell F from unseen data (the gold standard's
 ideal); near 1, F is recognisable (a model trained on F, or one whose unlearning left F conspicuously wrong).
 
-The held-out set is the test split of the pool (:func:`draw_heldout`; the validation split when the pool has no
-test split): an evaluation set no choice depends on. When F and the held-out set differ in size, the larger is
-subsampled (seeded) so that both classes count alike.
+The held-out set is drawn from the test split of the pool (:func:`heldout_split`; the validation split when the
+pool has no test split, as for the official-test datasets): images no model of the run trained on, and an
+evaluation set no choice depends on. It is **matched to the forget set's classes** (:func:`draw_heldout_matched`,
+what the phases use): for every class, as many held-out images as the forget set has of it (all of them when the
+split has fewer, and then the forget set is subsampled, seeded, to the same count per class), so both sides have
+the same class histogram. Without the matching, the attack measures the class (a forget set of one class against
+held-out images of every class), not membership. :func:`draw_heldout` (unmatched) is kept for comparison. When the
+two sides still differ in size, the larger is subsampled (seeded) so that both count alike.
+
+Beside it, the *population* attack (:func:`population_mia`): the same attack separating the remain set (members of
+every model of the run) from the whole held-out split: the membership signal the loss carries for this model and
+data at all. A forget-set AUC cannot be expected above it. Every AUC comes with a 95% interval (Hanley and McNeil
+1982, from the AUC and the sizes of the two sides). SalUn's MIA-efficacy (:func:`mia_efficacy`, a confidence
+attack fitted on remain vs held-out images and applied to the forget set) is recorded beside them, for comparison
+with published tables.
 
 :func:`mia_twins` is the variant for healed models: the same attack separating the forget set from the twins
 that replaced it (label 1: twins, trained on during healing; label 0: the forget set). Near 0.5, the healed model
@@ -63,9 +75,54 @@ def draw_heldout(datamodule, n: int, seed: int = 0) -> torch.Tensor:
     return ids[order[: min(n, ids.numel())]]
 
 
+def draw_heldout_matched(datamodule, forget_ids, seed: int = 0) -> torch.Tensor:
+    """Held-out pool ids (of :func:`heldout_split`) with the forget set's class histogram: for every class c with
+    k_c forget samples, min(k_c, available) ids of class c drawn without replacement (seeded), in class order."""
+    ids = datamodule.splits[heldout_split(datamodule)]
+    targets = datamodule.targets
+    forget = torch.as_tensor(forget_ids, dtype=torch.long)
+    classes, counts = targets[forget].unique(return_counts=True)
+    generator = torch.Generator().manual_seed(seed)
+    drawn = []
+    for c, k in zip(classes.tolist(), counts.tolist(), strict=True):
+        pool = ids[targets[ids] == c]
+        drawn.append(pool[torch.randperm(pool.numel(), generator=generator)[: min(k, pool.numel())]])
+    return torch.cat(drawn) if drawn else ids[:0]
+
+
+def match_classes(datamodule, forget_ids, heldout_ids, seed: int = 0) -> torch.Tensor:
+    """The forget ids subsampled (seeded) to the held-out set's count in every class, where the held-out set has
+    fewer; ``forget_ids`` itself when no class is short."""
+    targets = datamodule.targets
+    forget = torch.as_tensor(forget_ids, dtype=torch.long)
+    held = torch.as_tensor(heldout_ids, dtype=torch.long)
+    generator = torch.Generator().manual_seed(seed)
+    kept, short = [], False
+    for c in targets[forget].unique().tolist():
+        mine = forget[targets[forget] == c]
+        k = int((targets[held] == c).sum())
+        if k < mine.numel():
+            short = True
+            mine = mine[torch.randperm(mine.numel(), generator=generator)[:k]]
+        kept.append(mine)
+    return torch.cat(kept) if short else forget
+
+
+def auc_interval(auc: float, n_pos: int, n_neg: int, z: float = 1.959964) -> tuple[float, float]:
+    """The 95% interval of an ROC AUC from Hanley and McNeil (1982):
+    ``se**2 = (A(1-A) + (n_pos-1)(Q1-A**2) + (n_neg-1)(Q2-A**2)) / (n_pos n_neg)``, ``Q1 = A/(2-A)``,
+    ``Q2 = 2A**2/(1+A)``; clipped to [0, 1]."""
+    a = float(auc)
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    var = (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / (n_pos * n_neg)
+    se = float(np.sqrt(max(var, 0.0)))
+    return max(0.0, a - z * se), min(1.0, a + z * se)
+
+
 def attack(members: np.ndarray, nonmembers: np.ndarray, seed: int = 0) -> dict:
     """Cross-validated logistic regression on the losses, members (1) against non-members (0), balanced by a
-    seeded subsample of the larger side: ``{"auc", "acc", "n"}`` (means over the folds; ``n`` per side)."""
+    seeded subsample of the larger side: ``{"auc", "acc", "n", "auc_low", "auc_high"}`` (means over the folds;
+    ``n`` per side; the AUC's 95% interval, :func:`auc_interval`)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_validate
 
@@ -83,16 +140,27 @@ def attack(members: np.ndarray, nonmembers: np.ndarray, seed: int = 0) -> dict:
     labels = np.concatenate([np.ones(n, dtype=int), np.zeros(n, dtype=int)])
     folds = StratifiedKFold(n_splits=FOLDS, shuffle=True, random_state=seed)
     scores = cross_validate(LogisticRegression(), features, labels, cv=folds, scoring=("roc_auc", "accuracy"))
-    return {"auc": float(scores["test_roc_auc"].mean()), "acc": float(scores["test_accuracy"].mean()), "n": n}
+    auc = float(scores["test_roc_auc"].mean())
+    low, high = auc_interval(auc, n, n)
+    return {"auc": auc, "acc": float(scores["test_accuracy"].mean()), "n": n, "auc_low": low, "auc_high": high}
 
 
-def mia(model, datamodule, forget_ids, heldout_ids: torch.Tensor | None = None, seed: int = 0) -> dict:
+def mia(
+    model, datamodule, forget_ids, heldout_ids: torch.Tensor | None = None, seed: int = 0, matched: bool = False
+) -> dict:
     """Loss-based MIA of ``model``: the forget set against the ``heldout_ids`` pool samples (default:
-    :func:`draw_heldout` of the forget set's size). Returns ``{"auc", "acc", "n", "forget_loss", "heldout_loss"}``
-    (mean losses)."""
+    :func:`draw_heldout` of the forget set's size, or :func:`draw_heldout_matched` with ``matched``). With
+    ``matched``, the forget set is first subsampled to the held-out set's class counts (:func:`match_classes`).
+    Returns ``{"auc", "acc", "n", "auc_low", "auc_high", "forget_loss", "heldout_loss"}`` (mean losses)."""
     forget_ids = datamodule.check_members(forget_ids)
     if heldout_ids is None:
-        heldout_ids = draw_heldout(datamodule, forget_ids.numel(), seed)
+        heldout_ids = (
+            draw_heldout_matched(datamodule, forget_ids, seed)
+            if matched
+            else draw_heldout(datamodule, forget_ids.numel(), seed)
+        )
+    if matched:
+        forget_ids = match_classes(datamodule, forget_ids, heldout_ids, seed)
     heldout = torch.as_tensor(heldout_ids, dtype=torch.long)
     overlap = torch.isin(heldout, datamodule.primary_ids)
     if overlap.any():
@@ -104,6 +172,48 @@ def mia(model, datamodule, forget_ids, heldout_ids: torch.Tensor | None = None, 
         "forget_loss": float(members.mean()),
         "heldout_loss": float(nonmembers.mean()),
     }
+
+
+def population_mia(model, datamodule, forget_ids, seed: int = 0) -> dict:
+    """The population attack: the remain set (members, 1) against the whole held-out split (0), balanced by a
+    seeded subsample of the larger side. ``{"auc", "acc", "n", "auc_low", "auc_high"}``."""
+    remain = datamodule.remain_ids(forget_ids)
+    heldout = datamodule.splits[heldout_split(datamodule)]
+    return attack(sample_losses(model, datamodule, remain), sample_losses(model, datamodule, heldout), seed)
+
+
+@torch.no_grad()
+def sample_confidences(model, datamodule, ids) -> np.ndarray:
+    """Per-sample softmax probability of the true label (eval mode; float64 numpy array)."""
+    param = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    out = []
+    for x, y in datamodule.loader(ids):
+        logits = model(x.to(device=param.device, dtype=param.dtype)).double()
+        out.append(torch.softmax(logits, 1).gather(1, y.to(param.device)[:, None])[:, 0].cpu())
+    model.train(was_training)
+    return torch.cat(out).numpy()
+
+
+def mia_efficacy(model, datamodule, forget_ids, seed: int = 0) -> float:
+    """SalUn's MIA-efficacy (its confidence attack, for comparison with published tables): an RBF SVM
+    (``C = 3``, ``gamma = "auto"``) on the true-label confidence, fitted on remain images (members, 1; a seeded
+    subsample as large as the held-out split) against the held-out split (0), then applied to the forget set;
+    the efficacy is the share of forget images it calls non-members (higher: more forgotten). The held-out split
+    is :func:`heldout_split`'s, not class-matched (as the reference)."""
+    from sklearn.svm import SVC
+
+    remain = datamodule.remain_ids(forget_ids)
+    heldout = datamodule.splits[heldout_split(datamodule)]
+    rng = np.random.default_rng(seed)
+    members = remain[torch.as_tensor(rng.permutation(remain.numel())[: heldout.numel()])]
+    x_in, x_out = sample_confidences(model, datamodule, members), sample_confidences(model, datamodule, heldout)
+    features = np.concatenate([x_in, x_out]).reshape(-1, 1)
+    labels = np.concatenate([np.ones(len(x_in), dtype=int), np.zeros(len(x_out), dtype=int)])
+    svm = SVC(C=3, gamma="auto", kernel="rbf").fit(features, labels)
+    forget = sample_confidences(model, datamodule, datamodule.check_members(forget_ids)).reshape(-1, 1)
+    return float(1.0 - svm.predict(forget).mean())
 
 
 def mia_twins(model, datamodule, forget_ids, twin_ids, seed: int = 0) -> dict:
@@ -130,12 +240,27 @@ class MiaResult:
     n: int
     heldout: str | None = None
     kind: str = rk.MIA
+    interval: tuple[float, float] | None = None  # the forget-set AUC's 95% interval
+    population: dict | None = None  # the population attack: {"auc", "acc", "n", "auc_low", "auc_high"}
+    matched: bool | None = None  # the held-out images match the forget set's classes
+    efficacy: float | None = None  # SalUn's MIA-efficacy on the forget set
 
     def record(self) -> dict:
         out = {rk.mia(self.prefix, "auc", self.kind): self.auc, rk.mia(self.prefix, "acc", self.kind): self.acc}
-        if self.kind == rk.MIA:
-            return out | {rk.MIA_HELDOUT: self.heldout, rk.MIA_N: self.n}
-        return out | {rk.mia_twins_n(self.prefix): self.n}
+        if self.kind != rk.MIA:
+            return out | {rk.mia_twins_n(self.prefix): self.n}
+        out |= {rk.MIA_HELDOUT: self.heldout, rk.MIA_N: self.n}
+        if self.matched is not None:
+            out[rk.MIA_MATCHED] = self.matched
+        if self.interval is not None:
+            out |= {rk.mia(self.prefix, "auc_low"): self.interval[0], rk.mia(self.prefix, "auc_high"): self.interval[1]}
+        if self.population is not None:
+            pop = self.population
+            out |= {rk.mia(self.prefix, f, rk.MIA_POPULATION): pop[f] for f in ("auc", "acc", "auc_low", "auc_high")}
+            out[rk.MIA_POPULATION_N] = pop["n"]
+        if self.efficacy is not None:
+            out[rk.mia_efficacy(self.prefix)] = self.efficacy
+        return out
 
 
 def _rng_kept(model):
@@ -146,14 +271,21 @@ def _rng_kept(model):
     return torch.random.fork_rng(devices=cuda)
 
 
-def mia_phase(model, datamodule, forget_ids, prefix: str, seed: int, heldout_ids=None) -> MiaResult | None:
-    """:func:`mia` of ``model`` (on its device) as a record under ``prefix``; the global RNG is left as it was.
-    None when the forget set has fewer than :data:`FOLDS` samples (too few to cross-validate the attack)."""
+def mia_phase(
+    model, datamodule, forget_ids, prefix: str, seed: int, heldout_ids=None, matched: bool = True
+) -> MiaResult | None:
+    """:func:`mia` of ``model`` (on its device; class-matched held-out images unless ``matched`` is False) and
+    :func:`population_mia` as a record under ``prefix``; the global RNG is left as it was. None when the forget
+    set has fewer than :data:`FOLDS` samples (too few to cross-validate the attack)."""
     if len(forget_ids) < FOLDS:
         return None
     with _rng_kept(model):
-        out = mia(model, datamodule, forget_ids, heldout_ids, seed)
-    return MiaResult(prefix, out["auc"], out["acc"], out["n"], heldout_split(datamodule))
+        out = mia(model, datamodule, forget_ids, heldout_ids, seed, matched=matched)
+        population = population_mia(model, datamodule, forget_ids, seed)
+        efficacy = mia_efficacy(model, datamodule, forget_ids, seed)
+    interval = (out["auc_low"], out["auc_high"])
+    split = heldout_split(datamodule)
+    return MiaResult(prefix, out["auc"], out["acc"], out["n"], split, rk.MIA, interval, population, matched, efficacy)
 
 
 def mia_twins_phase(model, datamodule, forget_ids, twin_ids, prefix: str, seed: int) -> MiaResult | None:

