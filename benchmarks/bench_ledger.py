@@ -6,13 +6,17 @@ fsync per call, then the ``ledger.head`` sidecar, replaced atomically with its o
 sends: training ids (some repeated later: ``already_unlearned``, or twice in a batch: ``duplicate``), pool
 ids never trained on, ids outside the pool, and one in ``--by-hash`` named by content hash.
 
-Goals: >= 4,000 requests/s through check + record, and ``verify`` of the 100,000-line ledger < 2 s.
-The header prints ``uptime`` (the load average: the machine may be shared).
+Every batch size runs twice, in one process: the plain SHA-256 chain and the keyed chain (HMAC-SHA256 under
+``HEALING_PL_LEDGER_KEY``), so the two columns compare on the same machine load.
+
+Goals (both chains): >= 10,000 requests/s through check + record + commit, and ``verify`` of the
+100,000-line ledger < 2 s. The header prints ``uptime`` (the load average: the machine may be shared).
 
 Usage::
 
     python benchmarks/bench_ledger.py                       # 100,000 requests, batches of 100 and 1,000
     python benchmarks/bench_ledger.py --requests 20000 --batch 1 10 100
+    python benchmarks/bench_ledger.py --chains keyed
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import time
 import torch
 from torch.utils.data import TensorDataset
 
-from healing_pl.adversary.ledger import Ledger, verify
+from healing_pl.adversary.ledger import KEY_ENV, Ledger, verify
 from healing_pl.adversary.membership import MembershipIndex, Request, sample_hash
 
 
@@ -84,6 +88,9 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=120_000, help="training ids: 0..members-1")
     parser.add_argument("--by-hash", type=float, default=0.1, help="share of requests named by content hash")
     parser.add_argument("--batch", type=int, nargs="+", default=[100, 1000], help="requests per record() call")
+    parser.add_argument(
+        "--chains", nargs="+", default=["plain", "keyed"], choices=["plain", "keyed"], help="which chains to run"
+    )
     parser.add_argument("--dir", default=None, help="where the ledgers go (default: a temporary folder)")
     args = parser.parse_args()
 
@@ -93,17 +100,23 @@ def main() -> None:
     print(f"# cpus: {os.cpu_count()}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     pool = TensorDataset(torch.rand(args.pool, 1, 8, 8, generator=torch.Generator().manual_seed(0)))
     requests = make_requests(args.requests, args.pool, args.members, args.by_hash, pool)
-    header = f"{'batch':>6} {'req/s':>9} {'total s':>8} {'check s':>8} {'record s':>9} {'commit s':>9}"
+    header = f"{'chain':>6} {'batch':>6} {'req/s':>9} {'total s':>8} {'check s':>8} {'record s':>9} {'commit s':>9}"
     print(f"{header} {'verify s':>9} {'MB':>6} {'accepted':>9}")
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         for batch in args.batch:
-            r = run(requests, pool, args.members, batch, os.path.join(tmp, f"b{batch}"))
-            print(
-                f"{batch:>6} {args.requests / r['total']:>9,.0f} {r['total']:>8.2f} {r['check']:>8.2f} "
-                f"{r['record']:>9.2f} {r['commit']:>9.2f} {r['verify']:>9.2f} {r['size_mb']:>6.1f} "
-                f"{r['accepted']:>9,}"
-            )
-    print("# goals: req/s >= 4,000 (check + record + commit), verify < 2 s on the 100,000-line ledger")
+            for chain in args.chains:
+                if chain == "keyed":
+                    os.environ[KEY_ENV] = "bench-ledger-key"
+                else:
+                    os.environ.pop(KEY_ENV, None)
+                r = run(requests, pool, args.members, batch, os.path.join(tmp, f"{chain}-b{batch}"))
+                print(
+                    f"{chain:>6} {batch:>6} {args.requests / r['total']:>9,.0f} {r['total']:>8.2f} {r['check']:>8.2f} "
+                    f"{r['record']:>9.2f} {r['commit']:>9.2f} {r['verify']:>9.2f} {r['size_mb']:>6.1f} "
+                    f"{r['accepted']:>9,}"
+                )
+        os.environ.pop(KEY_ENV, None)
+    print("# goals: req/s >= 10,000 (check + record + commit), verify < 2 s on the 100,000-line ledger, both chains")
 
 
 if __name__ == "__main__":

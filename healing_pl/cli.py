@@ -17,6 +17,7 @@ Only global rank zero writes them; the subcommands print their summary from
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -31,12 +32,140 @@ from healing_pl.adversary import SELECTORS
 from healing_pl.console import quiet_console
 from healing_pl.data.datamodule import HealingDataModule
 from healing_pl.healing import TWIN_METRICS
+from healing_pl.lock import RunLock
 from healing_pl.models.classifier import Classifier, check_compatible, read_checkpoint
 from healing_pl.phases.config import RENAMED_KEYS, RENAMED_VALUES, Tracking
+from healing_pl.phases.identity import experiment_identity
 from healing_pl.phases.record import read_record
 from healing_pl.tracking import build_logger, finish_wandb, make_run_dir
 from healing_pl.trainer import HealingTrainer
 from healing_pl.unlearning import UNLEARNERS
+
+#: import paths a value (config, command line, grid spec) may name: healing-pl's registries and Lightning's and
+#: torch's own callbacks, loggers, optimizers and schedulers; everything else is denied before it is imported
+IMPORT_ALLOWLIST = (
+    "healing_pl.unlearning",
+    "healing_pl.adversary",
+    "healing_pl.healing",
+    "lightning.pytorch.callbacks",
+    "lightning.pytorch.loggers",
+    "lightning.pytorch.profilers",
+    "torch.optim",
+)
+#: allowed modules' members that take callables as arguments (a config could make them call anything)
+IMPORT_DENYLIST = (
+    "*",
+    "lightning.pytorch.callbacks.LambdaCallback",
+    "lightning.pytorch.callbacks.lambda_function",
+    "torch.optim.lr_scheduler.LambdaLR",
+    "torch.optim.lr_scheduler.MultiplicativeLR",
+)
+#: the environment variable through which whoever runs healing-pl (never a config file) trusts more import paths,
+#: comma-separated: their own callbacks or loggers, e.g. ``mylab.callbacks.Probe``
+ALLOW_IMPORTS_ENV = "HEALING_PL_ALLOW_IMPORTS"
+#: the short names of the denied classes above (jsonargparse resolves a bare class name among the subclasses)
+DENIED_CLASS_NAMES = ("LambdaCallback", "LambdaLR", "MultiplicativeLR")
+#: options whose value is a class (a name or ``{class_path, init_args}``)
+CLASS_OPTIONS = (
+    "unlearn",
+    "adversary",
+    "twins.metric",
+    "trainer.callbacks",
+    "trainer.logger",
+    "trainer.plugins",
+    "trainer.profiler",
+    "trainer.strategy",
+    "trainer.accelerator",
+    "optimizer",
+    "lr_scheduler",
+)
+
+
+def _registered_paths() -> list[str]:
+    """The import path of every class registered in a method family (also one registered outside healing_pl,
+    e.g. a user's own method): what a registry offers is importable by name."""
+    paths = []
+    for registry in FAMILIES.values():
+        for cls in registry.classes():
+            path = f"{cls.__module__}.{cls.__qualname__}"
+            if all(part.isidentifier() for part in path.split(".")):
+                paths.append(path)
+    return paths
+
+
+def enforce_import_policy() -> None:
+    """Make jsonargparse refuse (not only warn about) every import path outside :data:`IMPORT_ALLOWLIST` and
+    the registered classes."""
+    from jsonargparse import set_parsing_settings
+
+    trusted = [p.strip() for p in os.environ.get(ALLOW_IMPORTS_ENV, "").split(",") if p.strip()]
+    bad = [p for p in trusted if not all(part.isidentifier() for part in p.split("."))]
+    if bad:
+        raise ValueError(f"{ALLOW_IMPORTS_ENV} holds '{bad[0]}', which is not a dotted import path.")
+    set_parsing_settings(
+        import_path_denylist=list(IMPORT_DENYLIST),
+        import_path_allowlist=[*IMPORT_ALLOWLIST, *_registered_paths(), *trusted],
+    )
+
+
+def _looks_importable(text: str) -> bool:
+    """A dotted name whose first part is an importable top-level module (found, not imported)."""
+    import importlib.util
+
+    parts = text.split(".")
+    if len(parts) < 2 or not all(p.isidentifier() for p in parts):
+        return False
+    try:
+        return importlib.util.find_spec(parts[0]) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def denied_import_path(value, key: str = "") -> str | None:
+    """The first import path in an option's ``value`` that the policy refuses (None when there is none).
+
+    Looked at: class paths (``{class_path: ...}`` and the values of :data:`CLASS_OPTIONS`) and any dotted name
+    of an importable module inside ``init_args`` (a callable given as an argument)."""
+    from jsonargparse._common import denying_import_path_entry
+
+    def walk(node, where: str, is_class: bool, in_args: bool):
+        if isinstance(node, str):
+            if is_class and node.rsplit(".", 1)[-1] in DENIED_CLASS_NAMES:
+                return node
+            dotted = "." in node and all(p.isidentifier() for p in node.split("."))
+            if (is_class and dotted) or (in_args and _looks_importable(node)):
+                if denying_import_path_entry(node) is not None:
+                    return node
+            return None
+        if isinstance(node, dict):
+            for k, v in node.items():
+                found = walk(v, f"{where}.{k}", k == "class_path", in_args or k in ("init_args", "dict_kwargs"))
+                if found:
+                    return found
+        if isinstance(node, (list, tuple)):
+            for v in node:
+                found = walk(v, where, is_class, in_args)
+                if found:
+                    return found
+        return None
+
+    enforce_import_policy()
+    if isinstance(value, str) and value.strip()[:1] in ("{", "["):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            pass
+    return walk(value, key, key in CLASS_OPTIONS, False)
+
+
+def import_sentence(path: str, where: str) -> str:
+    """One sentence for an import path the policy refuses."""
+    return (
+        f"{where} names '{path}', which healing-pl does not import from a configuration (allowed: its registered "
+        "classes and Lightning's and torch's own callbacks, loggers, profilers and optimizers, without callable "
+        "arguments)."
+    )
+
 
 #: the method families the subcommands choose by class: option -> registry
 FAMILIES = {"unlearn": UNLEARNERS, "adversary": SELECTORS, "twins.metric": TWIN_METRICS}
@@ -53,6 +182,7 @@ class HealingCLI(LightningCLI):
     """LightningCLI of healing-pl (see the module docstring)."""
 
     def __init__(self, args=None, run: bool = True):
+        enforce_import_policy()
         super().__init__(
             Classifier,
             HealingDataModule,
@@ -76,6 +206,7 @@ class HealingCLI(LightningCLI):
 
     def parse_arguments(self, parser, args) -> None:
         argv = sys.argv[1:] if args is None else list(args)
+        check_argv_imports(argv)
         self.config = parse_families(parser, argv, self.subcommands())
 
     def _parse_ckpt_path(self) -> None:
@@ -133,12 +264,15 @@ class HealingCLI(LightningCLI):
         cfg = self._cfg()
         self.run_dir = self._run_dir(cfg)
         check_run_dir(self.run_dir)
+        preflight(self.subcommand, cfg, getattr(self, "_checkpoint", None))
+        run_config = json.loads(self._parser(self.subcommand).dump(cfg, skip_none=False, format="json"))
+        hold_run_dir(self.run_dir, self.subcommand, run_config)
         if getattr(self, "_checkpoint", None) is not None:  # every subcommand: a checkpoint of another data set
             check_compatible(self.model, self._checkpoint, cfg.ckpt_path, dataset=self.datamodule.hparams.dataset)
         trainer_cfg = self._get(self.config_init, "trainer", default={})
         logger = trainer_cfg.get("logger")
         if logger is None or logger is True:
-            logger = build_logger(cfg.wandb, self.run_dir, self.subcommand) or False
+            logger = build_logger(cfg.wandb, self.run_dir, self.subcommand, run_config) or False
         callbacks = [ModelCheckpoint(dirpath=os.path.join(self.run_dir, "checkpoints"), save_last=True, save_top_k=0)]
         if trainer_cfg.get("enable_checkpointing") is False or self.subcommand not in ("fit", "heal"):
             callbacks = []
@@ -150,7 +284,7 @@ class HealingCLI(LightningCLI):
         kwargs.setdefault("logger", logger)
         trainer = super().instantiate_trainer(**kwargs)
         trainer.run_dir = self.run_dir
-        trainer.run_config = json.loads(self._parser(self.subcommand).dump(cfg, skip_none=False, format="json"))
+        trainer.run_config = run_config
         if self.subcommand == "fit":
             trainer.callbacks.extend(trainer.baseline_fit_callbacks())
         return trainer
@@ -210,6 +344,170 @@ def check_run_dir(run_dir: str) -> None:
         raise ValueError(f"run_dir '{run_dir}' cannot be written: '{existing}' is read-only.")
 
 
+def _splits_of(checkpoint) -> dict | None:
+    """The datamodule's splits saved in a baseline checkpoint (id tensors by name), if any."""
+    state = (checkpoint or {}).get("HealingDataModule") if isinstance(checkpoint, dict) else None
+    splits = state.get("splits") if isinstance(state, dict) else None
+    return splits if isinstance(splits, dict) else None
+
+
+def _requested_ids(path: str) -> set[int]:
+    """The sample ids a requests file names by id (lines that are not plain requests are left to its reader)."""
+    named: set[int] = set()
+    with open(path, "rb") as f:
+        for line in f:
+            try:
+                value = json.loads(line).get("sample_id")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(value, int) and not isinstance(value, bool):
+                named.add(value)
+    return named
+
+
+def preflight(subcommand: str, cfg, checkpoint) -> None:
+    """The checks that can fail before work starts, run before the first file (lock, ledger line, W&B folder).
+
+    Against the baseline checkpoint's splits: an adversary's budget that would take the whole training set
+    (``--adversary.budget 1.0``: a fraction, so all of it) and a twins policy asking for more surrogates per
+    sample (``--twins.k``) than the backup set holds."""
+    splits = _splits_of(checkpoint)
+    if subcommand not in ("unlearn", "heal", "stream") or splits is None:
+        return
+    n_train = len(splits.get("primary", ()))
+    adversary = cfg.get("adversary") if cfg.get("requests") is None else None
+    budget = ((adversary or {}).get("init_args") or {}).get("budget") if adversary is not None else None
+    if isinstance(budget, (int, float)) and not isinstance(budget, bool) and n_train:
+        count = int(budget * n_train + 0.5) if isinstance(budget, float) else int(budget)
+        if subcommand != "stream" and count == n_train:  # a larger one: the selector says it exceeds the set
+            raise ValueError(
+                f"adversary.budget {budget} asks for {count} of the {n_train} training samples; nothing would remain "
+                "to train on (a float is a fraction of the training set, an int a count)."
+            )
+    requests = cfg.get("requests")
+    if requests and os.path.isfile(requests) and n_train and subcommand != "stream":
+        named = _requested_ids(requests)
+        primary = {int(i) for i in splits.get("primary", ())}
+        if primary and primary <= named:
+            raise ValueError(
+                f"requests file '{requests}' names every one of the {n_train} training samples; nothing would "
+                "remain to train on."
+            )
+    twins = cfg.get("twins") if subcommand == "heal" else None
+    if twins is not None and twins.get("policy") == "twins" and twins.get("metric") is not None:
+        n_backup = len(splits.get("backup", ()))
+        if int(twins.get("k") or 0) > n_backup:
+            raise ValueError(
+                f"twins.k {twins.get('k')} asks for more surrogates per sample than the {n_backup} backup samples "
+                "the twins policy can choose from."
+            )
+
+
+#: the run folder locks this process holds (released when the command ends, or by the OS when it dies)
+_HELD: list[RunLock] = []
+
+
+def _is_launched_rank() -> bool:
+    """A rank other than the global zero of a multi-process run: launched by Lightning's ``ddp`` (LOCAL_RANK,
+    RANK) or by SLURM's ``srun`` with several tasks (SLURM_PROCID), where Lightning sets neither variable."""
+    if os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("RANK", "0") != "0":
+        return True
+    tasks = os.environ.get("SLURM_NTASKS", "1")
+    return tasks.isdigit() and int(tasks) > 1 and os.environ.get("SLURM_PROCID", "0") != "0"
+
+
+def run_identity(subcommand: str, config: dict) -> dict:
+    """What a run folder must keep computing: the experiment identity with its seeds and, except for ``fit``,
+    the sha256 of the baseline checkpoint (see :mod:`healing_pl.phases.identity`)."""
+    identity = experiment_identity(subcommand, config)
+    ckpt = config.get("ckpt_path")
+    sha = None
+    if subcommand != "fit" and ckpt and ckpt not in LIGHTNING_CKPT_NAMES and os.path.isfile(ckpt):
+        digest = hashlib.sha256()
+        with open(ckpt, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        sha = digest.hexdigest()
+    return {"subcommand": subcommand, "config": identity["config"], "seeds": identity["seeds"], "baseline": sha}
+
+
+def _recorded_identity(run_dir: str) -> dict | None:
+    """The identity of a folder finished before identity files existed (from its results.json), if any."""
+    try:
+        record = read_record(run_dir)
+    except (OSError, ValueError):
+        return None
+    experiment = (record or {}).get(rk.EXPERIMENT)
+    if not isinstance(experiment, dict):
+        return None
+    return {
+        "subcommand": experiment.get("subcommand"),
+        "config": experiment.get("config"),
+        "seeds": experiment.get("seeds"),
+        "baseline": (experiment.get("baseline") or {}).get("sha256"),
+    }
+
+
+def hold_run_dir(run_dir: str, subcommand: str, config: dict) -> None:
+    """Lock ``run_dir`` for this command's whole life and check that it holds this experiment (or none yet).
+
+    Launched ranks of a ``ddp`` run share rank zero's lock."""
+    if _is_launched_rank():
+        return
+    lock = RunLock(run_dir).acquire()
+    _HELD.append(lock)
+    lock.check_identity(run_identity(subcommand, config), fallback=_recorded_identity(run_dir))
+
+
+def release_run_dirs() -> None:
+    """Release every run folder lock this process holds (the command ended)."""
+    while _HELD:
+        _HELD.pop().release()
+
+
+def check_argv_imports(argv: list) -> None:
+    """Stop (before the parser imports anything) at a command-line class path the import policy refuses.
+
+    jsonargparse refuses them too once :func:`enforce_import_policy` ran; this names the option in one sentence.
+    Config files are checked by jsonargparse itself as it reads them."""
+    for group in _groups(list(argv)):
+        first = str(group[0])
+        if not first.startswith("--"):
+            continue
+        key, _, inline = first[2:].partition("=")
+        value = inline if inline else (group[1] if len(group) > 1 else None)
+        if value is None:
+            continue
+        if key == "config" and os.path.isfile(value):
+            check_config_imports(value)
+            continue
+        denied = denied_import_path(value, key)
+        if denied:
+            raise ValueError(import_sentence(denied, f"--{key}"))
+
+
+def check_config_imports(path: str, tree=None, prefix: str = "") -> None:
+    """Stop at a class path in a config file that the import policy refuses (one sentence naming the key)."""
+    if tree is None:
+        import yaml
+
+        try:
+            with open(path, encoding="utf-8") as f:
+                tree = yaml.safe_load(f)
+        except (OSError, ValueError, yaml.YAMLError):
+            return  # the parser names what is wrong with the file
+    if not isinstance(tree, dict):
+        return
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and "class_path" not in value and dotted not in CLASS_OPTIONS:
+            check_config_imports(path, value, f"{dotted}.")
+            continue
+        denied = denied_import_path(value, dotted)
+        if denied:
+            raise ValueError(import_sentence(denied, f"{dotted} in '{path}'"))
+
+
 def _choose_defaults(argv: list, options, subcommands) -> list:
     """``argv`` with ``--<option>=<default class>`` for each of ``options``, right after the subcommand (so a
     config file or a later ``--<option>`` still chooses another)."""
@@ -262,6 +560,8 @@ def parse_families(parser, argv: list, subcommands=()):
     knob named on the command line is checked against the chosen class (:func:`check_family_knobs`).
     """
     from healing_pl.trainer import DEFAULT_CLASSES
+
+    enforce_import_policy()  # again: a class registered since the parser was built is allowed too
 
     def sub(config):
         return config[config.subcommand] if config.get("subcommand") else config
@@ -401,6 +701,7 @@ def run_cli(args=None) -> int:
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
     finally:
         finish_wandb()
+        release_run_dirs()
         if os.environ.get("LOCAL_RANK", "0") == "0":
             _release(os.environ.pop(RUN_DIR_ENV, None))  # the next command in this process picks its own folder
     return 0

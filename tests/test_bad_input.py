@@ -18,12 +18,12 @@ QUIET = ["--wandb.enabled=false", "--trainer.enable_progress_bar=false"]
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory, configs_dir):
-    """A 1-epoch digits baseline, one trained on another dataset and one on another image size."""
+def checkpoints(tmp_path_factory, configs_dir, digits_baseline):
+    """A 1-epoch digits baseline (the session-wide one), one trained on another dataset and one on another image
+    size."""
     root = tmp_path_factory.mktemp("bad-input-baselines")
     digits = f"{configs_dir}/digits.yaml"
     runs = {
-        "ckpt": ["--config", digits],
         "other_size": ["--config", digits, "--data.image_size=12"],
         "other_dataset": [
             "--config",
@@ -39,7 +39,7 @@ def checkpoints(tmp_path_factory, configs_dir):
         run = root / name
         assert main(["fit", *args, f"--run_dir={run}", "--trainer.max_epochs=1", *QUIET]) == 0
         paths[name] = str(run / "checkpoints" / "last.ckpt")
-    return paths
+    return {"ckpt": str(digits_baseline), **paths}
 
 
 def _inputs(folder, ckpt: str, configs_dir: str) -> None:
@@ -75,8 +75,44 @@ def _inputs(folder, ckpt: str, configs_dir: str) -> None:
         "yaml": "config: [unclosed\n",
         "override": f"config: {cfg}\naxes:\n  m:\n    - {{twins.metrc: none}}\n",
     }
+    grids.update(
+        {
+            "lambda": f"config: {cfg}\naxes:\n  cb:\n    - {{trainer.callbacks: [{{class_path: LambdaCallback, "
+            "init_args: {on_fit_start: os.system}}]}\n",
+            "this": f'config: {cfg}\naxes:\n  cb:\n    - {{trainer.callbacks: \'{{"class_path": "this.X"}}\'}}\n',
+            "escape": f"config: {cfg}\naxes:\n  n:\n    - {{wandb.name: 'a/../../../../../elsewhere/x'}}\n",
+            "run_dir": f"config: {cfg}\naxes:\n  n:\n    - {{run_dir: /tmp/elsewhere}}\n",
+            "dotdot": f"name: '..'\nconfig: {cfg}\naxes:\n  m:\n    - {{twins.metric: null}}\n",
+            "shared": f"config: {cfg}\nheal: {{trainer.logger: {{class_path: subprocess.Popen}}}}\naxes:\n  m:\n"
+            "    - {twins.metric: null}\n",
+        }
+    )
     for name, text in grids.items():
         (folder / f"grid_{name}.yaml").write_text(text)
+    (folder / "inj_lambda.yaml").write_text(
+        "trainer:\n  callbacks:\n    - class_path: LambdaCallback\n      init_args:\n        on_fit_start: os.system\n"
+    )
+    (folder / "inj_this.yaml").write_text("trainer:\n  callbacks:\n    - class_path: this.X\n")
+    (folder / "goodruns" / "run").mkdir(parents=True)
+    (folder / "goodruns" / "run" / "results.json").write_text('{"phase": "fit", "fit/test/acc": 0.5}')
+    (folder / "typedruns" / "run").mkdir(parents=True)
+    (folder / "typedruns" / "run" / "results.json").write_text('{"phase": "heal", "baseline/test/acc": "high"}')
+    (folder / "typedruns2" / "run").mkdir(parents=True)
+    (folder / "typedruns2" / "run" / "results.json").write_text('{"phase": "heal", "forget/count": "ten"}')
+    requests = {
+        "escape": '{"requester": "a", "image": "../../etc/passwd"}',
+        "absolute": '{"requester": "a", "image": "/etc/shadow"}',
+        "link": '{"requester": "a", "image": "link.png"}',
+        "fifo": '{"requester": "a", "image": "pipe.png"}',
+        "long": '{"requester": "' + "r" * 300 + '", "sample_id": 1}',
+        "json": '{"requester": "a", "sample_id": ',
+    }
+    for name, text in requests.items():
+        (folder / f"req_{name}.jsonl").write_text(text + "\n")
+    primary = torch.load(ckpt, weights_only=False)["HealingDataModule"]["splits"]["primary"]
+    (folder / "req_all.jsonl").write_text("".join(f'{{"requester": "a", "sample_id": {int(i)}}}\n' for i in primary))
+    (folder / "link.png").symlink_to("/etc/passwd")
+    os.mkfifo(folder / "pipe.png")
 
 
 def _snapshot(folder) -> dict:
@@ -323,6 +359,118 @@ CASES = {
     ),
     "report-missing": (["report", "nowhere"], "'nowhere' is neither a results.json file nor a folder"),
     "report-no-argument": (["report"], "the following arguments are required: paths"),
+    # code from configuration: refused before anything is imported or written
+    "fit-callback-unknown-module": (
+        FIT + ['--trainer.callbacks={"class_path": "this.X"}'],
+        ("--trainer.callbacks names 'this.X'", "does not import from a configuration"),
+    ),
+    "fit-lambda-callback-os-system": (
+        FIT
+        + [
+            '--trainer.callbacks={"class_path": "lightning.pytorch.callbacks.LambdaCallback", '
+            '"init_args": {"on_fit_start": "os.system"}}'
+        ],
+        "names 'lightning.pytorch.callbacks.LambdaCallback'",
+    ),
+    "fit-lambda-callback-short-name": (
+        FIT + ['--trainer.callbacks={"class_path": "LambdaCallback", "init_args": {"on_fit_start": "os.system"}}'],
+        "does not import from a configuration",
+    ),
+    "fit-logger-subprocess": (
+        FIT + ['--trainer.logger={"class_path": "subprocess.Popen"}'],
+        "--trainer.logger names 'subprocess.Popen'",
+    ),
+    "fit-callback-eval": (FIT + ['--trainer.callbacks={"class_path": "builtins.eval"}'], "names 'builtins.eval'"),
+    "fit-callback-list-pickle": (
+        FIT
+        + [
+            '--trainer.callbacks=[{"class_path": "lightning.pytorch.callbacks.ModelSummary"}, '
+            '{"class_path": "pickle.loads"}]'
+        ],
+        "names 'pickle.loads'",
+    ),
+    "fit-profiler-importlib": (
+        FIT + ['--trainer.profiler={"class_path": "importlib.import_module"}'],
+        "names 'importlib.import_module'",
+    ),
+    "fit-plugins-ctypes": (FIT + ['--trainer.plugins={"class_path": "ctypes.CDLL"}'], "names 'ctypes.CDLL'"),
+    "unlearn-method-os-system": (UNLEARN + ['--unlearn={"class_path": "os.system"}'], "names 'os.system'"),
+    "unlearn-adversary-popen": (
+        UNLEARN + ['--adversary={"class_path": "subprocess.Popen"}'],
+        "names 'subprocess.Popen'",
+    ),
+    "heal-metric-posix": (HEAL + ['--twins.metric={"class_path": "posix.system"}'], "names 'posix.system'"),
+    "fit-config-lambda": (
+        FIT + ["--config=inj_lambda.yaml"],
+        "trainer.callbacks in 'inj_lambda.yaml' names 'LambdaCallback'",
+    ),
+    "fit-config-unknown-module": (FIT + ["--config=inj_this.yaml"], "in 'inj_this.yaml' names 'this.X'"),
+    "heal-config-lambda": (HEAL + ["--config=inj_lambda.yaml"], "names 'LambdaCallback'"),
+    "grid-lambda": (["grid", "grid_lambda.yaml"], "names 'LambdaCallback'"),
+    "grid-lambda-dry-run": (["grid", "grid_lambda.yaml", "--dry_run"], "names 'LambdaCallback'"),
+    "grid-lambda-export-sweep": (["grid", "grid_lambda.yaml", "--export-sweep=s.yaml"], "names 'LambdaCallback'"),
+    "grid-unknown-module-dry-run": (["grid", "grid_this.yaml", "--dry_run"], "names 'this.X'"),
+    "grid-shared-popen": (["grid", "grid_shared.yaml", "--dry_run"], "names 'subprocess.Popen'"),
+    # run names and folders stay inside --out
+    "grid-path-escape": (["grid", "grid_escape.yaml", "--out=out"], "cannot be a folder name"),
+    "grid-path-escape-dry-run": (["grid", "grid_escape.yaml", "--dry_run"], "cannot be a folder name"),
+    "grid-path-escape-export-sweep": (["grid", "grid_escape.yaml", "--export-sweep=s.yaml"], "cannot be a folder"),
+    "grid-run-dir-override": (["grid", "grid_run_dir.yaml"], "sets run_dir, which the grid chooses"),
+    "grid-name-dotdot": (["grid", "grid_dotdot.yaml"], "the grid's name '..' cannot be a folder name"),
+    "fit-run-dir-proc": (FIT + ["--run_dir=/proc/x"], "run_dir '/proc/x' cannot be created"),
+    "heal-run-dir-proc": (HEAL + ["--run_dir=/proc/healing/run"], "run_dir '/proc/healing/run' cannot be created"),
+    # requests files
+    "unlearn-requests-escape": (
+        UNLEARN + ["--requests=req_escape.jsonl"],
+        "image '../../etc/passwd' lies outside the requests root",
+    ),
+    "unlearn-requests-absolute": (
+        UNLEARN + ["--requests=req_absolute.jsonl"],
+        "image '/etc/shadow' lies outside the requests root",
+    ),
+    "heal-requests-symlink-out": (HEAL + ["--requests=req_link.jsonl"], "image 'link.png' lies outside"),
+    "unlearn-requests-fifo": (UNLEARN + ["--requests=req_fifo.jsonl"], "image 'pipe.png' cannot be read"),
+    "stream-requests-long-requester": (
+        STREAM + ["--requests=req_long.jsonl"],
+        "has a requester longer than 256 characters",
+    ),
+    "heal-requests-not-json": (HEAL + ["--requests=req_json.jsonl"], "line 1 of requests file"),
+    "unlearn-requests-missing": (UNLEARN + ["--requests=nowhere.jsonl"], "nowhere.jsonl"),
+    # more values out of range
+    "heal-lr-negative": (HEAL + ["--heal.lr=-1"], "heal.lr must be positive, got -1"),
+    "fit-lr-negative": (FIT + ["--model.lr=-0.1"], "learning rate must be positive"),
+    "unlearn-budget-negative": (UNLEARN + ["--adversary.budget=-3"], "budget"),
+    "heal-k-negative": (HEAL + ["--twins.k=-1"], "twins.k must be at least 1, got -1"),
+    "stream-round-size-negative": (STREAM + ["--stream.round_size=-2"], "round_size must be at least 1"),
+    # checks that must run before the first file (ledger line, W&B folder) is written
+    "heal-k-too-big": (
+        HEAL + ["--twins.metric=RawL2", "--twins.policy=twins", "--twins.k=100000"],
+        "twins.k 100000 asks for more surrogates per sample than the",
+    ),
+    "unlearn-budget-whole": (
+        UNLEARN + ["--adversary.budget=1.0"],
+        "adversary.budget 1.0 asks for 1078 of the 1078 training samples; nothing would remain to train on",
+    ),
+    "unlearn-requests-whole-training-set": (
+        UNLEARN + ["--requests=req_all.jsonl"],
+        "requests file 'req_all.jsonl' names every one of the 1078 training samples",
+    ),
+    "heal-requests-whole-training-set": (HEAL + ["--requests=req_all.jsonl"], "names every one of the 1078"),
+    "heal-budget-whole": (HEAL + ["--adversary.budget=1078"], "asks for 1078 of the 1078 training samples"),
+    # ledger
+    "ledger-no-path": (["ledger", "verify"], "the following arguments are required: path"),
+    "ledger-no-command": (["ledger"], "the following arguments are required: command"),
+    "ledger-unknown-command": (["ledger", "check", "x"], "invalid choice: 'check'"),
+    "ledger-missing": (["ledger", "verify", "nowhere"], "there is no ledger at nowhere/ledger.jsonl"),
+    # report
+    "report-output-proc": (["report", "goodruns", "--output=/proc/x.md"], "--output '/proc/x.md' cannot be written"),
+    "report-output-sys": (["report", "goodruns", "--output=/sys/x.json"], "--output '/sys/x.json' cannot be written"),
+    "report-wrong-types": (
+        ["report", "typedruns"],
+        "'typedruns/run/results.json' is not a results record: baseline/test/acc holds \"high\", not a float",
+    ),
+    "report-wrong-types-count": (["report", "typedruns2"], 'forget/count holds "ten", not a int'),
+    "report-output-is-folder": (["report", "listruns", "--output=emptyruns"], "--output 'emptyruns' is a folder"),
     "report-output-under-file": (
         ["report", "badruns", "--output=afile/report.md"],
         "--output 'afile/report.md' cannot be written: 'afile' is a file, not a folder",
@@ -335,8 +483,12 @@ def test_bad_input_stops_with_one_sentence_and_touches_nothing(in_tmp, configs_d
     args, word = CASES[case]
     _inputs(in_tmp, checkpoints["ckpt"], configs_dir)
     subs = {"config": f"{configs_dir}/digits.yaml", **checkpoints}
-    argv = [a.format(**subs) for a in args]
-    if argv[0] not in ("grid", "report"):
+    argv = []
+    for a in args:  # str.replace, not format: JSON values carry braces of their own
+        for key, value in subs.items():
+            a = a.replace("{" + key + "}", value)
+        argv.append(a)
+    if argv[0] not in ("grid", "report", "ledger"):
         argv += QUIET
     before = _snapshot(in_tmp)
     capsys.readouterr()
@@ -345,7 +497,9 @@ def test_bad_input_stops_with_one_sentence_and_touches_nothing(in_tmp, configs_d
     lines = err.strip().splitlines()
     assert code == 2, err
     assert len(lines) == 1, err
-    assert re.match(r"healing-pl( grid| report)?: error: ", lines[0]) and lines[0].endswith("."), err
+    assert re.match(r"healing-pl( grid| report| ledger| ledger verify)?: error: ", lines[0]) and lines[0].endswith(
+        "."
+    ), err
     for part in (word,) if isinstance(word, str) else word:  # the parts that say what is wrong with this input
         assert part.lower() in lines[0].lower(), err
     assert _snapshot(in_tmp) == before

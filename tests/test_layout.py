@@ -22,6 +22,7 @@ LAYERS = {
     "console": 0,
     "registry": 0,
     "records": 0,
+    "lock": 0,
     "gradients": 1,
     "unlearning": 2,
     "adversary": 2,

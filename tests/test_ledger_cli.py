@@ -51,7 +51,7 @@ def test_a_deleted_last_line_is_caught_by_the_head(run, capsys):
 def test_a_missing_ledger_exits_2(tmp_path, capsys):
     assert main(["ledger", "verify", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"There is no ledger at {tmp_path / 'nothing' / 'ledger.jsonl'}."
+    assert err == f"healing-pl ledger: error: There is no ledger at {tmp_path / 'nothing' / 'ledger.jsonl'}."
 
 
 def test_usage_errors_exit_2(capsys):
@@ -59,3 +59,26 @@ def test_usage_errors_exit_2(capsys):
     assert "healing-pl ledger: error: the following arguments are required: command" in capsys.readouterr().err
     assert main(["ledger", "check", "x"]) == 2
     assert "healing-pl ledger: error: argument command: invalid choice: 'check'" in capsys.readouterr().err
+
+
+def test_verify_without_a_path_is_one_sentence(capsys):
+    assert main(["ledger", "verify"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "healing-pl ledger verify: error: the following arguments are required: path; "
+        "see 'healing-pl ledger verify --help'."
+    ]
+
+
+def test_a_keyed_ledger_verifies_only_with_its_key(run, capsys, monkeypatch):
+    from healing_pl.adversary.ledger import KEY_ENV, Ledger
+
+    keyed = run.parent / "keyed"
+    monkeypatch.setenv(KEY_ENV, "k1")
+    Ledger(keyed).append_round({"round": 0})
+    assert main(["ledger", "verify", str(keyed)]) == 0
+    monkeypatch.setenv(KEY_ENV, "k2")
+    assert main(["ledger", "verify", str(keyed)]) == 1
+    monkeypatch.delenv(KEY_ENV)
+    assert main(["ledger", "verify", str(keyed)]) == 1
+    assert f"set {KEY_ENV}" in capsys.readouterr().out

@@ -8,8 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
+from healing_pl.adversary.ledger import verify
 from healing_pl.adversary.membership import sample_hash
-from healing_pl.adversary.requests import image_hash
+from healing_pl.adversary.requests import image_hash, read_requests
 from healing_pl.data.datasets import build_pool
 from healing_pl.main import main
 
@@ -129,6 +130,101 @@ def test_stream_applies_the_file_in_order(in_tmp, configs_dir, baseline):
     assert [x["n_accepted"] for x in r["stream/rounds"]] == [2, 1, 1]
     assert r["stream/unlearned_count"] == 4 and r["stream/n_user"] == 5
     assert r["adversary/selector"] == "requests" and r["requests/file"] == requests
+    applied = [x for x in _ledger(run) if x["type"] == "applied"]  # every round that unlearned, with its model
+    assert [a["round"] for a in applied] == [0, 1, 2] and [len(a["request_ids"]) for a in applied] == [2, 1, 1]
+    assert len({a["model_sha256"] for a in applied}) == 3
+    assert verify(run).ok
+
+
+def test_a_stream_whose_requests_are_all_rejected_exits_2(in_tmp, configs_dir, baseline, capsys):
+    ckpt, _, backup = baseline
+    requests = _write(in_tmp / "r.jsonl", [{"requester": "owner", "sample_id": i} for i in backup[:3]])
+    run = in_tmp / "stream"
+    capsys.readouterr()
+    assert main(_args("stream", configs_dir, ckpt, run, requests)) == 2
+    errors = [x for x in capsys.readouterr().err.splitlines() if x.startswith("healing-pl: error:")]
+    assert errors == [
+        "healing-pl: error: all 3 requests of the stream were rejected (3 not_a_member); nothing to unlearn."
+    ]
+    lines = _ledger(run)  # the documented trace of a failed request: its rejection, and no applied line
+    assert [x["reason"] for x in lines if x["type"] == "request"] == ["not_a_member"] * 3
+    assert not (run / "results.json").exists() and verify(run).ok
+
+
+def _read(tmp_path, pool, lines, **kwargs):
+    return read_requests(_write(tmp_path / "r.jsonl", lines), pool, **kwargs)
+
+
+def test_image_paths_stay_inside_the_root_and_say_nothing_about_the_outside(tmp_path, pool):
+    (tmp_path / "inner").mkdir()
+    _png(pool, 3, tmp_path / "inner" / "ok.png")
+    _png(pool, 3, tmp_path / "outside.png")
+    (tmp_path / "inner" / "link.png").symlink_to(tmp_path / "outside.png")
+    (tmp_path / "inner" / "inner-link.png").symlink_to(tmp_path / "inner" / "ok.png")
+    req = _write(tmp_path / "inner" / "r.jsonl", [{"requester": "a", "image": "ok.png"}])
+    assert read_requests(req, pool).requests[0].sample_hash == sample_hash(pool[3][0])
+    assert _read(tmp_path / "inner", pool, [{"requester": "a", "image": "inner-link.png"}]).requests
+    messages = []
+    for image in ("../outside.png", "../nowhere.png", str(tmp_path / "outside.png"), "/etc/shadow", "link.png"):
+        with pytest.raises(ValueError) as err:
+            _read(tmp_path / "inner", pool, [{"requester": "a", "image": image}])
+        assert f"image '{image}' lies outside the requests root" in str(err.value)
+        messages.append(str(err.value).replace(image, "X"))
+    assert len(set(messages)) == 1  # an existing and a missing file outside read the same
+    # a declared root widens (or narrows) where images may come from
+    wide = _read(tmp_path / "inner", pool, [{"requester": "a", "image": "../outside.png"}], root=str(tmp_path))
+    assert wide.requests[0].sample_hash == sample_hash(pool[3][0])
+
+
+def test_only_regular_files_are_opened_and_a_fifo_does_not_hang(tmp_path, pool):
+    import os
+
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "dir.png").mkdir()
+    for name in ("pipe.png", "dir.png"):
+        with pytest.raises(ValueError, match=f"image '{name}' cannot be read \\(no such regular file\\)"):
+            _read(tmp_path, pool, [{"requester": "a", "image": name}])
+
+
+def test_fields_are_bounded(tmp_path, pool):
+    with pytest.raises(ValueError, match="line 1 of .* has a requester longer than 256 characters"):
+        _read(tmp_path, pool, [{"requester": "x" * 257, "sample_id": 1}])
+    assert _read(tmp_path, pool, [{"requester": "x" * 256, "sample_id": 1}]).requests
+    with pytest.raises(ValueError, match="line 2 of .* is longer than 65,536 bytes"):
+        _read(tmp_path, pool, [{"requester": "a", "sample_id": 1}, {"requester": "a" * 70_000, "sample_id": 1}])
+    with pytest.raises(ValueError, match="has an image path longer than 4096"):
+        _read(tmp_path, pool, [{"requester": "a", "image": "a/" * 2100}])
+
+
+def test_the_file_hash_is_the_sha256_of_its_bytes_read_in_lines(tmp_path, pool):
+    import hashlib
+
+    got = _read(tmp_path, pool, [{"requester": "a", "sample_id": i} for i in range(5)] + [""])
+    assert got.sha256 == hashlib.sha256((tmp_path / "r.jsonl").read_bytes()).hexdigest() and len(got.requests) == 5
+
+
+MILLION = """
+import resource, sys
+from healing_pl.adversary.requests import read_requests
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+got = read_requests(sys.argv[1], None)
+print(len(got.requests), (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+@pytest.mark.slow
+def test_a_million_line_requests_file_stays_under_500_mb(tmp_path):
+    """The peak memory that reading adds to the process (torch's import alone is several hundred MB)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "million.jsonl"
+    with open(path, "w") as f:
+        for i in range(1_000_000):
+            f.write(f'{{"requester": "user-{i % 1000}", "sample_id": {i}}}\n')
+    out = subprocess.run([sys.executable, "-c", MILLION, str(path)], capture_output=True, text=True, check=True)
+    n, peak_mb = map(int, out.stdout.split())
+    assert n == 1_000_000 and peak_mb < 500, peak_mb
 
 
 @pytest.mark.parametrize(
@@ -142,7 +238,10 @@ def test_stream_applies_the_file_in_order(in_tmp, configs_dir, baseline):
             r"names its sample 2 ways \(sample_id, sample_hash\)",
         ),
         ([{"requester": "a", "sample_id": 1, "user": "x"}], r"line 1 of .* has an unknown key 'user'"),
-        ([{"requester": "a", "image": "missing.png"}], r"line 1 of .*: image '[^']*missing\.png' cannot be read"),
+        ([{"requester": "a", "image": "missing.png"}], r"line 1 of .*: image 'missing\.png' cannot be read"),
+        ([{"requester": "a", "image": "../../etc/passwd"}], r"line 1 of .*: image '\.\./\.\./etc/passwd' lies outside"),
+        ([{"requester": "a", "image": "/etc/shadow"}], r"line 1 of .*: image '/etc/shadow' lies outside the requests"),
+        ([{"requester": "r" * 300, "sample_id": 1}], r"line 1 of .* has a requester longer than 256 characters"),
         ([{"requester": "a", "image": "broken.png"}], r"line 1 of .*: image '[^']*broken\.png' cannot be read"),
     ],
 )

@@ -31,13 +31,8 @@ def _plant(path, marker):
 
 
 @pytest.fixture(scope="module")
-def baseline(tmp_path_factory, configs_dir):
-    run = tmp_path_factory.mktemp("sec") / "fit"
-    assert (
-        main(["fit", "--config", f"{configs_dir}/digits.yaml", f"--run_dir={run}", "--trainer.max_epochs=1", *QUIET])
-        == 0
-    )
-    return run / "checkpoints" / "last.ckpt"
+def baseline(digits_baseline):
+    return digits_baseline  # one session-wide digits baseline (tests/conftest.py); tests copy it to tamper
 
 
 def test_the_planted_pickle_is_real(tmp_path):
@@ -173,3 +168,71 @@ def test_a_failed_command_leaves_no_claimed_folder(in_tmp, configs_dir, baseline
         ["heal", "--config", f"{configs_dir}/digits.yaml", f"--ckpt_path={baseline}", "--adversary.budget=5000", *QUIET]
     )
     assert code == 2 and not (in_tmp / "runs").exists()
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_files_honour_the_umask(tmp_path, umask, mode):
+    from healing_pl.adversary.ledger import Ledger
+    from healing_pl.files import save_torch, write_json
+    from healing_pl.lock import RunLock
+
+    old = os.umask(umask)
+    try:
+        paths = [write_json(tmp_path / "results.json", {"a": 1}), save_torch({"w": torch.zeros(1)}, tmp_path / "c.pt")]
+        ledger = Ledger(tmp_path / "run")
+        ledger.append_round({"round": 0})
+        paths += [ledger.path, ledger.head_path]
+        with RunLock(tmp_path / "locked") as lock:
+            paths.append(lock.path)
+            assert os.stat(lock.path).st_mode & 0o777 == mode
+        for path in paths[:-1]:
+            assert os.stat(path).st_mode & 0o777 == mode, path
+    finally:
+        os.umask(old)
+
+
+INJECTION = [
+    '--trainer.callbacks={"class_path": "this.X"}',
+    '--trainer.callbacks={"class_path": "LambdaCallback", "init_args": {"on_fit_start": "os.system"}}',
+    '--trainer.logger={"class_path": "subprocess.Popen", "init_args": {"args": "touch pwned"}}',
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("payload", INJECTION)
+def test_injected_class_paths_are_refused_before_any_import(in_tmp, configs_dir, payload):
+    """In a fresh interpreter: the payload's module is never imported and nothing is written."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from healing_pl.main import main; code = main(sys.argv[1:]); "
+        "print('imported' if 'this' in sys.modules else 'clean'); sys.exit(code)"
+    )
+    args = ["fit", "--config", f"{configs_dir}/digits.yaml", "--run_dir=run", "--wandb.enabled=false", payload]
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=in_tmp)
+    assert out.returncode == 2, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "clean"
+    assert "does not import from a configuration" in out.stderr.strip().splitlines()[-1]
+    assert sorted(os.listdir(in_tmp)) == []
+
+
+def test_the_allowlist_takes_registered_classes_and_trusted_paths_only(monkeypatch):
+    from healing_pl.cli import ALLOW_IMPORTS_ENV, denied_import_path
+
+    monkeypatch.delenv(ALLOW_IMPORTS_ENV, raising=False)
+    assert denied_import_path("healing_pl.unlearning.fisher.Fisher", "unlearn") is None
+    assert denied_import_path("Fisher", "unlearn") is None
+    assert denied_import_path({"class_path": "lightning.pytorch.callbacks.EarlyStopping"}, "trainer.callbacks") is None
+    assert denied_import_path("mylab.callbacks.Probe", "trainer.callbacks") == "mylab.callbacks.Probe"
+    payload = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"dirpath": "os.system"}}
+    assert denied_import_path(payload, "trainer.callbacks") == "os.system"  # a callable smuggled as an argument
+    assert denied_import_path({"init_args": {"filename": "last.ckpt"}}, "trainer.callbacks") is None  # a file name
+    monkeypatch.setenv(ALLOW_IMPORTS_ENV, "mylab.callbacks.Probe")
+    assert denied_import_path("mylab.callbacks.Probe", "trainer.callbacks") is None
+    assert denied_import_path("mylab.other.X", "trainer.callbacks") == "mylab.other.X"
+    monkeypatch.setenv(ALLOW_IMPORTS_ENV, "not a path")
+    with pytest.raises(ValueError, match="HEALING_PL_ALLOW_IMPORTS holds 'not a path'"):
+        denied_import_path("x.Y", "trainer.callbacks")
+    monkeypatch.delenv(ALLOW_IMPORTS_ENV)
+    denied_import_path("x.Y", "trainer.callbacks")  # the policy back as it was for later tests

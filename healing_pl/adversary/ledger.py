@@ -44,11 +44,22 @@ so deleting the last lines is caught too.  The chain has no secret: it proves
 the file was not changed by accident or by hand, not against someone who
 rewrites the whole chain and the head.
 
+Keyed chain.  When the environment variable :data:`KEY_ENV`
+(``HEALING_PL_LEDGER_KEY``) is set, ``hash`` is instead the HMAC-SHA256 of
+those bytes under that key: without the key nobody can write a chain that
+verifies, so a consistent rewrite of the file and its head is detected.  A
+keyed ledger must be verified (and appended to) with the same key set; one
+written without a key is refused while a key is set, and the other way round,
+with a sentence that says so.
+
 :func:`verify` walks a ledger and names the first broken line;
 ``healing-pl ledger verify RUN_DIR_OR_FILE`` (:func:`ledger_main`) prints it.
-A torn last line (a crash mid-write: no newline at the end, or not valid
-JSON) is cut back to the last whole line, with a warning, when a
-:class:`Ledger` is opened.
+A torn last line (a crash mid-write: no newline at the end) is moved aside
+when a :class:`Ledger` is opened: its bytes are appended to
+``<ledger>.torn`` (``ledger.jsonl.torn``) beside the ledger, the ledger is cut
+back to its last whole line, and a warning names both.  A complete last line
+that is not valid JSON is not a crash's mark: it is never cut, the ledger is
+refused as broken.  No line a command did not write itself is ever deleted.
 
 Stable request ids: ``request_id`` is the first 32 hex digits of
 SHA-256 over ``requester``, the sample key (its content hash, or
@@ -82,6 +93,7 @@ from healing_pl.files import write_atomic
 
 __all__ = [
     "GENESIS",
+    "KEY_ENV",
     "Ledger",
     "LedgerState",
     "VerifyReport",
@@ -95,6 +107,8 @@ __all__ = [
 RECORD_TYPES = ("request", "applied", "failed", "twin", "round")
 #: The ``prev`` of a ledger's first line.
 GENESIS = "0" * 64
+#: The environment variable whose value (any text) makes the chain an HMAC-SHA256 under that key.
+KEY_ENV = "HEALING_PL_LEDGER_KEY"
 
 _HASH_KEY = b', "hash": "'
 _TAIL = len(_HASH_KEY) + 64 + 2  # , "hash": "<64 hex>"}
@@ -150,27 +164,45 @@ def _head_path(path: Path) -> Path:
     return path.with_suffix(".head")
 
 
-def _chain_line(record: dict, prev: str) -> tuple[str, str]:
+def ledger_key() -> bytes | None:
+    """The chain's key from :data:`KEY_ENV`, or None (a plain SHA-256 chain)."""
+    key = os.environ.get(KEY_ENV)
+    return key.encode() if key else None
+
+
+def _hasher(key: bytes | None):
+    """``bytes -> hex digest``: SHA-256, or HMAC-SHA256 under ``key``."""
+    if key is None:
+        return lambda body: hashlib.sha256(body).hexdigest()
+    # HMAC (RFC 2104) from two precomputed SHA-256 states: what hmac.new(key, body, sha256) computes, faster
+    block = (hashlib.sha256(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+    outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+
+    def keyed(body: bytes) -> str:
+        i = inner.copy()
+        i.update(body)
+        o = outer.copy()
+        o.update(i.digest())
+        return o.hexdigest()
+
+    return keyed
+
+
+def _chain_line(record: dict, prev: str, digest_of=None) -> tuple[str, str]:
     """The line (with its newline) for ``record`` after a line whose hash is ``prev``; and its own hash."""
     if "prev" in record or "hash" in record:
         raise ValueError("A ledger record may not carry its own 'prev' or 'hash' key.")
     body = json.dumps({**record, "prev": prev}, default=_jsonable)
-    digest = hashlib.sha256(body.encode()).hexdigest()
+    digest = (digest_of or _hasher(ledger_key()))(body.encode())
     return f'{body[:-1]}, "hash": "{digest}"}}\n', digest
 
 
 def _torn_tail(data: bytes) -> int | None:
-    """Where to cut ``data`` when its last line is torn (no newline at the end, or not valid JSON); else None."""
-    if not data:
+    """Where to cut ``data`` when its last line is torn (no newline at the end: a write cut short); else None."""
+    if not data or data.endswith(b"\n"):
         return None
-    if not data.endswith(b"\n"):
-        return data.rfind(b"\n") + 1
-    start = data.rfind(b"\n", 0, len(data) - 1) + 1
-    try:
-        json.loads(data[start:-1])
-    except ValueError:
-        return start
-    return None
+    return data.rfind(b"\n") + 1
 
 
 @dataclass
@@ -296,10 +328,13 @@ def _need_accepted(request_id, accepted: set[str], known: set[str]) -> str | Non
     return None
 
 
-def _scan(data: bytes, *, check_head: bytes | None) -> tuple[LedgerState, int | None, str | None]:
+def _scan(
+    data: bytes, *, check_head: bytes | None, key: bytes | None = None
+) -> tuple[LedgerState, int | None, str | None]:
     """Read a ledger's bytes; the state of its good prefix, and the first broken line (number, reason) if any.
 
-    ``check_head``: the bytes of the ``.head`` sidecar (None when there is none).
+    ``check_head``: the bytes of the ``.head`` sidecar (None when there is none); ``key``: the chain's HMAC key
+    (None: plain SHA-256).
     """
     state = LedgerState()
     seen: set[str] = set()
@@ -310,7 +345,7 @@ def _scan(data: bytes, *, check_head: bytes | None) -> tuple[LedgerState, int | 
     torn = raws[-1] != b""  # the last line has no newline
     if not torn:
         raws.pop()
-    decode, sha256, key_end = json.JSONDecoder().raw_decode, hashlib.sha256, -_TAIL + len(_HASH_KEY)
+    decode, digest_of, key_end = json.JSONDecoder().raw_decode, _hasher(key), -_TAIL + len(_HASH_KEY)
     number = 0
     for number, raw in enumerate(raws, start=1):
         if torn and number == len(raws):
@@ -329,9 +364,9 @@ def _scan(data: bytes, *, check_head: bytes | None) -> tuple[LedgerState, int | 
             return state, number, "it has no known record type"
         if raw[-_TAIL:key_end] != _HASH_KEY or raw[-2:] != b'"}':
             return state, number, "it carries no hash (not written by a hash-chained ledger)"
-        digest = sha256(raw[:-_TAIL] + b"}").hexdigest()
+        digest = digest_of(raw[:-_TAIL] + b"}")
         if text[-66:-2] != digest:
-            return state, number, "its content does not match its hash (the line was changed after it was written)"
+            return state, number, _hash_mismatch(raw, text, key)
         if record.get("prev") != prev:
             if number == 1:
                 return state, number, "its prev is not the genesis value (the ledger's first lines are missing)"
@@ -400,6 +435,19 @@ def _scan(data: bytes, *, check_head: bytes | None) -> tuple[LedgerState, int | 
     return state, None, None
 
 
+def _hash_mismatch(raw: bytes, text: str, key: bytes | None) -> str:
+    """Why a line's hash does not match: changed, or written with(out) a key while verified without (with) one."""
+    body = raw[:-_TAIL] + b"}"
+    if key is not None and hashlib.sha256(body).hexdigest() == text[-66:-2]:
+        return f"it was written without a key, but {KEY_ENV} is set (unset it to verify an unkeyed ledger)"
+    if key is None and _HEX.fullmatch(text[-66:-2].encode()):
+        return (
+            "its content does not match its hash (the line was changed after it was written, or the ledger is "
+            f"keyed: set {KEY_ENV} to its key)"
+        )
+    return "its content does not match its hash (the line was changed after it was written, or another key was used)"
+
+
 def _read_head(path: Path) -> bytes | None:
     head = _head_path(path)
     return head.read_bytes() if head.exists() else None
@@ -417,7 +465,7 @@ def verify(path: str | os.PathLike) -> VerifyReport:
     if not path.is_file():
         raise FileNotFoundError(f"There is no ledger at {path}.")
     data = path.read_bytes()
-    state, line, reason = _scan(data, check_head=_read_head(path))
+    state, line, reason = _scan(data, check_head=_read_head(path), key=ledger_key())
     return VerifyReport(path, data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1), line, reason)
 
 
@@ -437,24 +485,16 @@ class Ledger:
         path = _ledger_path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.head_path = path, _head_path(path)
+        self._key = ledger_key()
+        self._digest_of = _hasher(self._key)
+        self.moved_aside: Path | None = None
         state = LedgerState()
         if path.exists():
             data = path.read_bytes()
             cut = _torn_tail(data)
             if cut is not None:
-                n = data.count(b"\n", 0, cut)
-                with open(path, "r+b") as f:
-                    f.truncate(cut)
-                    f.flush()
-                    os.fsync(f.fileno())
-                warnings.warn(
-                    f"{path}: line {n + 1} was torn (a write cut short by a crash); "
-                    f"cut back to the {n} whole lines before it.",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                data = data[:cut]
-            state, line, reason = _scan(data, check_head=_read_head(path))
+                data = self._move_aside(data, cut)
+            state, line, reason = _scan(data, check_head=_read_head(path), key=self._key)
             if reason is not None and line is not None:
                 raise ValueError(VerifyReport(path, state.lines, line, reason).message)
             if reason is not None:  # the lines are sound, the head is missing or unreadable: rewritten below
@@ -472,6 +512,27 @@ class Ledger:
             self._write_head()  # missing, or behind after a crash between an append and its head
 
     # ---------------------------------------------------------------- write
+    def _move_aside(self, data: bytes, cut: int) -> bytes:
+        """Keep a torn last line's bytes in ``<ledger>.torn`` (appended, fsynced), then cut the ledger back."""
+        aside = self.path.with_name(self.path.name + ".torn")
+        with open(aside, "ab") as f:
+            f.write(data[cut:] + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        with open(self.path, "r+b") as f:
+            f.truncate(cut)
+            f.flush()
+            os.fsync(f.fileno())
+        n = data.count(b"\n", 0, cut)
+        warnings.warn(
+            f"{self.path}: line {n + 1} was torn (a write cut short by a crash); its {len(data) - cut} bytes were "
+            f"moved aside to {aside} and the ledger continues after its {n} whole lines.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        self.moved_aside = aside
+        return data[:cut]
+
     def _stored_head(self) -> tuple[int, str] | None:
         try:
             head = json.loads(self.head_path.read_bytes())
@@ -490,7 +551,7 @@ class Ledger:
             return
         lines, prev = [], self._prev
         for record in records:
-            line, prev = _chain_line(record, prev)
+            line, prev = _chain_line(record, prev, self._digest_of)
             lines.append(line)
         with open(self.path, "ab") as f:
             f.write("".join(lines).encode())
@@ -666,18 +727,27 @@ class Ledger:
         path = _ledger_path(path)
         if not path.exists():
             raise ValueError(f"There is no ledger at {path}.")
-        state, line, reason = _scan(path.read_bytes(), check_head=_read_head(path))
+        state, line, reason = _scan(path.read_bytes(), check_head=_read_head(path), key=ledger_key())
         if reason is not None:
             where = f"Line {line} of {path}" if line is not None else str(path)
             raise ValueError(f"{where} is broken: {reason}.")
         return state
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one sentence on stderr (no usage block), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'.\n")
+
+
 def ledger_main(argv: Sequence[str] | None = None) -> int:
     """``healing-pl ledger verify RUN_DIR_OR_FILE``: 0 when intact, 1 when broken, 2 when there is no ledger."""
-    parser = argparse.ArgumentParser(prog="healing-pl ledger", description="Check a run's unlearn-request ledger.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    check = commands.add_parser("verify", help="walk the hash chain and name the first broken line")
+    parser = _OneLineParser(prog="healing-pl ledger", description="Check a run's unlearn-request ledger.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
+    check = commands.add_parser(
+        "verify", help="walk the hash chain and name the first broken line", prog="healing-pl ledger verify"
+    )
     check.add_argument("path", help="a run folder or a ledger .jsonl file")
     try:
         args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -685,8 +755,8 @@ def ledger_main(argv: Sequence[str] | None = None) -> int:
         return int(stop.code or 0)
     try:
         report = verify(args.path)
-    except FileNotFoundError as err:
-        print(err, file=sys.stderr)
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as err:
+        print(f"healing-pl ledger: error: {err}", file=sys.stderr)
         return 2
     print(report.message)
     return 0 if report.ok else 1

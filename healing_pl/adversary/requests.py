@@ -14,6 +14,12 @@ a copy of a training file names that sample; for a tensor-backed dataset (``digi
 it then names the pool sample with those pixels (:func:`image_hash`). An image that matches nothing is hashed as
 decoded and is rejected as ``not_a_member`` by the membership check, like any unknown hash.
 
+Image paths resolve inside one root (``read_requests(root=...)``, default: the requests file's folder): a path
+that leaves it (``..``, an absolute path, a symbolic link pointing out) is refused with the same sentence whether
+or not anything exists there, and only regular files are opened (a FIFO or a device is refused without blocking).
+Fields are bounded: a line of at most 64 KiB, a requester of at most 256 characters, an image path of at most
+4,096. The file is read line by line, so memory follows the number of requests, not the file's bytes.
+
 :func:`read_requests` checks the whole file before anything runs: a missing file, a line that is not a JSON
 object (by line number), a line naming no sample or two at once, an unknown key or a wrong value, and an image
 that cannot be read each stop with one sentence (ValueError / FileNotFoundError).
@@ -25,6 +31,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +45,10 @@ __all__ = ["KEYS", "RequestsFile", "read_requests", "image_hash"]
 KEYS: tuple[str, ...] = ("requester", "sample_id", "sample_hash", "image", "kind")
 _NAMES = ("sample_id", "sample_hash", "image")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+#: bounds on what one line may carry
+MAX_LINE_BYTES = 65_536
+MAX_REQUESTER_CHARS = 256
+MAX_IMAGE_PATH_CHARS = 4_096
 
 
 @dataclass(frozen=True)
@@ -78,6 +89,8 @@ def _parse_line(text: str, number: int, where: str) -> dict:
     requester = entry.get("requester")
     if not isinstance(requester, str) or not requester:
         raise ValueError(f"line {number} of {where} needs a non-empty string 'requester'.")
+    if len(requester) > MAX_REQUESTER_CHARS:
+        raise ValueError(f"line {number} of {where} has a requester longer than {MAX_REQUESTER_CHARS} characters.")
     kind = entry.get("kind", "user")
     if kind not in KINDS:
         raise ValueError(f"line {number} of {where} has kind {kind!r}; expected one of {', '.join(KINDS)}.")
@@ -88,36 +101,71 @@ def _parse_line(text: str, number: int, where: str) -> dict:
         raise ValueError(f"line {number} of {where} has a sample_hash that is not 64 hex digits.")
     if named[0] == "image" and (not isinstance(value, str) or not value):
         raise ValueError(f"line {number} of {where} has an image that is not a file path.")
+    if named[0] == "image" and len(value) > MAX_IMAGE_PATH_CHARS:
+        raise ValueError(f"line {number} of {where} has an image path longer than {MAX_IMAGE_PATH_CHARS} characters.")
     return {"requester": requester, "kind": kind, named[0]: value.lower() if named[0] == "sample_hash" else value}
 
 
-def read_requests(path: str, dataset) -> RequestsFile:
+def read_requests(path: str, dataset, root: str | None = None) -> RequestsFile:
     """Read and check a requests file against the pool ``dataset`` (``dataset[i] -> (x, y)``).
 
-    Every line is checked before any image is decoded; each image becomes a request by content hash
-    (:func:`image_hash`). Raises FileNotFoundError or ValueError with one sentence.
+    The file is read line by line (memory grows with the requests kept, not with the file's bytes); every line
+    is checked before any image is decoded; each image becomes a request by content hash (:func:`image_hash`).
+    ``root``: the folder image paths (relative to the requests file) must stay in (default: the requests file's
+    folder); a path that leaves it
+    (``..``, an absolute path, a symbolic link) or names anything but a regular file is refused, with the
+    same sentence whether or not something exists there. Raises FileNotFoundError or ValueError with one
+    sentence.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"requests file '{path}' does not exist.")
-    with open(path, "rb") as f:
-        raw = f.read()
-    try:
-        lines = raw.decode("utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise ValueError(f"requests file '{path}' is not UTF-8 text.") from None
     where = f"requests file '{path}'"
-    entries = [(n, _parse_line(text, n, where)) for n, text in enumerate(lines, start=1) if text.strip()]
+    digest = hashlib.sha256()
+    entries: list[tuple[int, dict]] = []
+    interned: dict[str, str] = {}
+    with open(path, "rb") as f:
+        for number, line in enumerate(iter(lambda: f.readline(MAX_LINE_BYTES + 1), b""), start=1):
+            digest.update(line)
+            if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+                raise ValueError(f"line {number} of {where} is longer than {MAX_LINE_BYTES:,} bytes.")
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ValueError(f"requests file '{path}' is not UTF-8 text.") from None
+            if not text.strip():
+                continue
+            entry = _parse_line(text, number, where)
+            entry["requester"] = interned.setdefault(entry["requester"], entry["requester"])
+            entry["kind"] = interned.setdefault(entry["kind"], entry["kind"])
+            if "image" in entry:
+                entries.append((number, entry))
+            else:
+                entries.append((number, Request(**entry)))  # type: ignore[arg-type]
     if not entries:
         raise ValueError(f"requests file '{path}' holds no requests.")
     folder = os.path.dirname(os.path.abspath(path))
+    base = os.path.realpath(root if root is not None else folder)
     matcher = _ImageMatcher(dataset)
     requests = []
     for number, entry in entries:
-        image = entry.pop("image", None)
-        if image is not None:
-            entry["sample_hash"] = matcher.hash(os.path.join(folder, image), f"line {number} of {where}")
+        if isinstance(entry, Request):
+            requests.append(entry)
+            continue
+        image = entry.pop("image")
+        entry["sample_hash"] = matcher.hash_inside(base, folder, image, f"line {number} of {where}")
         requests.append(Request(**entry))
-    return RequestsFile(path, hashlib.sha256(raw).hexdigest(), tuple(requests))
+    return RequestsFile(path, digest.hexdigest(), tuple(requests))
+
+
+def _inside(base: str, folder: str, image: str, where: str) -> str:
+    """The resolved path of ``image`` (relative to ``folder``, the requests file's) inside the root ``base``; one
+    sentence (revealing nothing about the disk outside ``base``) when it leaves it."""
+    if os.path.isabs(image) or "\x00" in image:
+        raise ValueError(f"{where}: image '{image}' lies outside the requests root '{base}'.")
+    resolved = os.path.realpath(os.path.join(folder, image))
+    if os.path.commonpath([base, resolved]) != base:
+        raise ValueError(f"{where}: image '{image}' lies outside the requests root '{base}'.")
+    return resolved
 
 
 def image_hash(path: str, dataset) -> str:
@@ -132,15 +180,28 @@ class _ImageMatcher:
         self.dataset = dataset
         self._index: dict[bytes, int] | None = None
 
-    def hash(self, path: str, where: str) -> str:
+    def hash_inside(self, base: str, folder: str, image: str, where: str) -> str:
+        """:meth:`hash` of ``image`` (relative to ``folder``) resolved inside the root ``base``."""
+        return self.hash(_inside(base, folder, image, where), where, shown=image)
+
+    def hash(self, path: str, where: str, shown: str | None = None) -> str:
         from PIL import Image
 
+        shown = path if shown is None else shown
         try:
-            with Image.open(path) as opened:
-                opened.load()
-                image = opened.copy()
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{where}: image '{path}' cannot be read ({type(err).__name__}).") from None
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            raise ValueError(f"{where}: image '{shown}' cannot be read (no such regular file).") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ValueError(f"{where}: image '{shown}' cannot be read (no such regular file).")
+        with os.fdopen(fd, "rb") as f:
+            try:
+                with Image.open(f) as opened:
+                    opened.load()
+                    image = opened.copy()
+            except (OSError, ValueError, Image.DecompressionBombError) as err:
+                raise ValueError(f"{where}: image '{shown}' cannot be read ({type(err).__name__}).") from None
         folder = getattr(self.dataset, "folder", None)
         if folder is not None:  # an image-folder pool: the pool's own transform
             return sample_hash(folder.transform(image.convert("RGB")))

@@ -214,6 +214,7 @@ def run_rounds(
     on_round: OnRound | None = None,
     *,
     restore: Callable[[int], bool] | None = None,
+    model_hash: Callable[[], str] | None = None,
 ) -> list[dict]:
     """Check, record and apply the stream round by round.
 
@@ -241,6 +242,11 @@ def run_rounds(
       one are skipped as above, every later round is applied again
       (``on_round`` is called; a summary already in the ledger is kept and
       returned as stored).
+
+    ``model_hash``: the SHA-256 of the model's weights after ``on_round``
+    (:func:`~healing_pl.adversary.ledger.weights_sha256`); given, every round
+    that accepted requests gets an ``applied`` line naming them and the hash,
+    before its summary.
     """
     rounds = [list(requests) for requests in stream]
     resume_at = len(rounds)  # rounds before it are skipped
@@ -264,6 +270,9 @@ def run_rounds(
         if metrics is not None and not isinstance(metrics, dict):
             raise TypeError(f"on_round must return a dict of metrics or None, got {type(metrics).__name__}.")
         record = _summary(round_index, decisions, dict(metrics or {}))
+        accepted_ids = ledger.accepted_request_ids(request_ids)
+        if model_hash is not None and accepted_ids:
+            ledger.applied(accepted_ids, model_hash(), round_index)
         if not ledger.append_round(record):  # applied again after a lost checkpoint: the ledger keeps its summary
             record = _stored_summary(stored)
         records.append(record)

@@ -89,6 +89,50 @@ def check_renamed(path: str, where: str, pairs: dict) -> None:
             )
 
 
+#: options a grid chooses itself for every run
+GRID_OWNED = ("run_dir", "ckpt_path", "config")
+
+
+def check_overrides(path: str, where: str, pairs: dict) -> None:
+    """Stop with one sentence at an override a run would refuse: an import path outside the CLI's allowlist
+    (:func:`healing_pl.cli.denied_import_path`), or an option the grid sets itself (the run folder)."""
+    from healing_pl.cli import denied_import_path, import_sentence
+
+    for key, value in pairs.items():
+        if not isinstance(key, str):
+            raise ValueError(f"'{where}' of the grid '{path}' has an option that is not a text: {key!r}.")
+        if key in GRID_OWNED:
+            raise ValueError(f"'{where}' of the grid '{path}' sets {key}, which the grid chooses for every run itself.")
+        denied = denied_import_path(value, key)
+        if denied:
+            raise ValueError(import_sentence(denied, f"{key} in '{where}' of the grid '{path}'"))
+
+
+def check_folder_name(name: str, what: str) -> None:
+    """Stop unless ``name`` is one plain folder name (no separator, not ``.`` or ``..``, no control character)."""
+    if (
+        not name
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or name.startswith("-")
+        or any(ord(c) < 32 for c in name)
+        or len(name.encode()) > 200
+    ):
+        raise ValueError(
+            f"{what} {name[:80]!r} cannot be a folder name: it must be one plain name without '/', '..' or control "
+            "characters, under 200 bytes."
+        )
+
+
+def check_inside(out: str, run_dir: str) -> None:
+    """Stop unless ``run_dir`` lies inside ``out`` (symbolic links resolved)."""
+    root = os.path.realpath(out)
+    target = os.path.realpath(run_dir)
+    if os.path.commonpath([root, target]) != root:
+        raise ValueError(f"the run folder '{run_dir}' would lie outside the grid's output folder '{out}'.")
+
+
 def load_spec(path: str) -> dict:
     """Read and check a grid spec (every check before any run starts or any file is written)."""
     if not os.path.isfile(path):
@@ -115,6 +159,8 @@ def load_spec(path: str) -> dict:
         raise FileNotFoundError(f"the grid's config '{spec['config']}' (in '{path}') does not exist.")
     if "name" in spec and (not isinstance(spec["name"], str) or not spec["name"] or "/" in spec["name"]):
         raise ValueError(f"the grid's name must be a non-empty text without '/', got {spec['name']!r}.")
+    if "name" in spec:
+        check_folder_name(spec["name"], "the grid's name")
     for key in ("fit", command):
         if not isinstance(spec.get(key) or {}, dict):
             raise ValueError(f"the grid's '{key}' overrides must be a mapping of option: value.")
@@ -131,6 +177,7 @@ def load_spec(path: str) -> dict:
         (f"axes.{name}", entry) for name, values in axes.items() for entry in values
     ]:
         check_renamed(path, where, pairs)
+        check_overrides(path, where, pairs)
     if "seeds" in spec:
         seeds = spec["seeds"]
         if (
@@ -176,7 +223,9 @@ def cells(spec: dict) -> list[tuple[str, dict, tuple[dict, ...]]]:
         merged = dict(spec.get(command) or {})
         for part in combo:
             merged.update(part)
-        result.append((f"{command}-{_label(combo)}", merged, combo))
+        label = f"{command}-{_label(combo)}"
+        check_folder_name(label, "the run name")
+        result.append((label, merged, combo))
     return result
 
 
@@ -207,6 +256,7 @@ def build_runs(spec: dict, out: str, name: str) -> list[Run]:
         ckpt = os.path.join(baseline_dir, "checkpoints", "last.ckpt")
         for label, merged, _ in cells(spec):
             run_dir = os.path.join(out, folder, label)
+            check_inside(out, run_dir)
             if run_dir in seen:
                 raise ValueError(
                     f"two runs of the grid would share the folder '{run_dir}'; make the axes' values differ."

@@ -187,11 +187,25 @@ def run_stream(
         if checkpoint_dir:
             checkpoint(index)
         if log is not None:
-            log({rk.stream_history(k).name: v for k, v in metrics.items()}, index)
+            points = {rk.stream_history(k).name: v for k, v in {rk.CURVE_ROUND: index, **metrics}.items()}
+            log(points, index)  # with stream/round, the rounds' x-axis in W&B
         print(f"round {index}: {metrics[rk.CURVE_ACCEPTED]} accepted, test accuracy {metrics[rk.CURVE_TEST_ACC]:.4f}")
         return rk.plain(metrics)
 
-    rounds = run_rounds(stream_rounds, membership, ledger, on_round, restore=restore if checkpoint_dir else None)
+    rounds = run_rounds(
+        stream_rounds,
+        membership,
+        ledger,
+        on_round,
+        restore=restore if checkpoint_dir else None,
+        model_hash=lambda: weights_sha256(current["model"]),
+    )
+    if not membership.unlearned_ids.numel():
+        reasons: Counter = Counter()
+        for r in rounds:
+            reasons.update(r["reasons"])
+        summary = ", ".join(f"{n} {reason}" for reason, n in reasons.most_common())
+        raise ValueError(f"all {len(listed)} requests of the stream were rejected ({summary}); nothing to unlearn.")
     curve = [{rk.CURVE_ROUND.name: -1, rk.CURVE_TEST_ACC.name: baseline_acc}]
     curve += [{rk.CURVE_ROUND.name: r["round"], **r["metrics"]} for r in rounds]
     return StreamResult(

@@ -36,6 +36,37 @@ def check_output(output: str) -> None:
         raise ValueError(f"--output '{output}' cannot be written: it lies in a read-only folder.")
 
 
+def probe_output(output: str) -> None:
+    """Stop when the folder of ``output`` refuses a new file (a read-only or virtual file system: /proc)."""
+    import secrets
+
+    folder = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(folder):
+        return  # created by the write, under a parent check_output found writable
+    probe = os.path.join(folder, f".report-probe-{secrets.token_hex(4)}")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.remove(probe)
+    except OSError as err:
+        raise ValueError(f"--output '{output}' cannot be written: {os.strerror(err.errno or 5).lower()}.") from None
+
+
+def check_record_types(records: list[dict]) -> None:
+    """Stop at the first declared record key whose value has the wrong type (one sentence naming the file)."""
+    from healing_pl import records as rk
+
+    for record in records:
+        methods = [v for k, v in record.items() if k == rk.UNLEARN_METHOD.name and isinstance(v, str)]
+        for name, value in record.items():
+            key = rk.lookup(name, methods)
+            if key is not None and value is not None and not key.accepts(value):
+                types = key.type if isinstance(key.type, tuple) else (key.type,)
+                raise ValueError(
+                    f"'{record.get(rk.FILE.name)}' is not a results record: {name} holds {json.dumps(value)[:40]}, "
+                    f"not a {' or '.join(t.__name__ for t in types)}."
+                )
+
+
 def write_report(text: str, records: list[dict], output: str, source: str | None = None) -> None:
     """Write the report as markdown, JSON (tables with every statistic, and the runs) or the HTML dashboard."""
     if output.endswith(".json"):
@@ -85,6 +116,9 @@ def report_main(argv: list[str]) -> int:
         records = load_records(args.paths)
         if not records:
             raise FileNotFoundError(f"no results found: no results.json under {', '.join(args.paths)}.")
+        check_record_types(records)
+        if args.output:
+            probe_output(args.output)
     except (FileNotFoundError, ValueError) as err:
         print(f"healing-pl report: error: {err}", file=sys.stderr)
         return 2
@@ -92,7 +126,14 @@ def report_main(argv: list[str]) -> int:
     text = report(records, source)
     print(text)
     if args.output:
-        write_report(text, records, args.output, source)
+        try:
+            write_report(text, records, args.output, source)
+        except OSError as err:
+            print(
+                f"healing-pl report: error: --output '{args.output}' cannot be written: {err.strerror}.",
+                file=sys.stderr,
+            )
+            return 2
         print(f"report written to {args.output}")
     if args.wandb_report is not None:
         from healing_pl.report.wandb_report import publish

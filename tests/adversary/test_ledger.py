@@ -382,18 +382,70 @@ def test_a_missing_head_is_reported_and_rewritten_on_opening(full):
     assert verify(full.path).ok
 
 
-@pytest.mark.parametrize("tail", ['{"type": "request", "request_id": "ab', '{"type": "twin", "request_\n'])
-def test_a_torn_last_line_is_cut_back_with_a_warning(full, tail):
+@pytest.mark.parametrize("tail", ['{"type": "request", "request_id": "ab', '{"type": "twin", "request_'])
+def test_a_torn_last_line_is_moved_aside_with_a_warning(full, tail):
     before = full.path.read_text()
     with open(full.path, "a", encoding="utf-8") as f:
         f.write(tail)
     assert not verify(full.path).ok
     n = len(raw_lines(full.path))
-    with pytest.warns(RuntimeWarning, match=f"line {n} was torn"):
+    with pytest.warns(RuntimeWarning, match=f"line {n} was torn .* moved aside to .*ledger.jsonl.torn"):
         reopened = Ledger(full.path)
     assert full.path.read_text() == before and verify(full.path).ok
+    aside = full.path.with_name("ledger.jsonl.torn")
+    assert reopened.moved_aside == aside and aside.read_text() == tail + "\n"  # the evidence is kept
     assert reopened.append_round({"round": 9})  # and the chain goes on
     assert verify(full.path).ok
+
+
+def test_a_complete_last_line_that_is_not_json_is_never_cut(full):
+    with open(full.path, "a", encoding="utf-8") as f:
+        f.write('{"type": "twin", "request_\n')
+    damaged = full.path.read_bytes()
+    n = len(raw_lines(full.path))
+    with pytest.raises(ValueError, match=f"Line {n} of .* is broken: it is not valid JSON"):
+        Ledger(full.path)
+    assert full.path.read_bytes() == damaged  # not a line deleted
+    assert not full.path.with_name("ledger.jsonl.torn").exists()
+
+
+def test_a_keyed_chain_detects_a_consistent_rewrite(tmp_path, monkeypatch):
+    from healing_pl.adversary.ledger import KEY_ENV, _chain_line
+
+    monkeypatch.setenv(KEY_ENV, "s3cret")
+    pool = Pool()
+    ledger = Ledger(tmp_path)
+    ledger.record(MembershipIndex(pool, PRIMARY).check([Request("u", sample_id=i) for i in range(3)]), 0)
+    assert verify(tmp_path).ok
+    rows = [json.loads(r) for r in raw_lines(ledger.path)]
+    # an attacker without the key rewrites every line and the head consistently, as plain SHA-256
+    prev, lines = "0" * 64, []
+    for row in rows:
+        record = {k: v for k, v in row.items() if k not in ("prev", "hash")}
+        record["requester"] = "someone else"
+        line, prev = _chain_line(record, prev, lambda body: __import__("hashlib").sha256(body).hexdigest())
+        lines.append(line)
+    ledger.path.write_text("".join(lines))
+    ledger.head_path.write_text(json.dumps({"lines": len(lines), "hash": prev}) + "\n")
+    report = verify(tmp_path)
+    assert not report.ok and report.line == 1 and "written without a key" in report.reason
+    monkeypatch.setenv(KEY_ENV, "another key")
+    assert not verify(tmp_path).ok
+    monkeypatch.delenv(KEY_ENV)
+    assert verify(tmp_path).ok  # without the key, the rewrite is indistinguishable: that is what the key buys
+
+
+def test_a_keyed_ledger_verified_without_its_key_says_so(tmp_path, monkeypatch):
+    from healing_pl.adversary.ledger import KEY_ENV
+
+    monkeypatch.setenv(KEY_ENV, "k")
+    ledger = Ledger(tmp_path)
+    ledger.append_round({"round": 0})
+    monkeypatch.delenv(KEY_ENV)
+    report = verify(tmp_path)
+    assert not report.ok and f"set {KEY_ENV}" in report.reason
+    with pytest.raises(ValueError, match="keyed"):
+        Ledger(tmp_path)
 
 
 def test_a_crash_inside_a_batch_keeps_its_whole_lines(tmp_path):
@@ -551,3 +603,14 @@ def test_unlearn_phase_writes_applied_or_failed(tmp_path, monkeypatch, fails):
         assert rows[-1]["model_sha256"] == weights_sha256(model)
     assert rows[-1]["request_ids"] == [rows[0]["request_id"], rows[1]["request_id"]]
     assert verify(tmp_path).ok
+
+
+@pytest.mark.parametrize("key", [b"k", b"x" * 64, b"y" * 65, "\u00e9t\u00e9".encode()])
+def test_the_keyed_chain_is_hmac_sha256(key):
+    import hashlib
+    import hmac
+
+    from healing_pl.adversary.ledger import _hasher
+
+    for body in (b"", b'{"type": "round"}', b"q" * 1000):
+        assert _hasher(key)(body) == hmac.new(key, body, hashlib.sha256).hexdigest()
