@@ -47,33 +47,99 @@ def make_run_dir(base: str, stem: str) -> str:
 def build_logger(tracking, run_dir: str, job_type: str, config: dict | None = None):
     """A W&B logger writing under ``run_dir`` (None when tracking is off or W&B is disabled).
 
-    ``tracking`` is the ``--wandb`` config (:class:`healing_pl.phases.config.Tracking`).
+    ``tracking`` is the ``--wandb`` config (:class:`healing_pl.phases.config.Tracking`); ``config`` the run's
+    whole CLI configuration as the parser dumps it (chosen classes as ``{class_path, init_args}``). The run's
+    name is ``--wandb.name`` or the run folder's name with the seed (``heal-fisher-none-s1``); its tags name
+    the seed and, where the command has them, the unlearning method, the adversary and the twin metric
+    (:func:`run_tags`). The W&B config starts with the small ``run`` section (:func:`run_section`); the CLI
+    configuration follows under ``cli`` (``phases/record.py``), and nothing else goes there flat.
     """
     mode = wandb_mode()
     if not tracking.enabled or mode == "disabled":
         return None
+    config = config or {}
+    seed = run_seed(config)
+    folder = os.path.basename(os.path.normpath(run_dir))
     return RunLogger(
         save_dir=os.path.abspath(run_dir),  # W&B's service process may have another working directory
         project=tracking.project,
         entity=tracking.entity,
         group=tracking.group,
         job_type=tracking.job_type or job_type,
-        tags=list(tracking.tags),
-        name=tracking.name or os.path.basename(os.path.normpath(run_dir)),
+        tags=list(dict.fromkeys([*tracking.tags, *run_tags(config)])),
+        name=tracking.name or run_name(folder, seed),
         offline=mode != "online",
-        config=config,
+        config={RUN_SECTION: run_section(job_type, seed, folder)},
     )
+
+
+#: the W&B config's section about the run itself (beside ``cli``, the CLI configuration)
+RUN_SECTION = "run"
+#: the W&B tags' prefixes, by the CLI option whose chosen class a tag names
+TAGGED = {"unlearn": "method", "adversary": "adversary", "twins.metric": "metric"}
+
+
+def run_seed(config: dict) -> int | None:
+    """The run's seed: ``seed_everything``, else ``data.seed`` (a grid sets both to its seed); None if unset."""
+    for value in (config.get("seed_everything"), (config.get("data") or {}).get("seed")):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def run_name(folder: str, seed: int | None) -> str:
+    """The default W&B run name: the run folder's name with ``-s<seed>`` (runs of several seeds share folder
+    names: ``seed-0/heal-fisher-none``, ``seed-1/heal-fisher-none``)."""
+    suffix = "" if seed is None else f"-s{seed}"
+    return folder if not suffix or folder.endswith(suffix) else folder + suffix
+
+
+def chosen_class(config: dict, dotted: str) -> str | None:
+    """The class name chosen for the option ``dotted`` (``unlearn``, ``twins.metric``) in a parser dump."""
+    value = config
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if isinstance(value, dict):
+        value = value.get("class_path") or value.get("class")
+    return str(value).rsplit(".", 1)[-1] if isinstance(value, str) and value else None
+
+
+def run_tags(config: dict) -> list[str]:
+    """``method:<Unlearner>``, ``adversary:<Selector>``, ``metric:<Metric>`` (those the command chose; a heal
+    of R alone: ``metric:none``; a stream that does not heal has no metric) and ``seed:<seed>``: what a
+    researcher filters runs on in W&B's runs table."""
+    tags = []
+    for option, tag in TAGGED.items():
+        name = chosen_class(config, option)
+        if option == "twins.metric":
+            if "twins" not in config or (config.get("stream") or {}).get("heal") is False:
+                continue
+            name = name or "none"
+        if name:
+            tags.append(f"{tag}:{name}")
+    seed = run_seed(config)
+    return tags + ([] if seed is None else [f"seed:{seed}"])
+
+
+def run_section(subcommand: str, seed: int | None, folder: str) -> dict:
+    """The W&B config's ``run`` section: the subcommand, the seed the name carries and the run folder's name."""
+    return {"subcommand": subcommand, "seed": seed, "folder": folder}
 
 
 class RunLogger(WandbLogger):
     """Lightning's WandbLogger, except that a spawned run (``ddp_spawn``) opens its W&B run in rank zero's
     process: Lightning's own logger opens it in the launching process and attaches the workers to it, which
     hangs in offline mode. It also leaves out the ``anonymous`` setting Lightning always passes (W&B warns
-    that the setting has no effect), and a spawned rank quiets its console like the launching process."""
+    that the setting has no effect), a spawned rank quiets its console like the launching process, and
+    Lightning's hyperparameters (the model's and the datamodule's ``save_hyperparameters``, flat: ``lr``,
+    ``seed``, ``val``...) stay out of the W&B config, which holds them once, nested under ``cli``."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._wandb_init.pop("anonymous", None)
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        """Nothing: the run's whole configuration is in the W&B config's ``cli`` section already."""
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -151,6 +217,7 @@ def read_offline_run(run_folder: str, wait_s: float = 30.0) -> dict:
     Offline runs keep everything in one ``run-<id>.wandb`` file, a log of protobuf records in 32 KiB blocks
     (each record: crc32, length, type); media (images, tables) lie under ``files/media``. Returns:
 
+    - ``run``: the run's ``name``, ``tags``, ``group`` and ``job_type``;
     - ``config`` and ``summary``: dicts of the run's config and final summary;
     - ``history``: the logged rows, in order (a dict per ``run.log`` call);
     - ``metrics``: ``{name: step_metric}`` from ``define_metric`` (globs under their glob name);
@@ -173,7 +240,7 @@ def read_offline_run(run_folder: str, wait_s: float = 30.0) -> dict:
         time.sleep(0.2)
     if not files:
         raise FileNotFoundError(f"no .wandb file in '{run_folder}'.")
-    out: dict = {"config": {}, "summary": {}, "history": [], "metrics": {}, "artifacts": []}
+    out: dict = {"run": {}, "config": {}, "summary": {}, "history": [], "metrics": {}, "artifacts": []}
 
     def value(text):
         try:
@@ -191,6 +258,8 @@ def read_offline_run(run_folder: str, wait_s: float = 30.0) -> dict:
         kind = record.WhichOneof("record_type")
         if kind == "run":
             apply(out["config"], record.run.config.update)
+            r = record.run
+            out["run"] = {"name": r.display_name, "tags": list(r.tags), "group": r.run_group, "job_type": r.job_type}
         elif kind == "config":
             apply(out["config"], record.config.update)
         elif kind == "summary":
@@ -227,7 +296,10 @@ def read_offline_run(run_folder: str, wait_s: float = 30.0) -> dict:
 HEAL_STEP = rk.HEAL_EPOCH_STEP.name
 #: history keys of the healed curve, all plotted against :data:`HEAL_STEP`
 HEAL_KEYS = tuple(k.name for k in rk.HEAL_CURVE_KEYS)
-_DEFINED: set[str] = set()
+#: the step metric of a stream's rounds, and the rounds' history keys plotted against it
+STREAM_STEP = rk.stream_history(rk.CURVE_ROUND).name
+STREAM_KEYS = tuple(rk.stream_history(k).name for k in rk.POINT_KEYS if k != rk.CURVE_ROUND)
+_DEFINED: set[tuple[str, str]] = set()
 
 
 def wandb_run(logger):
@@ -238,25 +310,50 @@ def wandb_run(logger):
     return run if hasattr(run, "log_artifact") and hasattr(run, "define_metric") else None
 
 
+def define_axis(run, step: str, keys: tuple[str, ...]) -> None:
+    """Plot ``keys`` against ``step`` in ``run`` (once per run): exact names, which win over Lightning's
+    catch-all ``*`` -> ``trainer/global_step``; no summary of their own (the summary holds the record's final
+    figures, written at the end)."""
+    if (run.id, step) in _DEFINED:
+        return
+    run.define_metric(step, summary="none")
+    for key in keys:
+        run.define_metric(key, step_metric=step, summary="none")
+    _DEFINED.add((run.id, step))
+
+
 def log_heal_epoch(
     run, epoch: int, *, test: float, val: float | None = None, baseline: float | None = None, gold: float | None = None
 ) -> None:
-    """One point of the healed curve: test and validation accuracy after ``epoch`` heal epochs, with the
-    baseline (BL) and gold standard (GS) test accuracy as constant reference series on the same x-axis."""
+    """One point of the healed curve against ``heal/epoch`` (0: the unlearned start): the healed model's test
+    and validation accuracy after ``epoch`` heal epochs (``healed/test/acc``, ``healed/val/acc``, the names of
+    the record and the summary), with the baseline's and the gold standard's test accuracy
+    (``baseline/test/acc``, ``gold/test/acc``) as flat reference series on the same x-axis. This is the heal's
+    only validation series: Lightning's own validation loop logs nothing to W&B during a heal."""
     if run is None:
         return
-    if run.id not in _DEFINED:
-        run.define_metric(HEAL_STEP, summary="none")
-        for key in HEAL_KEYS:  # exact names: they win over Lightning's catch-all "*" -> trainer/global_step
-            run.define_metric(key, step_metric=HEAL_STEP, summary="none")
-        _DEFINED.add(run.id)
+    define_axis(run, HEAL_STEP, HEAL_KEYS)
     values = {
-        rk.HEAL_TEST_ACC_POINT: test,
-        rk.HEAL_VAL_ACC_POINT: val,
-        rk.REFERENCE_BASELINE: baseline,
-        rk.REFERENCE_GOLD: gold,
+        rk.HEALED_TEST_ACC: test,
+        rk.HEALED_VAL_ACC_POINT: val,
+        rk.BASELINE_TEST_ACC: baseline,
+        rk.GOLD_TEST_ACC: gold,
     }
     run.log({HEAL_STEP: epoch, **{k.name: v for k, v in values.items() if v is not None}})
+
+
+def stream_log(logger):
+    """``log(metrics, round)`` for a stream (``phases/stream.py``): each round's ``stream/<metric>`` against
+    ``stream/round`` in the W&B run behind ``logger``; None without one."""
+    run = wandb_run(logger)
+    if run is None:
+        return None
+
+    def log(metrics: dict, index: int) -> None:
+        define_axis(run, STREAM_STEP, STREAM_KEYS)
+        run.log({STREAM_STEP: index, **metrics})
+
+    return log
 
 
 def log_heal_chart(run, test: dict, val: dict, baseline: float | None, gold: float | None) -> None:
@@ -404,13 +501,27 @@ def log_grid_table(
 ) -> str | None:
     """One small W&B run (job type ``summary``, group ``group_name``) holding the Table ``grid`` of a grid's
     healed curves: one row per method x setup x epoch with test and validation accuracy (epoch 0 is the
-    unlearned start), from the grid's heal records. Returns the W&B run's folder (None when W&B is off)."""
+    unlearned start), from the grid's heal records. Returns the W&B run's folder (None when W&B is off).
+
+    With ``run_dir`` (the grid's folder), ``<run_dir>/wandb/grid-summary.json`` remembers what was logged: a
+    finished grid run again, with the same rows, logs nothing new and returns the folder of the run that holds
+    them; rows that changed (more runs finished) make a new summary run."""
     mode = wandb_mode()
     if mode == "disabled":
         return None
+    import hashlib
+
     import wandb
 
     rows = grid_rows(records)
+    data = [[r[c] for c in GRID_COLUMNS] for r in rows]
+    digest = hashlib.sha256(
+        json.dumps([group_name, project, entity, list(GRID_COLUMNS), data], default=str).encode()
+    ).hexdigest()
+    marker = None if run_dir is None else os.path.join(os.path.abspath(run_dir), "wandb", GRID_MARKER)
+    logged = _read_marker(marker)
+    if logged.get("sha256") == digest and os.path.isdir(logged.get("folder", "")):
+        return logged["folder"]
     finish_wandb()
     run = wandb.init(
         project=project,
@@ -424,11 +535,27 @@ def log_grid_table(
         reinit="finish_previous",
     )
     try:
-        table = wandb.Table(columns=list(GRID_COLUMNS), data=[[r[c] for c in GRID_COLUMNS] for r in rows])
+        table = wandb.Table(columns=list(GRID_COLUMNS), data=data)
         run.log({rk.GRID_TABLE.name: table})
-        return run.dir.rsplit(os.sep + "files", 1)[0]
+        folder = run.dir.rsplit(os.sep + "files", 1)[0]
     finally:
         run.finish()
+    if marker is not None:
+        write_json(marker, {"sha256": digest, "folder": folder}, indent=1)
+    return folder
+
+
+#: the file under a grid's ``wandb/`` folder naming its summary run and the rows it holds
+GRID_MARKER = "grid-summary.json"
+
+
+def _read_marker(path: str | None) -> dict:
+    try:
+        with open(path) as f:
+            value = json.load(f)
+        return value if isinstance(value, dict) else {}
+    except (TypeError, OSError, ValueError):
+        return {}
 
 
 GRID_COLUMNS = ("method", "setup", "seed", "epoch", "test_acc", "val_acc", "baseline_acc", "gold_acc")

@@ -9,7 +9,16 @@ import warnings
 import lightning as L
 import torch
 
-from healing_pl.console import announce_repeat, labelled_progress_bar, progress_bar, quiet_console
+from healing_pl.console import (
+    GridConsole,
+    announce_repeat,
+    duration,
+    eta_seconds,
+    labelled_progress_bar,
+    progress_bar,
+    quiet_console,
+    run_line,
+)
 
 NOISE = ("Tip", "litlogger", "litmodels", "anonymous", "DeprecationWarning", "FutureWarning", "LeafSpec")
 
@@ -87,3 +96,31 @@ def test_labelled_progress_bar_names_the_training(capsys):
     printed = capsys.readouterr()
     shown = printed.out + printed.err  # Lightning's bars write to stdout
     assert "gold standard, epoch 1/2" in shown and "gold standard, epoch 2/2" in shown
+
+
+def test_durations_and_eta():
+    assert [duration(s) for s in (0.4, 42, 185, 3725)] == ["0s", "42s", "3m05s", "1h02m"]
+    assert eta_seconds(0, 10, 30.0) is None  # nothing finished yet: no guess
+    assert eta_seconds(2, 10, 30.0) == 120.0  # 15 s a run, 8 to go
+    assert eta_seconds(10, 10, 30.0) == 0.0
+
+
+def test_run_line_has_name_elapsed_result_and_eta():
+    line = run_line(3, 12, "heal-Fisher-RawL2", 14.2, "healed 96.10%", 130.0, width=20)
+    assert line == "[3/12]  heal-Fisher-RawL2        14s  healed 96.10%  ETA 2m10s"
+    assert run_line(12, 12, "heal-x", 5, "healed 96.10%", 0.0) == "[12/12] heal-x      5s  healed 96.10%"
+    assert "     -  healed" in run_line(1, 2, "heal-x", None, "healed 96.10% (elsewhere)", 1.0)
+
+
+def test_grid_console_prints_one_line_per_run_and_the_total(capsys):
+    console = GridConsole(3, width=6, enabled=False)
+    console.running(["heal-a", "heal-b"])
+    for name, failed in (("heal-a", False), ("heal-b", True), ("heal-c", False)):
+        console.finished(name, 2.0, "FAILED (exit 1): bad" if failed else "healed 90.00%", failed=failed)
+    console.close()
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert [line.split()[:2] for line in lines[:3]] == [["[1/3]", "heal-a"], ["[2/3]", "heal-b"], ["[3/3]", "heal-c"]]
+    assert "ETA" in lines[0] and "ETA" not in lines[2]
+    assert lines[3].startswith("3 runs in ") and lines[3].endswith(", 1 failed") and len(lines) == 4
+    assert captured.err == ""  # no bar when it is off (a log, a pipe)

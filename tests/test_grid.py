@@ -5,6 +5,7 @@ import json
 import multiprocessing
 import os
 import pathlib
+import shutil
 
 import pytest
 import yaml
@@ -149,9 +150,8 @@ def test_sweep_holds_everything_the_grid_sets(in_tmp, configs_dir, capsys):
     path = _write(in_tmp / "grid.yaml", _tiny(configs_dir, seeds=[0, 1]))
     assert main(["grid", path, "--out", "out", "--export-sweep", "sweep.yaml"]) == 0
     sweep = yaml.safe_load((in_tmp / "sweep.yaml").read_text())
-    assert sweep["method"] == "grid" and sweep["command"][:3] == ["${env}", "healing-pl", "heal"]
-    assert sweep["command"][-1] == "${args}" and "--heal.gold=false" in sweep["command"]
-    assert "--unlearn.cache_dir=null" in sweep["command"]
+    assert sweep["method"] == "grid"  # the agent runs the grid's run of its parameters, in the grid's folder
+    assert sweep["command"] == ["${env}", "healing-pl", "grid", path, "--out=out", "--sweep-cell", "${args}"]
     assert sweep["parameters"]["unlearn"] == {"values": [{"class_path": "Fisher", "init_args": {"alpha": 1e-6}}]}
     assert sweep["parameters"]["twins.metric"] == {"values": ["null", "RawL2"]}
     assert sweep["parameters"]["config"]["values"][1] == {
@@ -209,29 +209,49 @@ def _records_equal(a: dict, b: dict) -> None:
             assert a[key] == b[key], key
 
 
-def test_a_sweep_agents_command_reproduces_the_grids_run(two_jobs, monkeypatch):
+def test_a_sweep_agents_run_is_the_grids_run_and_the_report_covers_it(two_jobs, monkeypatch, capsys):
     from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
     root, spec_path, code = two_jobs
     assert code == 0
     monkeypatch.chdir(root)
+    out = root / "out"
+    run = out / "seed-1" / "heal-Fisher-1e-06-RawL2"
+    grid_record, grid_command = json.loads((run / "results.json").read_text()), (run / "command.txt").read_text()
+    shutil.rmtree(run)  # an agent runs it instead
     spec = load_spec(spec_path)
-    out = str(root / "out")
-    params = sweep_parameters(spec, out)
+    params = sweep_parameters(spec, str(out))
     assert list(params)[-1] == "config"  # the seeds come last: after the class an axis chooses
     cell = {"unlearn": params["unlearn"][0], "twins.metric": "RawL2", "config": params["config"][1]}
     # what W&B's agent puts in place of ${args} (its own function), and ours agrees
     args = create_sweep_command_args({"args": {k: {"value": v} for k, v in cell.items()}})["args"]
     assert args == agent_args(cell)
     assert args[-1].startswith("--config={'seed_everything': 1, 'ckpt_path': ")
-    command = [c for c in sweep_cells(spec, out, "tiny") if c[-len(args) :] == args]
-    assert len(command) == 1
+    command = [c for c in sweep_cells(spec, spec_path, str(out)) if c[-len(args) :] == args]
+    assert len(command) == 1 and command[0][:4] == ["grid", spec_path, f"--out={out}", "--sweep-cell"]
+    capsys.readouterr()
     assert main(command[0]) == 0
-    [agent_run] = list((root / "runs").glob("digits-heal-*/results.json"))
-    _records_equal(
-        json.loads(agent_run.read_text()),
-        json.loads((root / "out" / "seed-1" / "heal-Fisher-1e-06-RawL2" / "results.json").read_text()),
-    )
+    assert capsys.readouterr().out.splitlines()[0].startswith("[1/1] seed-1/heal-Fisher-1e-06-RawL2 ")
+    # the grid's run: the same command, into the grid's folder under the grid's name, the same figures
+    assert (run / "command.txt").read_text() == grid_command and not (root / "runs").exists()
+    _records_equal(json.loads((run / "results.json").read_text()), grid_record)
+    assert main(["report", str(out), "--output", str(root / "report.json")]) == 0
+    covered = {os.path.normpath(r["run_dir"]) for r in json.loads((root / "report.json").read_text())["runs"]}
+    assert str(run) in covered
+
+
+def test_a_sweep_cell_that_is_not_in_the_grid_stops_with_one_sentence(in_tmp, configs_dir, capsys):
+    path = _write(in_tmp / "grid.yaml", _tiny(configs_dir))
+    cell = ["--unlearn={'class_path': 'Fisher', 'init_args': {'alpha': 1e-06}}"]
+    for agent, words in [
+        ([*cell, "--twins.metric=RawL3"], "--twins.metric=RawL3 is not one of the grid's values of the parameter"),
+        (cell, "the sweep cell lacks the parameter 'twins.metric'"),
+        ([*cell, "--twins.metric=null", "--heal.epochs=3"], "'heal.epochs' is not a parameter of the grid's sweep"),
+    ]:
+        assert main(["grid", path, "--out", "out", "--sweep-cell", *agent]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("healing-pl grid: error: ") and words in lines[0], lines
+    assert _tree(in_tmp) == ["grid.yaml"]
 
 
 def _runner(spec: str, out: str) -> None:

@@ -1,6 +1,8 @@
-"""What a fit and a heal on digits leave in their offline W&B runs, read back from the run folders: the healed
-curve from epoch 0 with BL/GS references, the twins Table and image grid, the forget-set Table, the model and
-results artifacts, the lineage declaration, and a summary of final scalars only."""
+"""What a fit and a heal on digits leave in their offline W&B runs, read back from the run folders: names with
+the seed and tags a researcher filters on, one nested config (``run`` and ``cli``), the healed curve from epoch 0
+with BL/GS references on one x-axis (``heal/epoch``), the twins Table and image grid, the forget-set Table, the
+model and results artifacts, the lineage declaration, a summary of final figures, the grid's summary run (logged
+once), and the W&B Report's panels, each naming a key the runs log."""
 
 import base64
 import glob
@@ -39,6 +41,7 @@ def runs(tmp_path_factory, configs_dir):
         ckpt = fit / "checkpoints" / "last.ckpt"
         args = ["heal", "--config", f"{configs_dir}/digits.yaml", f"--ckpt_path={ckpt}", f"--run_dir={heal}"]
         args += ["--heal.epochs=2", "--adversary.budget=20", "--twins.metric=RawL2", *FAST]
+        args += ["--seed_everything=3", "--wandb.tags=[demo]"]  # the run's seed: 3 (the data's split stays 0)
         assert main(args) == 0
     finally:
         os.chdir(cwd)
@@ -84,11 +87,11 @@ def test_healed_curve_from_epoch_zero_with_references(runs):
     assert [p["heal/epoch"] for p in points] == [0, 1, 2]
     for p in points:
         e = p["heal/epoch"]
-        assert p["heal/test_acc"] == pytest.approx(r[f"healed/test/acc_epoch_{e}"])
-        assert p["heal/val_acc"] == pytest.approx(r[f"healed/val/acc_epoch_{e}"])
-        assert p["reference/baseline"] == pytest.approx(r["baseline/test/acc"])
-        assert p["reference/gold"] == pytest.approx(r["gold/test/acc"])
-    for key in ("heal/test_acc", "heal/val_acc", "reference/baseline", "reference/gold"):
+        assert p["healed/test/acc"] == pytest.approx(r[f"healed/test/acc_epoch_{e}"])
+        assert p["healed/val/acc"] == pytest.approx(r[f"healed/val/acc_epoch_{e}"])
+        assert p["baseline/test/acc"] == pytest.approx(r["baseline/test/acc"])
+        assert p["gold/test/acc"] == pytest.approx(r["gold/test/acc"])
+    for key in ("healed/test/acc", "healed/val/acc", "baseline/test/acc", "gold/test/acc"):
         assert w["metrics"][key] == "heal/epoch"
     # the whole curve as one line-series chart: 4 lines (test, validation, BL, GS) x 3 epochs
     (chart,) = [row for row in w["history"] if "heal/curve_table/path" in row]
@@ -97,16 +100,47 @@ def test_healed_curve_from_epoch_zero_with_references(runs):
     assert {row[1] for row in table["data"]} == {"test", "validation", "baseline (BL)", "gold standard (GS)"}
 
 
-def test_summary_holds_final_scalars_only(runs):
+def test_run_name_tags_and_one_nested_config(runs):
+    w = read_offline_run(runs["heal_wandb"])
+    assert w["run"]["name"] == "heal-s3" and w["run"]["job_type"] == "heal"
+    assert w["run"]["tags"] == ["demo", "method:Fisher", "adversary:RandomSelector", "metric:RawL2", "seed:3"]
+    assert w["config"]["run"] == {"subcommand": "heal", "seed": 3, "folder": "heal"}
+    assert w["config"]["cli"]["seed_everything"] == 3 and w["config"]["cli"]["model"]["lr"] > 0
+    # Lightning's hyperparameters (model and datamodule) stay out: no flat lr, seed, val, test
+    assert not {"lr", "seed", "val", "test", "backbone", "dataset", "batch_size"} & set(w["config"])
+    own = {k for k in w["config"] if not k.startswith("_wandb")}
+    assert own == {"run", "cli", "lineage/baseline_artifact"}
+    fit = read_offline_run(runs["fit_wandb"])
+    assert fit["run"]["name"] == "fit-s0" and fit["run"]["tags"] == ["seed:0"]  # a fit has no method
+    assert {k for k in fit["config"] if not k.startswith("_wandb")} == {"run", "cli"}
+
+
+def test_one_axis_per_curve_and_validation_logged_once(runs):
+    w = read_offline_run(runs["heal_wandb"])
+    rows = w["history"]
+    for key in ("healed/test/acc", "healed/val/acc", "baseline/test/acc", "gold/test/acc"):
+        logged = [row for row in rows if key in row]
+        assert len(logged) == 3 and all("heal/epoch" in row for row in logged), key
+    # Lightning's validation loop logs nothing during a heal: one validation series, on heal/epoch
+    val = {k for row in rows for k in row if "val" in k.split("/")}
+    assert val == {"healed/val/acc"}, val
+    # the training curve keeps Lightning's step; it never shares a row with the heal axis
+    assert all("heal/epoch" not in row for row in rows if "healed/train/acc" in row)
+    assert [row["healed/train/acc"] for row in rows if "healed/train/acc" in row]
+
+
+def test_summary_holds_the_final_figures(runs):
     r = runs["heal"]
     w = read_offline_run(runs["heal_wandb"])
     finals = summary_scalars(r)
     assert finals and not any("_epoch_" in k for k in finals)
     for key, value in finals.items():
         assert w["summary"][key] == pytest.approx(value)
+    # a curve key is the record's name of its figure: its history is the curve, its summary the final figure
     logged = {k for row in w["history"] for k in row}
-    assert not logged & set(finals), f"final scalars also logged as history: {sorted(logged & set(finals))}"
-    assert not any(k in w["summary"] for k in ("heal/test_acc", "reference/gold", "healed/test/acc_epoch_1"))
+    assert logged & set(finals) == {"healed/test/acc", "baseline/test/acc", "gold/test/acc"}
+    assert w["summary"]["healed/test/acc"] == pytest.approx(r["healed/test/acc_epoch_2"])
+    assert not any(k in w["summary"] for k in ("healed/val/acc", "heal/epoch", "healed/test/acc_epoch_1"))
 
 
 def test_twins_table_and_image_grid(runs):
@@ -163,7 +197,8 @@ def test_grid_summary_table(runs, tmp_path):
     ]
     folder = log_grid_table("grid-test", [heal, other], project="healing-pl-test", run_dir=str(tmp_path))
     w = read_offline_run(folder)
-    assert w["config"]["grid"] == "grid-test" and w["config"]["runs"] == 2
+    assert {k: v for k, v in w["config"].items() if k != "_wandb"} == {"grid": "grid-test", "runs": 2}
+    assert w["run"]["name"] == "grid-test-summary" and w["run"]["job_type"] == "summary"
     (row,) = [h for h in w["history"] if "grid/path" in h]
     table = json.load(open(os.path.join(folder, "files", row["grid/path"])))
     assert table["columns"] == list(GRID_COLUMNS)
@@ -173,9 +208,62 @@ def test_grid_summary_table(runs, tmp_path):
     assert data[3]["val_acc"] == pytest.approx(heal["healed/val/acc_epoch_0"])
 
 
+def test_a_finished_grid_rerun_logs_nothing_new(runs, tmp_path):
+    heal = runs["heal"]
+    summaries = lambda: glob.glob(os.path.join(str(tmp_path), "wandb", "offline-run-*"))  # noqa: E731
+    first = log_grid_table("grid-again", [heal], project="healing-pl-test", run_dir=str(tmp_path))
+    assert log_grid_table("grid-again", [heal], project="healing-pl-test", run_dir=str(tmp_path)) == first
+    assert summaries() == [first]
+    more = {**heal, rk.HEAL_SETUP.name: "R"}  # one more finished run: a new summary of the new rows
+    second = log_grid_table("grid-again", [heal, more], project="healing-pl-test", run_dir=str(tmp_path))
+    assert second != first and sorted(summaries()) == sorted([first, second])
+
+
+def _logged(w: dict) -> dict[str, set[str]]:
+    """What an offline run logged: history keys, summary keys and media keys (an image's or a table's name)."""
+    history = {k for row in w["history"] for k in row}
+    media = {k[: -len("/_type")] for k in history if k.endswith("/_type")}
+    return {
+        "history": history - {k for k in history if any(k.startswith(m + "/") for m in media)},
+        "summary": set(w["summary"]),
+        "media": media,
+    }
+
+
+def test_every_report_panel_names_a_key_the_heal_run_logs(runs):
+    from healing_pl.report.wandb_report import build_report, panel_keys
+
+    logged = _logged(read_offline_run(runs["heal_wandb"]))
+    keys = panel_keys(build_report([runs["heal"]]))
+    assert {where for where, _ in keys} == {"history", "summary", "media"}
+    missing = [(where, key) for where, key in keys if key not in logged[where]]
+    assert not missing, missing
+
+
 def test_the_wandb_config_names_the_chosen_classes_where_the_report_filters(runs):
     # the W&B Report filters on Config('cli.unlearn.class') and groups by cli.twins.metric.class
     cli = read_offline_run(runs["heal_wandb"])["config"]["cli"]
     assert cli["unlearn"]["class"] == "Fisher" and cli["unlearn"]["alpha"] == runs["heal"]["unlearn/alpha"]
     assert cli["twins"]["metric"] == {"class": "RawL2"}
     assert cli["adversary"]["class"] == "RandomSelector"
+
+
+@pytest.mark.slow
+def test_stream_rounds_on_their_own_axis_and_the_report_plots_them(runs, tmp_path, monkeypatch, configs_dir):
+    from healing_pl.report.wandb_report import build_report, panel_keys
+
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "stream"
+    args = ["stream", "--config", f"{configs_dir}/digits.yaml", f"--ckpt_path={runs['ckpt']}", f"--run_dir={run_dir}"]
+    args += ["--adversary.budget=4", "--stream.round_size=4", "--stream.n_users=4", "--unlearn=Finetune", *FAST]
+    assert main([*args, "--unlearn.epochs=1"]) == 0
+    w = read_offline_run(_offline(run_dir))
+    assert w["run"]["name"] == "stream-s0"
+    assert w["run"]["tags"] == ["method:Finetune", "adversary:RandomSelector", "seed:0"]  # no heal: no metric
+    rows = [row for row in w["history"] if "stream/test/acc" in row]
+    assert [row["stream/round"] for row in rows] == [0, 1] and w["metrics"]["stream/test/acc"] == "stream/round"
+    assert not any("trainer/global_step" in row for row in rows)
+    record = json.loads((run_dir / "results.json").read_text())
+    logged = _logged(w)
+    keys = [k for k in panel_keys(build_report([record])) if k[1].startswith("stream/")]
+    assert keys and all(key in logged[where] for where, key in keys), keys

@@ -1,16 +1,19 @@
 """A grid spec as a W&B sweep: ``healing-pl grid SPEC --export-sweep [FILE]``.
 
-The sweep runs the same commands as the grid: the fixed arguments carry the config, the
-baseline checkpoint, the W&B group, the seeds (one seed) and the overrides every run shares;
-each axis becomes one sweep parameter. An axis whose entries set one option becomes that option
-(``twins.metric: [null, RawL2]``; a null goes through as the text ``null``, which the CLI reads as
-None); an axis whose entries choose a class and its knobs becomes the class option with dict values
-(``unlearn: [{class_path: Fisher, init_args: {alpha: 8.0e-06}}, ...]``), and one whose entries set
-several options of one group becomes the group: W&B's agent writes a dict as its Python repr
-(``--unlearn={'class_path': 'Fisher', 'init_args': {'alpha': 8e-06}}``), which jsonargparse reads on
-top of the fixed options. Several seeds become the parameter ``config`` whose values
-set the seeds and the seed's baseline checkpoint (``--config`` also takes a config as text).
-Every cell's command is checked with the CLI's parser before the file is written.
+The sweep runs the grid's own runs: its command is ``healing-pl grid SPEC --out=OUT --sweep-cell ${args}``,
+and the grid maps the agent's parameters back to the grid's run of those parameters (:func:`sweep_run`), which
+it runs as ``healing-pl grid`` would (the same command, its baseline first if missing, claimed like any run), in
+the grid's folder under the grid's run name: ``healing-pl report OUT`` covers the agents' runs, and a grid run
+after the agents finds their runs done.
+
+Each axis becomes one sweep parameter. An axis whose entries set one option becomes that option
+(``twins.metric: [null, RawL2]``; a null goes through as the text ``null``); an axis whose entries choose a class
+and its knobs becomes the class option with dict values (``unlearn: [{class_path: Fisher, init_args: {alpha:
+8.0e-06}}, ...]``), and one whose entries set several options of one group becomes the group. W&B's agent writes
+a value as Python's ``str`` (``--unlearn={'class_path': 'Fisher', 'init_args': {'alpha': 8e-06}}``). Several
+seeds become the parameter ``config`` whose values name the seed and its baseline checkpoint. The parameter
+values are what W&B shows as each run's sweep config; every cell is resolved to its run and the run's command
+checked with the CLI's parser before the file is written.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import os
 
 import yaml
 
-from healing_pl.experiments.spec import SEED_OPTIONS, overrides, seed_args
+from healing_pl.experiments.spec import SEED_OPTIONS, Run
 
 #: the options that choose a method family's class; their knobs follow as ``<option>.<knob>``
 CLASS_OPTIONS = ("unlearn", "adversary", "twins.metric")
@@ -116,25 +119,73 @@ def sweep_parameters(spec: dict, out: str) -> dict[str, list]:
     return params
 
 
-def fixed_args(spec: dict, out: str, name: str) -> list[str]:
-    """The sweep command's arguments before ``${args}``."""
-    command = spec.get("command", "heal")
-    seeds = spec.get("seeds") or [None]
-    args = [f"--config={spec['config']}"]
-    if len(seeds) == 1:
-        args.append(f"--ckpt_path={os.path.join(out, 'baseline', 'checkpoints', 'last.ckpt')}")
-    args.append(f"--wandb.group={name}")
-    if len(seeds) == 1:
-        args += seed_args(command, seeds[0])
-    return args + overrides(spec.get(command))
+def sweep_command(spec_path: str, out: str) -> list[str]:
+    """The sweep's command after ``healing-pl``, before the agent's ``${args}``: the grid runs the grid's run of
+    the parameters (``--sweep-cell``), so the agent's run is the grid's, in its folder under its name."""
+    return ["grid", spec_path, f"--out={out}", "--sweep-cell"]
 
 
-def sweep_cells(spec: dict, out: str, name: str) -> list[list[str]]:
-    """Every command a W&B agent runs for this sweep (after ``healing-pl``), in the grid's order."""
-    command = spec.get("command", "heal")
+def sweep_cells(spec: dict, spec_path: str, out: str) -> list[list[str]]:
+    """Every command a W&B agent runs for this sweep (after ``healing-pl``), in the sweep's order."""
     params = sweep_parameters(spec, out)
-    fixed = fixed_args(spec, out, name)
-    return [[command, *fixed, *agent_args(dict(zip(params, combo)))] for combo in itertools.product(*params.values())]
+    command = sweep_command(spec_path, out)
+    return [[*command, *agent_args(dict(zip(params, combo)))] for combo in itertools.product(*params.values())]
+
+
+def _parsed(text: str):
+    """An agent's value as data: Python's literal (a dict's repr, a number), else YAML, else the text."""
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        pass
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _index(values: list, text: str) -> int | None:
+    """Which of a parameter's ``values`` the agent wrote as ``text`` (its ``str``, or the same data)."""
+    for i, value in enumerate(values):
+        if str(value) == text:
+            return i
+    parsed = _parsed(text)
+    for i, value in enumerate(values):
+        if parsed == value and type(parsed) is type(value):
+            return i
+    return None
+
+
+def sweep_run(spec: dict, out: str, args: list[str], runs: list[Run]) -> Run:
+    """The grid's run (of ``runs``, :func:`healing_pl.experiments.spec.build_runs`) that a W&B agent's ``args``
+    (``--name=value``, one per sweep parameter) name; ValueError in one sentence for anything else."""
+    params = sweep_parameters(spec, out)
+    given: dict[str, str] = {}
+    for arg in args:
+        name, eq, text = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        if not eq:
+            raise ValueError(f"the sweep cell's argument '{arg[:80]}' is not --name=value.")
+        if name not in params:
+            raise ValueError(f"'{name}' is not a parameter of the grid's sweep (its parameters: {', '.join(params)}).")
+        given[name] = text
+    missing = [name for name in params if name not in given]
+    if missing:
+        raise ValueError(f"the sweep cell lacks the parameter '{missing[0]}' (its parameters: {', '.join(params)}).")
+    indices = []
+    for name, values in params.items():
+        index = _index(values, given[name])
+        if index is None:
+            raise ValueError(f"--{name}={given[name][:80]} is not one of the grid's values of the parameter '{name}'.")
+        indices.append(index)
+    axes = [len(values) for values in spec["axes"].values()]
+    cell = 0
+    for index, size in zip(indices, axes):
+        cell = cell * size + index
+    seed = indices[len(axes)] if len(indices) > len(axes) else 0
+    cells = [run for run in runs if run.baseline is not None]
+    return cells[seed * (len(cells) // len(spec.get("seeds") or [None])) + cell]
 
 
 def sweep_yaml(spec: dict, spec_path: str, out: str, name: str, file: str, baselines: list[list[str]]) -> str:
@@ -154,18 +205,21 @@ def sweep_yaml(spec: dict, spec_path: str, out: str, name: str, file: str, basel
         "name": name,
         "method": "grid",
         "metric": {"name": metric, "goal": "maximize"},
-        "command": ["${env}", "healing-pl", command, *fixed_args(spec, out, name), "${args}"],
+        "command": ["${env}", "healing-pl", *sweep_command(spec_path, out), "${args}"],
     }
     parameters = {"parameters": {key: {"values": values} for key, values in params.items()}}
     fits = "\n".join(f"#      healing-pl fit {' '.join(args)}" for args in baselines)
-    header = f"""# W&B sweep of {spec_path}: the same runs as `healing-pl grid {spec_path}`.
+    header = f"""# W&B sweep of {spec_path}: the same runs as `healing-pl grid {spec_path}`, into its folder {out}
+# under the same names, so `healing-pl report {out}` covers the agents' runs.
 # Written by `healing-pl grid {spec_path} --export-sweep {file}`;
 # edit the grid, not this file (tests/test_grid.py checks that they agree).
-# 1. train the baseline{"s" if len(baselines) > 1 else ""} once:
+# 1. (optional) train the baseline{"s" if len(baselines) > 1 else ""} first; else the first agent trains each while
+#    the others wait:
 {fits}
-# 2. create the sweep and run agents (needs a W&B server or account):
+# 2. create the sweep and run agents (needs a W&B server or account), from this repository's folder:
 #      wandb sweep {file}            # prints the sweep id
 #      wandb agent <entity>/<project>/<sweep id>
+# 3. healing-pl report {out}
 # Offline, `healing-pl grid {spec_path}` runs the baselines and every run, then the report.
 """
     return (

@@ -1,7 +1,9 @@
 """A headless Chromium driven over the DevTools protocol on a pipe (--remote-debugging-pipe): no extra package.
 
 ``render(path)`` opens a local HTML file, waits for its load event and returns the console errors and
-uncaught exceptions, the page's images (src prefix, naturalWidth, naturalHeight) and a PNG screenshot.
+uncaught exceptions, the page's images (src prefix, naturalWidth, naturalHeight), its headlines, and per
+viewport width: whether the page scrolls sideways (with its ``<details>`` closed and open), every figure's
+drawn size (inline SVG, canvas, images) and a PNG screenshot of the whole page.
 """
 
 from __future__ import annotations
@@ -111,31 +113,56 @@ class Browser:
 
 IMAGES_JS = "JSON.stringify([...document.images].map(i => [i.src.slice(0, 22), i.naturalWidth, i.naturalHeight]))"
 
+#: per viewport: the page's scroll and client widths with every <details> closed, then open; then, open, every
+#: figure's size (an outer <svg>: its child elements and drawn box; a <canvas>; an <img>: natural and drawn width)
+#: and the elements that stick out to the right; finally the <details> are closed again
+LAYOUT_JS = """JSON.stringify((() => {
+  const root = document.documentElement, details = [...document.querySelectorAll('details')];
+  const widths = () => [root.scrollWidth, root.clientWidth];
+  const closed = widths();
+  details.forEach(d => { d.open = true; });
+  const open = widths();
+  const svgs = [...document.querySelectorAll('svg')].filter(s => !s.parentElement.closest('svg')).map(s => {
+    const r = s.getBoundingClientRect(); return [s.childElementCount, r.width, r.height]; });
+  const canvases = [...document.querySelectorAll('canvas')].map(c => [c.width, c.height]);
+  const images = [...document.images].map(i => [i.naturalWidth, i.getBoundingClientRect().width]);
+  const outside = [...document.body.querySelectorAll('*')]
+    .filter(e => e.getBoundingClientRect().right > root.clientWidth + 1 && !e.closest('.wide *'))
+    .slice(0, 5).map(e => e.tagName + '.' + e.className);
+  details.forEach(d => { d.open = false; });
+  return {closed, open, svgs, canvases, images, outside};
+})())"""
 
-def render(binary: str, path: str) -> dict:
-    """Load ``path`` (a local HTML file) in a fresh headless browser: errors, images, title and a screenshot."""
+HEADLINES_JS = "JSON.stringify([...document.querySelectorAll('.headline')].map(e => e.textContent))"
+
+
+def render(binary: str, path: str, widths: tuple[int, ...] = (1280,), height: int = 2000) -> dict:
+    """Load ``path`` (a local HTML file) in a fresh headless browser: errors, images, title, tables and headlines,
+    and per width in ``widths`` (``layout[width]``) the sideways scroll, the figures' sizes and a whole-page
+    screenshot; ``screenshot``: the first width's."""
     browser = Browser(binary)
     try:
         target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
         session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         for domain in ("Page", "Runtime", "Log"):
             browser.send(f"{domain}.enable", session=session)
+
+        def evaluate(expression: str):
+            reply = browser.send("Runtime.evaluate", {"expression": expression, "returnByValue": True}, session=session)
+            return reply["result"]["value"]
+
+        metrics = {"height": height, "deviceScaleFactor": 1, "mobile": False}
+        browser.send("Emulation.setDeviceMetricsOverride", {"width": widths[0], **metrics}, session=session)
         browser.send("Page.navigate", {"url": "file://" + os.path.abspath(path)}, session=session)
         browser.wait_for("Page.loadEventFired")
-        images = json.loads(
-            browser.send("Runtime.evaluate", {"expression": IMAGES_JS, "returnByValue": True}, session=session)[
-                "result"
-            ]["value"]
-        )
-        title = browser.send(
-            "Runtime.evaluate", {"expression": "document.title", "returnByValue": True}, session=session
-        )
-        tables = browser.send(
-            "Runtime.evaluate",
-            {"expression": "document.querySelectorAll('table').length", "returnByValue": True},
-            session=session,
-        )
-        shot = browser.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}, session=session)
+        layout = {}
+        for width in widths:
+            browser.send("Emulation.setDeviceMetricsOverride", {"width": width, **metrics}, session=session)
+            found = json.loads(evaluate(LAYOUT_JS))
+            shot = browser.send(
+                "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}, session=session
+            )
+            layout[width] = {**found, "screenshot": base64.b64decode(shot["data"])}
         errors = []
         for event in browser.events:
             method, params = event.get("method"), event.get("params", {})
@@ -147,10 +174,12 @@ def render(binary: str, path: str) -> dict:
                 errors.append(str(params["entry"].get("text")))
         return {
             "errors": errors,
-            "images": images,
-            "title": title["result"]["value"],
-            "tables": tables["result"]["value"],
-            "screenshot": base64.b64decode(shot["data"]),
+            "images": json.loads(evaluate(IMAGES_JS)),
+            "title": evaluate("document.title"),
+            "tables": evaluate("document.querySelectorAll('table').length"),
+            "headlines": json.loads(evaluate(HEADLINES_JS)),
+            "layout": layout,
+            "screenshot": layout[widths[0]]["screenshot"],
         }
     finally:
         browser.close()
