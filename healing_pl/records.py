@@ -64,6 +64,8 @@ SPLITS = (TEST, REMAIN, FORGET)
 CURVE_SPLITS = ("test", "val")
 #: the MIA kinds: forget set vs held-out samples (every model), twins vs forget set (healed models)
 MIA, MIA_TWINS = "mia", "mia_twins"
+#: the population MIA: the remain set vs the whole held-out split (the signal the attack can reach)
+MIA_POPULATION = "mia_population"
 
 
 # --------------------------------------------------------------------------- the declarations
@@ -340,6 +342,30 @@ _gold = _section(("Gold",), _UH)
 GOLD_TIME_S = _gold("gold/time_s", float, "wall time of the gold standard's training (also when cached) [s]")
 GOLD_CACHED = _gold("gold/cached", bool, "the gold standard came from the cache")
 
+# --------------------------------------------------------------------------- distance to the gold standard
+GOLD_DISTANCE = Family(
+    "{model}/forget/{figure}_gs",
+    float,
+    "how far a model is from the gold standard on the forget set: gap = its forget accuracy minus the gold "
+    "standard's; kl = the mean KL(gold || model) of the output distributions over the forget samples [nats]",
+    fields={"model": f"{BASELINE}|{UNLEARNED}|{HEALED}", "figure": "gap|kl"},
+    writers=("GoldDistance",),
+    phases=_UH,
+    optional=True,
+)
+BASELINE_GAP_GS = GOLD_DISTANCE.declare(model=BASELINE, figure="gap")
+BASELINE_KL_GS = GOLD_DISTANCE.declare(model=BASELINE, figure="kl")
+UNLEARNED_GAP_GS = GOLD_DISTANCE.declare(model=UNLEARNED, figure="gap")
+UNLEARNED_KL_GS = GOLD_DISTANCE.declare(model=UNLEARNED, figure="kl")
+HEALED_GAP_GS = GOLD_DISTANCE.declare(model=HEALED, figure="gap", phases=(HEAL,))
+HEALED_KL_GS = GOLD_DISTANCE.declare(model=HEALED, figure="kl", phases=(HEAL,))
+
+
+def gold_distance(model: str, figure: str) -> Key[float]:
+    """``<model>/forget/<figure>_gs``: ``figure`` gap or kl (see :data:`GOLD_DISTANCE`)."""
+    return GOLD_DISTANCE.key(model=model, figure=figure)
+
+
 # --------------------------------------------------------------------------- unlearning
 _UNLEARNED = ("Unlearned",)
 UNLEARN_KNOB = Family(
@@ -424,8 +450,13 @@ _MIA = ("MiaResult",)
 MIA_FIGURE = Family(
     "{model}/{kind}/{figure}",
     float,
-    "a loss-based MIA's ROC AUC or accuracy, mean over the folds (mia: F vs held-out; mia_twins: twins vs F)",
-    fields={"model": "|".join(MODELS), "kind": f"{MIA}|{MIA_TWINS}", "figure": "auc|acc"},
+    "a loss-based MIA's ROC AUC or accuracy, mean over the folds, or the AUC's 95% interval (auc_low, auc_high) "
+    "(mia: F vs class-matched held-out; mia_twins: twins vs F; mia_population: remain set vs the held-out split)",
+    fields={
+        "model": "|".join(MODELS),
+        "kind": f"{MIA}|{MIA_TWINS}|{MIA_POPULATION}",
+        "figure": "auc|acc|auc_low|auc_high",
+    },
     writers=_MIA,
     phases=_UH,
 )
@@ -451,6 +482,26 @@ HEALED_MIA_TWINS_N = MIA_TWINS_N.declare(model=HEALED)
 _mia = _section(_MIA, _UH)
 MIA_HELDOUT = _mia("mia/heldout", str, "the split of the MIA's held-out samples: test or val", optional=True)
 MIA_N = _mia("mia/n", int, "samples per side of the forget-set MIA")
+MIA_MATCHED = _mia(
+    "mia/class_matched", bool, "the MIA's held-out samples match the forget set's classes", optional=True
+)
+MIA_POPULATION_N = _mia("mia_population/n", int, "samples per side of the population MIA", optional=True)
+
+
+MIA_EFFICACY = Family(
+    "{model}/mia_efficacy",
+    float,
+    "SalUn's MIA-efficacy: the share of the forget set a confidence SVM (remain vs held-out) calls non-members",
+    fields={"model": "|".join(MODELS)},
+    writers=_MIA,
+    phases=_UH,
+    optional=True,
+)
+
+
+def mia_efficacy(model: str) -> Key[float]:
+    """``<model>/mia_efficacy``."""
+    return MIA_EFFICACY.key(model=model)
 
 
 def mia(model: str, figure: str, kind: str = MIA) -> Key[float]:
@@ -472,13 +523,17 @@ TWINS_PAIRS = _twins("twins/pairs", list, "the twins: [{request_id, twin_id, sco
 TWINS_COUNT = _twins("twins/count", int, "twins found")
 TWINS_TIME_S = _twins("twins/time_s", float, "wall time of the twin search [s]")
 TWINS_SAME_CLASS = _twins("twins/same_class", float, "share of twins of their request's class", optional=True)
-HEAL_TRAIN_SIZE = _twins("heal/train_size", int, "size of the heal set R + T")
+HEAL_TRAIN_SIZE = _twins("heal/train_size", int, "size of the heal set: R (or its heal.remain_fraction) plus T")
 
 # --------------------------------------------------------------------------- healing
 _curve = _section(("HealCurve",), (HEAL,))
 HEAL_EPOCHS = _curve("heal/epochs", int, "fine-tuning epochs (N/2 by default)")
 HEAL_LR = _curve("heal/lr", float, "the fine-tune's learning rate")
 HEAL_TIME_S = _curve("heal/time_s", float, "wall time of the fine-tune [s]", optional=True)
+_heal_set = _section(("HealSet",), (HEAL,))
+HEAL_REMAIN_FRACTION = _heal_set(
+    "heal/remain_fraction", float, "the share of the remain set R in the heal set (1: R plus the twins)", optional=True
+)
 HEALED_EPOCH = Family(
     "healed/{split}/acc_epoch_{epoch}",
     float,
@@ -546,15 +601,15 @@ def _wandb(name: str, type, description: str, writer: str, phases=(), where: str
     return Key(name, type, description, writers=(writer,), phases=phases, where=where)
 
 
-#: Lightning's step of every ``log_metrics`` call (a stream logs round i at step i)
+#: Lightning's step of every ``log_metrics`` call (a fit's train and validation curves)
 WANDB_STEP = _wandb("trainer/global_step", int, "Lightning's W&B step", "WandbLogger")
 HEAL_EPOCH_STEP = _wandb("heal/epoch", int, "the healed curve's x-axis (0: unlearned start)", "log_heal_epoch", (HEAL,))
-HEAL_TEST_ACC_POINT = _wandb("heal/test_acc", float, "test accuracy at heal/epoch", "log_heal_epoch", (HEAL,))
-HEAL_VAL_ACC_POINT = _wandb("heal/val_acc", float, "validation accuracy at heal/epoch", "log_heal_epoch", (HEAL,))
-REFERENCE_BASELINE = _wandb("reference/baseline", float, "the baseline's test accuracy (BL)", "log_heal_epoch", (HEAL,))
-REFERENCE_GOLD = _wandb("reference/gold", float, "the gold standard's test accuracy (GS)", "log_heal_epoch", (HEAL,))
-#: the healed curve's history keys, all plotted against :data:`HEAL_EPOCH_STEP`
-HEAL_CURVE_KEYS = (HEAL_TEST_ACC_POINT, HEAL_VAL_ACC_POINT, REFERENCE_BASELINE, REFERENCE_GOLD)
+#: the healed model's validation accuracy at heal/epoch (its test accuracy, and the BL and GS references, are
+#: logged there under their record names: healed/test/acc, baseline/test/acc, gold/test/acc)
+HEALED_VAL_ACC_POINT = _wandb("healed/val/acc", float, "validation accuracy at heal/epoch", "log_heal_epoch", (HEAL,))
+#: the healed curve's history keys, all plotted against :data:`HEAL_EPOCH_STEP`; the record's final figures of
+#: the same names are the W&B summary
+HEAL_CURVE_KEYS = (HEALED_TEST_ACC, HEALED_VAL_ACC_POINT, BASELINE_TEST_ACC, GOLD_TEST_ACC)
 HEAL_CURVE_CHART = _wandb(
     "heal/curve", object, "the healed curve with BL and GS in one chart", "log_heal_chart", (HEAL,)
 )
@@ -571,8 +626,8 @@ LINEAGE_BASELINE_ARTIFACT = _wandb(
 
 
 def stream_history(point: str) -> Key:
-    """The W&B history key of a stream round's metric (one of :data:`POINT_KEYS`): ``stream/<point>``, logged at
-    step = the round's index."""
+    """The W&B history key of a stream round's metric (one of :data:`POINT_KEYS`): ``stream/<point>``, plotted
+    against ``stream/round`` (``stream_history(CURVE_ROUND)``, the round's index)."""
     declared = next((k for k in POINT_KEYS if k == point), None)
     if declared is None:
         raise ValueError(f"'{point}' is not a key of a stream's curve points.")
@@ -585,7 +640,7 @@ def stream_history(point: str) -> Key:
 #: every declared record key, by name (the record's own keys: the families' members are found by :func:`lookup`)
 KEYS: Mapping[str, Key] = _DECLARED
 #: every family of record keys (the method-info family last: it matches any ``<name>/<info>``)
-FAMILIES = (EVALUATION, MIA_FIGURE, MIA_TWINS_N, HEALED_EPOCH, UNLEARN_KNOB, METHOD_INFO)
+FAMILIES = (EVALUATION, MIA_FIGURE, MIA_TWINS_N, MIA_EFFICACY, GOLD_DISTANCE, HEALED_EPOCH, UNLEARN_KNOB, METHOD_INFO)
 
 
 def lookup(name: str, methods: Iterable[str] = ()) -> Key | None:

@@ -173,21 +173,22 @@ class HealingTrainer(L.Trainer):
         unlearned = UnlearnPhase(
             baseline, adversary, unlearn, gold=heal.gold, run_dir=self.run_dir, requests=requests_file
         )
-        search = TwinSearch(unlearned, twins)
+        search = TwinSearch(unlearned.start, twins, heal.remain_fraction, baseline.seed)
         epochs = heal.epochs_for(baseline.epochs)
         if unlearn.ensemble:  # SISA: each affected shard heals on its own data plus twins
+            if heal.remain_fraction < 1:
+                raise ValueError("heal.remain_fraction below 1 heals one model; SISA heals each shard on all its data.")
             self.fit_phases(
                 "heal",
                 model,
                 datamodule,
-                [unlearned, search, ShardHealing(unlearned, search, epochs, heal.lr)],
+                [unlearned, search, ShardHealing(unlearned.start, search.found, epochs, heal.lr, baseline.seed)],
                 epochs=0,
             )
             return
-        if heal.lr is not None:
-            model.hparams.lr = heal.lr  # before the fit builds its optimizer
+        model.train_at(heal.lr, "--heal.lr")  # before the fit builds its optimizer
         model.log_prefix = "healed/"
-        phases = [unlearned, search, HealEvaluation(unlearned, epochs, model.hparams.lr, twins=search)]
+        phases = [unlearned, search, HealEvaluation(unlearned.start, epochs, model.fit_lr, twins=search.found)]
         self.fit_phases("heal", model, datamodule, phases, epochs=epochs)
 
     def stream(
@@ -221,6 +222,8 @@ class HealingTrainer(L.Trainer):
                 to the ledger like the adversary's.
         """
         unlearn, adversary = _default("unlearn", unlearn), _default("adversary", adversary)
+        if heal.remain_fraction < 1:
+            raise ValueError("heal.remain_fraction is a heal setting; a stream heals on R plus the twins.")
         baseline = load_baseline(ckpt_path, model, datamodule)
         requests_file = self._requests(requests, adversary, datamodule)
         phase = StreamPhase(

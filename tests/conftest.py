@@ -5,6 +5,8 @@ import torch
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# the tests' own callbacks, trusted the way a user trusts theirs (configs may name only allowlisted classes)
+os.environ.setdefault("HEALING_PL_ALLOW_IMPORTS", "_ranks.RaiseOnRank,test_devices.DeviceProbe")
 # One thread: the tests train tiny models, where a second thread buys little, and on a shared
 # machine two spinning OpenMP threads per process slow everything down tenfold.
 torch.set_num_threads(1)
@@ -20,3 +22,25 @@ def in_tmp(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def configs_dir():
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+@pytest.fixture(scope="session")
+def digits_baseline(tmp_path_factory, configs_dir):
+    """The checkpoint of ``healing-pl fit`` on the digits config for one epoch, trained once per test session and
+    shared by every test file and every xdist worker (a file lock makes one worker train it while the others wait).
+
+    The checkpoint is an input: a test that tampers with a checkpoint copies it first.
+    """
+    from filelock import FileLock
+
+    from healing_pl.main import main
+
+    root = tmp_path_factory.getbasetemp()
+    shared = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root  # the workers' common folder
+    run = shared / "digits-baseline-1ep"
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    with FileLock(f"{run}.lock"):
+        if not (run / "results.json").exists():
+            args = ["fit", "--config", f"{configs_dir}/digits.yaml", f"--run_dir={run}", "--trainer.max_epochs=1"]
+            assert main([*args, "--trainer.enable_progress_bar=false", "--wandb.enabled=false"]) == 0
+    return checkpoint

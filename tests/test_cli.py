@@ -28,7 +28,8 @@ def test_fit_end_to_end_on_digits(in_tmp, configs_dir):
     (wandb_run,) = glob.glob(str(run_dir / "wandb" / "offline-run-*"))
     recorded = read_offline_run(wandb_run)
     assert recorded["summary"]["test/acc"] == pytest.approx(record["test/acc"])
-    assert recorded["config"]["dataset"] == "digits" and recorded["config"]["backbone"] == "small_cnn"
+    cli = recorded["config"]["cli"]  # the run's CLI configuration, nested (no flat Lightning hparams)
+    assert cli["data"]["dataset"] == "digits" and cli["model"]["backbone"] == "small_cnn"
     # the checkpoint carries the splits, so later phases reload the same sets
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["HealingDataModule"]["splits"] == splits["splits"]

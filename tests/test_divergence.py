@@ -11,11 +11,8 @@ QUIET = ["--trainer.enable_progress_bar=false", "--wandb.enabled=false"]
 
 
 @pytest.fixture(scope="module")
-def baseline(tmp_path_factory, configs_dir):
-    run = tmp_path_factory.mktemp("baseline") / "fit"
-    args = ["fit", "--config", f"{configs_dir}/digits.yaml", f"--run_dir={run}", "--trainer.max_epochs=1", *QUIET]
-    assert main(args) == 0
-    return run / "checkpoints" / "last.ckpt"
+def baseline(digits_baseline):
+    return digits_baseline  # one session-wide digits baseline (tests/conftest.py)
 
 
 @pytest.mark.parametrize("subcommand", ["unlearn", "heal"])
@@ -113,3 +110,46 @@ def test_on_collapse_takes_stop_or_keep():
         assert method().on_collapse == "stop"
         with pytest.raises(ValueError, match="unlearn.on_collapse must be stop or keep"):
             method(on_collapse="ignore")
+
+
+@pytest.mark.parametrize("subcommand", ["heal", "stream"])
+def test_a_heal_learning_rate_that_breaks_the_model_stops_naming_heal_lr(
+    in_tmp, configs_dir, baseline, subcommand, capsys
+):
+    """--heal.lr 1e6 takes the healed model to chance: exit 2, one sentence naming --heal.lr, no model, no results."""
+    run = in_tmp / subcommand
+    args = [
+        subcommand,
+        "--config",
+        f"{configs_dir}/digits.yaml",
+        f"--ckpt_path={baseline}",
+        f"--run_dir={run}",
+        "--unlearn.alpha=1e-8",
+        "--heal.lr=1e6",
+        *QUIET,
+        *(
+            ["--heal.epochs=2"]
+            if subcommand == "heal"
+            else ["--stream.heal=true", "--stream.round_size=10", "--adversary.budget=10"]
+        ),
+    ]
+    assert main(args) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("healing-pl: error: the heal diverged") and "--heal.lr" in last, last
+    assert "--model.lr" not in last
+    assert not (run / "results.json").exists()
+    assert not list(run.rglob("*.ckpt")) and not list(run.rglob("round-*"))
+
+
+def test_a_heal_at_its_own_learning_rate_keeps_the_baselines_recipe_in_the_checkpoint(in_tmp, configs_dir, baseline):
+    """--heal.lr sets the fine-tune's optimizer, not the model's recorded hyperparameters."""
+    import json
+
+    run = in_tmp / "heal"
+    args = ["heal", "--config", f"{configs_dir}/digits.yaml", f"--ckpt_path={baseline}", f"--run_dir={run}"]
+    assert main([*args, "--unlearn.alpha=1e-8", "--heal.lr=3e-4", "--heal.epochs=1", *QUIET]) == 0
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    fitted = torch.load(baseline, weights_only=True)
+    assert saved["hyper_parameters"]["lr"] == fitted["hyper_parameters"]["lr"] != 3e-4
+    assert saved["optimizer_states"][0]["param_groups"][0]["lr"] == 3e-4
+    assert json.loads((run / "results.json").read_text())["heal/lr"] == 3e-4

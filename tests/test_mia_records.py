@@ -13,7 +13,7 @@ from healing_pl import records as rk
 from healing_pl.data.datamodule import HealingDataModule
 from healing_pl.main import main
 from healing_pl.models.classifier import Classifier, load_classifier
-from healing_pl.phases.mia import MiaResult, draw_heldout, mia, mia_twins_phase
+from healing_pl.phases.mia import MiaResult, draw_heldout_matched, mia, mia_twins_phase, population_mia
 from healing_pl.unlearning.naive import load_cached
 
 QUIET = ["--trainer.enable_progress_bar=false", "--wandb.enabled=false"]
@@ -33,11 +33,8 @@ MIA_KEYS = (
 
 
 @pytest.fixture(scope="module")
-def baseline(tmp_path_factory, configs_dir):
-    run = tmp_path_factory.mktemp("mia") / "fit"
-    args = ["fit", "--config", f"{configs_dir}/digits.yaml", f"--run_dir={run}", "--trainer.max_epochs=2", *QUIET]
-    assert main(args) == 0
-    return run / "checkpoints" / "last.ckpt"
+def baseline(digits_baseline):
+    return digits_baseline  # one session-wide digits baseline (tests/conftest.py)
 
 
 def _heal(tmp, configs_dir, baseline, name: str, *extra) -> dict:
@@ -85,8 +82,17 @@ def test_a_heal_run_records_every_mia_key(runs, baseline):
     models = {"baseline": load_classifier(str(baseline)), "gold": Classifier(**gold["hyper_parameters"])}
     models["gold"].load_state_dict(gold["state_dict"])
     for prefix, model in models.items():
-        redone = mia(model.eval(), dm, forget, draw_heldout(dm, len(forget), seed), seed)
+        held = draw_heldout_matched(dm, forget, seed)  # the forget set's class histogram, from the test split
+        assert sorted(dm.targets[held].tolist()) == sorted(dm.targets[forget].tolist())
+        redone = mia(model.eval(), dm, forget, held, seed, matched=True)
         assert (record[f"{prefix}/mia/auc"], record[f"{prefix}/mia/acc"]) == (redone["auc"], redone["acc"]), prefix
+        assert (record[f"{prefix}/mia/auc_low"], record[f"{prefix}/mia/auc_high"]) == (
+            redone["auc_low"],
+            redone["auc_high"],
+        )
+        population = population_mia(model.eval(), dm, forget, seed)
+        assert record[f"{prefix}/mia_population/auc"] == population["auc"], prefix
+    assert record["mia/class_matched"] is True
     assert record["mia/heldout"] == "test"  # digits has a test split in its pool
     assert record["mia/n"] == 20 == record["forget/count"]
     assert record["healed/mia_twins/n"] == len({p["twin_id"] for p in record["twins/pairs"]})
@@ -169,9 +175,11 @@ def test_methods_table_reports_each_method_before_and_after_healing():
     assert row["best twin"]["MIA F/twins"].values == [0.55, 0.55]
     assert row["time"].mean == 2.5
     text = methods_markdown(table)
-    # mean ± t(0.975, 1) * s / sqrt(2): times 2 and 3 s (s = 0.707): 2.5 ± 6.4; MIA 0.7 and 0.8: 0.750 ± 0.635
-    assert "| finetune | 2 | 2.5 ± 6.4 | 80.00 ± 0.00 | 50.00 ± 0.00 | 0.750 ± 0.635 |" in text
-    assert "| BL | 2 | — | 90.00 ± 0.00 | 100.00 ± 0.00 | 0.600 ± 0.000 | — |" in text
-    assert "| 0.450 ± 0.635 | T-raw_l2 | 0.550 ± 0.000 |" in text
+    # mean ± t(0.975, 1) * s / sqrt(2), cut at the range: times 2 and 3 s (s = 0.707): 2.5 ± 6.4 -> [0.0, 8.9];
+    # MIA 0.7 and 0.8: 0.750 ± 0.635 -> [0.115, 1.000]
+    assert "| finetune | 2 | 2.5 [0.0, 8.9] | 80.00 [80.00, 80.00] | 50.00 [50.00, 50.00] " in text
+    assert "| 50.00 [50.00, 50.00] | 0.750 [0.115, 1.000] |" in text
+    assert "| BL | 2 | — | 90.00 [90.00, 90.00] | 100.00 [100.00, 100.00] | 0.600 [0.600, 0.600] | — |" in text
+    assert "| 0.450 [0.000, 1.000] | T-raw_l2 | 0.550 [0.550, 0.550] |" in text
     assert mia_figure(table).startswith("data:image/png;base64,")
     assert "Methods (forget quality before and after healing)" in dashboard_html(records)

@@ -22,14 +22,14 @@ from healing_pl import records as rk
 from healing_pl.adversary import SELECTORS
 from healing_pl.adversary.ledger import Ledger
 from healing_pl.adversary.requests import read_requests
-from healing_pl.callbacks.phases import Trained, _Checkpoint, _ModelArtifact, _ShardJob
+from healing_pl.callbacks.phases import HealSet, Trained, _Checkpoint, _ModelArtifact, _ShardJob
 from healing_pl.data.datamodule import HealingDataModule
 from healing_pl.models.classifier import Classifier, evaluate
 from healing_pl.phases.baseline import Baseline
 from healing_pl.phases.config import HealConfig, StreamConfig, TwinsConfig
 from healing_pl.phases.evaluate import evaluate_sets
 from healing_pl.phases.forget import ForgetSet, request_forget_set
-from healing_pl.phases.gold import Gold
+from healing_pl.phases.gold import Gold, distance_to_gold, forget_probabilities
 from healing_pl.phases.heal import HealCurve
 from healing_pl.phases.identity import identity_record
 from healing_pl.phases.mia import mia_phase, mia_twins_phase
@@ -97,7 +97,8 @@ def built(tmp_path_factory):
     forget_requested = request_forget_set(adversary, model, dm, None, requests=source)
     ids = forget.ids
     before = evaluate_sets(model, dm, ids, rk.BASELINE)
-    gold = Gold(evaluate_sets(model, dm, ids, rk.GOLD), 1.0, False)
+    gold = Gold(evaluate_sets(model, dm, ids, rk.GOLD), 1.0, False, forget_probabilities(model, dm, ids))
+    to_gold = [distance_to_gold(model, dm, ids, gold, 0.5, prefix) for prefix in (rk.BASELINE, rk.UNLEARNED)]
     sisa = UNLEARNERS["sisa"](shards=2, slices=1, epochs_per_slice=1, cache_dir=None, on_collapse="keep")
     ensemble, unlearned = unlearn_phase(model, baseline, dm, ids, sisa, context)
     random_acc = unlearned.evaluation.test - 0.01
@@ -108,6 +109,8 @@ def built(tmp_path_factory):
     remain_only = twin_phase(TwinsConfig(metric="none"), model, dm, ids)
     curve = HealCurve(2, 0.003, {0: unlearned.evaluation.test, 1: 0.5, 2: 0.6}, 1.0, {0: 0.4, 1: 0.5, 2: 0.6})
     healed = evaluate_sets(model, dm, ids, rk.HEALED)
+    healed_to_gold = distance_to_gold(model, dm, ids, gold, healed.forget, rk.HEALED)
+    heal_set = HealSet(0.1, 0)
     healed_mias = [
         mia_phase(model, dm, ids, rk.HEALED, 0),
         mia_twins_phase(model, dm, ids, twins.twin_ids, rk.HEALED, 0),
@@ -135,12 +138,15 @@ def built(tmp_path_factory):
     results = {
         rk.FIT: [[trained, artifact]],
         rk.UNLEARN: [
-            [baseline, forget, before, gold, unlearned, attack, *mias, saved],
+            [baseline, forget, before, gold, unlearned, attack, *mias, *to_gold, saved],
             [baseline, forget_requested, before, None, unlearned, None, saved],
             [baseline, shard],
         ],
         rk.HEAL: [
-            [baseline, forget, before, gold, unlearned, None, *mias, None, twins, curve, healed, *healed_mias],
+            [
+                *(baseline, forget, before, gold, unlearned, None, *mias, *to_gold, None, heal_set, healed_to_gold),
+                *(twins, curve, healed, *healed_mias),  # the last five: read by position in _distinct
+            ],
             [baseline, forget_requested, before, gold, unlearned, None, remain_only, curve, healed],
         ],
         rk.STREAM: [[baseline, stream], [baseline, streamed]],

@@ -19,15 +19,21 @@ every rank; :class:`TwinSearch` finds the twins (rank zero) and points every
 rank's training loader at R plus the twins; the fine-tune is the fit itself;
 :class:`HealEvaluation` measures the full test set after every epoch (rank
 zero). Each phase keeps its typed result; :class:`RunWriter` (rank zero) turns
-them into ``results.json`` and the W&B run. No callback writes into another's
-state: a later phase reads an earlier one's typed result.
+them into ``results.json`` and the W&B run. No callback reads another's
+attributes: what a later phase needs from an earlier one travels through a
+:class:`Handoff` (one typed value, written once by its producer, read by its
+consumers), and a consumer that runs before its producer stops with a
+sentence naming both. The one shared state is the datamodule's training ids,
+which :class:`TwinSearch` points at R plus the twins for the fit to train on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import lightning as L
 
@@ -38,11 +44,11 @@ from healing_pl.models.classifier import Classifier, evaluate
 from healing_pl.phases.baseline import Baseline
 from healing_pl.phases.config import HealConfig, StreamConfig, TwinsConfig
 from healing_pl.phases.distributed import cpu_state, inner_trainer, rank_zero_run
-from healing_pl.phases.evaluate import Evaluation, evaluate_sets
+from healing_pl.phases.evaluate import Evaluation, evaluate_sets, save_correctness
 from healing_pl.phases.forget import ForgetSet, request_forget_set
-from healing_pl.phases.gold import Gold, gold_phase
-from healing_pl.phases.heal import HealCurve
-from healing_pl.phases.mia import MiaResult, draw_heldout, mia_phase, mia_twins_phase
+from healing_pl.phases.gold import Gold, GoldDistance, distance_to_gold, gold_phase
+from healing_pl.phases.heal import HealCurve, check_healed
+from healing_pl.phases.mia import MiaResult, draw_heldout_matched, mia_phase, mia_twins_phase
 from healing_pl.phases.record import run_record, save_config, save_model, write_record
 from healing_pl.phases.twins import TwinSet, ledger_twins, twin_phase
 from healing_pl.phases.unlearn import AttackStrength, Unlearned, attack_strength, unlearn_phase
@@ -69,6 +75,33 @@ def _ledger(run_dir: str):
     from healing_pl.adversary.ledger import Ledger
 
     return Ledger(run_dir)
+
+
+T = TypeVar("T")
+
+
+class Handoff(Generic[T]):
+    """One typed value that a phase hands to the phases after it (e.g. the unlearned start to the twin search).
+
+    The producer :meth:`put` writes it once in its ``on_fit_start``; consumers :meth:`get` it in theirs or later.
+    Reading it before it was written (a consumer listed before its producer) stops with a sentence naming both.
+    """
+
+    def __init__(self, what: str, producer: str):
+        self.what, self.producer = what, producer
+        self._value: T | None = None
+        self._set = False
+
+    def put(self, value: T) -> T:
+        self._value, self._set = value, True
+        return value
+
+    def get(self, consumer: str = "a phase") -> T:
+        if not self._set:
+            raise RuntimeError(
+                f"{consumer} needs the {self.what} before {self.producer} produced it: list {self.producer} first."
+            )
+        return self._value
 
 
 class Phase(L.Callback):
@@ -140,6 +173,43 @@ class UnlearnOutcome:
     attack: AttackStrength | None
     weights: dict | None  # the unlearned Classifier's state dict (None when the method keeps its own model)
     mia: tuple[MiaResult, ...] = ()  # baseline, gold and unlearned MIA (unlearn.mia)
+    to_gold: tuple[GoldDistance, ...] = ()  # the baseline's and the unlearned model's distance to the gold standard
+
+
+@dataclass(frozen=True)
+class UnlearnedStart:
+    """What :class:`UnlearnPhase` hands to the twin search and the heal: the outcome (every rank) and, on rank zero
+    (None elsewhere), the baseline model whose embeddings rank the twins, the unlearned model (an ensemble heals
+    from it), the ledger that records the twins, and the MIA's seed (None when ``unlearn.mia`` is off)."""
+
+    outcome: UnlearnOutcome
+    baseline_model: Classifier | None
+    unlearned_model: object | None
+    ledger: object | None
+    mia_seed: int | None
+
+    @property
+    def forget_ids(self):
+        return self.outcome.forget.ids
+
+    def references(self) -> tuple[float, float | None]:
+        """The healed curve's reference values: the baseline's (BL) and the gold standard's (GS) test accuracy."""
+        o = self.outcome
+        return o.baseline.test, (o.gold.evaluation.test if o.gold is not None else None)
+
+    def healed_mia(self, model, dm, twin_ids) -> list[MiaResult | None]:
+        """The healed model's MIA on the forget set, and on the forget set against the twins (when any)."""
+        if self.mia_seed is None:
+            return []
+        twins = mia_twins_phase(model, dm, self.forget_ids, twin_ids, rk.HEALED, self.mia_seed)
+        return [forget_mia(model, dm, self.forget_ids, rk.HEALED, self.mia_seed), twins]
+
+
+def forget_mia(model, dm, forget_ids, prefix: str, seed: int) -> MiaResult:
+    """The loss-based MIA of ``model`` on the forget set (rank zero, on its device); every model of a run is
+    attacked with the same held-out samples (drawn with ``seed``)."""
+    heldout = draw_heldout_matched(dm, forget_ids, seed)  # the forget set's class histogram
+    return mia_phase(model, dm, forget_ids, prefix, seed, heldout)
 
 
 class UnlearnPhase(Phase):
@@ -172,6 +242,8 @@ class UnlearnPhase(Phase):
         self.gold, self.attack_strength, self.run_dir, self.save_to = gold, attack_strength, run_dir, save_to
         self.outcome: UnlearnOutcome | None = None
         self.checkpoint: str | None = None
+        #: what the twin search and the heal read (:class:`UnlearnedStart`)
+        self.start: Handoff[UnlearnedStart] = Handoff("unlearned start", "UnlearnPhase")
         # rank zero only: the baseline copy (embeddings for twins), the unlearned model, the ledger
         self.baseline_model = self.unlearned_model = self.ledger = None
 
@@ -179,6 +251,8 @@ class UnlearnPhase(Phase):
         self.outcome = rank_zero_run(trainer, lambda: self._compute(trainer, pl_module))
         if self.outcome.weights is not None:
             pl_module.load_state_dict(self.outcome.weights)
+        mia_seed = self.unlearn.seed if self.unlearn.mia else None
+        self.start.put(UnlearnedStart(self.outcome, self.baseline_model, self.unlearned_model, self.ledger, mia_seed))
 
     def _compute(self, trainer, pl_module) -> UnlearnOutcome:
         dm, progress = trainer.datamodule, _progress(trainer)
@@ -231,23 +305,17 @@ class UnlearnPhase(Phase):
                 model, self.baseline, dm, forget.ids, self.unlearn, context, before.test, unlearned.evaluation.test
             )
         weights = cpu_state(self.unlearned_model) if isinstance(self.unlearned_model, Classifier) else None
-        return UnlearnOutcome(forget, before, gold, unlearned, attack, weights, tuple(m for m in mias if m))
+        to_gold = (
+            _to_gold(model, dm, forget.ids, gold, before),
+            _to_gold(self.unlearned_model, dm, forget.ids, gold, unlearned.evaluation),
+        )
+        mias = tuple(m for m in mias if m)
+        return UnlearnOutcome(forget, before, gold, unlearned, attack, weights, mias, tuple(d for d in to_gold if d))
 
     def mia(self, model, dm, forget_ids, prefix: str) -> MiaResult | None:
         """The loss-based MIA of ``model`` on the forget set (rank zero, on its device, seeded by unlearn.seed;
         every model is attacked with the same held-out samples); None when ``unlearn.mia`` is off."""
-        if not self.unlearn.mia:
-            return None
-        heldout = draw_heldout(dm, len(forget_ids), self.unlearn.seed)
-        return mia_phase(model, dm, forget_ids, prefix, self.unlearn.seed, heldout)
-
-    def mia_healed(self, model, dm, twin_ids) -> list[MiaResult | None]:
-        """The healed model's MIA on the forget set, and on the forget set against the twins (when any)."""
-        if not self.unlearn.mia:
-            return []
-        forget_ids = self.outcome.forget.ids
-        twins = mia_twins_phase(model, dm, forget_ids, twin_ids, rk.HEALED, self.unlearn.seed)
-        return [self.mia(model, dm, forget_ids, rk.HEALED), twins]
+        return forget_mia(model, dm, forget_ids, prefix, self.unlearn.seed) if self.unlearn.mia else None
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if self.save_to and trainer.is_global_zero and isinstance(self.unlearned_model, Classifier):
@@ -263,7 +331,7 @@ class UnlearnPhase(Phase):
     def results(self) -> list:
         o = self.outcome
         saved = _Checkpoint(self.checkpoint) if self.checkpoint else None
-        return [self.baseline, o.forget, o.baseline, o.gold, o.unlearned, o.attack, *o.mia, saved]
+        return [self.baseline, o.forget, o.baseline, o.gold, o.unlearned, o.attack, *o.mia, *o.to_gold, saved]
 
 
 @dataclass(frozen=True)
@@ -278,29 +346,46 @@ class _Checkpoint:
 class TwinSearch(Phase):
     """Twins for the forget set (rank zero, with the baseline's embeddings); every rank trains on R plus the twins."""
 
-    def __init__(self, unlearned: UnlearnPhase, twins: TwinsConfig):
-        self.unlearned, self.twins = unlearned, twins
+    def __init__(self, start: Handoff[UnlearnedStart], twins: TwinsConfig, remain_fraction: float = 1.0, seed: int = 0):
+        self.start, self.twins = start, twins
+        self.heal_set = HealSet(remain_fraction, seed)
         self.twin_set: TwinSet | None = None
+        #: what the heal reads (the twins, their pairs and scores)
+        self.found: Handoff[TwinSet] = Handoff("twins", "TwinSearch")
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        forget = self.unlearned.outcome.forget.ids
+        start = self.start.get("TwinSearch")
         dm = trainer.datamodule
 
         def search() -> TwinSet:
-            found = twin_phase(self.twins, self.unlearned.baseline_model, dm, forget)
+            found = twin_phase(self.twins, start.baseline_model, dm, start.forget_ids)
             if found.pairs:
-                ledger_twins(self.unlearned.ledger, dm, found.pairs)
+                ledger_twins(start.ledger, dm, found.pairs)
             return found
 
         self.twin_set = rank_zero_run(trainer, search)
-        dm.set_train_ids(dm.heal_ids(forget, self.twin_set.twin_ids))
+        hs = self.heal_set
+        dm.set_train_ids(dm.heal_ids(start.forget_ids, self.twin_set.twin_ids, hs.remain_fraction, hs.seed))
+        self.twin_set = dataclasses.replace(self.twin_set, train_size=int(dm.train_ids.numel()))
+        self.found.put(self.twin_set)
         if trainer.is_global_zero:
             from healing_pl.tracking import log_twins, wandb_run
 
             log_twins(wandb_run(trainer.logger), self.twin_set.pairs, dm.pool.train, dm.pool.classes)
 
     def results(self) -> list:
-        return [self.twin_set]
+        return [self.twin_set, self.heal_set]
+
+
+@dataclass
+class HealSet:
+    """The heal set's make-up: the share of R in it, drawn with ``seed`` (its size is the twin set's record)."""
+
+    remain_fraction: float
+    seed: int
+
+    def record(self) -> dict:
+        return {rk.HEAL_REMAIN_FRACTION: self.remain_fraction}
 
 
 class HealEvaluation(Phase):
@@ -310,22 +395,30 @@ class HealEvaluation(Phase):
     and forget accuracy, its MIA (forget set vs held-out, and vs the ``twins``' twins when given), and the whole
     curve as one W&B chart with BL and GS drawn as flat lines."""
 
-    def __init__(self, unlearned: UnlearnPhase, epochs: int, lr: float, twins: TwinSearch | None = None):
-        self.unlearned, self.twins = unlearned, twins
+    def __init__(self, start: Handoff[UnlearnedStart], epochs: int, lr: float, twins: Handoff[TwinSet] | None = None):
+        self.start, self.twins = start, twins
         self.curve = HealCurve(epochs, lr)
         self.healed: Evaluation | None = None
+        self.to_gold: GoldDistance | None = None
         self.mia: list[MiaResult | None] = []
         self._start = 0.0
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        self.curve.accs[0] = self.unlearned.outcome.unlearned.evaluation.test
+        pl_module.log_validation = False  # validation is measured here, on heal/epoch: Lightning's loop logs none
+        self.curve.accs[0] = self.start.get("HealEvaluation").outcome.unlearned.evaluation.test
         if trainer.is_global_zero:  # every rank holds the unlearned weights now
             self._measure(trainer, pl_module, 0, test=self.curve.accs[0])
         self._start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if trainer.is_global_zero:
-            self._measure(trainer, pl_module, trainer.current_epoch + 1)
+            epoch = trainer.current_epoch + 1
+            self._measure(trainer, pl_module, epoch)
+            try:  # before the checkpoint callback saves this epoch (Lightning runs it after the other callbacks)
+                check_healed(pl_module, trainer.datamodule, self.curve.val_accs.get(0), self.curve.val_accs.get(epoch))
+            except FloatingPointError:
+                _remove_checkpoints(trainer)  # an earlier epoch's last.ckpt is not the heal's result either
+                raise
 
     def _measure(self, trainer, pl_module, epoch: int, test: float | None = None) -> None:
         from healing_pl.tracking import log_heal_epoch, wandb_run
@@ -336,7 +429,7 @@ class HealEvaluation(Phase):
         self.curve.accs[epoch] = test
         if dm.splits["val"].numel():
             self.curve.val_accs[epoch] = evaluate(pl_module, dm.val_dataloader())["acc"]
-        baseline, gold = _references(self.unlearned.outcome)
+        baseline, gold = self.start.get().references()
         log_heal_epoch(
             wandb_run(trainer.logger),
             epoch,
@@ -351,23 +444,35 @@ class HealEvaluation(Phase):
         if trainer.is_global_zero:  # still on the training device (the strategy's teardown comes later)
             from healing_pl.tracking import log_heal_chart, wandb_run
 
-            self.healed = evaluate_sets(pl_module, trainer.datamodule, self.unlearned.outcome.forget.ids, rk.HEALED)
-            twin_ids = self.twins.twin_set.twin_ids if self.twins is not None else []
-            self.mia = self.unlearned.mia_healed(pl_module, trainer.datamodule, twin_ids)
+            start = self.start.get()
+            self.healed = evaluate_sets(pl_module, trainer.datamodule, start.forget_ids, rk.HEALED)
+            self.to_gold = _to_gold(pl_module, trainer.datamodule, start.forget_ids, start.outcome.gold, self.healed)
+            twin_ids = self.twins.get("HealEvaluation").twin_ids if self.twins is not None else []
+            self.mia = start.healed_mia(pl_module, trainer.datamodule, twin_ids)
             if not trainer.interrupted:
-                baseline, gold = _references(self.unlearned.outcome)
+                baseline, gold = start.references()
                 log_heal_chart(wandb_run(trainer.logger), self.curve.accs, self.curve.val_accs, baseline, gold)
 
     def results(self) -> list:
-        return [self.curve, self.healed, *self.mia]
+        return [self.curve, self.healed, *self.mia, self.to_gold]
+
+
+def _to_gold(model, dm, forget_ids, gold: Gold | None, evaluation: Evaluation) -> GoldDistance | None:
+    """A Classifier's distance to the gold standard on the forget set (None without a gold standard; an ensemble's
+    aggregated output is not a distribution, so it gets none)."""
+    if not isinstance(model, Classifier):
+        return None
+    return distance_to_gold(model, dm, forget_ids, gold, evaluation.forget, evaluation.prefix)
 
 
 class ShardHealing(Phase):
     """Heals an ensemble method's model (SISA): each affected shard is fine-tuned on its remain set plus the twins
     of the requests it held (rank zero, on the ensemble's device); test accuracy after every epoch."""
 
-    def __init__(self, unlearned: UnlearnPhase, twins: TwinSearch, epochs: int, lr: float | None):
-        self.unlearned, self.twins = unlearned, twins
+    def __init__(
+        self, start: Handoff[UnlearnedStart], twins: Handoff[TwinSet], epochs: int, lr: float | None, seed: int
+    ):
+        self.start, self.twins, self.seed = start, twins, seed
         self.epochs, self.lr = epochs, lr
         self.curve: HealCurve | None = None
         self.healed: Evaluation | None = None
@@ -376,30 +481,32 @@ class ShardHealing(Phase):
     def on_fit_start(self, trainer, pl_module) -> None:
         from healing_pl.unlearning.sisa import heal_sisa
 
+        start, twins = self.start.get("ShardHealing"), self.twins.get("ShardHealing")
+
         def heal() -> tuple[HealCurve, Evaluation, list]:
-            ensemble, dm = self.unlearned.unlearned_model, trainer.datamodule
-            forget = self.unlearned.outcome.forget.ids
-            curve = HealCurve(self.epochs, self.lr if self.lr is not None else pl_module.hparams.lr)
-            curve.accs[0] = self.unlearned.outcome.unlearned.evaluation.test
+            ensemble, dm = start.unlearned_model, trainer.datamodule
+            forget = start.forget_ids
+            curve = HealCurve(self.epochs, self.lr if self.lr is not None else pl_module.fit_lr)
+            curve.accs[0] = start.outcome.unlearned.evaluation.test
             test = dm.test_dataloader()
 
             def on_epoch(epoch: int, healed) -> None:
                 curve.accs[epoch] = evaluate(healed, test)["acc"]
 
-            start = time.perf_counter()
+            began = time.perf_counter()
             state = heal_sisa(
                 ensemble.state,
                 forget,
-                self.twins.twin_set.pairs,
+                twins.pairs,
                 dm,
                 epochs=self.epochs,
                 lr=self.lr,
-                seed=self.unlearned.baseline.seed,
+                seed=self.seed,
                 on_epoch=on_epoch,
                 progress=_progress(trainer),
             )
-            curve.time_s = time.perf_counter() - start
-            mias = self.unlearned.mia_healed(state.ensemble, dm, self.twins.twin_set.twin_ids)
+            curve.time_s = time.perf_counter() - began
+            mias = start.healed_mia(state.ensemble, dm, twins.twin_ids)
             return curve, evaluate_sets(state.ensemble, dm, forget, rk.HEALED), mias
 
         self.curve, self.healed, self.mia = rank_zero_run(trainer, heal)
@@ -434,7 +541,8 @@ class SisaShardJob(Phase):
                 shards=cfg.shards,
                 slices=cfg.slices,
                 epochs=self.baseline.epochs,
-                epochs_per_slice=cfg.epochs_per_slice,
+                epochs_per_slice=cfg.epochs_per_slice_for(self.baseline.epochs),
+                protocol=cfg.protocol,
                 seed=self.baseline.seed,
                 device=param.device,
                 dtype=param.dtype,
@@ -501,8 +609,10 @@ class StreamPhase(Phase):
                 trainer=inner_trainer(trainer),
                 progress=_progress(trainer),
             )
+            from healing_pl.tracking import stream_log
+
             logger = trainer.logger
-            log = (lambda metrics, step: logger.log_metrics(metrics, step=step)) if logger is not None else None
+            log = stream_log(logger) or ((lambda m, step: logger.log_metrics(m, step=step)) if logger else None)
             ledger = _ledger(self.run_dir)
             return run_stream(
                 detached_copy(pl_module, self.baseline.hparams),
@@ -550,18 +660,22 @@ class RunWriter(L.Callback):
         results = [r for phase in self.phases for r in phase.results()]
         record = run_record(self.subcommand, header, self.config, results)
         self.path = write_record(self.run_dir, record, trainer.logger)
+        save_correctness(self.run_dir, results)  # per-image test correctness, for the report's McNemar tests
         if trainer.world_size > 1:  # a spawned rank zero ends with its process: close its W&B run here
             from healing_pl.tracking import finish_wandb
 
             finish_wandb()
 
 
+def _remove_checkpoints(trainer) -> None:
+    """Remove the checkpoints this fit's checkpoint callback wrote (a diverged heal leaves no model behind)."""
+    callback = trainer.checkpoint_callback
+    for path in {getattr(callback, "last_model_path", ""), getattr(callback, "best_model_path", "")}:
+        if path and os.path.isfile(path):
+            os.remove(path)
+
+
 # --------------------------------------------------------------------------- W&B helpers of the phases above
-def _references(outcome: UnlearnOutcome) -> tuple[float, float | None]:
-    """The healed curve's reference values: the baseline's (BL) and the gold standard's (GS) test accuracy."""
-    return outcome.baseline.test, (outcome.gold.evaluation.test if outcome.gold is not None else None)
-
-
 @dataclass(frozen=True)
 class _ModelArtifact:
     name: str

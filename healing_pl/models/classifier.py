@@ -58,10 +58,30 @@ class Classifier(L.LightningModule):
         )
         #: prefix of every logged key, e.g. "healed/" during a healing fine-tune
         self.log_prefix = ""
+        #: whether the validation loop's metrics go to the logger (a heal measures validation itself)
+        self.log_validation = True
+        #: the learning rate of the next fits and the option that set it (see :meth:`train_at`); the recorded
+        #: hyperparameters keep the recipe the model was trained with
+        self._fit_lr: float | None = None
+        self._lr_option = "--model.lr"
         self.metrics = nn.ModuleDict(
             {f"{s}_acc": MulticlassAccuracy(num_classes, average="micro") for s in ("train", "val", "test")}
         )
         self.metrics.update({f"{s}_class_acc": MulticlassAccuracy(num_classes, average=None) for s in ("val", "test")})
+
+    @property
+    def fit_lr(self) -> float:
+        """The learning rate the next fit's optimizer uses: the one :meth:`train_at` set, or ``hparams.lr``."""
+        return float(self.hparams.lr if self._fit_lr is None else self._fit_lr)
+
+    def train_at(self, lr: float | None, option: str) -> Classifier:
+        """Run the next fits at ``lr`` (None: the model's own ``hparams.lr``), naming ``option`` (e.g.
+        ``--heal.lr``) when the loss diverges. ``hparams`` are left alone: a healed checkpoint records the
+        baseline's recipe, and the heal's learning rate is recorded by the heal phase."""
+        if lr is not None and not lr > 0:
+            raise ValueError(f"the learning rate must be positive, got {option.lstrip('-')}={lr}.")
+        self._fit_lr, self._lr_option = (None, "--model.lr") if lr is None else (float(lr), option)
+        return self
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -77,13 +97,14 @@ class Classifier(L.LightningModule):
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"the {stage} loss became {loss.item()}: the hyperparameters make the model diverge "
-                f"(lower --model.lr={self.hparams.lr})."
+                f"(lower {self._lr_option}={self.fit_lr:g})."
             )
-        p = self.log_prefix
+        p, logger = self.log_prefix, stage != "val" or self.log_validation
         acc = self.metrics[f"{stage}_acc"]
         acc(logits, y)
-        self.log(f"{p}{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "train", sync_dist=True)
-        self.log(f"{p}{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True)
+        shown = stage != "train"
+        self.log(f"{p}{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=shown, sync_dist=True, logger=logger)
+        self.log(f"{p}{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True, logger=logger)
         if stage != "train":
             self.metrics[f"{stage}_class_acc"].update(logits, y)
         return loss
@@ -100,7 +121,8 @@ class Classifier(L.LightningModule):
     def _log_class_acc(self, stage: str) -> None:
         metric = self.metrics[f"{stage}_class_acc"]
         per_class = metric.compute()
-        self.log_dict({f"{self.log_prefix}{stage}/acc_class_{c}": v for c, v in enumerate(per_class)})
+        logger = stage != "val" or self.log_validation
+        self.log_dict({f"{self.log_prefix}{stage}/acc_class_{c}": v for c, v in enumerate(per_class)}, logger=logger)
         metric.reset()
 
     def on_validation_epoch_end(self):
@@ -117,7 +139,7 @@ class Classifier(L.LightningModule):
         checkpoint["recipe"] = {"epochs": self.trainer.max_epochs, "seed": int(os.environ.get("PL_GLOBAL_SEED", 0))}
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        return torch.optim.Adam(self.parameters(), lr=self.fit_lr, weight_decay=self.hparams.weight_decay)
 
 
 def read_checkpoint(path: str, map_location="cpu") -> dict:
