@@ -285,19 +285,26 @@ def _round(value: float) -> float:
     return float(f"{value:.4g}")
 
 
-def run_calibration(setup: Setup, progress: bool = True) -> Calibration:
-    """Pick the forget set, then bisect the strength in log space (validation split only)."""
+def _forget_ids(setup: Setup, progress: bool):
+    """The forget set the setup names: its requests file's, else its adversary's (budget checked first)."""
     from healing_pl.adversary.requests import read_requests
 
-    s, dm, model = setup.search, setup.datamodule, setup.model
+    dm = setup.datamodule
     if setup.requests is None:
         setup.adversary.validate(len(dm.primary_ids), dm.num_classes)
         requests = None
     else:
         requests = read_requests(setup.requests, dm.pool.train)
-    forget = request_forget_set(
-        setup.adversary, model, dm, None, progress, requests, unlearn=setup.unlearn, context=setup.context
+    return request_forget_set(
+        setup.adversary, setup.model, dm, None, progress, requests, unlearn=setup.unlearn, context=setup.context
     ).ids
+
+
+def run_calibration(setup: Setup, progress: bool = True) -> Calibration:
+    """Pick the forget set, then bisect the strength in log space (validation split only)."""
+
+    s, dm, model = setup.search, setup.datamodule, setup.model
+    forget = _forget_ids(setup, progress)
     val_loader = dm.val_dataloader()
     result = Calibration(s.param, s.target, evaluate(model, val_loader)["acc"], len(forget))
 
@@ -399,18 +406,10 @@ class GoldTuning:
 def tune_against_gold(setup: Setup, progress: bool = True) -> GoldTuning:
     """Pick the (validation) forget set, train or load its gold standard, run every candidate value and choose the
     one closest to the gold standard on the forget set (the test set is never read)."""
-    from healing_pl.adversary.requests import read_requests
     from healing_pl.unlearning.naive import gold_standard, model_hparams
 
     s, dm, model = setup.search, setup.datamodule, setup.model
-    if setup.requests is None:
-        setup.adversary.validate(len(dm.primary_ids), dm.num_classes)
-        requests = None
-    else:
-        requests = read_requests(setup.requests, dm.pool.train)
-    forget = request_forget_set(
-        setup.adversary, model, dm, None, progress, requests, unlearn=setup.unlearn, context=setup.context
-    ).ids
+    forget = _forget_ids(setup, progress)
     gold, _ = gold_standard(
         model_hparams(model),
         dm,
