@@ -329,3 +329,10 @@ def test_the_submitit_launcher_runs_a_grid_that_the_report_covers(in_tmp, config
     assert main(["report", str(out), "--output", str(in_tmp / "report.json")]) == 0
     covered = {os.path.normpath(r["run_dir"]) for r in json.loads((in_tmp / "report.json").read_text())["runs"]}
     assert {str(out / "heal-5"), str(out / "heal-6")} <= covered
+
+
+def test_a_worker_killed_by_a_signal_is_named_as_such():
+    from healing_pl.experiments.grid import _exit_code, _killed_by
+
+    assert _exit_code(-9) == 137 and _killed_by(137).startswith("its process was killed by SIGKILL")
+    assert _killed_by(2) == "" and _killed_by(128) == ""

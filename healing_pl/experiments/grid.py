@@ -121,6 +121,18 @@ def _exit_code(code: int | None) -> int:
     return 128 - code if code < 0 else code
 
 
+def _killed_by(code: int) -> str:
+    """What a shell-style exit status above 128 says (the worker died of a signal, e.g. SIGKILL from the kernel's
+    out-of-memory killer): its last log line is then no explanation. Empty for an ordinary exit status."""
+    if code <= 128:
+        return ""
+    try:
+        name = signal.Signals(code - 128).name
+    except ValueError:
+        name = f"signal {code - 128}"
+    return f"its process was killed by {name} (out of memory, or stopped from outside)"
+
+
 def _fork_context():
     return multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
 
@@ -436,7 +448,8 @@ class Runner:
         if code == 0 and not done(run.run_dir):
             code, error = 1, f"it finished without writing {run.run_dir}/results.json"
         if code:
-            self._failed(run, code, error or job.error or _last_line(log_path(run)) or "no output", elapsed)
+            killed = _killed_by(code)
+            self._failed(run, code, error or job.error or killed or _last_line(log_path(run)) or "no output", elapsed)
             return
         self.durations.append(elapsed)
         self.console.finished(run.name, elapsed, result_summary(_read_record(run.run_dir)))
