@@ -22,8 +22,12 @@ QUIET = ["--trainer.enable_progress_bar=false", "--wandb.enabled=false"]
 
 
 @pytest.fixture(scope="module")
-def baseline(digits_baseline):
-    return digits_baseline  # one session-wide digits baseline (tests/conftest.py)
+def baseline(tmp_path_factory, configs_dir):
+    # two epochs (not the shared one-epoch baseline): the crash tests' Fisher alpha collapses a one-epoch model
+    run = tmp_path_factory.mktemp("baseline") / "fit"
+    args = ["fit", "--config", f"{configs_dir}/digits.yaml", f"--run_dir={run}", "--trainer.max_epochs=2", *QUIET]
+    assert main(args) == 0
+    return run / "checkpoints" / "last.ckpt"
 
 
 def _stream_args(configs_dir, baseline, run, cache):

@@ -123,7 +123,7 @@ def test_a_rerun_of_another_experiment_is_refused_and_the_same_one_allowed(in_tm
 UNLEARN_CMD = (
     "import sys; from healing_pl.main import main; sys.exit(main(['unlearn', '--config', sys.argv[1], "
     "'--ckpt_path=' + sys.argv[2], '--run_dir=' + sys.argv[3], '--adversary.budget=5', '--unlearn=Finetune', "
-    "'--unlearn.epochs=1', '--wandb.enabled=false', '--trainer.enable_progress_bar=false']))"
+    "'--unlearn.epochs=' + sys.argv[4], '--wandb.enabled=false', '--trainer.enable_progress_bar=false']))"
 )
 
 
@@ -131,22 +131,27 @@ UNLEARN_CMD = (
 def test_two_commands_started_together_on_one_folder_ten_times(tmp_path, baseline):
     cfg, ckpt = baseline
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def start(epochs: int):
+        args = [sys.executable, "-c", UNLEARN_CMD, cfg, ckpt, str(run), str(epochs)]
+        return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def held() -> bool:  # the first command took the lock: it writes its pid into the lock file after taking it
+        path = run / LOCK_FILE
+        return path.is_file() and path.read_text().strip() != ""
+
     for trial in range(10):
+        # the second command starts once the first holds the folder, and the first fine-tunes long enough to still
+        # hold it when the second asks (started at the same instant, a loaded machine can let the first finish
+        # before the second has imported torch, and a rerun of the same finished experiment is allowed)
         run = tmp_path / f"run{trial}"
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-c", UNLEARN_CMD, cfg, ckpt, str(run)],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for _ in range(2)
-        ]
+        first = start(epochs=30)
+        while not held() and first.poll() is None:
+            time.sleep(0.01)
+        procs = [first, start(epochs=1)]
         started = time.time()
         results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
-        codes = sorted(code for code, _ in results)
-        assert codes == [0, 2], (trial, results)
+        assert [code for code, _ in results] == [0, 2], (trial, results)
         refused = next(err for code, err in results if code == 2)
         assert "is in use by another healing-pl command" in refused, refused
         assert time.time() - started < 300
