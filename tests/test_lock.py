@@ -120,40 +120,49 @@ def test_a_rerun_of_another_experiment_is_refused_and_the_same_one_allowed(in_tm
     assert verify(in_tmp / "run").ok
 
 
-UNLEARN_CMD = (
-    "import sys; from healing_pl.main import main; sys.exit(main(['unlearn', '--config', sys.argv[1], "
+UNLEARN_CMD = (  # imports first, then waits for its go file: both commands are ready before either runs
+    "import os, sys, time; from healing_pl.main import main\n"
+    "while not os.path.exists(sys.argv[5]): time.sleep(0.005)\n"
+    "sys.exit(main(['unlearn', '--config', sys.argv[1], "
     "'--ckpt_path=' + sys.argv[2], '--run_dir=' + sys.argv[3], '--adversary.budget=5', '--unlearn=Finetune', "
-    "'--unlearn.epochs=' + sys.argv[4], '--wandb.enabled=false', '--trainer.enable_progress_bar=false']))"
+    "'--unlearn.epochs=' + sys.argv[4], '--unlearn.cache_dir=' + sys.argv[3] + '-cache', '--wandb.enabled=false', "
+    "'--trainer.enable_progress_bar=false']))"
 )
 
 
 @pytest.mark.slow
 def test_two_commands_started_together_on_one_folder_ten_times(tmp_path, baseline):
+    """Two identical commands on one folder: the one that takes the lock runs, the other exits 2 at once.
+
+    Both processes import healing-pl first and then wait for their own go file, so neither is still importing
+    torch when the other finishes (on a loaded machine, two commands merely started at the same instant can run
+    one after the other, and a rerun of the same finished experiment is allowed). The first is let go, the
+    second as soon as the first holds the folder (it writes its pid into the lock file after taking the lock),
+    while the first still fine-tunes for 100 epochs (each trial with its own cache: a cached unlearned model would
+    let the first finish at once)."""
     cfg, ckpt = baseline
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
-    def start(epochs: int):
-        args = [sys.executable, "-c", UNLEARN_CMD, cfg, ckpt, str(run), str(epochs)]
+    def start(name: str):
+        args = [sys.executable, "-c", UNLEARN_CMD, cfg, ckpt, str(run), "100", str(tmp_path / f"{name}.go")]
         return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
-    def held() -> bool:  # the first command took the lock: it writes its pid into the lock file after taking it
+    def held() -> bool:
         path = run / LOCK_FILE
         return path.is_file() and path.read_text().strip() != ""
 
     for trial in range(10):
-        # the second command starts once the first holds the folder, and the first fine-tunes long enough to still
-        # hold it when the second asks (started at the same instant, a loaded machine can let the first finish
-        # before the second has imported torch, and a rerun of the same finished experiment is allowed)
         run = tmp_path / f"run{trial}"
-        first = start(epochs=30)
+        first, second = start(f"first{trial}"), start(f"second{trial}")
+        time.sleep(1.0)
+        (tmp_path / f"first{trial}.go").touch()
         while not held() and first.poll() is None:
-            time.sleep(0.01)
-        procs = [first, start(epochs=1)]
+            time.sleep(0.005)
+        (tmp_path / f"second{trial}.go").touch()
         started = time.time()
-        results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+        results = [(p.wait(timeout=300), p.stderr.read()) for p in (first, second)]
         assert [code for code, _ in results] == [0, 2], (trial, results)
-        refused = next(err for code, err in results if code == 2)
-        assert "is in use by another healing-pl command" in refused, refused
+        assert "is in use by another healing-pl command" in results[1][1], results[1][1]
         assert time.time() - started < 300
         assert verify(run).ok, verify(run).message
 
