@@ -351,9 +351,10 @@ def _splits_of(checkpoint) -> dict | None:
     return splits if isinstance(splits, dict) else None
 
 
-def _requested_ids(path: str) -> set[int]:
-    """The sample ids a requests file names by id (lines that are not plain requests are left to its reader)."""
-    named: set[int] = set()
+def _names_every(path: str, primary: set[int]) -> bool:
+    """Whether a requests file names every sample of ``primary`` by id (lines that are not plain requests are
+    left to its reader); memory follows ``primary``, not the file."""
+    missing = set(primary)
     with open(path, "rb") as f:
         for line in f:
             try:
@@ -361,8 +362,10 @@ def _requested_ids(path: str) -> set[int]:
             except (ValueError, AttributeError):
                 continue
             if isinstance(value, int) and not isinstance(value, bool):
-                named.add(value)
-    return named
+                missing.discard(value)
+                if not missing:
+                    return True
+    return False
 
 
 def preflight(subcommand: str, cfg, checkpoint) -> None:
@@ -386,9 +389,8 @@ def preflight(subcommand: str, cfg, checkpoint) -> None:
             )
     requests = cfg.get("requests")
     if requests and os.path.isfile(requests) and n_train and subcommand != "stream":
-        named = _requested_ids(requests)
         primary = {int(i) for i in splits.get("primary", ())}
-        if primary and primary <= named:
+        if primary and _names_every(requests, primary):
             raise ValueError(
                 f"requests file '{requests}' names every one of the {n_train} training samples; nothing would "
                 "remain to train on."

@@ -87,12 +87,16 @@ class HealingTrainer(L.Trainer):
         return [evaluation, RunWriter("fit", self.run_dir, self.run_config or {}, [evaluation])]
 
     @staticmethod
-    def _requests(path: str | None, adversary: Selector, datamodule) -> RequestsFile | None:
+    def _requests(path: str | None, adversary: Selector, datamodule, root: str | None = None) -> RequestsFile | None:
         """The checked ``--requests`` file (before anything is written), or the adversary's budget checked."""
         if path is None:
+            if root is not None:
+                raise ValueError("--requests_root names where a requests file's images may lie; give --requests too.")
             adversary.validate(len(datamodule.primary_ids), datamodule.num_classes)
             return None
-        return read_requests(path, datamodule.pool.train)
+        if root is not None and not os.path.isdir(root):
+            raise ValueError(f"requests_root '{root}' is not a folder.")
+        return read_requests(path, datamodule.pool.train, root=root)
 
     def unlearn(
         self,
@@ -104,6 +108,7 @@ class HealingTrainer(L.Trainer):
         gold: bool = False,
         attack_strength: bool = False,
         requests: str | None = None,
+        requests_root: str | None = None,
     ):
         """Unlearn an adversary's forget set from a baseline checkpoint and evaluate the result.
 
@@ -121,13 +126,15 @@ class HealingTrainer(L.Trainer):
                 "image": "path/relative/to/the/file.png"}, optional "kind" (user). When given, the adversary
                 is not used (--adversary.* is ignored): the requests, in file order, pass the membership
                 check and go to the ledger like the adversary's.
+            requests_root: the folder that the requests file's image paths must stay inside (default: the
+                requests file's own folder); a path leading out of it is refused.
         """
         unlearn, adversary = _default("unlearn", unlearn), _default("adversary", adversary)
         baseline = load_baseline(ckpt_path, model, datamodule)
         if unlearn.ensemble and getattr(unlearn, "shard", None) is not None:  # one shard job of a cluster's SISA
             self.fit_phases("unlearn", model, datamodule, [SisaShardJob(baseline, unlearn)], epochs=0)
             return
-        requests_file = self._requests(requests, adversary, datamodule)
+        requests_file = self._requests(requests, adversary, datamodule, requests_root)
         phase = UnlearnPhase(
             baseline,
             adversary,
@@ -150,6 +157,7 @@ class HealingTrainer(L.Trainer):
         twins: TwinsConfig = TwinsConfig(),
         heal: HealConfig = HealConfig(),
         requests: str | None = None,
+        requests_root: str | None = None,
     ):
         """Unlearn a forget set from a baseline, find twins, and heal by fine-tuning on R plus twins.
 
@@ -166,10 +174,12 @@ class HealingTrainer(L.Trainer):
                 "image": "path/relative/to/the/file.png"}, optional "kind" (user). When given, the adversary
                 is not used (--adversary.* is ignored): the requests, in file order, pass the membership
                 check and go to the ledger like the adversary's.
+            requests_root: the folder that the requests file's image paths must stay inside (default: the
+                requests file's own folder); a path leading out of it is refused.
         """
         unlearn, adversary = _default("unlearn", unlearn), _default("adversary", adversary)
         baseline = load_baseline(ckpt_path, model, datamodule)
-        requests_file = self._requests(requests, adversary, datamodule)
+        requests_file = self._requests(requests, adversary, datamodule, requests_root)
         unlearned = UnlearnPhase(
             baseline, adversary, unlearn, gold=heal.gold, run_dir=self.run_dir, requests=requests_file
         )
@@ -202,6 +212,7 @@ class HealingTrainer(L.Trainer):
         twins: TwinsConfig = TwinsConfig(),
         heal: HealConfig = HealConfig(),
         requests: str | None = None,
+        requests_root: str | None = None,
     ):
         """Apply a stream of benign and adversarial unlearn requests in rounds, evaluating after each.
 
@@ -220,12 +231,14 @@ class HealingTrainer(L.Trainer):
                 is not used (--adversary.* and stream.benign_ratio, order, n_users, name_by are ignored):
                 the requests, in file order and rounds of stream.round_size, pass the membership check and go
                 to the ledger like the adversary's.
+            requests_root: the folder that the requests file's image paths must stay inside (default: the
+                requests file's own folder); a path leading out of it is refused.
         """
         unlearn, adversary = _default("unlearn", unlearn), _default("adversary", adversary)
         if heal.remain_fraction < 1:
             raise ValueError("heal.remain_fraction is a heal setting; a stream heals on R plus the twins.")
         baseline = load_baseline(ckpt_path, model, datamodule)
-        requests_file = self._requests(requests, adversary, datamodule)
+        requests_file = self._requests(requests, adversary, datamodule, requests_root)
         phase = StreamPhase(
             baseline,
             unlearn=unlearn,

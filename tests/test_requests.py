@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from healing_pl.adversary.ledger import verify
-from healing_pl.adversary.membership import sample_hash
+from healing_pl.adversary.membership import Request, sample_hash
 from healing_pl.adversary.requests import image_hash, read_requests
 from healing_pl.data.datasets import build_pool
 from healing_pl.main import main
@@ -205,26 +205,132 @@ def test_the_file_hash_is_the_sha256_of_its_bytes_read_in_lines(tmp_path, pool):
 
 MILLION = """
 import resource, sys
+from healing_pl.adversary.ledger import Ledger
 from healing_pl.adversary.requests import read_requests
+from healing_pl.data.datamodule import HealingDataModule
+from healing_pl.phases.forget import request_forget_set
+dm = HealingDataModule(dataset="digits")
+dm.setup("fit")
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 got = read_requests(sys.argv[1], None)
-print(len(got.requests), (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+read = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+forget = request_forget_set(None, None, dm, ledger=Ledger(sys.argv[2]), requests=got)
+done = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(len(got.requests), forget.requested, len(forget.ids), (read - before) // 1024, (done - before) // 1024)
 """
 
 
 @pytest.mark.slow
 def test_a_million_line_requests_file_stays_under_500_mb(tmp_path):
-    """The peak memory that reading adds to the process (torch's import alone is several hundred MB)."""
+    """The peak memory that reading, deciding and writing a million requests to the ledger add to the process
+    (torch's import and the pool alone are about a gigabyte); measured 15 MB to read, 240 MB in all."""
     import subprocess
     import sys
 
     path = tmp_path / "million.jsonl"
     with open(path, "w") as f:
         for i in range(1_000_000):
-            f.write(f'{{"requester": "user-{i % 1000}", "sample_id": {i}}}\n')
-    out = subprocess.run([sys.executable, "-c", MILLION, str(path)], capture_output=True, text=True, check=True)
-    n, peak_mb = map(int, out.stdout.split())
-    assert n == 1_000_000 and peak_mb < 500, peak_mb
+            f.write(f'{{"requester": "user-{i % 1000}", "sample_id": {i % 1500 if i < 3000 else 10**6 + i}}}\n')
+    args = [sys.executable, "-c", MILLION, str(path), str(tmp_path / "run")]
+    out = subprocess.run(args, capture_output=True, text=True, check=True)
+    n, requested, accepted, read_mb, total_mb = map(int, out.stdout.split())
+    assert n == requested == 1_000_000 and 0 < accepted <= 1500
+    assert read_mb < 50 and total_mb < 500, (read_mb, total_mb)
+    assert verify(tmp_path / "run").ok
+
+
+def test_columns_give_back_the_requests_as_written(tmp_path, pool):
+    """Ids (a negative one and one beyond 64 bits, both only rejectable), hashes, images and kinds come back as
+    the Request each line names, by index, negative index, slice and iteration."""
+    _png(pool, 5, tmp_path / "five.png")
+    h = sample_hash(pool[2][0])
+    lines = [
+        {"requester": "a", "sample_id": 7},
+        {"requester": "b", "sample_hash": h.upper(), "kind": "adversarial"},
+        {"requester": "a", "image": "five.png", "kind": "benign"},
+        {"requester": "c", "sample_id": -3},
+        {"requester": "a", "sample_id": 10**30},
+    ]
+    expected = [
+        Request("a", sample_id=7, kind="user"),
+        Request("b", sample_hash=h, kind="adversarial"),
+        Request("a", sample_hash=sample_hash(pool[5][0]), kind="benign"),
+        Request("c", sample_id=-3, kind="user"),
+        Request("a", sample_id=10**30, kind="user"),
+    ]
+    got = _read(tmp_path, pool, lines).requests
+    assert len(got) == 5 and list(got) == expected and got[1:4] == expected[1:4] and got[-1] == expected[-1]
+    with pytest.raises(IndexError):
+        got[5]
+
+
+def test_a_file_decided_in_chunks_writes_the_ledger_one_batch_would(tmp_path, pool, monkeypatch):
+    """Duplicates and repeats of one requester straddle the chunk boundaries: the same decisions, the same
+    request ids (occurrence numbers run across chunks) and the same accepted set as one batch."""
+    from healing_pl.adversary.ledger import Ledger
+    from healing_pl.data.datamodule import HealingDataModule
+    from healing_pl.phases import forget
+
+    dm = HealingDataModule(dataset="digits")
+    dm.setup("fit")
+    primary = [int(i) for i in dm.primary_ids]
+    named = [primary[0], primary[1], primary[0], primary[2], primary[1], 10**6, primary[0], 10**6, primary[3]]
+    lines = [{"requester": "u" if i % 3 else "v", "sample_id": sid} for i, sid in enumerate(named)]
+    requests = _read(tmp_path, pool, lines)
+
+    def ledger_of(chunk: int, run: str):
+        monkeypatch.setattr(forget, "CHUNK", chunk)
+        got = forget.request_forget_set(None, None, dm, ledger=Ledger(tmp_path / run), requests=requests)
+        entries = [json.loads(x) for x in (tmp_path / run / "ledger.jsonl").read_text().splitlines()]
+        return got, [(e["request_id"], e["reason"]) for e in entries]
+
+    whole, whole_lines = ledger_of(10_000, "whole")
+    chunked, chunked_lines = ledger_of(2, "chunked")
+    assert chunked_lines == whole_lines and len(whole_lines) == len(named)
+    assert len({rid for rid, _ in whole_lines}) == len(named)  # every request its own id
+    assert chunked.ids.tolist() == whole.ids.tolist() == primary[:4]
+    assert chunked.request_ids == whole.request_ids and chunked.reasons == whole.reasons
+    assert whole.reasons == {"member": 4, "duplicate": 3, "unknown_id": 2}
+
+
+def test_occurrences_count_repeats_exactly():
+    from collections import Counter
+
+    from healing_pl.adversary.ledger import Occurrences
+
+    rng = np.random.default_rng(0)
+    pairs = [(f"r{a}", f"id:{b}") for a, b in rng.integers(0, 30, size=(2000, 2))]
+    occurrences, exact = Occurrences(), Counter()
+    for pair in pairs:
+        assert occurrences.next(*pair) == exact[pair]
+        exact[pair] += 1
+
+
+def test_requests_root_from_the_command_line(in_tmp, configs_dir, baseline, pool, capsys):
+    """--requests_root lets images lie beside the requests file's folder; without --requests, or naming no
+    folder, it stops before anything is written."""
+    ckpt, primary, _ = baseline
+    (in_tmp / "images").mkdir()
+    (in_tmp / "lists").mkdir()
+    _png(pool, primary[4], in_tmp / "images" / "x.png")
+    requests = _write(in_tmp / "lists" / "r.jsonl", [{"requester": "a", "image": "../images/x.png"}])
+    run = in_tmp / "run"
+    assert main(_args("unlearn", configs_dir, ckpt, run, requests, f"--requests_root={in_tmp}")) == 0
+    assert json.loads((run / "results.json").read_text())["forget/ids"] == [primary[4]]
+    for extra, expected in (
+        ([], "image '../images/x.png' lies outside the requests root"),
+        ([f"--requests_root={in_tmp / 'nowhere'}"], f"requests_root '{in_tmp / 'nowhere'}' is not a folder."),
+    ):
+        other = in_tmp / f"run-{len(extra)}"
+        capsys.readouterr()
+        assert main(_args("unlearn", configs_dir, ckpt, other, requests, *extra)) == 2
+        errors = [x for x in capsys.readouterr().err.splitlines() if x.startswith("healing-pl: error:")]
+        assert len(errors) == 1 and expected in errors[0], errors
+        assert not other.exists() or not any(other.iterdir())
+    no_file = [a for a in _args("unlearn", configs_dir, ckpt, in_tmp / "run-x", requests) if "--requests=" not in a]
+    capsys.readouterr()
+    assert main([*no_file, f"--requests_root={in_tmp}"]) == 2
+    assert "give --requests too" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -257,3 +363,14 @@ def test_bad_requests_files_exit_2_and_write_nothing(in_tmp, configs_dir, baseli
     errors = [x for x in capsys.readouterr().err.splitlines() if x.startswith("healing-pl: error:")]
     assert len(errors) == 1 and re.search(expected, errors[0]) and errors[0].endswith("."), errors
     assert not run.exists() or not any(run.iterdir())
+
+
+def test_a_file_naming_a_whole_class_is_whole_class_forgetting(in_tmp, configs_dir, baseline, pool):
+    """Emptying one class is a supported setting (not a refusal): the heal runs and forgets exactly the class."""
+    ckpt, primary, _ = baseline
+    sevens = [i for i in primary if int(pool[i][1]) == 7]
+    requests = _write(in_tmp / "r.jsonl", [{"requester": "owner", "sample_id": i} for i in sevens])
+    run = in_tmp / "heal"
+    assert main(_args("heal", configs_dir, ckpt, run, requests, "--heal.epochs=1", "--twins.metric=RawL2")) == 0
+    r = json.loads((run / "results.json").read_text())
+    assert sorted(r["forget/ids"]) == sorted(sevens) and r["forget/classes"][7] == len(sevens)

@@ -95,6 +95,7 @@ __all__ = [
     "GENESIS",
     "KEY_ENV",
     "Ledger",
+    "Occurrences",
     "LedgerState",
     "VerifyReport",
     "ledger_main",
@@ -122,6 +123,30 @@ def utc_now() -> str:
 
 def _sample_key(sample_id: int | None, sample_hash: str | None) -> str:
     return sample_hash if sample_hash is not None else f"id:{sample_id}"
+
+
+class Occurrences:
+    """How many times each (requester, sample key) was already named in one round, across :meth:`Ledger.record`
+    calls (a round written in chunks numbers its repeats as one call would).
+
+    A pair named once costs a 64-bit digest in a set (about 60 bytes); only pairs named again get an exact
+    counter. Two different pairs that share a digest (about 3e-8 for a million pairs) give the second one
+    occurrence 1 instead of 0: its request id is still unique and the same on every rerun.
+    """
+
+    def __init__(self) -> None:
+        self._once: set[int] = set()
+        self._again: Counter = Counter()
+
+    def next(self, requester: str, sample_key: str) -> int:
+        """The occurrence number of this pair (0 the first time), counting it."""
+        text = f"{requester}\x1f{sample_key}".encode()
+        digest = int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big")
+        if digest not in self._once:
+            self._once.add(digest)
+            return 0
+        self._again[(requester, sample_key)] += 1
+        return self._again[(requester, sample_key)]
 
 
 def make_request_id(requester: str, sample_key: str, round_index: int, occurrence: int = 0) -> str:
@@ -560,19 +585,21 @@ class Ledger:
         self._lines, self._prev = self._lines + len(lines), prev
         self._write_head()
 
-    def record(self, decisions: Sequence[Decision], round_index: int) -> list[str]:
+    def record(
+        self, decisions: Sequence[Decision], round_index: int, occurrences: Occurrences | None = None
+    ) -> list[str]:
         """Write the decisions of one batch (one write, one fsync); return their request ids in order.
 
         A decision whose request id is already in the ledger is not written
-        again (that is what makes a replay idempotent).
+        again (that is what makes a replay idempotent). ``occurrences``: pass one :class:`Occurrences` to
+        every call that writes a part of the same round (a long requests file written in chunks).
         """
         ids, new = [], []
-        seen: Counter = Counter()
+        occurrences = Occurrences() if occurrences is None else occurrences
         time = utc_now()
         for d in decisions:
             key = _sample_key(d.sample_id, d.sample_hash)
-            occurrence = seen[(d.request.requester, key)]
-            seen[(d.request.requester, key)] += 1
+            occurrence = occurrences.next(d.request.requester, key)
             rid = make_request_id(d.request.requester, key, round_index, occurrence)
             ids.append(rid)
             if rid in self._request_ids:

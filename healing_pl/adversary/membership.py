@@ -239,14 +239,16 @@ class MembershipIndex:
         return (present or copies)[0], request.sample_hash
 
     # ---------------------------------------------------------------- decide
-    def check(self, requests: Iterable[RequestLike]) -> list[Decision]:
-        """Decide one batch of requests, in order; changes nothing.
+    def check(self, requests: Iterable[RequestLike], claimed: set[int] | None = None) -> list[Decision]:
+        """Decide one batch of requests, in order; changes nothing (but ``claimed``).
 
         Within the batch, a sample named again after an earlier request for
-        it is a ``duplicate`` (whatever the earlier decision was).
+        it is a ``duplicate`` (whatever the earlier decision was). ``claimed``: the pool ids named so far,
+        updated in place; pass one set to every call that decides a part of the same batch (a long requests
+        file decided in chunks).
         """
         decisions = []
-        claimed: set[int] = set()
+        claimed = set() if claimed is None else claimed
         member, unlearned = self._member_np, self._unlearned_np
         for raw in requests:
             request = raw if isinstance(raw, Request) else self.as_request(raw)

@@ -18,7 +18,9 @@ Image paths resolve inside one root (``read_requests(root=...)``, default: the r
 that leaves it (``..``, an absolute path, a symbolic link pointing out) is refused with the same sentence whether
 or not anything exists there, and only regular files are opened (a FIFO or a device is refused without blocking).
 Fields are bounded: a line of at most 64 KiB, a requester of at most 256 characters, an image path of at most
-4,096. The file is read line by line, so memory follows the number of requests, not the file's bytes.
+4,096. The file is read line by line into columns (:class:`RequestColumns`, about 16 bytes a request named by
+id, 48 by hash); :class:`~healing_pl.adversary.membership.Request` objects are built only as they are used, so a
+million-line file takes tens of megabytes, not hundreds.
 
 :func:`read_requests` checks the whole file before anything runs: a missing file, a line that is not a JSON
 object (by line number), a line naming no sample or two at once, an unknown key or a wrong value, and an image
@@ -32,6 +34,8 @@ import json
 import os
 import re
 import stat
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +43,7 @@ import torch
 from healing_pl import records as rk
 from healing_pl.adversary.membership import KINDS, Request, sample_hash
 
-__all__ = ["KEYS", "RequestsFile", "read_requests", "image_hash"]
+__all__ = ["KEYS", "RequestColumns", "RequestsFile", "read_requests", "image_hash"]
 
 #: The keys a line may carry.
 KEYS: tuple[str, ...] = ("requester", "sample_id", "sample_hash", "image", "kind")
@@ -51,13 +55,82 @@ MAX_REQUESTER_CHARS = 256
 MAX_IMAGE_PATH_CHARS = 4_096
 
 
+class RequestColumns(Sequence[Request]):
+    """Requests kept as columns, each :class:`Request` built when it is read (an index, a slice, iteration).
+
+    A request costs a requester index (4 bytes), its kind and naming (2 bytes) and a slot (8 bytes): the
+    sample id, or the position of its 32-byte hash. Requester names are stored once each. An id outside
+    64 bits (it can only be rejected) is kept aside as written.
+    """
+
+    _KIND_CODES = {kind: i for i, kind in enumerate(KINDS)}
+
+    def __init__(self) -> None:
+        self._requester = array("I")
+        self._names: list[str] = []
+        self._name_index: dict[str, int] = {}
+        self._kind = bytearray()
+        self._by_hash = bytearray()  # 0: by id, 1: by hash, 2: by an id outside 64 bits (in _wide)
+        self._slot = array("q")
+        self._hashes = bytearray()
+        self._wide: dict[int, int] = {}
+
+    def append(self, requester: str, kind: str, sample_id: int | None = None, sample_hash: str | None = None) -> None:
+        index = self._name_index.get(requester)
+        if index is None:
+            index = self._name_index[requester] = len(self._names)
+            self._names.append(requester)
+        row = len(self._kind)
+        self._requester.append(index)
+        self._kind.append(self._KIND_CODES[kind])
+        if sample_hash is not None:
+            self._by_hash.append(1)
+            self._slot.append(len(self._hashes) // 32)
+            self._hashes += bytes.fromhex(sample_hash)
+        elif -(2**63) <= sample_id < 2**63:
+            self._by_hash.append(0)
+            self._slot.append(sample_id)
+        else:
+            self._by_hash.append(2)
+            self._slot.append(0)
+            self._wide[row] = sample_id
+
+    def set_hash(self, row: int, sample_hash: str) -> None:
+        """Give the request in ``row`` (named by hash) its hash: an image's, once the image is decoded."""
+        assert self._by_hash[row] == 1, "only a request named by hash has a hash slot"
+        slot = self._slot[row]
+        self._hashes[32 * slot : 32 * slot + 32] = bytes.fromhex(sample_hash)
+
+    def __len__(self) -> int:
+        return len(self._kind)
+
+    def _build(self, row: int) -> Request:
+        requester, kind = self._names[self._requester[row]], KINDS[self._kind[row]]
+        how, slot = self._by_hash[row], self._slot[row]
+        if how == 1:
+            return Request(requester, sample_hash=self._hashes[32 * slot : 32 * slot + 32].hex(), kind=kind)
+        return Request(requester, sample_id=slot if how == 0 else self._wide[row], kind=kind)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self._build(row) for row in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError("request index out of range")
+        return self._build(index)
+
+    def __iter__(self) -> Iterator[Request]:
+        return (self._build(row) for row in range(len(self)))
+
+
 @dataclass(frozen=True)
 class RequestsFile:
     """A checked requests file: its requests in file order (images already resolved to content hashes)."""
 
     path: str
     sha256: str  # of the file's bytes
-    requests: tuple[Request, ...]
+    requests: Sequence[Request]  # a RequestColumns (or any sequence of Request)
 
     def record(self) -> dict:
         """What ``results.json`` says about the source of the requests (the adversary was not used)."""
@@ -109,8 +182,8 @@ def _parse_line(text: str, number: int, where: str) -> dict:
 def read_requests(path: str, dataset, root: str | None = None) -> RequestsFile:
     """Read and check a requests file against the pool ``dataset`` (``dataset[i] -> (x, y)``).
 
-    The file is read line by line (memory grows with the requests kept, not with the file's bytes); every line
-    is checked before any image is decoded; each image becomes a request by content hash (:func:`image_hash`).
+    The file is read line by line into :class:`RequestColumns` (a few bytes a request); every line is checked
+    before any image is decoded; each image becomes a request by content hash (:func:`image_hash`).
     ``root``: the folder image paths (relative to the requests file) must stay in (default: the requests file's
     folder); a path that leaves it
     (``..``, an absolute path, a symbolic link) or names anything but a regular file is refused, with the
@@ -121,8 +194,8 @@ def read_requests(path: str, dataset, root: str | None = None) -> RequestsFile:
         raise FileNotFoundError(f"requests file '{path}' does not exist.")
     where = f"requests file '{path}'"
     digest = hashlib.sha256()
-    entries: list[tuple[int, dict]] = []
-    interned: dict[str, str] = {}
+    columns = RequestColumns()
+    images: dict[int, tuple[int, str]] = {}  # row -> (line number, image path), decoded once every line is checked
     with open(path, "rb") as f:
         for number, line in enumerate(iter(lambda: f.readline(MAX_LINE_BYTES + 1), b""), start=1):
             digest.update(line)
@@ -135,26 +208,19 @@ def read_requests(path: str, dataset, root: str | None = None) -> RequestsFile:
             if not text.strip():
                 continue
             entry = _parse_line(text, number, where)
-            entry["requester"] = interned.setdefault(entry["requester"], entry["requester"])
-            entry["kind"] = interned.setdefault(entry["kind"], entry["kind"])
             if "image" in entry:
-                entries.append((number, entry))
-            else:
-                entries.append((number, Request(**entry)))  # type: ignore[arg-type]
-    if not entries:
+                images[len(columns)] = (number, entry.pop("image"))
+                entry["sample_hash"] = "00" * 32  # replaced below
+            columns.append(**entry)
+    if not len(columns):
         raise ValueError(f"requests file '{path}' holds no requests.")
     folder = os.path.dirname(os.path.abspath(path))
     base = os.path.realpath(root if root is not None else folder)
     matcher = _ImageMatcher(dataset)
-    requests = []
-    for number, entry in entries:
-        if isinstance(entry, Request):
-            requests.append(entry)
-            continue
-        image = entry.pop("image")
-        entry["sample_hash"] = matcher.hash_inside(base, folder, image, f"line {number} of {where}")
-        requests.append(Request(**entry))
-    return RequestsFile(path, digest.hexdigest(), tuple(requests))
+    for row, (number, image) in images.items():
+        digest_of_image = matcher.hash_inside(base, folder, image, f"line {number} of {where}")
+        columns.set_hash(row, digest_of_image)
+    return RequestsFile(path, digest.hexdigest(), columns)
 
 
 def _inside(base: str, folder: str, image: str, where: str) -> str:

@@ -248,14 +248,16 @@ def run_rounds(
     that accepted requests gets an ``applied`` line naming them and the hash,
     before its summary.
     """
-    rounds = [list(requests) for requests in stream]
+    # a sequence of rounds (e.g. slices of a long requests file) is read one round at a time
+    rounds = stream if isinstance(stream, Sequence) else [list(requests) for requests in stream]
     resume_at = len(rounds)  # rounds before it are skipped
     if restore is not None:
         resume_at = _applied_prefix(ledger, len(rounds))
         while resume_at > 0 and not restore(resume_at - 1):
             resume_at -= 1
     records = []
-    for round_index, requests in enumerate(rounds):
+    for round_index in range(len(rounds)):
+        requests = list(rounds[round_index])
         if not requests:
             raise ValueError(f"Round {round_index} of the stream has no requests.")
         decisions = membership.check(requests)

@@ -9,8 +9,12 @@ import torch
 
 from healing_pl import records as rk
 from healing_pl.adversary import Selector
+from healing_pl.adversary.ledger import Occurrences
 from healing_pl.adversary.requests import RequestsFile
 from healing_pl.unlearning import UNLEARNERS, Context, Unlearner
+
+#: requests decided and written to the ledger per step (one write and one fsync each)
+CHUNK = 10_000
 
 
 @dataclass(frozen=True)
@@ -129,17 +133,33 @@ def request_forget_set(
 
     membership = MembershipIndex(datamodule.pool.train, datamodule.primary_ids)
     if requests is not None:
-        decisions = membership.check(requests.requests)
+        listed = requests.requests
     else:
         requested = select_forget_ids(adversary, model, datamodule, progress, unlearn, context)
         requester = f"adversary-{adversary.name}"
-        decisions = membership.check([Request(requester, sample_id=int(i), kind="adversarial") for i in requested])
-    request_ids = ledger.record(decisions, round_index=0) if ledger is not None else []
-    accepted_requests = tuple(rid for rid, d in zip(request_ids, decisions) if d.accepted)
-    accepted = torch.tensor([d.sample_id for d in decisions if d.accepted], dtype=torch.long)
-    reasons = dict(Counter(d.reason for d in decisions))
+        listed = [Request(requester, sample_id=int(i), kind="adversarial") for i in requested]
+    # decided and written in chunks: memory follows the accepted requests (at most the training set), not the
+    # file's length; one claimed set and one occurrence count make the chunks decide as one batch would
+    claimed: set[int] = set()
+    occurrences = Occurrences()
+    accepted_ids: list[int] = []
+    accepted_requests_list: list[str] = []
+    counts: Counter = Counter()
+    for start in range(0, len(listed), CHUNK):
+        decisions = membership.check(listed[start : start + CHUNK], claimed=claimed)
+        ids = ledger.record(decisions, 0, occurrences) if ledger is not None else [None] * len(decisions)
+        counts.update(d.reason for d in decisions)
+        for rid, d in zip(ids, decisions):
+            if d.accepted:
+                accepted_ids.append(d.sample_id)
+                if rid is not None:
+                    accepted_requests_list.append(rid)
+    n_decided = len(listed)
+    accepted_requests = tuple(accepted_requests_list)
+    accepted = torch.tensor(accepted_ids, dtype=torch.long)
+    reasons = dict(counts)
     if accepted.numel() == 0:
-        raise ValueError(f"all {len(decisions)} unlearn requests were rejected ({reasons}); nothing to unlearn.")
+        raise ValueError(f"all {n_decided} unlearn requests were rejected ({reasons}); nothing to unlearn.")
     if accepted.numel() == len(datamodule.primary_ids):
         message = "the forget set covers the whole primary set; nothing would remain to train on."
         if accepted_requests:
@@ -147,5 +167,5 @@ def request_forget_set(
         raise ValueError(message)
     classes = torch.bincount(datamodule.targets[accepted], minlength=datamodule.num_classes).tolist()
     return ForgetSet(
-        accepted, adversary, len(decisions), reasons, classes, len(datamodule.primary_ids), accepted_requests, requests
+        accepted, adversary, n_decided, reasons, classes, len(datamodule.primary_ids), accepted_requests, requests
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -98,7 +98,7 @@ def run_stream(
             f"{', '.join(cls.__name__ for cls in UNLEARNERS.classes() if not cls.ensemble)}."
         )
     if requests is not None:
-        listed = list(requests.requests)
+        listed = requests.requests  # columns: each round's requests are built as it runs
     else:
         adversarial = select_forget_ids(adversary, model, datamodule, context.progress, unlearn, context)
         listed = RequestStream(
@@ -113,7 +113,7 @@ def run_stream(
             seed=stream.seed,
         ).requests
     size = stream.round_size
-    stream_rounds = [listed[i : i + size] for i in range(0, len(listed), size)]
+    stream_rounds = _Rounds(listed, size)
     kinds = Counter(r.kind for r in listed)
     membership = MembershipIndex(datamodule.pool.train, datamodule.primary_ids)
     policy = spare_policy(twins, model, datamodule) if stream.heal and twins.metric is not None else None
@@ -219,3 +219,18 @@ def run_stream(
         requests,
         kinds["user"],
     )
+
+
+class _Rounds(Sequence):
+    """``requests`` cut into rounds of ``size``, each round's list built when it is read."""
+
+    def __init__(self, requests: Sequence, size: int):
+        self.requests, self.size = requests, size
+
+    def __len__(self) -> int:
+        return -(-len(self.requests) // self.size)
+
+    def __getitem__(self, index: int) -> list:
+        if not 0 <= index < len(self):
+            raise IndexError("round index out of range")
+        return list(self.requests[index * self.size : (index + 1) * self.size])
