@@ -90,6 +90,23 @@ def write_report(text: str, records: list[dict], output: str, source: str | None
     write_atomic(output, payload)
 
 
+def write_figures(records: list[dict], folder: str) -> list[str]:
+    """The report's figures as PNG files in ``folder``; returns their paths (none: no series to draw)."""
+    import io
+
+    from healing_pl.report.deletion import deletion_figure, deletion_series
+
+    paths = []
+    for k, series in enumerate(deletion_series(records)):
+        buffer = io.BytesIO()
+        deletion_figure(series).savefig(buffer, format="png", dpi=120)
+        path = os.path.join(folder, f"deletion-{k}.png")
+        os.makedirs(folder, exist_ok=True)
+        write_atomic(path, buffer.getvalue())
+        paths.append(path)
+    return paths
+
+
 def report_main(argv: list[str]) -> int:
     parser = OneLineParser(
         prog="healing-pl report", description="Tables comparing finished runs (reads their results.json)."
@@ -97,6 +114,12 @@ def report_main(argv: list[str]) -> int:
     parser.add_argument("paths", nargs="+", help="run folders (searched recursively) or results.json files")
     parser.add_argument(
         "--output", help="also write the report to this file: .md, .json, or .html (a self-contained dashboard)"
+    )
+    parser.add_argument(
+        "--figures",
+        metavar="DIR",
+        help="also write the report's figures as PNG files into DIR (deletion-<k>.png: accuracy and unlearning "
+        "time against the deletion fraction, the paper's Figures 1-2)",
     )
     parser.add_argument(
         "--wandb-report",
@@ -135,6 +158,16 @@ def report_main(argv: list[str]) -> int:
             )
             return 2
         print(f"report written to {args.output}")
+    if args.figures:
+        try:
+            for path in write_figures(records, args.figures):
+                print(f"figure written to {path}")
+        except OSError as err:
+            print(
+                f"healing-pl report: error: --figures '{args.figures}' cannot be written: {err.strerror}.",
+                file=sys.stderr,
+            )
+            return 2
     if args.wandb_report is not None:
         from healing_pl.report.wandb_report import publish
 

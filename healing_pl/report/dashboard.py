@@ -37,6 +37,7 @@ import yaml
 
 from healing_pl import records as rk
 from healing_pl.report import stats
+from healing_pl.report.deletion import deletion_figure, deletion_markdown, deletion_series
 from healing_pl.report.tables import (
     Stat,
     derived_warning,
@@ -1075,6 +1076,13 @@ def dashboard_html(records: list[dict], source: str | None = None) -> str:
         if uri:
             body.append(_figure(uri, "unlearned test accuracy per selector and method (BL dashed)"))
         body.append(markdown_to_html(unlearning_table(records)))
+        series = deletion_series(records)
+        if series:
+            body.append("<h2>Against the deletion fraction (the paper's Figures 1–2)</h2>")
+            for s in series:
+                caption = f"{s['title']}: test accuracy and wall time against the share of the training set forgotten"
+                body.append(_figure(png_data_uri(deletion_figure(s)), caption, full=True))
+            body.append(markdown_to_html(deletion_markdown(series)))
     if counts.get(rk.STREAM):
         body.append("<h2>Streams</h2>")
         uri = stream_figure(records)

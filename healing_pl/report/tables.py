@@ -1061,6 +1061,11 @@ def report(records: list[dict], source: str | None = None, stderr=None) -> str:
         parts += ["## Baselines", "", fit_table(records), ""]
     if any(r.get(rk.PHASE) == rk.UNLEARN for r in records):
         parts += ["## Unlearning", "", unlearning_table(records), ""]
+        from healing_pl.report.deletion import deletion_markdown, deletion_series  # it builds on this module
+
+        series = deletion_series(records)
+        if series:
+            parts += ["## Against the deletion fraction (the paper's Figures 1–2)", "", deletion_markdown(series), ""]
     if any(r.get(rk.PHASE) == rk.HEAL for r in records):
         parts += ["## Healing (the paper's Table 4 shape; accuracies in %)", "", healing_table(records), ""]
     if any(r.get(rk.PHASE) in (rk.HEAL, rk.UNLEARN) for r in records):

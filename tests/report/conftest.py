@@ -135,16 +135,18 @@ def heal_record(
     return run_record(rk.HEAL, header(cfg, run or f"runs/g/heal-{metric}-{seed}-{sha[:4]}"), cfg, results)
 
 
-def unlearn_record(seed, acc, *, cfg=None, gs=0.9, bl=0.95, time_s=2.0, info=None, run=None) -> dict:
+def unlearn_record(
+    seed, acc, *, cfg=None, gs=0.9, bl=0.95, time_s=2.0, info=None, run=None, count=10, gold_time_s=30.0
+) -> dict:
     """An unlearn record of seed ``seed`` (its baseline, data split and method seeded alike)."""
     cfg = config() if cfg is None else copy.deepcopy(cfg)
     cfg["seed_everything"] = cfg["data"]["seed"] = cfg["unlearn"]["init_args"]["seed"] = seed
     name = instance(UNLEARNERS, cfg["unlearn"]).name
     results = [
         baseline(cfg, f"{seed}" * 64, seed),
-        forget_set(cfg),
+        forget_set(cfg, count),
         Evaluation(rk.BASELINE, bl, bl, bl),
-        Gold(Evaluation(rk.GOLD, gs, gs, 0.0), 30.0, False),
+        Gold(Evaluation(rk.GOLD, gs, gs, 0.0), gold_time_s, False),
         unlearned(cfg, acc, time_s=time_s, info=info),
     ]
     return run_record(rk.UNLEARN, header(cfg, run or f"runs/u/seed-{seed}/unlearn-{name}-{acc}"), cfg, results)
