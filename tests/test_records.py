@@ -425,7 +425,7 @@ def _cells(text: str, start: str) -> list[str]:
 
 def test_the_report_shows_what_the_writers_wrote(built):
     from healing_pl.report.dashboard import dashboard_html
-    from healing_pl.report.tables import report
+    from healing_pl.report.markdown import report
 
     records = _distinct(built)
     text = report(list(records.values()), stderr=None)

@@ -42,7 +42,8 @@ from healing_pl.experiments.claims import Claims, done, lease_seconds
 from healing_pl.experiments.spec import Run, build_runs, grid_name, load_spec
 from healing_pl.files import write_atomic
 from healing_pl.report.cli import OneLineParser, check_output, write_report
-from healing_pl.report.tables import load_records, report
+from healing_pl.report.markdown import report
+from healing_pl.report.tables import load_records
 
 #: seconds between looks at runs that other runners hold
 POLL_S = 1.0

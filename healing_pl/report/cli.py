@@ -13,7 +13,8 @@ import os
 import sys
 
 from healing_pl.files import write_atomic
-from healing_pl.report.tables import healing_tables, load_records, methods_tables, report, to_json
+from healing_pl.report.markdown import report
+from healing_pl.report.tables import healing_tables, load_records, methods_tables, to_json
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -30,7 +30,6 @@ import glob
 import json
 import math
 import os
-import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -1047,30 +1046,6 @@ def fit_table(records: list[dict]) -> str:
             f"| {_stat(exp.records, rk.FIT_TEST_ACC).cell()} | {f'{t.mean:.1f}' if t.values else '—'} | {names} |"
         )
     return "\n".join(out)
-
-
-def report(records: list[dict], source: str | None = None, stderr=None) -> str:
-    """The markdown report; a folder of several experiments (or of records without an identity) is said in
-    one line each on ``stderr`` (default: sys.stderr)."""
-    stream = sys.stderr if stderr is None else stderr
-    for line in (derived_warning(records), mixed_warning(records, source)):
-        if line:
-            print(line, file=stream)
-    parts = []
-    if any(r.get(rk.PHASE) == rk.FIT for r in records):
-        parts += ["## Baselines", "", fit_table(records), ""]
-    if any(r.get(rk.PHASE) == rk.UNLEARN for r in records):
-        parts += ["## Unlearning", "", unlearning_table(records), ""]
-        from healing_pl.report.deletion import deletion_markdown, deletion_series  # it builds on this module
-
-        series = deletion_series(records)
-        if series:
-            parts += ["## Against the deletion fraction (the paper's Figures 1–2)", "", deletion_markdown(series), ""]
-    if any(r.get(rk.PHASE) == rk.HEAL for r in records):
-        parts += ["## Healing (the paper's Table 4 shape; accuracies in %)", "", healing_table(records), ""]
-    if any(r.get(rk.PHASE) in (rk.HEAL, rk.UNLEARN) for r in records):
-        parts += ["## Methods (forget quality before and after healing)", "", methods_table(records), ""]
-    return "\n".join(parts) if parts else "no finished runs found."
 
 
 def to_json(value):

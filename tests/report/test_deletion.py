@@ -8,15 +8,12 @@ from scipy import stats
 from healing_pl.adversary import SELECTORS
 from healing_pl.report.cli import report_main
 from healing_pl.report.deletion import deletion_figure, deletion_markdown, deletion_series
-from healing_pl.report.tables import report
+from healing_pl.report.markdown import report
 from tests.report.conftest import PRIMARY, chosen, config, method, unlearn_record
 
 SISA = method("sisa", shards=3, slices=5)
 #: per budget: the unlearned and GS accuracies of seeds 0-2, and the unlearning time
-GRID = {
-    0.05: ([0.95, 0.94, 0.96], [0.96, 0.96, 0.97], 20.0),
-    0.3: ([0.90, 0.88, 0.91], [0.95, 0.94, 0.95], 60.0),
-}
+GRID = {0.05: ([0.95, 0.94, 0.96], [0.96, 0.96, 0.97], 20.0), 0.3: ([0.90, 0.88, 0.91], [0.95, 0.94, 0.95], 60.0)}
 
 
 def _records(method_section=SISA, grid=GRID):

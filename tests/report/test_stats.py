@@ -21,7 +21,8 @@ from healing_pl.phases.evaluate import (
 )
 from healing_pl.phases.gold import Gold
 from healing_pl.report import stats
-from healing_pl.report.tables import healing_rows, load_records, report
+from healing_pl.report.markdown import report
+from healing_pl.report.tables import healing_rows, load_records
 
 # a worked example: test accuracy of two setups over 6 seeds (same seed, same start, same test images)
 TWINS = [0.9712, 0.9655, 0.9731, 0.9688, 0.9702, 0.9669]

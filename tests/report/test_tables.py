@@ -8,7 +8,8 @@ from scipy import stats
 
 from healing_pl import records as rk
 from healing_pl.main import main
-from healing_pl.report.tables import Stat, healing_rows, healing_tables, report
+from healing_pl.report.markdown import report
+from healing_pl.report.tables import Stat, healing_rows, healing_tables
 from tests.report.conftest import config, method
 
 
