@@ -12,9 +12,8 @@ import yaml
 
 from healing_pl.cli import FAMILIES
 from healing_pl.experiments.check import CommandChecker
-from healing_pl.experiments.grid import _export
 from healing_pl.experiments.spec import SEED_OPTIONS, build_runs, grid_name, load_spec, seed_args
-from healing_pl.experiments.sweep import agent_args, sweep_cells, sweep_parameters
+from healing_pl.experiments.sweep import agent_args, sweep_cells, sweep_parameters, sweep_run, sweep_yaml
 from healing_pl.main import main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -108,17 +107,20 @@ def test_checker_names_the_option_of_a_bad_value(checker, configs_dir):
     assert "repeats" in checker.check(base + ["--unlearn.repeats=0"])
 
 
-@pytest.mark.parametrize("dry_run", [True, False])
-def test_misspelt_option_stops_the_grid_before_any_training(in_tmp, configs_dir, capsys, dry_run):
+@pytest.mark.parametrize("how", [["--dry_run"], [], ["--export-sweep=sweep.yaml"]])
+def test_misspelt_option_stops_the_grid_before_any_training(in_tmp, configs_dir, capsys, how):
     spec = _tiny(configs_dir)
     spec["axes"]["twins"][1] = {"twins.metrc": "RawL2"}
+    if how and how[0].startswith("--export-sweep"):  # a sweep cannot carry a null inside a group of options
+        spec["axes"]["twins"][0] = {"twins.metric": "RandomMetric"}
     path = _write(in_tmp / "grid.yaml", spec)
     before = _tree(in_tmp)
-    assert main(["grid", path, "--out", str(in_tmp / "out"), *(["--dry_run"] if dry_run else [])]) == 2
+    assert main(["grid", path, "--out", str(in_tmp / "out"), *how]) == 2
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1, lines
-    assert lines[0].startswith("healing-pl grid: error: run 'heal-Fisher-1e-06-RawL2' would fail: unknown option ")
+    assert lines[0].startswith("healing-pl grid: error: ")
+    assert "'heal-Fisher-1e-06-RawL2' would fail: unknown option " in lines[0]
     assert "--twins.metrc=RawL2" in lines[0]
     assert _tree(in_tmp) == before and "[1/" not in captured.out  # no folder, no baseline
 
@@ -137,13 +139,22 @@ def test_dry_run_prints_every_command_and_writes_nothing(in_tmp, configs_dir, ca
 # --------------------------------------------------------------------------- sweeps
 @pytest.mark.parametrize("grid", sorted(p.name for p in (ROOT / "configs" / "grids").glob("*.yaml")))
 def test_exported_sweeps_equal_the_committed_files(grid, monkeypatch):
+    """The committed sweep is the text --export-sweep writes, and every cell of the first seed resolves to its grid
+    run and passes the CLI's parser (other seeds change only seed values; --export-sweep itself checks every cell,
+    tested on a small grid in test_misspelt_option_stops_the_grid_before_any_training)."""
     monkeypatch.chdir(ROOT)  # the specs name their config relative to the repository
     spec_path = f"configs/grids/{grid}"
     spec = load_spec(spec_path)
     name = grid_name(spec, spec_path)
     out = os.path.join("runs", name)
-    text = _export(spec, spec_path, out, name, f"sweeps/{grid}", build_runs(spec, out, name))
-    assert text == (ROOT / "sweeps" / grid).read_text()
+    runs = build_runs(spec, out, name)
+    cells = [list(r.args) for r in runs if r.baseline is None]
+    assert sweep_yaml(spec, spec_path, out, name, f"sweeps/{grid}", cells) == (ROOT / "sweeps" / grid).read_text()
+    checker, first = CommandChecker(), min((r.seed for r in runs if r.seed is not None), default=None)
+    for cell in sweep_cells(spec, spec_path, out):
+        run = sweep_run(spec, out, cell[cell.index("--sweep-cell") + 1 :], runs)
+        if run.seed == first:
+            assert checker.check(run.argv) is None, run.name
 
 
 def test_sweep_holds_everything_the_grid_sets(in_tmp, configs_dir, capsys):
