@@ -25,7 +25,7 @@ import os
 
 from healing_pl.files import write_json
 
-__all__ = ["IDENTITY_FILE", "LOCK_FILE", "UNSET", "RunLock", "check_identity", "first_difference"]
+__all__ = ["IDENTITY_FILE", "LOCK_FILE", "UNSET", "RunLock", "check_identity", "compute_once", "first_difference"]
 
 LOCK_FILE = ".healing-pl.lock"
 IDENTITY_FILE = "identity.json"
@@ -216,3 +216,21 @@ def _short(value) -> str:
         return "unset"
     text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+@contextlib.contextmanager
+def compute_once(path: str | None):
+    """Hold ``<path>.lock`` (a blocking ``flock``) while a cache entry is looked up and, when missing, computed and
+    written: two commands that need the same entry (two jobs of a grid on one seed) compute it once; the second
+    waits, then finds the entry. ``path`` None holds nothing. The lock file stays beside the entry (removing it
+    while another command waits on it would let a third one compute the entry again)."""
+    if path is None:
+        yield
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

@@ -12,11 +12,12 @@ import torch
 from healing_pl import records as rk
 from healing_pl.codehash import MODEL_CODE, code_version
 from healing_pl.files import save_torch
+from healing_pl.lock import compute_once
 from healing_pl.models.classifier import Classifier, evaluate
 from healing_pl.phases.baseline import Baseline
 from healing_pl.phases.evaluate import Evaluation, evaluate_sets
 from healing_pl.unlearning import Context, Unlearner, unlearn_with_repeats
-from healing_pl.unlearning.naive import load_cached, model_hparams
+from healing_pl.unlearning.naive import load_cached, model_hparams, one_process
 
 
 @dataclass(frozen=True)
@@ -92,21 +93,22 @@ def unlearned_model(
     """
     path = _cache_path(cfg, baseline, forget_ids)
     param = next(model.parameters())
-    if path and os.path.isfile(path):
-        saved = load_cached(path)
-        out = Classifier(**saved["hyper_parameters"])
-        out.load_state_dict(saved["state_dict"])
-        return out.to(device=param.device, dtype=param.dtype).eval(), saved["summary"], {}, True
-    result = unlearn_with_repeats(model, datamodule, forget_ids, cfg, context)
-    if path:
-        save_torch(
-            {
-                "state_dict": {k: v.cpu() for k, v in result.model.state_dict().items()},
-                "hyper_parameters": model_hparams(model),
-                "summary": result.summary,
-            },
-            path,
-        )
+    with compute_once(one_process(path)):  # two jobs of a grid on one start unlearn it once
+        if path and os.path.isfile(path):
+            saved = load_cached(path)
+            out = Classifier(**saved["hyper_parameters"])
+            out.load_state_dict(saved["state_dict"])
+            return out.to(device=param.device, dtype=param.dtype).eval(), saved["summary"], {}, True
+        result = unlearn_with_repeats(model, datamodule, forget_ids, cfg, context)
+        if path:
+            save_torch(
+                {
+                    "state_dict": {k: v.cpu() for k, v in result.model.state_dict().items()},
+                    "hyper_parameters": model_hparams(model),
+                    "summary": result.summary,
+                },
+                path,
+            )
     return result.model.eval(), result.summary, result.info, False
 
 

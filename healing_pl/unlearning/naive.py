@@ -19,6 +19,7 @@ import torch
 from healing_pl.codehash import MODEL_CODE, code_version
 from healing_pl.console import labelled_progress_bar
 from healing_pl.files import save_torch
+from healing_pl.lock import compute_once
 from healing_pl.models.classifier import Classifier
 from healing_pl.unlearning.base import UNLEARNERS, Unlearner
 
@@ -119,6 +120,14 @@ def load_cached(path: str) -> dict:
     return payload
 
 
+def one_process(path: str | None) -> str | None:
+    """``path``, or None inside a multi-process run: its ranks compute together, and one rank waiting on another's
+    :func:`~healing_pl.lock.compute_once` would stall their collectives (rank zero writes the entry alone)."""
+    import torch.distributed as dist
+
+    return None if dist.is_available() and dist.is_initialized() else path
+
+
 def gold_standard(
     hparams: dict,
     datamodule,
@@ -139,25 +148,33 @@ def gold_standard(
     remain = datamodule.remain_ids(forget_ids)
     key = gold_key(hparams, datamodule, forget_ids, epochs=epochs, seed=seed)
     path = os.path.join(cache_dir, f"gold-{key}.pt") if cache_dir else None
-    if path and os.path.isfile(path):
-        saved = load_cached(path)
-        model = Classifier(**saved["hyper_parameters"])
-        model.load_state_dict(saved["state_dict"])
-        return place_like(model.eval(), trainer), {"key": key, "cached": True, "time_s": saved["time_s"]}
-    start = time.perf_counter()
-    model = train_classifier(
-        hparams, datamodule, remain, epochs=epochs, seed=seed, trainer=trainer, progress=progress, label="gold standard"
-    )
-    seconds = time.perf_counter() - start
-    if path:
-        save_torch(
-            {
-                "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-                "hyper_parameters": hparams,
-                "time_s": seconds,
-            },
-            path,
+    with compute_once(one_process(path)):
+        if path and os.path.isfile(path):
+            saved = load_cached(path)
+            model = Classifier(**saved["hyper_parameters"])
+            model.load_state_dict(saved["state_dict"])
+            return place_like(model.eval(), trainer), {"key": key, "cached": True, "time_s": saved["time_s"]}
+        start = time.perf_counter()
+        model = train_classifier(
+            hparams,
+            datamodule,
+            remain,
+            epochs=epochs,
+            seed=seed,
+            trainer=trainer,
+            progress=progress,
+            label="gold standard",
         )
+        seconds = time.perf_counter() - start
+        if path:
+            save_torch(
+                {
+                    "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                    "hyper_parameters": hparams,
+                    "time_s": seconds,
+                },
+                path,
+            )
     return model, {"key": key, "cached": False, "time_s": seconds}
 
 

@@ -119,3 +119,58 @@ def test_unknown_method_and_bad_knobs():
         make_unlearner("fishr")
     with pytest.raises(ValueError, match="scale must be positive"):
         make_unlearner("influence", scale=0)
+
+
+def test_a_gold_standard_being_computed_elsewhere_is_waited_for_then_loaded(dm, tmp_path):
+    """Two jobs of a grid on one seed need the same GS: the second waits on the entry's lock and loads what the
+    first wrote, instead of training it again."""
+    import shutil
+    import threading
+
+    from healing_pl.lock import compute_once
+
+    forget = dm.primary_ids[5:15]
+    key = gold_key(HP, dm, forget, epochs=1, seed=0)
+    shared, elsewhere = tmp_path / "shared", tmp_path / "elsewhere"
+    got = {}
+    with compute_once(str(shared / f"gold-{key}.pt")):  # the first job, computing
+        waiting = threading.Thread(
+            target=lambda: got.update(
+                zip(("model", "info"), gold_standard(HP, dm, forget, epochs=1, seed=0, cache_dir=str(shared)))
+            )
+        )
+        waiting.start()
+        waiting.join(timeout=1.0)
+        assert waiting.is_alive() and not got  # blocked on the lock, not training its own
+        model, _ = gold_standard(HP, dm, forget, epochs=1, seed=0, cache_dir=str(elsewhere))
+        shutil.copy(elsewhere / f"gold-{key}.pt", shared / f"gold-{key}.pt")
+    waiting.join(timeout=60)
+    assert got["info"]["cached"] is True
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), got["model"].state_dict().values()))
+
+
+def test_compute_once_lets_one_of_several_processes_compute(tmp_path):
+    import multiprocessing
+    import os
+    import time
+
+    from healing_pl.lock import compute_once
+
+    entry, log = tmp_path / "entry", tmp_path / "log"
+
+    def job():
+        with compute_once(str(entry)):
+            if not entry.exists():
+                with open(log, "a") as f:
+                    f.write("computed\n")
+                time.sleep(0.3)
+                entry.write_text("x")
+        os._exit(0)
+
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=job) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=30)
+    assert [p.exitcode for p in procs] == [0, 0, 0] and log.read_text() == "computed\n"
