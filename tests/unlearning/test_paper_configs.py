@@ -61,3 +61,19 @@ def test_every_paper_command_passes_the_cli_parser(path, monkeypatch, capsys):
     assert main(["grid", str(path.relative_to(ROOT)), "--out", "runs-dry", "--dry_run"]) == 0
     assert "commands checked with the CLI's parser" in capsys.readouterr().out
     assert not (ROOT / "runs-dry").exists()
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "paper" / "cpu").glob("*.yaml")), ids=lambda p: p.name)
+def test_the_cpu_cuts_are_grid_specs_of_the_paper_recipes(path, monkeypatch):
+    """configs/paper/cpu/: each a grid spec that builds its runs, with the authors' recipe for its method."""
+    from healing_pl.experiments.spec import build_runs, grid_name, load_spec
+
+    monkeypatch.chdir(ROOT)
+    spec = load_spec(str(path.relative_to(ROOT)))
+    runs = build_runs(spec, "runs/x", grid_name(spec, str(path)))
+    assert runs and all(r.seed is not None for r in runs)
+    for cell in _cells(spec):
+        if cell.get("unlearn") == "SISA":
+            assert cell["unlearn.protocol"] == "paper"
+        if cell.get("unlearn") == "Fisher":
+            assert (cell["unlearn.alpha"], cell["unlearn.shaping"]) == (3.5e-3, "paper")
