@@ -161,8 +161,11 @@ def report_main(argv: list[str]) -> int:
         print(f"report written to {args.output}")
     if args.figures:
         try:
-            for path in write_figures(records, args.figures):
+            paths = write_figures(records, args.figures)
+            for path in paths:
                 print(f"figure written to {path}")
+            if not paths:
+                print("no figures written: no unlearn experiments differ only in the deletion fraction.")
         except OSError as err:
             print(
                 f"healing-pl report: error: --figures '{args.figures}' cannot be written: {err.strerror}.",

@@ -85,3 +85,8 @@ def test_report_writes_the_figures_as_png(tmp_path, capsys):
     assert report_main([str(tmp_path / "runs"), "--figures", str(tmp_path / "fig")]) == 0
     png = tmp_path / "fig" / "deletion-0.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "figure written to" in capsys.readouterr().out
+    one = tmp_path / "one"  # a single deletion fraction: no series, and the report says so
+    (one / "r").mkdir(parents=True)
+    (one / "r" / "results.json").write_text(json.dumps(_records(grid={0.05: GRID[0.05]})[0]))
+    assert report_main([str(one), "--figures", str(tmp_path / "none")]) == 0
+    assert "no figures written" in capsys.readouterr().out and not (tmp_path / "none").exists()
