@@ -237,6 +237,21 @@ class HealingDataModule(L.LightningDataModule):
             remain = remain[order[:keep].sort().values]
         return torch.cat([remain, twins])
 
+    def matched_ids(self, forget_ids, split: str, seed: int = 0) -> Tensor:
+        """Ids of ``split`` with the forget set's class histogram: for every class c with k_c forget samples,
+        min(k_c, available) ids of class c drawn without replacement (seeded), in class order. Held-out images
+        that look like the forget set by class (the membership attack's non-members, SCRUB+R's reference)."""
+        ids = self.splits[split]
+        targets = self.targets
+        forget = _as_ids(forget_ids)
+        classes, counts = targets[forget].unique(return_counts=True)
+        generator = torch.Generator().manual_seed(seed)
+        drawn = []
+        for c, k in zip(classes.tolist(), counts.tolist(), strict=True):
+            pool = ids[targets[ids] == c]
+            drawn.append(pool[torch.randperm(pool.numel(), generator=generator)[: min(k, pool.numel())]])
+        return torch.cat(drawn) if drawn else ids[:0]
+
     def set_train_ids(self, ids) -> None:
         """Make the training loader serve ``ids`` (e.g. the remain or heal set)."""
         ids = _as_ids(ids)

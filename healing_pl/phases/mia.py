@@ -78,16 +78,7 @@ def draw_heldout(datamodule, n: int, seed: int = 0) -> torch.Tensor:
 def draw_heldout_matched(datamodule, forget_ids, seed: int = 0) -> torch.Tensor:
     """Held-out pool ids (of :func:`heldout_split`) with the forget set's class histogram: for every class c with
     k_c forget samples, min(k_c, available) ids of class c drawn without replacement (seeded), in class order."""
-    ids = datamodule.splits[heldout_split(datamodule)]
-    targets = datamodule.targets
-    forget = torch.as_tensor(forget_ids, dtype=torch.long)
-    classes, counts = targets[forget].unique(return_counts=True)
-    generator = torch.Generator().manual_seed(seed)
-    drawn = []
-    for c, k in zip(classes.tolist(), counts.tolist(), strict=True):
-        pool = ids[targets[ids] == c]
-        drawn.append(pool[torch.randperm(pool.numel(), generator=generator)[: min(k, pool.numel())]])
-    return torch.cat(drawn) if drawn else ids[:0]
+    return datamodule.matched_ids(forget_ids, heldout_split(datamodule), seed)
 
 
 def match_classes(datamodule, forget_ids, heldout_ids, seed: int = 0) -> torch.Tensor:

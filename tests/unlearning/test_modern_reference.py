@@ -18,7 +18,7 @@ from healing_pl.unlearning.finetune import finetune
 from healing_pl.unlearning.loop import make_optimizer, train_epochs
 from healing_pl.unlearning.neggrad_plus import neggrad_plus_loss
 from healing_pl.unlearning.salun import random_labels, saliency_mask, salun
-from healing_pl.unlearning.scrub import epoch_lr, max_step_loss, min_step_loss
+from healing_pl.unlearning.scrub import epoch_lr, max_step_loss, min_step_loss, scrub
 from healing_pl.unlearning.ssd import batch_mean_importance, dampen
 
 
@@ -205,6 +205,61 @@ def test_scrub_first_max_step_is_inert_and_the_schedule_is_the_references():
     assert all(float(g.abs().max()) < 1e-15 for g in grads)  # student = teacher: the KL's gradient vanishes
     # lr decays by the rate after epochs 3, 5 and 9
     assert [epoch_lr(1.0, e, 0.1) for e in (1, 3, 4, 5, 6, 9, 10)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01, 0.001])
+
+
+@pytest.fixture(scope="module")
+def trained_digits():
+    """A digits small CNN trained 8 epochs (about 98% validation accuracy) and 40 random primary samples."""
+    dm = HealingDataModule("digits", primary=0.6, backup=0.15, val=0.1, batch_size=64, seed=0)
+    torch.manual_seed(0)
+    model = Classifier(backbone="small_cnn", num_classes=10, in_chans=1, image_size=8, lr=3e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    loader = dm.loader(dm.primary_ids, shuffle=True, batch_size=64)
+    train_epochs(model.train(), loader, lambda b: F.cross_entropy(model(b[0]), b[1]), opt, epochs=8)
+    order = torch.randperm(dm.primary_ids.numel(), generator=torch.Generator().manual_seed(0))
+    return dm, model.eval(), dm.primary_ids[order[:40]]
+
+
+@pytest.mark.parametrize("lr, rewinds", [(0.003, True), (0.01, False)])
+def test_scrub_r_rewinds_to_the_epoch_whose_forget_error_is_closest_to_the_validation_reference(
+    trained_digits, lr, rewinds
+):
+    """SCRUB+R against a brute force: the state after epoch j of one run is the final state of a run of j epochs
+    (the schedule and the seeded loaders do not depend on the epoch count), so each epoch's forget error comes from
+    its own run; the reference is the final student's error on validation images matched to the forget classes."""
+    dm, model, forget = trained_digits
+    knobs = dict(lr=lr, msteps=2, forget_batch=8, seed=0)
+    runs = [scrub(model, dm, forget, epochs=j, **{**knobs, "msteps": min(2, j)})[0] for j in range(1, 5)]
+    held = dm.matched_ids(forget, "val", 0)
+    assert torch.isin(held, dm.splits["val"]).all() and torch.equal(
+        dm.targets[held].bincount(minlength=10), dm.targets[forget].bincount(minlength=10)
+    )
+
+    errors = [_error(m, dm, forget) for m in runs]
+    reference = _error(runs[-1], dm, held)
+    expected = 4
+    if errors[-1] > reference:
+        gaps = [abs(e - reference) for e in errors]
+        expected = max(j for j in range(1, 5) if gaps[j - 1] == min(gaps))
+    out, info = scrub(model, dm, forget, epochs=4, rewind=True, **knobs)
+    assert info == {"rewind_epoch": expected, "rewind_reference": pytest.approx(reference)}
+    assert (expected < 4) == rewinds  # one case rewinds, one keeps the final student
+    for (name, a), b in zip(out.state_dict().items(), runs[expected - 1].state_dict().values()):
+        assert torch.equal(a, b), name
+    plain, none = scrub(model, dm, forget, epochs=4, **knobs)
+    assert none == {} and all(
+        torch.equal(a, b) for a, b in zip(plain.state_dict().values(), runs[-1].state_dict().values())
+    )
+
+
+def _error(model, dm, ids) -> float:
+    """Error rate by an explicit per-sample loop over the pool's images and labels."""
+    wrong = 0
+    with torch.no_grad():
+        for i in ids.tolist():
+            x, y = dm.pool.train[i]
+            wrong += int(model.eval()(x.unsqueeze(0)).argmax(1).item() != y)
+    return wrong / len(ids)
 
 
 # --------------------------------------------------------------------------- NegGrad+
