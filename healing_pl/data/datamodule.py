@@ -189,6 +189,15 @@ class HealingDataModule(L.LightningDataModule):
         return self.pool.targets
 
     @property
+    def true_targets(self) -> Tensor:
+        """The pool's labels before ``mislabel`` replaced some (``targets`` itself when nothing was replaced)."""
+        return (
+            getattr(self.pool.train, "dataset", self.pool.train).targets
+            if self.mislabelled_ids.numel()
+            else self.targets
+        )
+
+    @property
     def primary_ids(self) -> Tensor:
         return self.splits["primary"]
 

@@ -14,7 +14,12 @@ what the phases use): for every class, as many held-out images as the forget set
 split has fewer, and then the forget set is subsampled, seeded, to the same count per class), so both sides have
 the same class histogram. Without the matching, the attack measures the class (a forget set of one class against
 held-out images of every class), not membership. :func:`draw_heldout` (unmatched) is kept for comparison. When the
-two sides still differ in size, the larger is subsampled (seeded) so that both count alike.
+two sides still differ in size, the larger is subsampled (seeded) so that both count alike. A forget set of
+mislabelled samples (``data.mislabel``, the data-cleaning setting) is matched on both its true classes and its wrong
+labels (:func:`draw_heldout_relabelled`): held-out images of each forget sample's true class, scored against the
+forget samples' wrong labels. Scored against their correct labels, the held-out images would have a low loss for
+every model, and the attack would separate "trained on a wrong label or not" from "correctly labelled", not
+members from non-members.
 
 Beside it, the *population* attack (:func:`population_mia`): the same attack separating the remain set (members of
 every model of the run) from the whole held-out split: the membership signal the loss carries for this model and
@@ -46,13 +51,18 @@ FOLDS = 5
 
 
 @torch.no_grad()
-def sample_losses(model, datamodule, ids, batch_size: int | None = None) -> np.ndarray:
-    """Per-sample cross-entropy of ``model`` on the pool samples ``ids`` (eval mode; float64 numpy array)."""
+def sample_losses(
+    model, datamodule, ids, batch_size: int | None = None, labels: torch.Tensor | None = None
+) -> np.ndarray:
+    """Per-sample cross-entropy of ``model`` on the pool samples ``ids`` (eval mode; float64 numpy array), against
+    the pool's labels or, when given, ``labels`` (one per id)."""
     param = next(model.parameters())
     was_training = model.training
     model.eval()
-    out = []
+    out, start = [], 0
     for x, y in datamodule.loader(ids, batch_size=batch_size):
+        if labels is not None:
+            y, start = labels[start : start + len(y)], start + len(y)
         logits = model(x.to(device=param.device, dtype=param.dtype))
         out.append(F.cross_entropy(logits, y.to(param.device), reduction="none").cpu())
     model.train(was_training)
@@ -99,6 +109,33 @@ def match_classes(datamodule, forget_ids, heldout_ids, seed: int = 0) -> torch.T
     return torch.cat(kept) if short else forget
 
 
+def mislabelled_forget_set(datamodule, forget_ids) -> bool:
+    """Whether every forget sample carries a label that ``data.mislabel`` replaced (the data-cleaning setting)."""
+    flagged = getattr(datamodule, "mislabelled_ids", torch.empty(0, dtype=torch.long))
+    return bool(flagged.numel()) and bool(torch.isin(torch.as_tensor(forget_ids), flagged).all())
+
+
+def draw_heldout_relabelled(datamodule, forget_ids, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Non-members for a mislabelled forget set: held-out images (of :func:`heldout_split`) of the forget samples'
+    *true* classes, each given the wrong label of one forget sample of its class, so both sides are images of the
+    same classes under the same wrong labels and differ only in membership. Per true class c with k_c forget
+    samples, m = min(k_c, available) held-out images of c are drawn (seeded) and paired with a seeded draw of m of
+    those forget samples. Returns ``(forget ids kept, held-out ids, the held-out images' labels)``."""
+    ids = datamodule.splits[heldout_split(datamodule)]
+    truth, labels = datamodule.true_targets, datamodule.targets
+    forget = torch.as_tensor(forget_ids, dtype=torch.long)
+    generator = torch.Generator().manual_seed(seed)
+    kept, held, assigned = [], [], []
+    for c in truth[forget].unique().tolist():
+        mine, pool = forget[truth[forget] == c], ids[truth[ids] == c]
+        m = min(mine.numel(), pool.numel())
+        mine = mine[torch.randperm(mine.numel(), generator=generator)[:m]]
+        kept.append(mine)
+        held.append(pool[torch.randperm(pool.numel(), generator=generator)[:m]])
+        assigned.append(labels[mine])
+    return torch.cat(kept), torch.cat(held), torch.cat(assigned)
+
+
 def auc_interval(auc: float, n_pos: int, n_neg: int, z: float = 1.959964) -> tuple[float, float]:
     """The 95% interval of an ROC AUC from Hanley and McNeil (1982):
     ``se**2 = (A(1-A) + (n_pos-1)(Q1-A**2) + (n_neg-1)(Q2-A**2)) / (n_pos n_neg)``, ``Q1 = A/(2-A)``,
@@ -141,23 +178,28 @@ def mia(
 ) -> dict:
     """Loss-based MIA of ``model``: the forget set against the ``heldout_ids`` pool samples (default:
     :func:`draw_heldout` of the forget set's size, or :func:`draw_heldout_matched` with ``matched``). With
-    ``matched``, the forget set is first subsampled to the held-out set's class counts (:func:`match_classes`).
+    ``matched``, the forget set is first subsampled to the held-out set's class counts (:func:`match_classes`);
+    a forget set of mislabelled samples (``data.mislabel``) is matched by :func:`draw_heldout_relabelled` instead
+    (held-out images of the same true classes under the same wrong labels).
     Returns ``{"auc", "acc", "n", "auc_low", "auc_high", "forget_loss", "heldout_loss"}`` (mean losses)."""
     forget_ids = datamodule.check_members(forget_ids)
-    if heldout_ids is None:
+    relabel = None
+    if heldout_ids is None and matched and mislabelled_forget_set(datamodule, forget_ids):
+        forget_ids, heldout_ids, relabel = draw_heldout_relabelled(datamodule, forget_ids, seed)
+    elif heldout_ids is None:
         heldout_ids = (
             draw_heldout_matched(datamodule, forget_ids, seed)
             if matched
             else draw_heldout(datamodule, forget_ids.numel(), seed)
         )
-    if matched:
+    if matched and relabel is None:
         forget_ids = match_classes(datamodule, forget_ids, heldout_ids, seed)
     heldout = torch.as_tensor(heldout_ids, dtype=torch.long)
     overlap = torch.isin(heldout, datamodule.primary_ids)
     if overlap.any():
         raise ValueError(f"held-out ids must lie outside the primary set, but {heldout[overlap][:5].tolist()} do not.")
     members = sample_losses(model, datamodule, forget_ids)
-    nonmembers = sample_losses(model, datamodule, heldout)
+    nonmembers = sample_losses(model, datamodule, heldout, labels=relabel)
     return {
         **attack(members, nonmembers, seed),
         "forget_loss": float(members.mean()),
