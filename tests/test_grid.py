@@ -111,8 +111,6 @@ def test_checker_names_the_option_of_a_bad_value(checker, configs_dir):
 def test_misspelt_option_stops_the_grid_before_any_training(in_tmp, configs_dir, capsys, how):
     spec = _tiny(configs_dir)
     spec["axes"]["twins"][1] = {"twins.metrc": "RawL2"}
-    if how and how[0].startswith("--export-sweep"):  # a sweep cannot carry a null inside a group of options
-        spec["axes"]["twins"][0] = {"twins.metric": "RandomMetric"}
     path = _write(in_tmp / "grid.yaml", spec)
     before = _tree(in_tmp)
     assert main(["grid", path, "--out", str(in_tmp / "out"), *how]) == 2
@@ -249,6 +247,23 @@ def test_a_sweep_agents_run_is_the_grids_run_and_the_report_covers_it(two_jobs, 
     assert main(["report", str(out), "--output", str(root / "report.json")]) == 0
     covered = {os.path.normpath(r["run_dir"]) for r in json.loads((root / "report.json").read_text())["runs"]}
     assert str(run) in covered
+
+
+def test_a_group_axis_with_a_null_goes_through_the_sweep_to_its_grid_run(configs_dir):
+    """An axis mixing ``{twins.metric: null}`` (R alone) with a two-option group is the sweep parameter ``twins``;
+    what W&B's own agent writes for each value maps back to that value's grid run."""
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
+
+    spec = _tiny(configs_dir, seeds=[0, 1])
+    spec["axes"]["twins"] = [{"twins.metric": None}, {"twins.metric": "RandomMetric", "twins.same_class": True}]
+    params = sweep_parameters(spec, "out")
+    assert params["twins"] == [{"metric": None}, {"metric": "RandomMetric", "same_class": True}]
+    runs = build_runs(spec, "out", "tiny")
+    for i, expected in enumerate(["heal-Fisher-1e-06-none", "heal-Fisher-1e-06-RandomMetric-true"]):
+        cell = {"unlearn": params["unlearn"][0], "twins": params["twins"][i], "config": params["config"][1]}
+        args = create_sweep_command_args({"args": {k: {"value": v} for k, v in cell.items()}})["args"]
+        run = sweep_run(spec, "out", args, runs)
+        assert run.seed == 1 and run.name == f"seed-1/{expected}", (args, run.name)
 
 
 def test_a_sweep_cell_that_is_not_in_the_grid_stops_with_one_sentence(in_tmp, configs_dir, capsys):

@@ -9,8 +9,11 @@ after the agents finds their runs done.
 Each axis becomes one sweep parameter. An axis whose entries set one option becomes that option
 (``twins.metric: [null, RawL2]``; a null goes through as the text ``null``); an axis whose entries choose a class
 and its knobs becomes the class option with dict values (``unlearn: [{class_path: Fisher, init_args: {alpha:
-8.0e-06}}, ...]``), and one whose entries set several options of one group becomes the group. W&B's agent writes
-a value as Python's ``str`` (``--unlearn={'class_path': 'Fisher', 'init_args': {'alpha': 8e-06}}``). Several
+8.0e-06}}, ...]``), and one whose entries set several options of one group becomes the group (a null inside
+it, as ``{metric: null}`` beside ``{metric: RandomMetric, same_class: true}``, stays a null). W&B's agent writes
+a value as Python's ``str`` (``--unlearn={'class_path': 'Fisher', 'init_args': {'alpha': 8e-06}}``,
+``--twins={'metric': None}``): the grid only matches that text to its own value and runs its own command, so no
+value has to survive the CLI's parser on the agent's side. Several
 seeds become the parameter ``config`` whose values name the seed and its baseline checkpoint. The parameter
 values are what W&B shows as each run's sweep config; every cell is resolved to its run and the run's command
 checked with the CLI's parser before the file is written.
@@ -57,14 +60,6 @@ def _nested(pairs: dict) -> dict:
     return tree
 
 
-def _contains_none(value) -> bool:
-    if isinstance(value, dict):
-        return any(_contains_none(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_contains_none(v) for v in value)
-    return value is None
-
-
 def axis_parameter(name: str, entries: list[dict]) -> tuple[str, list]:
     """The sweep parameter of one axis: (its name, its values)."""
     keys = [key for entry in entries for key in entry]
@@ -86,11 +81,6 @@ def axis_parameter(name: str, entries: list[dict]) -> tuple[str, list]:
         parameter = ".".join(prefix) or "config"  # options of several groups: a config given as text
         cut = len(prefix)
         values = [_nested({".".join(key.split(".")[cut:]): value for key, value in entry.items()}) for entry in entries]
-    if _contains_none(values):
-        raise ValueError(
-            f"the axis '{name}' has a null value inside a group, which cannot pass through a W&B sweep (its agent "
-            "writes Python's None); leave the option at its default instead."
-        )
     return parameter, values
 
 
