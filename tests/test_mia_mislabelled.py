@@ -10,6 +10,7 @@ make the gold standard look like the strongest member of all (AUC 1.0): the atta
 import pytest
 import torch
 
+from healing_pl.callbacks.phases import forget_mia
 from healing_pl.data.datamodule import HealingDataModule
 from healing_pl.phases.mia import draw_heldout_matched, draw_heldout_relabelled, mia, mislabelled_forget_set
 from healing_pl.unlearning.naive import train_classifier
@@ -45,6 +46,8 @@ def test_the_attack_tells_the_baseline_from_the_gold_standard_on_mislabelled_sam
     gold = train_classifier(HP, dm, dm.remain_ids(forget), epochs=30, seed=0)
     on, off = mia(baseline, dm, forget, seed=0, matched=True), mia(gold, dm, forget, seed=0, matched=True)
     assert on["n"] == off["n"] == 60
+    recorded = forget_mia(baseline, dm, forget, "baseline", 0)  # what a heal or unlearn run records
+    assert (recorded.auc, recorded.n, recorded.interval) == (on["auc"], 60, (on["auc_low"], on["auc_high"]))
     assert on["auc_low"] > 0.75, on  # measured 0.921 [0.870, 0.972]
     assert off["auc_low"] < 0.5 < off["auc_high"], off  # measured 0.557 [0.454, 0.660]
     # class matching alone scores the held-out images on their correct labels: the gold standard, which never saw

@@ -48,7 +48,7 @@ from healing_pl.phases.evaluate import Evaluation, evaluate_sets, save_correctne
 from healing_pl.phases.forget import ForgetSet, request_forget_set
 from healing_pl.phases.gold import Gold, GoldDistance, distance_to_gold, gold_phase
 from healing_pl.phases.heal import HealCurve, check_healed
-from healing_pl.phases.mia import MiaResult, draw_heldout_matched, mia_phase, mia_twins_phase
+from healing_pl.phases.mia import MiaResult, mia_phase, mia_twins_phase
 from healing_pl.phases.record import run_record, save_config, save_model, write_record
 from healing_pl.phases.twins import TwinSet, ledger_twins, twin_phase
 from healing_pl.phases.unlearn import AttackStrength, Unlearned, attack_strength, unlearn_phase
@@ -207,9 +207,9 @@ class UnlearnedStart:
 
 def forget_mia(model, dm, forget_ids, prefix: str, seed: int) -> MiaResult:
     """The loss-based MIA of ``model`` on the forget set (rank zero, on its device); every model of a run is
-    attacked with the same held-out samples (drawn with ``seed``)."""
-    heldout = draw_heldout_matched(dm, forget_ids, seed)  # the forget set's class histogram
-    return mia_phase(model, dm, forget_ids, prefix, seed, heldout)
+    attacked with the same held-out samples (drawn with ``seed``: the forget set's class histogram, or for a
+    mislabelled forget set its true classes under its wrong labels, :func:`~healing_pl.phases.mia.mia`)."""
+    return mia_phase(model, dm, forget_ids, prefix, seed)
 
 
 class UnlearnPhase(Phase):
