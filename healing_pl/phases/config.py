@@ -65,6 +65,11 @@ RENAMED_VALUES: dict[str, dict[str, str]] = {
 
 
 # --------------------------------------------------------------------------- twins and healing
+#: the suffix of a heal setup whose twins are restricted to their request's class (``twins.same_class``): the
+#: random twins of the same class are the twin-regime study's second control (``T-random [same class]``)
+SAME_CLASS = " [same class]"
+
+
 @dataclass
 class TwinsConfig:
     """How twins replace the unlearned samples.
@@ -116,8 +121,11 @@ class TwinsConfig:
 
     @property
     def setup(self) -> str:
-        """The heal-set label used in tables: R, or the metric's label (T-<metric>)."""
-        return "R" if self.metric is None else self.metric.label
+        """The heal-set label used in tables: R, or the metric's label (T-<metric>), followed by
+        :data:`SAME_CLASS` when the twins are restricted to their request's class."""
+        if self.metric is None:
+            return "R"
+        return self.metric.label + (SAME_CLASS if self.same_class else "")
 
 
 @dataclass

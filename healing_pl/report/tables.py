@@ -26,6 +26,7 @@ uncertainty".
 
 from __future__ import annotations
 
+import copy
 import glob
 import json
 import math
@@ -35,8 +36,9 @@ from dataclasses import dataclass, field
 
 from healing_pl import records as rk
 from healing_pl.healing import TWIN_METRICS
+from healing_pl.phases.config import SAME_CLASS
 from healing_pl.phases.evaluate import load_correctness
-from healing_pl.phases.identity import short_hash
+from healing_pl.phases.identity import experiment_id, short_hash
 from healing_pl.report import stats
 
 
@@ -205,7 +207,10 @@ def record_identity(record: dict) -> tuple[dict, str, dict, bool]:
     """``(identity, id, seeds, derived)`` of a record; ``derived``: rebuilt from the flat keys of a record
     written before identities were recorded (dataset, model, method, adversary, baseline, heal settings)."""
     if rk.EXPERIMENT_ID in record and isinstance(record.get(rk.EXPERIMENT), dict):
-        return record[rk.EXPERIMENT], record[rk.EXPERIMENT_ID], dict(record.get(rk.EXPERIMENT_SEEDS) or {}), False
+        identity, exp_id = record[rk.EXPERIMENT], record[rk.EXPERIMENT_ID]
+        if _same_class(record):  # a compared heal setup (the same-class control), not another experiment
+            exp_id = experiment_id(_without_same_class(identity))
+        return identity, exp_id, dict(record.get(rk.EXPERIMENT_SEEDS) or {}), False
     config = {_dotted(k): record.get(k) for k in _FLAT_IDENTITY if k in record}
     config.update({_dotted(k): v for k, v in record.items() if rk.knob_of(k) is not None and k != rk.UNLEARN_SEED})
     seeds = {_dotted(rk.UNLEARN_SEED): record[rk.UNLEARN_SEED]} if rk.UNLEARN_SEED in record else {}
@@ -217,6 +222,20 @@ def record_identity(record: dict) -> tuple[dict, str, dict, bool]:
         "seeds": seeds,
     }
     return identity, "flat-" + short_hash({"subcommand": record.get(rk.PHASE), "config": config}), seeds, True
+
+
+def _same_class(record: dict) -> bool:
+    """Whether a heal run restricted its twins to their request's class (``twins.same_class``)."""
+    identity = record.get(rk.EXPERIMENT)
+    twins = ((identity or {}).get("config") or {}).get("twins") if isinstance(identity, dict) else None
+    return isinstance(twins, dict) and twins.get("same_class") is True
+
+
+def _without_same_class(identity: dict) -> dict:
+    """``identity`` as its run would have it without ``twins.same_class``: the experiment the setup belongs to."""
+    out = copy.deepcopy(identity)
+    out["config"]["twins"]["same_class"] = False
+    return out
 
 
 def _dotted(key: str) -> str:
@@ -279,7 +298,8 @@ def experiments(records: list[dict], phase: str = rk.HEAL) -> list[Experiment]:
     out = []
     for exp_id, runs in groups.items():
         runs = sorted(runs, key=lambda r: str(r.get(rk.RUN_DIR)))
-        identity, _, _, derived = record_identity(runs[0])
+        first = next((r for r in runs if not _same_class(r)), runs[0])  # the experiment's own identity
+        identity, _, _, derived = record_identity(first)
         shas_by_seed: dict[str, set] = defaultdict(set)
         for r in runs:
             shas_by_seed[_seed_key(record_identity(r)[2])].add(_sha(r))
@@ -355,6 +375,8 @@ def _short(value) -> str:
 # --------------------------------------------------------------------------- healing rows
 def _label(record: dict, several_policies: bool) -> str:
     setup = record.get(rk.HEAL_SETUP) or "?"
+    if _same_class(record) and setup != "R" and not setup.endswith(SAME_CLASS):
+        setup += SAME_CLASS  # recorded before the label said so
     policy = record.get(rk.TWINS_POLICY)
     return f"{setup} [{policy}]" if several_policies and setup != "R" and policy else setup
 

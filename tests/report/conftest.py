@@ -111,14 +111,28 @@ def unlearned(cfg: dict, acc: float, *, time_s: float = 2.0, forget: float = 0.0
 
 
 def heal_record(
-    metric, test, val=None, *, seed=0, sha=SHA, gs=0.91, bl=0.94, init=0.50, cfg=None, run=None, pairs=()
+    metric,
+    test,
+    val=None,
+    *,
+    seed=0,
+    sha=SHA,
+    gs=0.91,
+    bl=0.94,
+    init=0.50,
+    cfg=None,
+    run=None,
+    pairs=(),
+    same_class=None,
 ) -> dict:
     """A heal record: ``test`` and ``val`` are the accuracies after epochs 1, 2, ... (val defaults to test)."""
     val = test if val is None else val
     cfg = config() if cfg is None else copy.deepcopy(cfg)
     cfg["twins"]["metric"], cfg["seed_everything"] = twin_metric(metric), seed
     cfg["unlearn"]["init_args"]["seed"] = seed
-    twins = TwinsConfig(metric=metric, policy=cfg["twins"]["policy"], k=cfg["twins"]["k"])
+    if same_class is not None:  # as the CLI dumps it: every run's config holds the flag
+        cfg["twins"]["same_class"] = same_class
+    twins = TwinsConfig(metric=metric, policy=cfg["twins"]["policy"], k=cfg["twins"]["k"], same_class=bool(same_class))
     curve = HealCurve(len(test), 0.003, {0: init}, time_s=5.0)
     for k, (t, v) in enumerate(zip(test, val), start=1):
         curve.accs[k], curve.val_accs[k] = t, v
@@ -132,7 +146,8 @@ def heal_record(
         curve,
         Evaluation(rk.HEALED, test[-1], test[-1], 0.0),
     ]
-    return run_record(rk.HEAL, header(cfg, run or f"runs/g/heal-{metric}-{seed}-{sha[:4]}"), cfg, results)
+    name = f"runs/g/heal-{metric}-{seed}-{sha[:4]}" + ("-same" if same_class else "")
+    return run_record(rk.HEAL, header(cfg, run or name), cfg, results)
 
 
 def unlearn_record(

@@ -71,6 +71,26 @@ def test_best_and_worst_never_come_from_random(make_record):
     assert "| -5.00 | " in line  # Best−GS after N/2: 86 - 91
 
 
+def test_same_class_random_spares_are_a_control_of_the_same_experiment(make_record):
+    """twins.same_class changes the experiment identity a run records, but it is a heal setup compared with R on the
+    same start (the twin-regime study's second control): one experiment, its own column, paired like T-random."""
+    runs = [
+        make_record(metric, [0.80 + d, 0.85 + d], seed=seed, same_class=same, bl=0.94 + seed / 100)
+        for seed in (0, 1)
+        for metric, d, same in [("none", 0.0, False), ("feat_cosine", 0.02, False), ("random", 0.01, False)]
+        + [("random", 0.04, True)]
+    ]
+    assert len({r[rk.EXPERIMENT_ID] for r in runs}) == 2  # as recorded: two identities
+    (row,) = healing_rows(runs)
+    assert set(row["setups"]) == {"R", "T-feat_cosine", "T-random", "T-random [same class]"}
+    assert row["best N/2"] == ["T-feat_cosine"]  # a control is never the best, though it scores highest
+    text, _ = _report(runs)
+    assert "| T-random [same class] 1 ep | T-random [same class] N/2 ep |" in text
+    assert "| − T-random N/2 ep | − T-random [same class] N/2 ep |" in text
+    # paired per seed: 4 points over R, 3 over T-random, 2 under GS (0.89 against 0.91) in both seeds
+    assert "| T-random [same class] | +4.00 [+4.00, +4.00] | +4.00 [+4.00, +4.00] | +3.00 [+3.00, +3.00] | — |" in text
+
+
 def test_best_is_chosen_on_validation_and_reported_with_test(make_record):
     runs = [make_record("none", [0.80, 0.90], val=[0.80, 0.80]), make_record("raw_l2", [0.85, 0.70], val=[0.85, 0.95])]
     row = healing_rows(runs)[0]
