@@ -162,6 +162,7 @@ def lissa_inverse_hvp(
     repeats: int = 1,
     damping_convention: str = "additive",
     progress: bool = False,
+    bounded: bool = True,
 ) -> Tensor:
     """LiSSA estimate of ``(H + damping I)^-1 vector`` (``additive``) or ``(H + damping*scale I)^-1 vector``.
 
@@ -186,15 +187,19 @@ def lissa_inverse_hvp(
         damping_convention: ``"additive"`` (``h - (H h + d h) / s``) or
             ``"koh_liang"`` (``(1 - d) h - H h / s``, Koh & Liang's code).
         progress: show a progress bar over the steps.
+        bounded: stop when ``h`` grows past the bound below (the estimate is then meaningless as an inverse).
+            False lets it grow, stopping only at non-finite values: for a caller that uses the *direction* of
+            the result alone (the fixed-length Influence step normalises it), as the paper's authors' code did,
+            which has no such check; a growing ``h`` then leans toward the top eigenvectors of ``H``.
 
     Returns:
         A flat tensor (detached) with the estimate.  The model's parameters,
         buffers, ``.grad`` and training flags are left as they were.
 
     Raises:
-        ValueError: when the recursion diverges (non-finite values, or the
-            norm of ``h`` growing past ``100 (j + 1) |v|``): raise ``scale``
-            or ``damping``.
+        ValueError: when the recursion diverges (non-finite values, or, if
+            ``bounded``, the norm of ``h`` growing past ``100 (j + 1) |v|``):
+            raise ``scale`` or ``damping``.
     """
     check_lissa_knobs(damping, scale, depth, repeats, damping_convention)
     params = trainable_parameters(model)
@@ -224,7 +229,7 @@ def lissa_inverse_hvp(
                 else:
                     h = v + h - (hv + damping * h) / scale
                 norm = float(h.norm())
-                if not math.isfinite(norm) or norm > _GROWTH_LIMIT * (j + 1) * v_norm:
+                if not math.isfinite(norm) or bounded and norm > _GROWTH_LIMIT * (j + 1) * v_norm:
                     raise ValueError(
                         f"LiSSA diverged at step {j} of {depth} (|h| = {norm:.3g}, |v| = {v_norm:.3g}): "
                         "raise scale (it must exceed half the largest eigenvalue of H + damping*I) "

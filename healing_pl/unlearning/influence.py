@@ -143,7 +143,10 @@ def influence_unlearn(
         removal: ``"mean"``, ``"sum"`` or ``"batch"`` (the scaling ``c`` above).
         damping_convention: ``"additive"`` or ``"koh_liang"``.
         step: ``"newton"`` (the scaled step above, clipped) or ``"fixed"``
-            (length ``max_norm`` along the LiSSA direction).
+            (length ``max_norm`` along the LiSSA direction; as in the authors'
+            code, a LiSSA iterate that grows, because ``scale`` is below half
+            the Hessian's top eigenvalue, still gives the direction, which then
+            leans toward the top eigenvectors; only a non-finite one stops).
         progress: show progress bars.
 
     Returns:
@@ -182,6 +185,7 @@ def influence_unlearn(
             repeats=repeats,
             damping_convention=damping_convention,
             progress=progress,
+            bounded=step != "fixed",  # the fixed step uses the direction alone, as the authors' code
         )
         if step == "fixed":
             norm = u.norm()

@@ -205,6 +205,30 @@ def test_fixed_step_moves_exactly_max_norm_along_the_explicit_inverse(tiny):
         assert torch.allclose(step, want, rtol=1e-8, atol=1e-9 * max_norm)
 
 
+def test_fixed_step_follows_a_growing_lissa_iterate_where_the_newton_step_stops(tiny):
+    """With scale below half the Hessian's top eigenvalue the LiSSA iterate grows (no inverse); the fixed step uses
+    its direction anyway, as the paper's authors' code (no growth check): exactly max_norm along the explicit
+    recursion h <- v + (1 - d) h - H h / s (koh_liang), which leans toward the top eigenvector. The Newton step,
+    which uses the iterate's size, stops with the divergence sentence."""
+    model, remain, forget = tiny
+    theta = _flat(model)
+    h_r = _hessian(model, theta, remain[0])
+    top = float(torch.linalg.eigvalsh(h_r).max())
+    d, s, depth, max_norm = 1e-4, top / 8, 12, 0.5  # |1 - d - top / s| = 7: the iterate grows ~7x per step
+    v = _grad_sum(model, theta, forget[0])
+    h = v.clone()
+    for _ in range(depth):
+        h = v + (1 - d) * h - h_r @ h / s
+    assert float(h.norm()) > 1e6 * float(v.norm())  # grew far past the bounded recursion's limit
+    kw = dict(n_train=N_TRAIN, damping=d, scale=s, depth=depth, max_norm=max_norm, damping_convention="koh_liang")
+    new = influence_unlearn(model, cross_entropy_loss, remain[:1], forget[:1], step="fixed", **kw)
+    step = _flat(new) - theta
+    assert abs(float(step.norm()) - max_norm) < 1e-12
+    assert torch.allclose(step, max_norm * h / h.norm(), rtol=1e-7, atol=1e-10)
+    with pytest.raises(ValueError, match="LiSSA diverged at step"):
+        influence_unlearn(model, cross_entropy_loss, remain[:1], forget[:1], step="newton", **kw)
+
+
 def test_fixed_step_ignores_the_removal_scaling(tiny):
     model, remain, forget = tiny
     kw = dict(n_train=N_TRAIN, damping=0.5, scale=10.0, depth=30, max_norm=0.2, step="fixed")
