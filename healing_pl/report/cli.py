@@ -96,12 +96,15 @@ def write_figures(records: list[dict], folder: str) -> list[str]:
     import io
 
     from healing_pl.report.deletion import deletion_figure, deletion_series
+    from healing_pl.report.regime import regime_figure, regime_series
 
+    figures = [(f"deletion-{k}.png", deletion_figure(s)) for k, s in enumerate(deletion_series(records))]
+    figures += [(f"regime-{k}.png", regime_figure(s)) for k, s in enumerate(regime_series(records))]
     paths = []
-    for k, series in enumerate(deletion_series(records)):
+    for name, figure in figures:
         buffer = io.BytesIO()
-        deletion_figure(series).savefig(buffer, format="png", dpi=120)
-        path = os.path.join(folder, f"deletion-{k}.png")
+        figure.savefig(buffer, format="png", dpi=120)
+        path = os.path.join(folder, name)
         os.makedirs(folder, exist_ok=True)
         write_atomic(path, buffer.getvalue())
         paths.append(path)
@@ -120,7 +123,8 @@ def report_main(argv: list[str]) -> int:
         "--figures",
         metavar="DIR",
         help="also write the report's figures as PNG files into DIR (deletion-<k>.png: accuracy and unlearning "
-        "time against the deletion fraction, the paper's Figures 1-2)",
+        "time against the deletion fraction, the paper's Figures 1-2; regime-<k>.png: the paired twin effect "
+        "against the forget-set size)",
     )
     parser.add_argument(
         "--wandb-report",
@@ -165,7 +169,10 @@ def report_main(argv: list[str]) -> int:
             for path in paths:
                 print(f"figure written to {path}")
             if not paths:
-                print("no figures written: no unlearn experiments differ only in the deletion fraction.")
+                print(
+                    "no figures written: no unlearn experiments differ only in the deletion fraction, and no heal "
+                    "experiments only in the forget-set size."
+                )
         except OSError as err:
             print(
                 f"healing-pl report: error: --figures '{args.figures}' cannot be written: {err.strerror}.",

@@ -33,11 +33,11 @@ import os
 import re
 from collections import defaultdict
 
-import yaml
-
 from healing_pl import records as rk
 from healing_pl.report import stats
 from healing_pl.report.deletion import deletion_figure, deletion_markdown, deletion_series
+from healing_pl.report.images import ImageSource, attacked_class, class_accuracy, run_folder
+from healing_pl.report.regime import regime_figure, regime_markdown, regime_series
 from healing_pl.report.tables import (
     Stat,
     derived_warning,
@@ -566,39 +566,6 @@ def _forget_set_line(record: dict) -> str:
     return "; ".join(parts)
 
 
-def attacked_class(record: dict) -> int | None:
-    """The class the forget set attacks: the adversary's target class, else the one class every forget sample
-    belongs to (None when the forget set spans several classes)."""
-    target = record.get(rk.ADVERSARY_TARGET_CLASS)
-    if isinstance(target, int) and not isinstance(target, bool):
-        return target
-    counts = record.get(rk.FORGET_CLASSES)
-    held = [k for k, c in enumerate(counts or []) if c]
-    return held[0] if len(held) == 1 else None
-
-
-def class_accuracy(record: dict, target: int, images: ImageSource) -> dict[str, float]:
-    """Per model of a run (baseline, gold, unlearned, healed): its accuracy on the test images of class
-    ``target``, from the per-image correctness the run saved (``test_correct.json``) and the labels of its test
-    set (``splits.json`` and the dataset); empty when the run saved either not, or the dataset cannot be read."""
-    from healing_pl.phases.evaluate import load_correctness
-
-    folder = _folder(record)
-    correct = load_correctness(folder)
-    if not correct:
-        return {}
-    try:
-        labels = images.test_labels(folder)
-    except (OSError, ValueError, ImportError, KeyError, IndexError, TypeError):
-        return {}
-    if labels is None or any(len(c) != len(labels) for c in correct.values()):
-        return {}
-    idx = [i for i, y in enumerate(labels) if y == target]
-    if not idx:
-        return {}
-    return {model: sum(bool(c[i]) for i in idx) / len(idx) for model, c in correct.items()}
-
-
 def _seed_of(record: dict) -> str:
     return json.dumps(record.get(rk.EXPERIMENT_SEEDS) or {}, sort_keys=True, default=str)
 
@@ -734,42 +701,6 @@ def cost_section(row: dict, runs: dict[str, list[dict]]) -> str:
 
 
 # --------------------------------------------------------------------------- twin images
-class ImageSource:
-    """Loads pool samples of the datasets that run folders name in their ``config.yaml`` (cached per dataset)."""
-
-    def __init__(self):
-        self.pools: dict[tuple, object] = {}
-
-    def pool(self, run_folder: str):
-        path = os.path.join(run_folder, "config.yaml")
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"'{run_folder}' holds no config.yaml to name its dataset")
-        with open(path) as f:
-            data = (yaml.safe_load(f) or {}).get("data") or {}
-        key = (data.get("dataset"), data.get("root"), data.get("image_size"), data.get("channels"))
-        if key not in self.pools:
-            from healing_pl.data.datasets import build_pool
-
-            self.pools[key] = build_pool(key[0], root=key[1], download=False, image_size=key[2], channels=key[3])
-        return self.pools[key]
-
-    def test_labels(self, run_folder: str) -> list[int] | None:
-        """The labels of a run's test set in its test loader's order: the pool samples its ``splits.json`` names
-        as test, or the dataset's official test split when it names none; None without a ``splits.json``."""
-        path = os.path.join(run_folder, "splits.json")
-        if not os.path.isfile(path):
-            return None
-        with open(path) as f:
-            ids = (json.load(f).get("splits") or {}).get("test") or []
-        pool = self.pool(run_folder)
-        targets = pool.train.targets[ids] if ids else pool.test.targets
-        return [int(y) for y in targets]
-
-
-def _folder(record: dict) -> str:
-    return os.path.dirname(record.get(rk.FILE) or os.path.join(str(record[rk.RUN_DIR]), "x"))
-
-
 def twin_rows(row: dict, runs: dict[str, list[dict]]) -> list[tuple[str, list[dict], bool]]:
     """The twin grid of one experiment: per twin setup (its first seed's run) its pairs, and whether its scores
     mean anything (a control's, the random twins', do not)."""
@@ -842,13 +773,13 @@ def twin_section(row: dict, runs: dict[str, list[dict]], images: ImageSource, se
     seen[key] = str(row["method"])
     first = next(recs[0] for label, recs in runs.items() if recs and recs[0].get(rk.TWINS_PAIRS))
     try:
-        uri = twin_figure(rows, _folder(first), images)
+        uri = twin_figure(rows, run_folder(first), images)
     except (OSError, ValueError, ImportError, KeyError, IndexError) as err:
         reason = html.escape(str(err).rstrip("."))
         return f'<details>{summary}<p class="note">twin images skipped ({reason}).</p></details>'
     caption = (
         f"the first seed's forget samples (top) and, per row, the twins each setup found (run "
-        f"{os.path.basename(_folder(first))}); under a twin: the metric's score (none for a control: its twins "
+        f"{os.path.basename(run_folder(first))}); under a twin: the metric's score (none for a control: its twins "
         "are drawn at random)"
     )
     return f"<details>{summary}{_figure(uri, caption, full=True)}</details>"
@@ -1054,6 +985,13 @@ def dashboard_html(records: list[dict], source: str | None = None) -> str:
                 + markdown_to_html(table_markdown(table))
                 + "</details>"
             )
+        regimes = regime_series(records, images)
+        if regimes:
+            body.append("<h2>The twin regime: paired effects against the forget-set size</h2>")
+            for s in regimes:
+                caption = f"{s['title']}: each twin setup minus R and minus a control, per seed, with its 95% interval"
+                body.append(_figure(png_data_uri(regime_figure(s)), caption, full=True))
+            body.append(markdown_to_html(regime_markdown(regimes)))
     methods = methods_tables(records)
     if methods:
         body.append("<h2>Methods (forget quality before and after healing)</h2>")

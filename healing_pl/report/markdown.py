@@ -1,5 +1,5 @@
-"""The markdown report: every table of :mod:`healing_pl.report.tables` and the deletion-fraction series of
-:mod:`healing_pl.report.deletion`, in one document."""
+"""The markdown report: every table of :mod:`healing_pl.report.tables`, the deletion-fraction series of
+:mod:`healing_pl.report.deletion` and the twin regimes of :mod:`healing_pl.report.regime`, in one document."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 
 from healing_pl import records as rk
 from healing_pl.report.deletion import deletion_markdown, deletion_series
+from healing_pl.report.regime import regime_markdown, regime_series
 from healing_pl.report.tables import (
     derived_warning,
     fit_table,
@@ -36,6 +37,14 @@ def report(records: list[dict], source: str | None = None, stderr=None) -> str:
             parts += ["## Against the deletion fraction (the paper's Figures 1–2)", "", deletion_markdown(series), ""]
     if any(r.get(rk.PHASE) == rk.HEAL for r in records):
         parts += ["## Healing (the paper's Table 4 shape; accuracies in %)", "", healing_table(records), ""]
+        regimes = regime_series(records)
+        if regimes:
+            parts += [
+                "## The twin regime (paired effects against the forget-set size)",
+                "",
+                regime_markdown(regimes),
+                "",
+            ]
     if any(r.get(rk.PHASE) in (rk.HEAL, rk.UNLEARN) for r in records):
         parts += ["## Methods (forget quality before and after healing)", "", methods_table(records), ""]
     return "\n".join(parts) if parts else "no finished runs found."

@@ -381,6 +381,11 @@ def _label(record: dict, several_policies: bool) -> str:
     return f"{setup} [{policy}]" if several_policies and setup != "R" and policy else setup
 
 
+def setup_label(record: dict) -> str:
+    """A heal run's setup as the tables name it (R, T-<metric>, T-<metric> [same class])."""
+    return _label(record, False)
+
+
 def _base(label: str) -> str:
     return label.split(" [")[0]
 

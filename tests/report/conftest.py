@@ -96,6 +96,12 @@ def baseline(cfg: dict, sha: str = SHA, seed: int = 0) -> Baseline:
     return Baseline(path=cfg["ckpt_path"], sha256=sha, epochs=4, seed=seed, hparams=HPARAMS)
 
 
+def _budget(cfg: dict) -> int:
+    """The configured adversary's budget when it is a count (10 otherwise)."""
+    budget = (cfg["adversary"].get("init_args") or {}).get("budget", 10)
+    return budget if isinstance(budget, int) else 10
+
+
 def forget_set(cfg: dict, count: int = 10) -> ForgetSet:
     """``count`` accepted requests of the configured adversary (all of class 3)."""
     adversary = instance(SELECTORS, cfg["adversary"])
@@ -138,7 +144,7 @@ def heal_record(
         curve.accs[k], curve.val_accs[k] = t, v
     results = [
         baseline(cfg, sha),
-        forget_set(cfg),
+        forget_set(cfg, _budget(cfg)),
         Evaluation(rk.BASELINE, bl, bl, bl),
         Gold(Evaluation(rk.GOLD, gs, gs, 0.0), 30.0, False),
         unlearned(cfg, init),
