@@ -946,6 +946,15 @@ def experiment_section(row: dict, records_by_dir: dict, images: ImageSource, see
     return "\n".join(p for p in parts if p)
 
 
+def _series_section(title: str, series: list[dict], figure, caption: str, markdown) -> list[str]:
+    """A section of series (deletion fractions, twin regimes): one full-width figure each, then their table."""
+    if not series:
+        return []
+    out = [f"<h2>{html.escape(title)}</h2>"]
+    out += [_figure(png_data_uri(figure(s)), f"{s['title']}: {caption}", full=True) for s in series]
+    return out + [markdown_to_html(markdown(series))]
+
+
 def dashboard_html(records: list[dict], source: str | None = None) -> str:
     """The whole dashboard as one HTML document."""
     body = [f"<h1>healing-pl report{(': ' + html.escape(source)) if source else ''}</h1>"]
@@ -985,13 +994,13 @@ def dashboard_html(records: list[dict], source: str | None = None) -> str:
                 + markdown_to_html(table_markdown(table))
                 + "</details>"
             )
-        regimes = regime_series(records, images)
-        if regimes:
-            body.append("<h2>The twin regime: paired effects against the forget-set size</h2>")
-            for s in regimes:
-                caption = f"{s['title']}: each twin setup minus R and minus a control, per seed, with its 95% interval"
-                body.append(_figure(png_data_uri(regime_figure(s)), caption, full=True))
-            body.append(markdown_to_html(regime_markdown(regimes)))
+        body += _series_section(
+            "The twin regime: paired effects against the forget-set size",
+            regime_series(records, images),
+            regime_figure,
+            "each twin setup minus R and minus a control, per seed, with its 95% interval",
+            regime_markdown,
+        )
     methods = methods_tables(records)
     if methods:
         body.append("<h2>Methods (forget quality before and after healing)</h2>")
@@ -1014,13 +1023,13 @@ def dashboard_html(records: list[dict], source: str | None = None) -> str:
         if uri:
             body.append(_figure(uri, "unlearned test accuracy per selector and method (BL dashed)"))
         body.append(markdown_to_html(unlearning_table(records)))
-        series = deletion_series(records)
-        if series:
-            body.append("<h2>Against the deletion fraction (the paper's Figures 1–2)</h2>")
-            for s in series:
-                caption = f"{s['title']}: test accuracy and wall time against the share of the training set forgotten"
-                body.append(_figure(png_data_uri(deletion_figure(s)), caption, full=True))
-            body.append(markdown_to_html(deletion_markdown(series)))
+        body += _series_section(
+            "Against the deletion fraction (the paper's Figures 1–2)",
+            deletion_series(records),
+            deletion_figure,
+            "test accuracy and wall time against the share of the training set forgotten",
+            deletion_markdown,
+        )
     if counts.get(rk.STREAM):
         body.append("<h2>Streams</h2>")
         uri = stream_figure(records)
