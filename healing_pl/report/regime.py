@@ -18,7 +18,7 @@ from collections import defaultdict
 
 from healing_pl import records as rk
 from healing_pl.report.images import ImageSource, attacked_class, class_accuracy
-from healing_pl.report.tables import Stat, difference, experiments, is_compared, references, seeds_sentence, setup_label
+from healing_pl.report.tables import Stat, experiments, is_compared, paired, references, runs_by_seed, seeds_sentence
 
 __all__ = ["regime_series", "regime_markdown", "regime_figure"]
 
@@ -27,17 +27,9 @@ SIZE_KEYS = ("adversary.budget", "adversary.class_fraction")
 CELL_KEYS = (*SIZE_KEYS, "heal.remain_fraction")
 
 
-def _final(record: dict) -> float | None:
-    """Test accuracy after the heal's last epoch."""
-    return rk.number(record, rk.healed_acc("test", record.get(rk.HEAL_EPOCHS)))
-
-
 def _cell(exp, images: ImageSource) -> dict:
     """One size and heal set over its seeds: every setup's paired differences, overall and on the attacked class."""
-    by_seed: dict[str, dict[str, dict]] = defaultdict(dict)
-    for r in exp.records:
-        seed = json.dumps(r.get(rk.EXPERIMENT_SEEDS) or {}, sort_keys=True, default=str)
-        by_seed[seed].setdefault(setup_label(r), r)
+    by_seed, _ = runs_by_seed(exp)
     labels = sorted({label for runs in by_seed.values() for label in runs})
     target = next((attacked_class(r) for r in exp.records if attacked_class(r) is not None), None)
     klass: dict[int, dict] = {}
@@ -47,38 +39,26 @@ def _cell(exp, images: ImageSource) -> dict:
     def healed_class(r):
         return (klass.get(id(r)) or {}).get(rk.HEALED)
 
-    def paired(label: str, ref: str, value) -> Stat:
-        a, b = [], []
-        for runs in by_seed.values():
-            mine, theirs = runs.get(label), runs.get(ref)
-            x = None if mine is None else value(mine)
-            y = None if theirs is None else value(theirs)
-            if x is not None and y is not None:
-                a.append(x)
-                b.append(y)
-        return difference(a, b)
-
     refs = [ref for ref in references(labels) if ref != "GS" and ref in labels]
     setups = {}
     for label in labels:
         if label == "R" or not is_compared(label) and label not in refs:
             continue
         setups[label] = {
-            ref: {"overall": paired(label, ref, _final), "class": paired(label, ref, healed_class)}
+            ref: {
+                "overall": paired(by_seed, label, ref, "N/2", None),
+                "class": paired(by_seed, label, ref, "N/2", None, value=healed_class),
+            }
             for ref in refs
             if ref != label
         }
-    first = exp.records[0]
     flat = exp.flat()
     return {
-        "experiment": exp.id,
         "forget": Stat([float(r[rk.FORGET_COUNT]) for r in exp.records if r.get(rk.FORGET_COUNT)], bounds=None),
         "class_fraction": flat.get("adversary.class_fraction"),
-        "budget": flat.get("adversary.budget"),
         "remain_fraction": flat.get("heal.remain_fraction", 1.0),
         "seeds": len(by_seed),
         "target": target,
-        "dataset": first.get(rk.DATASET),
         "setups": setups,
     }
 

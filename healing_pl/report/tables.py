@@ -381,11 +381,6 @@ def _label(record: dict, several_policies: bool) -> str:
     return f"{setup} [{policy}]" if several_policies and setup != "R" and policy else setup
 
 
-def setup_label(record: dict) -> str:
-    """A heal run's setup as the tables name it (R, T-<metric>, T-<metric> [same class])."""
-    return _label(record, False)
-
-
 def _base(label: str) -> str:
     return label.split(" [")[0]
 
@@ -405,7 +400,7 @@ def _at(record: dict, split: str, epoch: int | None) -> float | None:
     return record.get(rk.healed_acc(split, epoch))
 
 
-def _runs_by_seed(exp: Experiment) -> tuple[dict[str, dict[str, dict]], bool]:
+def runs_by_seed(exp: Experiment) -> tuple[dict[str, dict[str, dict]], bool]:
     several_policies = len({r.get(rk.TWINS_POLICY) for r in exp.records if r.get(rk.HEAL_SETUP) != "R"}) > 1
     by_seed: dict[str, dict[str, dict]] = defaultdict(dict)
     for r in exp.records:  # sorted by run folder: a repeated run of one seed and setup counts once
@@ -442,16 +437,18 @@ def _test_at(record: dict, col: str) -> float | None:
     return _at(record, "test", 1 if col == "1" else record.get(rk.HEAL_EPOCHS))
 
 
-def _paired(by_seed: dict, label: str, ref: str, col: str, threshold: float | None) -> Stat:
+def paired(by_seed: dict, label: str, ref: str, col: str, threshold: float | None, value=None) -> Stat:
     """Per seed: setup ``label`` minus ``ref`` (a setup of the same seed, or "GS") on the same start and test
-    set; the seeds where either side collapsed are counted."""
+    set; the seeds where either side collapsed are counted. ``value(record)`` is what is compared (default: the
+    test accuracy after 1 epoch, ``col`` "1", or after the last, "N/2"); ``by_seed`` is :func:`runs_by_seed`'s."""
+    value = value or (lambda record: _test_at(record, col))
     a, b, collapsed = [], [], 0
     for runs in by_seed.values():
         r = runs.get(label)
         if r is None:
             continue
-        x = _test_at(r, col)
-        y = r.get(rk.GOLD_TEST_ACC) if ref == "GS" else (_test_at(runs[ref], col) if ref in runs else None)
+        x = value(r)
+        y = r.get(rk.GOLD_TEST_ACC) if ref == "GS" else (value(runs[ref]) if ref in runs else None)
         if x is None or y is None:
             continue
         a.append(x)
@@ -490,7 +487,7 @@ def references(labels: list[str]) -> list[str]:
 
 def healing_row(exp: Experiment) -> dict:
     """The Table 4 figures of one experiment, over its seeds, and every setup's paired differences."""
-    by_seed, _ = _runs_by_seed(exp)
+    by_seed, _ = runs_by_seed(exp)
     first = exp.records[0]
     seeds = list(by_seed)
     threshold = stats.collapse_threshold(classes(exp))
@@ -563,7 +560,7 @@ def healing_row(exp: Experiment) -> dict:
             for k in range(epochs + 1)
         ]
         row["paired"][label] = {
-            ref: {col: _paired(by_seed, label, ref, col, threshold) for col in ("1", "N/2")}
+            ref: {col: paired(by_seed, label, ref, col, threshold) for col in ("1", "N/2")}
             for ref in refs
             if ref != label
         }
@@ -579,7 +576,7 @@ def healing_row(exp: Experiment) -> dict:
         if not best:
             continue
         # within noise: the best's paired difference to another compared setup has an interval holding 0
-        others = [_paired(by_seed, best[0], label, col, threshold) for label in compared if label not in best]
+        others = [paired(by_seed, best[0], label, col, threshold) for label in compared if label not in best]
         row[f"best {col} within noise"] = any(d.within_noise for d in others)
         row[f"best-GS {col}"] = {label: row["paired"][label]["GS"][col] for label in best}
         row[f"best-GS {col} within noise"] = bool(row[f"best-GS {col}"][best[0]].within_noise)
@@ -960,7 +957,7 @@ def _best_twin(by_seed: dict) -> list[str]:
 def methods_row(exp: Experiment) -> dict:
     """One method's figures over seeds: unlearning time, and test and forget accuracy and MIA AUC of the
     unlearned model, of the R-healed model and of the best twin metric's healed model (heal runs)."""
-    by_seed, _ = _runs_by_seed(exp)
+    by_seed, _ = runs_by_seed(exp)
     first = exp.records[0]
     row = {
         "experiment": exp.id,
