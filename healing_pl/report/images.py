@@ -52,10 +52,10 @@ class ImageSource:
     def __init__(self):
         self.pools: dict[tuple, object] = {}
 
-    def pool(self, run_folder: str):
-        path = os.path.join(run_folder, "config.yaml")
+    def pool(self, folder: str):
+        path = os.path.join(folder, "config.yaml")
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"'{run_folder}' holds no config.yaml to name its dataset")
+            raise FileNotFoundError(f"'{folder}' holds no config.yaml to name its dataset")
         with open(path) as f:
             data = (yaml.safe_load(f) or {}).get("data") or {}
         key = (data.get("dataset"), data.get("root"), data.get("image_size"), data.get("channels"))
@@ -65,15 +65,15 @@ class ImageSource:
             self.pools[key] = build_pool(key[0], root=key[1], download=False, image_size=key[2], channels=key[3])
         return self.pools[key]
 
-    def test_labels(self, run_folder: str) -> list[int] | None:
+    def test_labels(self, folder: str) -> list[int] | None:
         """The labels of a run's test set in its test loader's order: the pool samples its ``splits.json`` names
         as test, or the dataset's official test split when it names none; None without a ``splits.json``."""
-        path = os.path.join(run_folder, "splits.json")
+        path = os.path.join(folder, "splits.json")
         if not os.path.isfile(path):
             return None
         with open(path) as f:
             ids = (json.load(f).get("splits") or {}).get("test") or []
-        pool = self.pool(run_folder)
+        pool = self.pool(folder)
         targets = pool.train.targets[ids] if ids else pool.test.targets
         return [int(y) for y in targets]
 
