@@ -25,7 +25,7 @@ import sys
 
 from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, _get_short_description
 
 from healing_pl import records as rk
 from healing_pl.adversary import SELECTORS
@@ -183,6 +183,7 @@ class HealingCLI(LightningCLI):
 
     def __init__(self, args=None, run: bool = True):
         enforce_import_policy()
+        self._argv = sys.argv[1:] if args is None else list(args)
         super().__init__(
             Classifier,
             HealingDataModule,
@@ -219,6 +220,19 @@ class HealingCLI(LightningCLI):
             super()._parse_ckpt_path()
         except Exception as err:  # torch raises several types for a file that is not a checkpoint
             raise ValueError(f"checkpoint '{path}' is corrupt or not a checkpoint ({type(err).__name__}).") from None
+
+    def _add_subcommands(self, parser, **kwargs) -> None:
+        # A command that names its subcommand first gets that subcommand's parser alone: building all seven
+        # costs about seven times as much (0.25 s against 0.04 s per command, which a grid's checks and the
+        # tests pay hundreds of times). Anything else (`--help`, a misspelt subcommand) gets every parser.
+        named = self._argv[0] if self._argv and str(self._argv[0]) in self.subcommands() else None
+        if named is None:
+            return super()._add_subcommands(parser, **kwargs)
+        self._subcommand_parsers = {}
+        description = _get_short_description(getattr(self.trainer_class, named))
+        sub_kwargs = {"description": description, **kwargs.get(named, {})}
+        self._subcommand_parsers[named] = self._prepare_subcommand_parser(self.trainer_class, named, **sub_kwargs)
+        parser.add_subcommands().add_subcommand(named, self._subcommand_parsers[named], help=description)
 
     def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
         # as_group=False: the `unlearn` subcommand has an `unlearn` argument group of its own
