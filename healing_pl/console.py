@@ -14,6 +14,8 @@ KNOWN_WARNINGS = (
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
     # inner trainings (gold standard, a stream's fine-tunes) skip validation on purpose
     r"You defined a `validation_step` but have no `val_dataloader`\. Skipping val loop",
+    # ... and log nowhere on purpose: their figures reach the outer run's logger, not a logger of their own
+    r"You called `self\.log\(.*logger=True\)` but have no logger configured",
     # the CLI passes its arguments itself (``run_cli(args)``)
     r".*LightningCLI's args parameter",
 )

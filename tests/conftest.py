@@ -12,6 +12,16 @@ os.environ.setdefault("HEALING_PL_ALLOW_IMPORTS", "_ranks.RaiseOnRank,test_devic
 torch.set_num_threads(1)
 
 
+#: the test files that take longest (seconds on one core), started first: the two workers share out files in
+#: collection order, and a long file left for last runs alone while the other worker idles
+LONGEST_FIRST = ("test_distributed.py", "test_grid.py", "test_pipeline.py", "test_bad_input.py", "test_console.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
     """Run in a fresh folder, so runs/ and data/ land in tmp_path."""

@@ -20,7 +20,16 @@ from healing_pl.console import (
     run_line,
 )
 
-NOISE = ("Tip", "litlogger", "litmodels", "anonymous", "DeprecationWarning", "FutureWarning", "LeafSpec")
+NOISE = (
+    "Tip",
+    "litlogger",
+    "litmodels",
+    "anonymous",
+    "DeprecationWarning",
+    "FutureWarning",
+    "LeafSpec",
+    "no logger configured",
+)
 
 
 def _cli(*args, cwd) -> str:
