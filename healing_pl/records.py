@@ -231,6 +231,11 @@ RUN_DIR = _run("run_dir", str, "the run folder")
 WORLD_SIZE = _run("world_size", int, "processes (devices) the run used")
 DEVICE = _run("device", str, "rank zero's device")
 PRECISION = _run("precision", str, "the trainer's precision")
+THREADS = _run(
+    "threads",
+    int,
+    "CPU threads of rank zero's torch (on the CPU the same seed gives the same numbers at the same count)",
+)
 #: added by the report's loader to every record it reads (never written to results.json): the file it came from
 FILE = Key("_file", str, "the results.json a record was read from", writers=("load_records",))
 
@@ -679,7 +684,9 @@ def per_epoch(record: Mapping[str, Any], split: str = "test") -> dict[int, Any]:
     return dict(sorted(points.items()))
 
 
-def header(*, dataset: str, backbone: str, run_dir: str, world_size: int, device: str, precision: str) -> dict:
+def header(
+    *, dataset: str, backbone: str, run_dir: str, world_size: int, device: str, precision: str, threads: int
+) -> dict:
     """The keys every record starts with (after ``phase``)."""
     return {
         DATASET: dataset,
@@ -688,6 +695,7 @@ def header(*, dataset: str, backbone: str, run_dir: str, world_size: int, device
         WORLD_SIZE: world_size,
         DEVICE: device,
         PRECISION: precision,
+        THREADS: threads,
     }
 
 

@@ -19,6 +19,7 @@ def test_fit_end_to_end_on_digits(in_tmp, configs_dir):
     assert main(["fit", "--config", f"{configs_dir}/digits.yaml", f"--run_dir={run_dir}", *FAST]) == 0
     record = json.loads((run_dir / "results.json").read_text())
     assert record["phase"] == "fit" and record["test/acc"] > 0.8
+    assert record["threads"] == torch.get_num_threads() == 1  # the tests' one thread (conftest), as recorded
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     splits = json.loads((run_dir / "splits.json").read_text())
     assert splits["dataset"] == "digits" and len(splits["splits"]["primary"]) == round(0.6 * 1797)

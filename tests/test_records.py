@@ -162,7 +162,13 @@ def built(tmp_path_factory):
 
 def _header(tmp, phase: str) -> dict:
     return rk.header(
-        dataset="digits", backbone="small_cnn", run_dir=str(tmp / phase), world_size=1, device="cpu", precision="32"
+        dataset="digits",
+        backbone="small_cnn",
+        run_dir=str(tmp / phase),
+        world_size=1,
+        device="cpu",
+        precision="32",
+        threads=1,
     )
 
 

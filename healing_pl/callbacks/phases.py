@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import lightning as L
+import torch
 
 from healing_pl import records as rk
 from healing_pl.adversary import Selector
@@ -656,6 +657,7 @@ class RunWriter(L.Callback):
             world_size=trainer.world_size,
             device=str(trainer.strategy.root_device),
             precision=str(trainer.precision),
+            threads=torch.get_num_threads(),
         )
         results = [r for phase in self.phases for r in phase.results()]
         record = run_record(self.subcommand, header, self.config, results)

@@ -89,6 +89,7 @@ def header(cfg: dict, run_dir: str) -> dict:
         world_size=1,
         device="cpu",
         precision="32-true",
+        threads=1,
     )
 
 
