@@ -12,9 +12,17 @@ os.environ.setdefault("HEALING_PL_ALLOW_IMPORTS", "_ranks.RaiseOnRank,test_devic
 torch.set_num_threads(1)
 
 
-#: the test files that take longest (seconds on one core), started first: the two workers share out files in
-#: collection order, and a long file left for last runs alone while the other worker idles
-LONGEST_FIRST = ("test_distributed.py", "test_grid.py", "test_pipeline.py", "test_bad_input.py", "test_console.py")
+#: the test files that take longest (53, 37, 27, 23, 22, 19 and 12 s on one core), started first: the two workers
+#: share out files in collection order, and a long file left for last runs alone while the other worker idles
+LONGEST_FIRST = (
+    "test_distributed.py",
+    "test_grid.py",
+    "test_pipeline.py",
+    "test_bad_input.py",
+    "test_console.py",
+    "test_devices.py",
+    "test_requests.py",
+)
 
 
 def pytest_collection_modifyitems(config, items):
