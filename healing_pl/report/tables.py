@@ -770,30 +770,34 @@ def _mcnemar_cell(tests: list[stats.McNemar], n_row: int) -> str:
 
 def paired_markdown(row: dict) -> str:
     """Markdown: every setup of one experiment minus R, minus each control (T-random) and minus GS, paired by
-    seed; the minimum detectable difference against R; exact McNemar against R on the test images."""
+    seed; the minimum detectable difference against R and against each control; exact McNemar against R on the
+    test images."""
     n = row["seeds"]
     labels = sorted(row["paired"], key=_order)
     refs = references(labels)
     others = [ref for ref in refs if ref != "R"]
+    detect = [ref for ref in refs if ref != "GS"]  # the comparisons a twin setup must win: R and each control
     head = (
         "| setup | − R 1 ep | − R N/2 ep |"
         + "".join(f" − {ref} N/2 ep |" for ref in others)
-        + " MDE − R N/2 ep | McNemar − R N/2 ep: b / c |"
+        + "".join(f" MDE − {ref} N/2 ep |" for ref in detect)
+        + " McNemar − R N/2 ep: b / c |"
     )
     out = [
         f"Paired differences, {row['method']} (points; n = {n} seed{'s' if n != 1 else ''}; per seed: the setup "
         "minus the reference on the same unlearned start and the same test images):",
         "",
         head,
-        "|" + "---|" * (5 + len(others)),
+        "|" + "---|" * (4 + len(others) + len(detect)),
     ]
     for label in labels:
         diffs = row["paired"][label]
         cells = [_paired_cell(diffs["R"][col], n) if "R" in diffs else "—" for col in ("1", "N/2")]
         cells += [_paired_cell(diffs[ref]["N/2"], n) if ref in diffs else "—" for ref in others]
-        # no MDE from a bimodal spread: seeds that mix collapsed and intact models are not one noise
-        mde = diffs["R"]["N/2"].mde if "R" in diffs and not diffs["R"]["N/2"].mixed else None
-        cells.append("—" if mde is None else f"{100 * mde:.2f}")
+        for ref in detect:
+            # no MDE from a bimodal spread: seeds that mix collapsed and intact models are not one noise
+            mde = diffs[ref]["N/2"].mde if ref in diffs and not diffs[ref]["N/2"].mixed else None
+            cells.append("—" if mde is None else f"{100 * mde:.2f}")
         cells.append(_mcnemar_cell(row["mcnemar"][label].get("R", []), n) if "R" in diffs else "—")
         out.append(f"| {label} | " + " | ".join(cells) + " |")
     legend = seeds_sentence([n]) + " "
@@ -801,8 +805,9 @@ def paired_markdown(row: dict) -> str:
         legend += (
             "Each cell: the mean of the per-seed differences [its 95% interval: Student t on the differences "
             "(scipy's paired t); where that would leave [−100, 100], a bootstrap from 5 seeds on and below 5 cut "
-            "at the range]; ≈: the interval contains 0 (within noise). MDE: the smallest difference from R that "
-            f"{n} seeds detect with 80% power (two-sided α 0.05), from the observed spread of the differences. "
+            "at the range]; ≈: the interval contains 0 (within noise). MDE: the smallest difference from R (or "
+            f"from a control) that {n} seeds detect with 80% power (two-sided α 0.05), from the observed spread of "
+            "the differences. "
         )
     legend += (
         "McNemar: exact test on the test images exactly one of the two final models classifies correctly (b: only "

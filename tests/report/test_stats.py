@@ -162,7 +162,9 @@ def test_a_two_seed_table_prints_no_interval_wider_than_the_range(make_record):
     row_text = report(_runs(make_record, 2, accs), "runs", stderr=io.StringIO())
     line = [x for x in row_text.splitlines() if x.startswith("| T-raw_l2 | ")][-1]
     assert line.startswith("| T-raw_l2 | per seed +65.00, +0.50 (1 of 2 collapsed) | per seed +65.00, +0.50 (1 of 2")
-    assert "| — | — |" in line  # no MDE, no per-image results
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[-3] == "—" and cells[-1] == "—"  # no MDE against R, no per-image results
+    assert cells[-2] != "—"  # against T-random neither side collapsed: its MDE stands
 
 
 def test_one_seed_says_n_1(make_record):
@@ -185,6 +187,11 @@ def test_paired_table_matches_scipy_and_marks_only_intervals_holding_zero(make_r
     line = [x for x in text.splitlines() if x.startswith("| T-raw_l2 | ")][-1]
     cell = f"{100 * diff.mean:+.2f} [{100 * ci.low:+.2f}, {100 * ci.high:+.2f}]"
     assert f"| {cell} |" in line and f"| {100 * diff.mde:.2f} |" in line
+    # the MDE against the control: from the spread of T-raw_l2 − T-random, as stats.mde has it
+    control = stats.mde(6, np.std(np.subtract(TWINS, accs["T-random"]), ddof=1))
+    header = [x for x in text.splitlines() if x.startswith("| setup | − R 1 ep")][-1]
+    at = [c.strip() for c in header.strip("|").split("|")].index("MDE − T-random N/2 ep")
+    assert [c.strip() for c in line.strip("|").split("|")][at] == f"{100 * control:.2f}"
     assert "n = 6 seeds" in text and "wide" not in text.split("Paired differences")[1]
 
 
