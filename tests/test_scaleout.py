@@ -119,6 +119,33 @@ def _runs(out: pathlib.Path, *cells: str) -> list[Run]:
     return runs
 
 
+def _seeded_runs(out: pathlib.Path, seeds: int, cells: tuple[str, ...]) -> list[Run]:
+    """A seeded grid's runs in the grid's own order: every baseline, then each seed's cells together."""
+    bases = [str(out / f"seed-{s}" / "baseline") for s in range(seeds)]
+    runs = [Run(f"seed-{s}/baseline", "fit", b, (f"--run_dir={b}",), s) for s, b in enumerate(bases)]
+    for s, b in enumerate(bases):
+        for cell in cells:
+            run_dir = str(out / f"seed-{s}" / cell)
+            runs.append(Run(f"seed-{s}/{cell}", "heal", run_dir, (f"--run_dir={run_dir}",), s, b))
+    return runs
+
+
+def test_runs_start_in_turns_over_the_seeds_so_two_jobs_start_different_seeds(fake):
+    runs = _seeded_runs(fake, 3, ("heal-none", "heal-raw", "heal-random"))
+    order = [run.name for run in grid.start_order(runs)]
+    assert order == [
+        *(f"seed-{s}/baseline" for s in range(3)),
+        *(f"seed-{s}/heal-none" for s in range(3)),
+        *(f"seed-{s}/heal-raw" for s in range(3)),
+        *(f"seed-{s}/heal-random" for s in range(3)),
+    ]
+    one = _runs(fake, "heal-a", "heal-b", "heal-c")  # one baseline: the grid's own order
+    assert grid.start_order(one) == one
+    # a runner claims in that order: with one job the claims follow it exactly
+    Runner(str(fake), 1, [], bar=False).execute(runs)
+    assert [e["run"] for e in _events(fake) if e["event"] == "claim"] == order
+
+
 def test_keep_going_runs_the_other_cells_records_the_failure_and_names_it(fake, capsys):
     runs = _runs(fake, "heal-a", "heal-bad", "heal-c")
     with pytest.raises(GridError) as err:

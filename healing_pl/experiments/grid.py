@@ -138,6 +138,25 @@ def _fork_context():
     return multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
 
 
+def start_order(runs: list[Run]) -> list[Run]:
+    """``runs`` in the order a runner starts them: the baselines first, then the other runs in turns over their
+    baselines (each seed's first run before any seed's second, each seed's runs in their own order).
+
+    The runs of one seed share its unlearned start, which the cache computes once while every other command that
+    needs it waits. In the grid's own order (a seed's runs together) a second job, or a second runner on the same
+    folder, would start the same seed's next run and wait out that computation; in turns it starts another seed's.
+    """
+    turn: dict[str, int] = {}
+    keyed = []
+    for position, run in enumerate(runs):
+        if run.baseline is None:
+            keyed.append(((0, 0, position), run))
+            continue
+        keyed.append(((1, turn.get(run.baseline, 0), position), run))
+        turn[run.baseline] = turn.get(run.baseline, 0) + 1
+    return [run for _, run in sorted(keyed, key=lambda item: item[0])]
+
+
 def log_path(run: Run) -> str:
     return os.path.normpath(run.run_dir) + ".log"
 
@@ -367,7 +386,7 @@ class Runner:
     def execute(self, runs: list[Run]) -> None:
         """Run every run not done yet; wait for those other runners hold. Raises GridError on a failure (with
         ``keep_going``: at the end, naming every failed run)."""
-        pending = [run for run in runs if not done(run.run_dir)]
+        pending = start_order([run for run in runs if not done(run.run_dir)])
         total = len(pending)
         if not total:
             return
