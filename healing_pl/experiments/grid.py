@@ -146,15 +146,14 @@ def start_order(runs: list[Run]) -> list[Run]:
     needs it waits. In the grid's own order (a seed's runs together) a second job, or a second runner on the same
     folder, would start the same seed's next run and wait out that computation; in turns it starts another seed's.
     """
-    turn: dict[str, int] = {}
-    keyed = []
+    turns: dict[str, int] = {}  # baseline -> how many of its runs came before
+    keys = []
     for position, run in enumerate(runs):
-        if run.baseline is None:
-            keyed.append(((0, 0, position), run))
-            continue
-        keyed.append(((1, turn.get(run.baseline, 0), position), run))
-        turn[run.baseline] = turn.get(run.baseline, 0) + 1
-    return [run for _, run in sorted(keyed, key=lambda item: item[0])]
+        turn = -1 if run.baseline is None else turns.get(run.baseline, 0)  # a baseline before every turn
+        if run.baseline is not None:
+            turns[run.baseline] = turn + 1
+        keys.append((turn, position))
+    return [runs[i] for i in sorted(range(len(runs)), key=keys.__getitem__)]
 
 
 def log_path(run: Run) -> str:
