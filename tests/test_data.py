@@ -5,8 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
-from healing_pl.data.datamodule import HealingDataModule, split_ids
-from healing_pl.data.datasets import build_pool
+from torch.utils.data import DataLoader
+
+from healing_pl.data.datamodule import HealingDataModule, IdView, split_ids
+from healing_pl.data.datasets import Mislabelled, TensorImages, build_pool
 
 
 def test_splits_disjoint_cover_and_sized():
@@ -88,6 +90,32 @@ def test_mnist5k_is_real_mnist():
     assert torch.bincount(pool.targets).tolist() == [500] * 10
     x, _ = pool.train[0]
     assert x.shape == (1, 28, 28)
+    # the digits are read once per process, but each pool owns its tensors
+    pool.train.images[0] = 0
+    pool.train.targets[0] = 3
+    again = build_pool("mnist5k")
+    assert int(again.train.images[0].sum()) > 0 and int(again.targets[0]) != 3
+
+
+@pytest.mark.parametrize("size", [None, 12])
+def test_a_loaders_batch_fetch_equals_fetching_each_item(size):
+    # the DataLoader fetches a batch with one __getitems__ call: the same tensors and labels as item by item,
+    # mislabelled samples included, resized or not
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8, generator=gen)
+    targets = torch.randint(0, 10, (40,), generator=gen)
+    for base in (
+        TensorImages(images, targets, (0.3,), (0.4,), size=size),
+        TensorImages(images / 255.0, targets, (0.3,), (0.4,), size=size),
+    ):
+        wrong = Mislabelled(base, torch.tensor([5, 9]), (targets[[5, 9]] + 1) % 10)
+        view = IdView(wrong, torch.tensor([9, 2, 5, 5, 31, 0, 7]))
+        by_item = [view[i] for i in range(len(view))]
+        (x, y), *_ = DataLoader(view, batch_size=len(view))
+        assert torch.equal(x, torch.stack([item[0] for item in by_item]))
+        assert y.tolist() == [item[1] for item in by_item]
+        assert y[0] == (targets[9] + 1) % 10 and y[2] == y[3] == (targets[5] + 1) % 10  # the override holds
+        assert x.shape[-1] == (size or 8)
 
 
 def test_unknown_dataset_and_missing_root(in_tmp):

@@ -1,7 +1,10 @@
-"""fit and heal under DDP (``ddp_spawn``, 2 CPU processes) against the same commands on one process.
+"""fit and heal under DDP (2 CPU processes) against the same commands on one process.
 
 The datamodule splits every global batch across the ranks (``ShardedBatches``) and DDP averages the
 ranks' gradients, so two ranks train like one process; every file is written once, by rank zero.
+Both of Lightning's launchers run: ``fit`` under ``ddp`` (the README's: the command itself is rank zero
+and starts the other rank by running its own command line again), ``heal`` and a failing command under
+``ddp_spawn`` (the command starts both ranks as new processes).
 """
 
 import json
@@ -15,9 +18,10 @@ from healing_pl.main import main
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 DDP = ["--trainer.devices=2", "--trainer.strategy=ddp_spawn"]
+LAUNCHED = ["--trainer.devices=2", "--trainer.strategy=ddp"]
 
 
-def _run(cwd, *args, ok=True):
+def _run(cwd, *args):
     exe = os.path.join(os.path.dirname(sys.executable), "healing-pl")
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": TESTS, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
@@ -28,9 +32,7 @@ def _run(cwd, *args, ok=True):
         text=True,
         timeout=600,
     )
-    if ok:
-        assert out.returncode == 0, out.stderr[-3000:]
-    return out
+    assert out.returncode == 0, out.stderr[-3000:]
 
 
 def _results(root):
@@ -42,7 +44,7 @@ def runs(tmp_path_factory, configs_dir, digits_baseline):
     """Baselines and heal runs on 1 and 2 processes, from the same config and seed.
 
     The one-process baseline is the session's shared one-epoch digits fit; the two-rank fit repeats its command
-    with DDP. Only the two-rank heal logs to W&B (the test checks that rank zero alone does).
+    under ``ddp``. Only the two-rank heal logs to W&B (the test checks that rank zero alone does).
     """
     root = tmp_path_factory.mktemp("ddp")
     fit = ["fit", "--config", f"{configs_dir}/digits.yaml", "--trainer.max_epochs=1", "--wandb.enabled=false"]
@@ -61,12 +63,15 @@ def runs(tmp_path_factory, configs_dir, digits_baseline):
         f"--ckpt_path={digits_baseline}",
     ]
     (root / "fit1").symlink_to(digits_baseline.parent.parent, target_is_directory=True)
-    _run(root, *fit, f"--run_dir={root / 'fit2'}", *DDP)
+    _run(root, *fit, f"--run_dir={root / 'fit2'}", *LAUNCHED)
     assert (
         main([*heal, f"--run_dir={root / 'heal1'}", "--trainer.enable_progress_bar=false", "--wandb.enabled=false"])
         == 0
     )
-    _run(root, *heal, f"--run_dir={root / 'heal2'}", *DDP)
+    with pytest.MonkeyPatch.context() as env:  # in this process: only the spawned ranks are new processes
+        env.setenv("OMP_NUM_THREADS", "1")
+        env.chdir(root)
+        assert main([*heal, f"--run_dir={root / 'heal2'}", *DDP, "--trainer.enable_progress_bar=false"]) == 0
     return root
 
 
@@ -103,22 +108,15 @@ def test_heal_on_two_ranks_matches_one_process_and_writes_once(runs):
     assert len([d for d in os.listdir(runs / "heal2" / "wandb") if d.startswith("offline-run-")]) == 1
 
 
-def test_a_failing_rank_fails_the_command(runs, configs_dir):
-    out = _run(
-        runs,
-        "fit",
-        "--config",
-        f"{configs_dir}/digits.yaml",
-        "--trainer.max_epochs=1",
-        *DDP,
-        f"--run_dir={runs / 'failing'}",
-        "--trainer.callbacks+=_ranks.RaiseOnRank",
-        "--wandb.enabled=false",
-        ok=False,
-    )
-    assert out.returncode != 0
-    assert "rank 1 failed on purpose" in out.stderr.strip().splitlines()[-1]
-    assert not (runs / "failing" / "results.json").exists()
+def test_a_failing_rank_fails_the_command(tmp_path, configs_dir, capfd, monkeypatch):
+    # run in this process (the spawned ranks are new processes all the same): the one sentence is the last line
+    monkeypatch.syspath_prepend(TESTS)  # the ranks import the callback by its name in the command
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    args = ["fit", "--config", f"{configs_dir}/digits.yaml", "--trainer.max_epochs=1", *DDP]
+    args += [f"--run_dir={tmp_path / 'failing'}", "--trainer.callbacks+=_ranks.RaiseOnRank", "--wandb.enabled=false"]
+    assert main([*args, "--trainer.enable_progress_bar=false"]) == 1
+    assert "rank 1 failed on purpose" in capfd.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "failing" / "results.json").exists()
 
 
 def test_a_batch_that_does_not_split_across_ranks_stops_before_any_file(tmp_path, configs_dir, capsys):

