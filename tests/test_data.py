@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from torch.utils.data import DataLoader
 
 from healing_pl.data.datamodule import HealingDataModule, IdView, split_ids
