@@ -178,6 +178,10 @@ LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
 RUN_DIR_ENV = "HEALING_PL_RUN_DIR"
 
 
+#: subcommand parsers built in this process (see HealingCLI._prepare_subcommand_parser)
+_SUBCOMMAND_PARSERS: dict[tuple, tuple] = {}
+
+
 class HealingCLI(LightningCLI):
     """LightningCLI of healing-pl (see the module docstring)."""
 
@@ -235,13 +239,19 @@ class HealingCLI(LightningCLI):
         parser.add_subcommands().add_subcommand(named, self._subcommand_parsers[named], help=description)
 
     def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
-        # as_group=False: the `unlearn` subcommand has an `unlearn` argument group of its own
-        parser = self.init_parser(**kwargs)
-        self._add_arguments(parser)
-        skip = set(self.subcommands()[subcommand])
-        self._subcommand_method_arguments[subcommand] = parser.add_method_arguments(
-            klass, subcommand, skip=skip, as_group=False
-        )
+        # Built once per process and reused by later commands (a parser only reads its arguments): building one
+        # costs about 0.1 s, which a grid's checks and the tests pay hundreds of times. The key holds everything
+        # the build reads, the registered classes included, so a class registered later gets a fresh parser.
+        registered = tuple(cls for registry in FAMILIES.values() for cls in registry.classes())
+        key = (type(self), klass, subcommand, repr(sorted(kwargs.items())), registered)
+        if key not in _SUBCOMMAND_PARSERS:
+            # as_group=False: the `unlearn` subcommand has an `unlearn` argument group of its own
+            parser = self.init_parser(**kwargs)
+            self._add_arguments(parser)
+            skip = set(self.subcommands()[subcommand])
+            arguments = parser.add_method_arguments(klass, subcommand, skip=skip, as_group=False)
+            _SUBCOMMAND_PARSERS[key] = (parser, arguments)
+        parser, self._subcommand_method_arguments[subcommand] = _SUBCOMMAND_PARSERS[key]
         return parser
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
