@@ -202,6 +202,7 @@ def fisher_forget(
     sigma_h: float | None = None,
     per_batch: bool = False,
     progress: bool = False,
+    start_fisher: tuple[dict[str, Tensor], int] | None = None,
 ) -> nn.Module:
     """Fisher forgetting: a copy of ``model`` with the forget set's information scrubbed.
 
@@ -279,6 +280,8 @@ def fisher_forget(
         sigma_h: sigma_h of ``shaping="paper_lambda"`` (None: ``alpha``).
         per_batch: one step (Fisher, Newton step, noise) per forget batch.
         progress: show progress bars.
+        start_fisher: ``diagonal_fisher_and_count(model, remain_loader, kind)`` when the caller has it (the
+            repeats of one start share it): used for the first round instead of computing it again.
 
     Returns:
         A new model (deep copy) with the updated parameters.
@@ -304,10 +307,13 @@ def fisher_forget(
     params = [p for _, p in named]
     gen = torch.Generator().manual_seed(int(seed))
     rounds = ([b] for b in forget_loader) if per_batch else [forget_loader]
-    for forget in rounds:
-        fisher, n_remain = diagonal_fisher_and_count(
-            new, remain_loader, kind, progress=progress, desc="Fisher (remain)"
-        )
+    for i, forget in enumerate(rounds):
+        if i == 0 and start_fisher is not None:  # the first round's model is the start: its Fisher, given
+            fisher, n_remain = start_fisher
+        else:
+            fisher, n_remain = diagonal_fisher_and_count(
+                new, remain_loader, kind, progress=progress, desc="Fisher (remain)"
+            )
         if not all_finite(list(fisher.values())):
             raise ValueError("the Fisher on the remain set is not finite: the model's loss is not finite there.")
         fishers = [fisher[n] for n, _ in named]
@@ -404,9 +410,19 @@ class Fisher(StochasticUnlearner):
 
     def run(self, model, datamodule, forget_ids, context, seed):
         remain = datamodule.remain_ids(forget_ids)
+        remain_loader = datamodule.loader(remain, batch_size=self.batch_r)
+        start_fisher = None
+        if context.shared is not None:  # the repeats of one start share its Fisher (only the noise differs)
+
+            def compute():
+                return diagonal_fisher_and_count(
+                    model, remain_loader, self.fisher_kind, progress=context.progress, desc="Fisher (remain)"
+                )
+
+            start_fisher = context.shared.get(("fisher", self.fisher_kind, self.batch_r), compute)
         out = fisher_forget(
             model,
-            datamodule.loader(remain, batch_size=self.batch_r),
+            remain_loader,
             datamodule.loader(forget_ids, batch_size=self.batch_f),
             alpha=self.alpha,
             kind=self.fisher_kind,
@@ -420,5 +436,6 @@ class Fisher(StochasticUnlearner):
             sigma_h=self.sigma_h,
             per_batch=self.per_batch,
             progress=context.progress,
+            start_fisher=start_fisher,
         )
         return out, {}

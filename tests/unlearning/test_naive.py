@@ -1,6 +1,7 @@
 """Naive unlearning (the gold standard) and the repeats machinery behind every method."""
 
 import sys
+import time
 
 import lightning as L
 import pytest
@@ -79,6 +80,33 @@ def test_repeats_keep_the_run_closest_to_the_mean_validation_accuracy(dm):
     assert evaluate(result.model, dm.test_dataloader())["acc"] == result.accs[best]
     again = unlearn_with_repeats(model, dm, dm.primary_ids[:10], cfg)
     assert (again.accs, again.val_accs, again.representative) == (result.accs, result.val_accs, best)  # by seed
+
+
+def test_fisher_repeats_share_the_starts_fisher_and_equal_separate_runs(dm, monkeypatch):
+    # the repeats of one start compute its Fisher once, and each gives the model a run of its seed alone gives
+    import healing_pl.unlearning.fisher as fisher_module
+    from healing_pl.unlearning import Context
+
+    computed = []
+    real = fisher_module.diagonal_fisher_and_count
+
+    def counting(*args, **kwargs):
+        computed.append(1)
+        time.sleep(0.3)  # a Fisher that takes at least 0.3 s
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fisher_module, "diagonal_fisher_and_count", counting)
+    torch.manual_seed(0)
+    model = Classifier(**HP)
+    forget = dm.primary_ids[:10]
+    cfg = make_unlearner("fisher", alpha=1e-3, repeats=3, cache_dir=None, seed=5)
+    result = unlearn_with_repeats(model, dm, forget, cfg)
+    assert len(computed) == 1
+    alone, _ = cfg.run(model, dm, forget, Context(), 5 + result.representative)  # no shared start
+    assert len(computed) == 2
+    assert all(torch.equal(a, b) for a, b in zip(result.model.state_dict().values(), alone.state_dict().values()))
+    # each repeat's time is the cost of one unlearning: the reused Fisher's seconds are counted in every repeat
+    assert min(result.times) >= 0.3
 
 
 def test_test_accuracy_never_chooses_the_representative(dm, monkeypatch):
