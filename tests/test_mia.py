@@ -65,6 +65,25 @@ def test_attack_on_known_losses():
         attack(np.zeros(3), np.ones(3))
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_attack_is_sklearns_cross_validated_logistic_regression(seed):
+    # the attack computes, fold by fold, exactly what cross_validate's roc_auc and accuracy scorers give
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_validate
+
+    rng = np.random.default_rng(seed)
+    members, nonmembers = rng.exponential(0.2, 150 + 10 * seed), rng.exponential(0.5, 150)
+    got = attack(members, nonmembers, seed=seed)
+    n = 150
+    kept = members[np.random.default_rng(seed).permutation(len(members))[:n]] if len(members) > n else members
+    features = np.concatenate([kept, nonmembers]).reshape(-1, 1)
+    labels = np.concatenate([np.ones(n, dtype=int), np.zeros(n, dtype=int)])
+    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
+    scores = cross_validate(LogisticRegression(), features, labels, cv=folds, scoring=("roc_auc", "accuracy"))
+    assert got["auc"] == float(scores["test_roc_auc"].mean()) and got["acc"] == float(scores["test_accuracy"].mean())
+    assert got["n"] == n and 0.5 < got["auc"] < 1.0
+
+
 def test_mia_twins(models):
     dm, forget, trained, gold = models
     twins = dm.backup_ids[:100]

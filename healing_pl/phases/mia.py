@@ -152,7 +152,8 @@ def attack(members: np.ndarray, nonmembers: np.ndarray, seed: int = 0) -> dict:
     seeded subsample of the larger side: ``{"auc", "acc", "n", "auc_low", "auc_high"}`` (means over the folds;
     ``n`` per side; the AUC's 95% interval, :func:`auc_interval`)."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_validate
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold
 
     n = min(len(members), len(nonmembers))
     if n < FOLDS:
@@ -167,10 +168,16 @@ def attack(members: np.ndarray, nonmembers: np.ndarray, seed: int = 0) -> dict:
     features = np.concatenate([members, nonmembers]).reshape(-1, 1)
     labels = np.concatenate([np.ones(n, dtype=int), np.zeros(n, dtype=int)])
     folds = StratifiedKFold(n_splits=FOLDS, shuffle=True, random_state=seed)
-    scores = cross_validate(LogisticRegression(), features, labels, cv=folds, scoring=("roc_auc", "accuracy"))
-    auc = float(scores["test_roc_auc"].mean())
+    # what sklearn's cross_validate(..., scoring=("roc_auc", "accuracy")) computes, fold by fold, without its
+    # scorer machinery (a third of the attack's time; the same numbers, tests/test_mia.py)
+    aucs, accs = [], []
+    for train, test in folds.split(features, labels):
+        fitted = LogisticRegression().fit(features[train], labels[train])
+        aucs.append(roc_auc_score(labels[test], fitted.decision_function(features[test])))
+        accs.append(float(np.mean(fitted.predict(features[test]) == labels[test])))
+    auc = float(np.mean(aucs))
     low, high = auc_interval(auc, n, n)
-    return {"auc": auc, "acc": float(scores["test_accuracy"].mean()), "n": n, "auc_low": low, "auc_high": high}
+    return {"auc": auc, "acc": float(np.mean(accs)), "n": n, "auc_low": low, "auc_high": high}
 
 
 def mia(
