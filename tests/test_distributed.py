@@ -7,6 +7,8 @@ and starts the other rank by running its own command line again), ``heal`` and a
 ``ddp_spawn`` (the command starts both ranks as new processes).
 """
 
+import contextlib
+import faulthandler
 import json
 import os
 import subprocess
@@ -35,6 +37,17 @@ def _run(cwd, *args):
     assert out.returncode == 0, out.stderr[-3000:]
 
 
+@contextlib.contextmanager
+def _bounded(seconds: int = 300):
+    """A command run in this process that hangs (a rank waiting for another forever) ends the test worker with
+    every thread's traceback after ``seconds``, instead of stalling the suite."""
+    faulthandler.dump_traceback_later(seconds, exit=True)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+
+
 def _results(root):
     return [os.path.join(d, f) for d, _, files in os.walk(root) for f in files if f == "results.json"]
 
@@ -59,19 +72,20 @@ def runs(tmp_path_factory, configs_dir, digits_baseline):
         "--unlearn.alpha=1e-6",
         "--heal.epochs=2",
         "--twins.metric=RawL2",
-        f"--unlearn.cache_dir={root / 'cache'}",
         f"--ckpt_path={digits_baseline}",
     ]
     (root / "fit1").symlink_to(digits_baseline.parent.parent, target_is_directory=True)
     _run(root, *fit, f"--run_dir={root / 'fit2'}", *LAUNCHED)
-    assert (
-        main([*heal, f"--run_dir={root / 'heal1'}", "--trainer.enable_progress_bar=false", "--wandb.enabled=false"])
-        == 0
-    )
+    heal1 = [*heal, f"--run_dir={root / 'heal1'}", f"--unlearn.cache_dir={root / 'cache1'}"]
+    assert main([*heal1, "--trainer.enable_progress_bar=false", "--wandb.enabled=false"]) == 0
     with pytest.MonkeyPatch.context() as env:  # in this process: only the spawned ranks are new processes
         env.setenv("OMP_NUM_THREADS", "1")
         env.chdir(root)
-        assert main([*heal, f"--run_dir={root / 'heal2'}", *DDP, "--trainer.enable_progress_bar=false"]) == 0
+        # a cache of its own: the two-rank heal computes its gold standard and unlearned model itself, on rank zero
+        # while the other rank waits (an inner training must not synchronise its metrics with the waiting rank)
+        heal2 = [*heal, f"--run_dir={root / 'heal2'}", f"--unlearn.cache_dir={root / 'cache2'}", *DDP]
+        with _bounded():
+            assert main([*heal2, "--trainer.enable_progress_bar=false"]) == 0
     return root
 
 
@@ -92,9 +106,10 @@ def test_fit_on_two_ranks_trains_like_one_process(runs):
 def test_heal_on_two_ranks_matches_one_process_and_writes_once(runs):
     one, two = _record(runs / "heal1"), _record(runs / "heal2")
     assert len(_results(runs / "heal2")) == 1 and two["world_size"] == 2
-    # the pre-fit phases ran once, on rank zero: the same forget set, unlearned model and twins
+    # the pre-fit phases ran once, on rank zero: the same forget set, gold standard, unlearned model and twins
     assert one["forget/ids"] == two["forget/ids"] and one["twins/pairs"] == two["twins/pairs"]
-    assert one["unlearned/test/acc"] == two["unlearned/test/acc"]
+    assert one["unlearned/test/acc"] == two["unlearned/test/acc"] and one["gold/test/acc"] == two["gold/test/acc"]
+    assert one["gold/cached"] is False and two["gold/cached"] is False
     n_test = len(json.loads((runs / "heal1" / "splits.json").read_text())["splits"]["test"])
     for epoch in (1, 2):
         key = f"healed/test/acc_epoch_{epoch}"
@@ -114,7 +129,8 @@ def test_a_failing_rank_fails_the_command(tmp_path, configs_dir, capfd, monkeypa
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     args = ["fit", "--config", f"{configs_dir}/digits.yaml", "--trainer.max_epochs=1", *DDP]
     args += [f"--run_dir={tmp_path / 'failing'}", "--trainer.callbacks+=_ranks.RaiseOnRank", "--wandb.enabled=false"]
-    assert main([*args, "--trainer.enable_progress_bar=false"]) == 1
+    with _bounded():
+        assert main([*args, "--trainer.enable_progress_bar=false"]) == 1
     assert "rank 1 failed on purpose" in capfd.readouterr().err.strip().splitlines()[-1]
     assert not (tmp_path / "failing" / "results.json").exists()
 

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import time
+from contextlib import contextmanager
 
 import lightning as L
 import torch
@@ -64,8 +65,32 @@ def fit_on(
         num_sanity_val_steps=0,
         **settings,
     )
-    inner.fit(model, train_dataloaders=loader)
+    with local_metrics(model):
+        inner.fit(model, train_dataloaders=loader)
     return model.eval()
+
+
+def _not_distributed() -> bool:
+    return False
+
+
+@contextmanager
+def local_metrics(model):
+    """Within: the model's torchmetrics metrics compute from this process's values alone. An inner training runs
+    on rank zero while the other ranks of a DDP run wait for its result (:func:`~healing_pl.phases.distributed.
+    rank_zero_run`); a metric that synchronised over the process group at the end of an epoch would wait for them
+    forever."""
+    from torchmetrics import Metric
+
+    metrics = [m for m in model.modules() if isinstance(m, Metric)]
+    saved = [m.distributed_available_fn for m in metrics]
+    for m in metrics:
+        m.distributed_available_fn = _not_distributed
+    try:
+        yield
+    finally:
+        for m, fn in zip(metrics, saved, strict=True):
+            m.distributed_available_fn = fn
 
 
 def train_classifier(
