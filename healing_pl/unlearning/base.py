@@ -242,7 +242,7 @@ def check_divergence(out: nn.Module, model: nn.Module, dm, method: Unlearner) ->
 class UnlearnResult:
     model: nn.Module  # the representative model
     accs: list[float]  # test accuracy of every repeat (reported, never used to choose)
-    times: list[float]  # wall time of every repeat
+    times: list[float]  # wall time of every repeat (a part the repeats share, see SharedStart, counted in each)
     representative: int  # index of the representative repeat (chosen on validation accuracy)
     info: dict = field(default_factory=dict)  # what the method reports (e.g. SISA's retrained shards)
     val_accs: list[float] = field(default_factory=list)  # validation accuracy of every repeat

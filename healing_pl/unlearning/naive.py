@@ -77,9 +77,8 @@ def _not_distributed() -> bool:
 @contextmanager
 def local_metrics(model):
     """Within: the model's torchmetrics metrics compute from this process's values alone. An inner training runs
-    on rank zero while the other ranks of a DDP run wait for its result (:func:`~healing_pl.phases.distributed.
-    rank_zero_run`); a metric that synchronised over the process group at the end of an epoch would wait for them
-    forever."""
+    on rank zero while the other ranks of a DDP run wait for its result (``phases.distributed.rank_zero_run``); a
+    metric that synchronised over the process group at the end of an epoch would wait for them forever."""
     from torchmetrics import Metric
 
     metrics = [m for m in model.modules() if isinstance(m, Metric)]
