@@ -16,6 +16,7 @@ from healing_pl.unlearning import fisher, influence, finetune, neggrad_plus, scr
 from healing_pl.unlearning.base import (
     UNLEARNERS,
     Context,
+    SharedStart,
     StochasticUnlearner,
     Unlearner,
     UnlearnResult,
@@ -30,6 +31,7 @@ from healing_pl.unlearning.base import (
 __all__ = [
     "UNLEARNERS",
     "Context",
+    "SharedStart",
     "StochasticUnlearner",
     "UnlearnResult",
     "Unlearner",
