@@ -1,6 +1,7 @@
 """A quiet console: a digits fit and heal print no Lightning tips, no W&B "anonymous" warning and no known
 deprecation warning, while real warnings still show; the progress helpers print what they promise."""
 
+import json
 import os
 import subprocess
 import sys
@@ -35,12 +36,12 @@ NOISE = (
 #: runs fit, then heal from its checkpoint, in one new process (one start-up instead of two); each command's
 #: output follows a marker line on both streams
 COMMANDS = """
-import sys
+import json, sys
 from healing_pl.main import main
-for i, args in enumerate(sys.argv[1].split(" ::: ")):
+for i, args in enumerate(json.loads(sys.argv[1])):
     for stream in (sys.stdout, sys.stderr):
         print(f"=== command {i}", file=stream, flush=True)
-    if main(args.split()) != 0:
+    if main(args) != 0:
         sys.exit(1)
 """
 
@@ -49,8 +50,8 @@ def _cli(*commands, cwd) -> list[str]:
     """The output of each command (stdout, then stderr), run as a user runs them: a new process, W&B speaking."""
     env = {k: v for k, v in os.environ.items() if k != "WANDB_SILENT"}  # W&B speaks as it does for users
     env["WANDB_MODE"] = "offline"
-    line = " ::: ".join(" ".join(c) for c in commands)
-    done = subprocess.run([sys.executable, "-c", COMMANDS, line], cwd=cwd, env=env, capture_output=True, text=True)
+    argv = [sys.executable, "-c", COMMANDS, json.dumps(commands)]
+    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     out, err = (text.split("=== command ")[1:] for text in (done.stdout, done.stderr))
     assert len(out) == len(err) == len(commands)
