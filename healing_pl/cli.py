@@ -174,6 +174,8 @@ FAMILIES = {"unlearn": UNLEARNERS, "adversary": SELECTORS, "twins.metric": TWIN_
 USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
 #: --ckpt_path values Lightning resolves itself (fit, validate, test)
 LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
+#: model arguments set from the datamodule when the classes are instantiated (not parsed)
+LINKED_FROM_DATA = ("num_classes", "in_chans", "image_size")
 #: the environment variable through which rank zero tells launched ranks the run folder
 RUN_DIR_ENV = "HEALING_PL_RUN_DIR"
 
@@ -220,6 +222,8 @@ class HealingCLI(LightningCLI):
         path = self.config[self.config.subcommand].get("ckpt_path") if self.config.get("subcommand") else None
         if path and path not in LIGHTNING_CKPT_NAMES:
             self._checkpoint = read_checkpoint(path)  # missing, empty, truncated or foreign: one sentence
+            if _model_config_holds(self.config[self.config.subcommand], self._checkpoint):
+                return  # Lightning would parse the whole command again (about 0.07 s) to set the same values
         try:
             super()._parse_ckpt_path()
         except Exception as err:  # torch raises several types for a file that is not a checkpoint
@@ -262,7 +266,7 @@ class HealingCLI(LightningCLI):
             help="Folder of this run (default: runs/<dataset>-<subcommand>-<time>).",
         )
         parser.add_argument("--wandb", type=Tracking, default=Tracking(), help="Weights & Biases tracking.")
-        for key in ("num_classes", "in_chans", "image_size"):
+        for key in LINKED_FROM_DATA:
             parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
         # the datamodule shards each global batch across ranks itself (so N ranks train like one process),
         # and every rank evaluates the full validation set
@@ -352,6 +356,18 @@ class HealingCLI(LightningCLI):
             print(phase_summary(record))
         print(f"results written to {os.path.join(self.run_dir, 'results.json')}")
         return record
+
+
+def _model_config_holds(cfg, checkpoint: dict) -> bool:
+    """Whether the parsed ``model`` section already holds every hyperparameter saved in ``checkpoint`` (same
+    value, same type): then adopting them, as Lightning does for ``--ckpt_path``, would change nothing. The
+    arguments linked from the datamodule are not parsed values: the datamodule sets them either way."""
+    model = cfg.get("model")
+    hparams = checkpoint.get("hyper_parameters", {})
+    saved = {k: v for k, v in hparams.items() if not str(k).startswith("_") and k not in LINKED_FROM_DATA}
+    if model is None or not saved or "_class_path" in hparams:
+        return False
+    return all(k in model and type(model[k]) is type(v) and model[k] == v for k, v in saved.items())
 
 
 def check_run_dir(run_dir: str) -> None:

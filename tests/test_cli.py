@@ -1,8 +1,6 @@
 import glob
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -82,15 +80,6 @@ def test_bad_input_is_one_sentence_and_writes_nothing(in_tmp, configs_dir, capsy
     assert os.listdir(in_tmp) == []
 
 
-def test_console_script_config_typo_exits_non_zero(in_tmp, configs_dir):
-    exe = os.path.join(os.path.dirname(sys.executable), "healing-pl")
-    out = subprocess.run(
-        [exe, "fit", "--config", f"{configs_dir}/digits.yaml", "--model.lrr=0.1"], capture_output=True, text=True
-    )
-    assert out.returncode != 0 and "lrr" in out.stderr
-    assert os.listdir(in_tmp) == []
-
-
 def test_diverging_hyperparameters_stop_with_a_sentence(in_tmp, configs_dir, capsys):
     code = main(
         [
@@ -114,3 +103,38 @@ def test_top_level_help_lists_every_subcommand(capsys):
     out = capsys.readouterr().out
     for name in ("fit", "unlearn", "heal", "stream", "grid", "report", "ledger"):
         assert f"    {name} " in out, name
+
+
+@pytest.mark.parametrize("extra", [[], ["--model.lr=0.5"], ["--model.drop_rate=0.1"], ["--data.image_size=12"]])
+def test_a_checkpoints_hyperparameters_are_adopted_as_lightning_adopts_them(configs_dir, digits_baseline, extra):
+    # Lightning parses the command again with the checkpoint's model hyperparameters; the CLI skips that when the
+    # parsed model section holds them already. Either way the configuration must be Lightning's, to the value.
+    from lightning.pytorch.cli import LightningCLI
+
+    from healing_pl.cli import LINKED_FROM_DATA, HealingCLI
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    class Compare(HealingCLI):
+        def _parse_ckpt_path(self):
+            parsed = self.config.clone()
+            LightningCLI._parse_ckpt_path(self)
+            seen["lightning"], self.config = self.config, parsed
+            super()._parse_ckpt_path()
+            seen["ours"], seen["skipped"] = self.config, self.config is parsed
+            raise Stop
+
+    args = ["heal", "--config", f"{configs_dir}/digits.yaml", f"--ckpt_path={digits_baseline}", *extra]
+    with pytest.raises(Stop):
+        Compare(args=args)
+    ours, theirs = seen["ours"].as_dict(), seen["lightning"].as_dict()
+    for key in LINKED_FROM_DATA:  # set from the datamodule when the model is built, whatever the parse says
+        ours["heal"]["model"].pop(key, None), theirs["heal"]["model"].pop(key, None)
+    assert ours == theirs
+    assert seen["ours"].heal.model.lr == 0.003  # the checkpoint's learning rate, whatever the command says
+    assert seen["skipped"] is (not extra or "--data" in extra[0])
+    if not seen["skipped"]:
+        assert seen["ours"] == seen["lightning"]
