@@ -107,6 +107,40 @@ def test_twins_metric_null_chooses_no_metric(checker, configs_dir):
     assert checker.parser.parse_args(_heal(configs_dir, "--twins.metric", "null"))["heal"]["twins.metric"] is None
 
 
+CONFIG_CHOICES = {
+    "no class": {},
+    "the default class, a knob": {"unlearn": {"class_path": "Fisher", "init_args": {"alpha": 1e-5}}},
+    "other classes": {"unlearn": {"class_path": "SSD"}, "adversary": {"class_path": "ClassSelector"}},
+    "a knob, no class": {"unlearn": {"init_args": {"alpha": 2e-5}}, "twins": {"metric": None}},
+}
+
+
+@pytest.mark.parametrize("choice", list(CONFIG_CHOICES))
+@pytest.mark.parametrize(
+    "options", [[], ["--unlearn.alpha=1e-6"], ["--adversary=ClassSelector", "--unlearn.alpha=3e-6"]]
+)
+def test_one_parse_gives_what_parsing_again_with_the_default_classes_gives(
+    checker, configs_dir, tmp_path, monkeypatch, choice, options
+):
+    """A command whose config file chooses no other class is parsed once, with the default classes in front; the
+    result (or the error) equals the two-step parse: the command first, then again with the default classes of
+    the families nothing chose."""
+    import healing_pl.cli as cli
+
+    config = tmp_path / "choice.yaml"
+    config.write_text(yaml.safe_dump(CONFIG_CHOICES[choice]))
+    argv = ["heal", "--config", f"{configs_dir}/digits.yaml", "--config", str(config), *options]
+    results = []
+    for guessing in (True, False):
+        if not guessing:
+            monkeypatch.setattr(cli, "_guessed_defaults", lambda *args: [])
+        try:
+            results.append(cli.parse_families(checker.parser, argv, cli.HealingCLI.subcommands()))
+        except Exception as err:  # the same error either way
+            results.append((type(err), str(err)))
+    assert results[0] == results[1]
+
+
 def test_every_cli_choice_is_a_registered_class(capsys):
     """The subclasses jsonargparse offers (``known subclasses:`` of ``--help``) are the registry's classes.
 
