@@ -1,6 +1,7 @@
 import glob
 import json
 import os
+import sys
 
 import pytest
 import torch
@@ -78,6 +79,16 @@ def test_bad_input_is_one_sentence_and_writes_nothing(in_tmp, configs_dir, capsy
     assert code == 2
     assert err.startswith("healing-pl: error:") and words in err and len(err.splitlines()) == 1
     assert os.listdir(in_tmp) == []
+
+
+def test_the_console_script_is_installed_and_runs_main():
+    # pip's generated script is `sys.exit(main())`: main's status (2 on bad input: test_bad_input) is its exit status;
+    # the DDP fit (tests/test_distributed.py) runs the script itself
+    from importlib.metadata import entry_points
+
+    (script,) = entry_points(group="console_scripts", name="healing-pl")
+    assert script.value == "healing_pl.main:main" and script.load() is main
+    assert os.access(os.path.join(os.path.dirname(sys.executable), "healing-pl"), os.X_OK)
 
 
 def test_diverging_hyperparameters_stop_with_a_sentence(in_tmp, configs_dir, capsys):

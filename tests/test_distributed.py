@@ -24,11 +24,11 @@ LAUNCHED = ["--trainer.devices=2", "--trainer.strategy=ddp"]
 FORKED = ["--trainer.devices=2", "--trainer.strategy=ddp_fork"]
 
 
-def _run(cwd, *args) -> subprocess.CompletedProcess:
-    """``healing-pl *args`` as a user runs it: the installed console script, in a new process."""
+def _run(cwd, *args) -> None:
+    """``healing-pl *args`` as a user runs it: the installed console script, in a new process; it must succeed."""
     exe = os.path.join(os.path.dirname(sys.executable), "healing-pl")
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": TESTS, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
+    out = subprocess.run(
         [exe, *args, "--trainer.enable_progress_bar=false"],
         cwd=cwd,
         env=env,
@@ -36,6 +36,7 @@ def _run(cwd, *args) -> subprocess.CompletedProcess:
         text=True,
         timeout=600,
     )
+    assert out.returncode == 0, out.stderr[-3000:]
 
 
 @contextlib.contextmanager
@@ -76,8 +77,7 @@ def runs(tmp_path_factory, configs_dir, digits_baseline):
         f"--ckpt_path={digits_baseline}",
     ]
     (root / "fit1").symlink_to(digits_baseline.parent.parent, target_is_directory=True)
-    done = _run(root, *fit, f"--run_dir={root / 'fit2'}", *LAUNCHED)
-    assert done.returncode == 0, done.stderr[-3000:]
+    _run(root, *fit, f"--run_dir={root / 'fit2'}", *LAUNCHED)
     heal1 = [*heal, f"--run_dir={root / 'heal1'}", f"--unlearn.cache_dir={root / 'cache1'}"]
     assert main([*heal1, "--trainer.enable_progress_bar=false", "--wandb.enabled=false"]) == 0
     with pytest.MonkeyPatch.context() as env:  # in this process: only the spawned ranks are new processes
@@ -125,14 +125,16 @@ def test_heal_on_two_ranks_matches_one_process_and_writes_once(runs):
     assert len([d for d in os.listdir(runs / "heal2" / "wandb") if d.startswith("offline-run-")]) == 1
 
 
-def test_a_failing_rank_fails_the_command(tmp_path, configs_dir):
-    # the installed console script exits with status 1 and the failed rank's sentence as its last line; the ranks
-    # are forked (``ddp_fork``: the same launcher and error path as ``ddp_spawn``, without each rank importing anew)
+def test_a_failing_rank_fails_the_command(tmp_path, configs_dir, capfd, monkeypatch):
+    # run in this process, its ranks forked (``ddp_fork``: the launcher and error path of ``ddp_spawn``, without
+    # each rank importing anew): status 1 and the failed rank's sentence as the last line
+    monkeypatch.syspath_prepend(TESTS)  # the command names the callback by its module
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     args = ["fit", "--config", f"{configs_dir}/digits.yaml", "--trainer.max_epochs=1", *FORKED]
     args += [f"--run_dir={tmp_path / 'failing'}", "--trainer.callbacks+=_ranks.RaiseOnRank", "--wandb.enabled=false"]
-    done = _run(tmp_path, *args)
-    assert done.returncode == 1, done.stderr[-3000:]
-    assert "rank 1 failed on purpose" in done.stderr.strip().splitlines()[-1]
+    with _bounded():
+        assert main([*args, "--trainer.enable_progress_bar=false"]) == 1
+    assert "rank 1 failed on purpose" in capfd.readouterr().err.strip().splitlines()[-1]
     assert not (tmp_path / "failing" / "results.json").exists()
 
 
