@@ -3,8 +3,9 @@
 The datamodule splits every global batch across the ranks (``ShardedBatches``) and DDP averages the
 ranks' gradients, so two ranks train like one process; every file is written once, by rank zero.
 Both of Lightning's launchers run: ``fit`` under ``ddp`` (the README's: the command itself is rank zero
-and starts the other rank by running its own command line again), ``heal`` under ``ddp_spawn`` (the command
-starts both ranks as new processes) and a failing command under ``ddp_fork`` (the same launcher, forking).
+and starts the other rank by running its own command line again), ``heal`` and a failing command under
+``ddp_fork`` (the command forks both ranks); ``heal`` under ``ddp_spawn`` (the same launcher, each rank a new
+process) is marked slow.
 """
 
 import contextlib
@@ -22,6 +23,7 @@ TESTS = os.path.dirname(os.path.abspath(__file__))
 DDP = ["--trainer.devices=2", "--trainer.strategy=ddp_spawn"]
 LAUNCHED = ["--trainer.devices=2", "--trainer.strategy=ddp"]
 FORKED = ["--trainer.devices=2", "--trainer.strategy=ddp_fork"]
+NO_BAR = ["--trainer.enable_progress_bar=false"]
 
 
 def _run(cwd, *args) -> None:
@@ -54,16 +56,8 @@ def _results(root):
     return [os.path.join(d, f) for d, _, files in os.walk(root) for f in files if f == "results.json"]
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory, configs_dir, digits_baseline):
-    """Baselines and heal runs on 1 and 2 processes, from the same config and seed.
-
-    The one-process baseline is the session's shared one-epoch digits fit; the two-rank fit repeats its command
-    under ``ddp``. Only the two-rank heal logs to W&B (the test checks that rank zero alone does).
-    """
-    root = tmp_path_factory.mktemp("ddp")
-    fit = ["fit", "--config", f"{configs_dir}/digits.yaml", "--trainer.max_epochs=1", "--wandb.enabled=false"]
-    heal = [
+def _heal_args(configs_dir, baseline) -> list[str]:
+    return [
         "heal",
         "--config",
         f"{configs_dir}/digits.yaml",
@@ -74,20 +68,38 @@ def runs(tmp_path_factory, configs_dir, digits_baseline):
         "--unlearn.alpha=1e-6",
         "--heal.epochs=2",
         "--twins.metric=RawL2",
-        f"--ckpt_path={digits_baseline}",
+        f"--ckpt_path={baseline}",
     ]
-    (root / "fit1").symlink_to(digits_baseline.parent.parent, target_is_directory=True)
-    _run(root, *fit, f"--run_dir={root / 'fit2'}", *LAUNCHED)
-    heal1 = [*heal, f"--run_dir={root / 'heal1'}", f"--unlearn.cache_dir={root / 'cache1'}"]
-    assert main([*heal1, "--trainer.enable_progress_bar=false", "--wandb.enabled=false"]) == 0
-    with pytest.MonkeyPatch.context() as env:  # in this process: only the spawned ranks are new processes
+
+
+def _heal_on_two_ranks(root, configs_dir, baseline, name: str, strategy: str) -> None:
+    """The heal command on 2 ranks under ``strategy``, run from this process (only the ranks are new processes),
+    logging to W&B. A cache of its own: the two-rank heal computes its gold standard and unlearned model itself,
+    on rank zero while the other rank waits (an inner training must not synchronise its metrics with the waiting
+    rank)."""
+    args = [*_heal_args(configs_dir, baseline), f"--run_dir={root / name}", f"--unlearn.cache_dir={root / name}-cache"]
+    with pytest.MonkeyPatch.context() as env:
         env.setenv("OMP_NUM_THREADS", "1")
         env.chdir(root)
-        # a cache of its own: the two-rank heal computes its gold standard and unlearned model itself, on rank zero
-        # while the other rank waits (an inner training must not synchronise its metrics with the waiting rank)
-        heal2 = [*heal, f"--run_dir={root / 'heal2'}", f"--unlearn.cache_dir={root / 'cache2'}", *DDP]
         with _bounded():
-            assert main([*heal2, "--trainer.enable_progress_bar=false"]) == 0
+            assert main([*args, "--trainer.devices=2", f"--trainer.strategy={strategy}", *NO_BAR]) == 0
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, configs_dir, digits_baseline):
+    """Baselines and heal runs on 1 and 2 processes, from the same config and seed.
+
+    The one-process baseline is the session's shared one-epoch digits fit; the two-rank fit repeats its command
+    under ``ddp``, the two-rank heal under ``ddp_fork``. Only the two-rank heal logs to W&B (the test checks that
+    rank zero alone does).
+    """
+    root = tmp_path_factory.mktemp("ddp")
+    fit = ["fit", "--config", f"{configs_dir}/digits.yaml", "--trainer.max_epochs=1", "--wandb.enabled=false"]
+    (root / "fit1").symlink_to(digits_baseline.parent.parent, target_is_directory=True)
+    _run(root, *fit, f"--run_dir={root / 'fit2'}", *LAUNCHED)
+    heal1 = [*_heal_args(configs_dir, digits_baseline), f"--run_dir={root / 'heal1'}"]
+    assert main([*heal1, f"--unlearn.cache_dir={root / 'cache1'}", *NO_BAR, "--wandb.enabled=false"]) == 0
+    _heal_on_two_ranks(root, configs_dir, digits_baseline, "heal2", "ddp_fork")
     return root
 
 
@@ -105,24 +117,35 @@ def test_fit_on_two_ranks_trains_like_one_process(runs):
     assert abs(one["test/acc"] - two["test/acc"]) <= 1 / n_test + 1e-12
 
 
-def test_heal_on_two_ranks_matches_one_process_and_writes_once(runs):
-    one, two = _record(runs / "heal1"), _record(runs / "heal2")
-    assert len(_results(runs / "heal2")) == 1 and two["world_size"] == 2
+def _same_heal_written_once(one_run, two_run) -> None:
+    one, two = _record(one_run), _record(two_run)
+    assert len(_results(two_run)) == 1 and two["world_size"] == 2
     # the pre-fit phases ran once, on rank zero: the same forget set, gold standard, unlearned model and twins
     assert one["forget/ids"] == two["forget/ids"] and one["twins/pairs"] == two["twins/pairs"]
     assert one["unlearned/test/acc"] == two["unlearned/test/acc"] and one["gold/test/acc"] == two["gold/test/acc"]
     assert one["gold/cached"] is False and two["gold/cached"] is False
-    n_test = len(json.loads((runs / "heal1" / "splits.json").read_text())["splits"]["test"])
+    n_test = len(json.loads((one_run / "splits.json").read_text())["splits"]["test"])
     for epoch in (1, 2):
         key = f"healed/test/acc_epoch_{epoch}"
         assert abs(one[key] - two[key]) <= 1 / n_test + 1e-12, (key, one[key], two[key])
     # every ledger line exactly once: 10 requests, 10 twins
-    lines = [json.loads(x) for x in (runs / "heal2" / "ledger.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (two_run / "ledger.jsonl").read_text().splitlines()]
     assert sorted(x["type"] for x in lines) == ["applied"] + ["request"] * 10 + ["twin"] * 10
     assert len({x["request_id"] for x in lines if x["type"] == "request"}) == 10
     # one W&B run, written by rank zero
-    assert len(os.listdir(runs / "heal2" / "wandb")) >= 1
-    assert len([d for d in os.listdir(runs / "heal2" / "wandb") if d.startswith("offline-run-")]) == 1
+    assert len([d for d in os.listdir(two_run / "wandb") if d.startswith("offline-run-")]) == 1
+
+
+def test_heal_on_two_ranks_matches_one_process_and_writes_once(runs):
+    _same_heal_written_once(runs / "heal1", runs / "heal2")
+
+
+@pytest.mark.slow
+def test_heal_on_two_spawned_ranks_matches_one_process_and_writes_once(runs, configs_dir, digits_baseline):
+    # ddp_spawn: each rank a new process that unpickles the trainer, its callbacks and the W&B logger (about 10 s
+    # of imports more than forked ranks); the W&B logger's pickling is also checked by tests/test_wandb.py
+    _heal_on_two_ranks(runs, configs_dir, digits_baseline, "heal-spawned", "ddp_spawn")
+    _same_heal_written_once(runs / "heal1", runs / "heal-spawned")
 
 
 def test_a_failing_rank_fails_the_command(tmp_path, configs_dir, capfd, monkeypatch):

@@ -267,3 +267,24 @@ def test_stream_rounds_on_their_own_axis_and_the_report_plots_them(runs, tmp_pat
     logged = _logged(w)
     keys = [k for k in panel_keys(build_report([record])) if k[1].startswith("stream/")]
     assert keys and all(key in logged[where] for where, key in keys), keys
+
+
+def test_the_logger_reaches_a_spawned_rank_without_opening_a_run(tmp_path, monkeypatch):
+    # ddp_spawn pickles the trainer, its W&B logger included, into each new rank. Lightning's logger opens the run
+    # in the launching process for the ranks to attach to (which hangs offline); ours opens none there: rank zero
+    # opens its own, and the rank quiets its console as the command did (the spawned heal itself: a slow test)
+    import pickle
+
+    import wandb
+
+    import healing_pl.tracking as tracking
+    from healing_pl.phases.config import Tracking
+
+    logger = tracking.build_logger(Tracking(project="p"), str(tmp_path / "run"), "heal", {"seed_everything": 2})
+    quieted = []
+    monkeypatch.setattr(tracking, "quiet_console", lambda: quieted.append(True))
+    rank = pickle.loads(pickle.dumps(logger))
+    assert wandb.run is None and logger._experiment is None  # nothing opened in the launching process
+    assert rank._experiment is None and "_attach_id" not in vars(rank) and quieted == [True]
+    assert (rank.name, rank.save_dir, rank._wandb_init["job_type"]) == (logger.name, logger.save_dir, "heal")
+    assert "anonymous" not in rank._wandb_init
