@@ -392,9 +392,15 @@ def test_a_grid_with_wandb_ends_with_its_dashboard_and_the_wandb_grid_table(in_t
 
     spec = _tiny(configs_dir)
     spec["heal"]["wandb.enabled"] = True  # the heal runs log to W&B (offline), the baseline does not
+    spec["heal"]["heal.gold"] = True  # the report's Best−GS column needs the gold standard
     path = _write(in_tmp / "grid.yaml", spec)
     assert main(["grid", path]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+    printed = capsys.readouterr().out
+    lines = printed.strip().splitlines()
+    # the healing table, printed and in report.md
+    assert "| digits (small_cnn) | fisher | 5 × class |" in printed
+    assert "| R |" in printed and "| T-raw_l2 |" in printed
+    assert "Best−GS" in (in_tmp / "runs" / "tiny" / "report.md").read_text()
     out = in_tmp / "runs" / "tiny"
     assert lines[-1] == "dashboard: runs/tiny/dashboard.html"
     assert (out / "report.md").exists()
@@ -420,3 +426,34 @@ def test_a_grid_with_wandb_ends_with_its_dashboard_and_the_wandb_grid_table(in_t
             assert cells["test_acc"] == pytest.approx(record[f"healed/test/acc_epoch_{epoch}"])
             assert cells["val_acc"] == pytest.approx(record[f"healed/val/acc_epoch_{epoch}"])
             assert cells["baseline_acc"] == pytest.approx(record["baseline/test/acc"])
+    # a second run of the grid finds everything finished and only reports; the report reads the runs back
+    assert main(["grid", path]) == 0
+    assert "[1/" not in capsys.readouterr().out
+    assert main(["report", str(out), "--output", str(in_tmp / "r.json")]) == 0
+    rows = json.loads((in_tmp / "r.json").read_text())["healing"]
+    assert rows[0]["method"] == "fisher" and set(rows[0]["setups"]) == {"R", "T-raw_l2"}
+
+
+def test_the_runner_prepares_what_each_forked_run_would_repeat(tmp_path, configs_dir, monkeypatch):
+    # the W&B service is started once in the runner only when a run logs to W&B (and W&B is not disabled); the
+    # MIA's scikit-learn modules are imported before the first fork
+    import sys
+
+    import wandb
+
+    from healing_pl.experiments.grid import LocalLauncher, _check_all
+    from healing_pl.experiments.spec import build_runs
+    from healing_pl.phases.mia import ATTACK_MODULES
+
+    started = []
+    monkeypatch.setattr(wandb, "setup", lambda *args, **kwargs: started.append(True))
+    spec = _tiny(configs_dir)
+    assert _check_all(build_runs(spec, str(tmp_path / "a"), "tiny")) is False
+    spec["heal"]["wandb.enabled"] = True
+    assert _check_all(build_runs(spec, str(tmp_path / "b"), "tiny")) is True
+    for mode, logs, expected in (("offline", False, []), ("disabled", True, []), ("offline", True, [True])):
+        monkeypatch.setenv("WANDB_MODE", mode)
+        started.clear()
+        LocalLauncher().prepare(wandb=logs)
+        assert started == expected, (mode, logs)
+    assert all(module in sys.modules for module in ATTACK_MODULES)

@@ -128,32 +128,6 @@ def test_checkpoint_of_another_model_is_refused(in_tmp, configs_dir, baseline, c
     assert code == 2 and "another model" in capsys.readouterr().err
 
 
-def test_grid_runs_and_report_reads_back(in_tmp, configs_dir, capsys):
-    grid = in_tmp / "grid.yaml"
-    grid.write_text(f"""
-name: tiny
-config: {configs_dir}/digits.yaml
-fit: {{trainer.max_epochs: 2, wandb.enabled: false, trainer.enable_progress_bar: false}}
-heal: {{adversary: ClassSelector, adversary.target_class: 1, adversary.budget: 5, heal.epochs: 1,
-        wandb.enabled: false, trainer.enable_progress_bar: false, unlearn.cache_dir: {in_tmp / "cache"}}}
-axes:
-  unlearn: [{{unlearn: Fisher, unlearn.alpha: 1.0e-5}}]
-  twins: [{{twins.metric: null}}, {{twins.metric: RawL2}}]
-""")
-    assert main(["grid", str(grid), "--out", str(in_tmp / "out")]) == 0
-    out = capsys.readouterr().out
-    assert "| digits (small_cnn) | fisher | 5 × class |" in out
-    assert "| R |" in out and "| T-raw_l2 |" in out
-    report = (in_tmp / "out" / "report.md").read_text()
-    assert "Best−GS" in report
-    # a second run of the grid finds everything finished and only reports
-    assert main(["grid", str(grid), "--out", str(in_tmp / "out")]) == 0
-    assert "[1/" not in capsys.readouterr().out
-    assert main(["report", str(in_tmp / "out"), "--output", str(in_tmp / "r.json")]) == 0
-    rows = json.loads((in_tmp / "r.json").read_text())["healing"]
-    assert rows[0]["method"] == "fisher" and set(rows[0]["setups"]) == {"R", "T-raw_l2"}
-
-
 def test_stream_rounds_mix_benign_and_adversarial_requests(in_tmp, configs_dir, baseline):
     run = in_tmp / "s"
     args = [
