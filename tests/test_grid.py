@@ -434,16 +434,13 @@ def test_a_grid_with_wandb_ends_with_its_dashboard_and_the_wandb_grid_table(in_t
     assert rows[0]["method"] == "fisher" and set(rows[0]["setups"]) == {"R", "T-raw_l2"}
 
 
-def test_the_runner_prepares_what_each_forked_run_would_repeat(tmp_path, configs_dir, monkeypatch):
-    # the W&B service is started once in the runner only when a run logs to W&B (and W&B is not disabled); the
-    # MIA's scikit-learn modules are imported before the first fork
-    import sys
-
+def test_the_runner_starts_the_wandb_service_its_forked_runs_share(tmp_path, configs_dir, monkeypatch):
+    # the W&B service is started once in the runner, before the first fork, only when a run logs to W&B (and
+    # W&B is not disabled)
     import wandb
 
     from healing_pl.experiments.grid import LocalLauncher, _check_all
     from healing_pl.experiments.spec import build_runs
-    from healing_pl.phases.mia import ATTACK_MODULES
 
     started = []
     monkeypatch.setattr(wandb, "setup", lambda *args, **kwargs: started.append(True))
@@ -456,4 +453,3 @@ def test_the_runner_prepares_what_each_forked_run_would_repeat(tmp_path, configs
         started.clear()
         LocalLauncher().prepare(wandb=logs)
         assert started == expected, (mode, logs)
-    assert all(module in sys.modules for module in ATTACK_MODULES)

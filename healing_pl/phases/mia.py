@@ -147,10 +147,6 @@ def auc_interval(auc: float, n_pos: int, n_neg: int, z: float = 1.959964) -> tup
     return max(0.0, a - z * se), min(1.0, a + z * se)
 
 
-#: the modules the attacks import on first use (not at import: most commands never run an attack)
-ATTACK_MODULES = ("sklearn.linear_model", "sklearn.metrics", "sklearn.model_selection", "sklearn.svm")
-
-
 def attack(members: np.ndarray, nonmembers: np.ndarray, seed: int = 0) -> dict:
     """Cross-validated logistic regression on the losses, members (1) against non-members (0), balanced by a
     seeded subsample of the larger side: ``{"auc", "acc", "n", "auc_low", "auc_high"}`` (means over the folds;
