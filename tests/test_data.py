@@ -89,11 +89,26 @@ def test_mnist5k_is_real_mnist():
     assert torch.bincount(pool.targets).tolist() == [500] * 10
     x, _ = pool.train[0]
     assert x.shape == (1, 28, 28)
-    # the digits are read once per process, but each pool owns its tensors
+    _each_pool_owns_its_tensors("mnist5k")
+
+
+def _each_pool_owns_its_tensors(name: str) -> None:
+    # the images are read once per process, but each pool owns its tensors: a change to one leaves the next as read
+    pool = build_pool(name)
+    image, label = pool.train.images[0].clone(), int(pool.targets[0])
     pool.train.images[0] = 0
-    pool.train.targets[0] = 3
-    again = build_pool("mnist5k")
-    assert int(again.train.images[0].sum()) > 0 and int(again.targets[0]) != 3
+    pool.train.targets[0] = label + 1
+    again = build_pool(name)
+    assert torch.equal(again.train.images[0], image) and int(again.targets[0]) == label
+
+
+def test_digits_are_scikit_learns_and_each_pool_owns_its_tensors():
+    from sklearn.datasets import load_digits
+
+    pool, d = build_pool("digits"), load_digits()
+    assert torch.equal(pool.train.images, torch.as_tensor(d.images / 16.0, dtype=torch.float32).view(-1, 1, 8, 8))
+    assert pool.targets.tolist() == d.target.tolist()
+    _each_pool_owns_its_tensors("digits")
 
 
 @pytest.mark.parametrize("size", [None, 12])
