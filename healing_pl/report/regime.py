@@ -80,6 +80,8 @@ def regime_series(records: list[dict], images: ImageSource | None = None) -> lis
         cells = sorted(
             (_cell(e, images) for e in members), key=lambda c: (-(c["remain_fraction"] or 1.0), c["forget"].mean or 0.0)
         )
+        if not _references(cells):  # no R and no control: nothing to pair the twin setups with
+            continue
         first = members[0].records[0]
         title = (
             f"{first.get(rk.UNLEARN_METHOD)} on {first.get(rk.DATASET)}, {first.get(rk.ADVERSARY_SELECTOR)} forget "
@@ -87,6 +89,15 @@ def regime_series(records: list[dict], images: ImageSource | None = None) -> lis
         )
         out.append({"title": title, "cells": cells})
     return sorted(out, key=lambda s: s["title"])
+
+
+def _references(cells: list[dict]) -> list[str]:
+    """The setups the cells' twin setups are paired with (R, then the controls), those present only."""
+    return [
+        r
+        for r in ("R", "T-random [same class]", "T-random")
+        if any(r in d for c in cells for d in c["setups"].values())
+    ]
 
 
 def verdict(diff: Stat) -> str:
@@ -163,11 +174,7 @@ def regime_figure(s: dict):
     same-class control, overall and on the attacked class; one line per heal set, with its 95% interval."""
     from matplotlib.figure import Figure
 
-    refs = [
-        r
-        for r in ("R", "T-random [same class]", "T-random")
-        if any(r in d for c in s["cells"] for d in c["setups"].values())
-    ][:2]
+    refs = _references(s["cells"])[:2]
     fig = Figure(figsize=(11, 7), layout="constrained")
     axes = fig.subplots(len(refs), 2, squeeze=False, sharex=True)
     for i, ref in enumerate(refs):

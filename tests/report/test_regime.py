@@ -59,6 +59,15 @@ def test_each_cell_pairs_the_twins_with_r_and_both_controls_like_scipy(make_reco
     )
 
 
+def test_forget_set_sizes_without_r_or_a_control_are_no_regime(make_record, tmp_path):
+    # twin setups alone have nothing to be paired with: no regime section, and the dashboard still builds
+    from healing_pl.report.dashboard import dashboard_html
+
+    records = [r for r in _records(make_record) if r["twins/metric"] == "feat_cosine"]
+    assert len(records) == 12 and regime_series(records) == []
+    assert "twin regime" not in dashboard_html(records, str(tmp_path)).lower()
+
+
 def test_verdict_words():
     assert verdict(Stat([-0.03, -0.02, -0.025], bounds=(-1, 1))) == "worse"
     assert verdict(Stat([0.01], bounds=(-1, 1))) == "—"  # one seed: no interval
