@@ -451,5 +451,5 @@ def test_the_runner_starts_the_wandb_service_its_forked_runs_share(tmp_path, con
     for mode, logs, expected in (("offline", False, []), ("disabled", True, []), ("offline", True, [True])):
         monkeypatch.setenv("WANDB_MODE", mode)
         started.clear()
-        LocalLauncher().prepare(wandb=logs)
+        LocalLauncher().prepare(logs)
         assert started == expected, (mode, logs)
