@@ -1,15 +1,30 @@
+import gc
 import os
 
 import pytest
-import torch
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 # the tests' own callbacks, trusted the way a user trusts theirs (configs may name only allowlisted classes)
 os.environ.setdefault("HEALING_PL_ALLOW_IMPORTS", "_ranks.RaiseOnRank,test_devices.DeviceProbe")
-# One thread: the tests train tiny models, where a second thread buys little, and on a shared
-# machine two spinning OpenMP threads per process slow everything down tenfold.
-torch.set_num_threads(1)
+
+
+def pytest_collection_finish(session):
+    """In each process that runs tests (an xdist worker, or the one process of a serial run; not the xdist
+    controller, which never imports torch), once the test files are imported:
+
+    - one torch thread: the tests train tiny models, where a second thread buys little, and on a shared machine two
+      spinning OpenMP threads per process slow everything down tenfold;
+    - the heap of imports frozen, as ``healing-pl`` freezes its own (``healing_pl.main.settle_imports``): full
+      collections and the worker's exit then skip the few million objects torch and Lightning leave, and a forked
+      grid run or ``ddp_fork`` rank copies fewer pages.
+    """
+    import torch
+
+    from healing_pl.main import settle_imports
+
+    torch.set_num_threads(1)
+    settle_imports()
 
 
 #: the test files that take longest (about 28, 22, 18, 17, 13, 11 and 7 s with two workers, in that order), started
@@ -63,3 +78,9 @@ def digits_baseline(tmp_path_factory, configs_dir):
             args = ["fit", "--config", f"{configs_dir}/digits.yaml", f"--run_dir={run}", "--trainer.max_epochs=1"]
             assert main([*args, "--trainer.enable_progress_bar=false", "--wandb.enabled=false"]) == 0
     return checkpoint
+
+
+def pytest_sessionfinish(session):
+    """Freeze what the tests left as well: the process's exit then skips a last walk over its heap (with torch
+    loaded, about a second per process at the end of a run)."""
+    gc.freeze()

@@ -33,15 +33,16 @@ NOISE = (
 )
 
 
-#: runs fit, then heal from its checkpoint, in one new process (one start-up instead of two); each command's
-#: output follows a marker line on both streams
+#: runs fit, then heal from its checkpoint, in one new process (one start-up instead of two), each as the console
+#: script runs it (``main()`` reading the command line); each command's output follows a marker line on both streams
 COMMANDS = """
 import json, sys
 from healing_pl.main import main
 for i, args in enumerate(json.loads(sys.argv[1])):
     for stream in (sys.stdout, sys.stderr):
         print(f"=== command {i}", file=stream, flush=True)
-    if main(args) != 0:
+    sys.argv = ["healing-pl", *args]
+    if main() != 0:
         sys.exit(1)
 """
 
