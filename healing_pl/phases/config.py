@@ -11,6 +11,7 @@ The method families are classes chosen on the command line: ``--unlearn <Method>
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Literal
@@ -22,10 +23,15 @@ from healing_pl.healing import TWIN_METRICS, Metric
 
 @cache
 def _lazy_class(cls: type) -> type:
-    """jsonargparse's lazy-instance class of ``cls``, made once: ``lazy_instance`` itself walks the whole call stack
-    (``inspect.stack()``, reading the source of every frame) on every call, which made each ``TwinsConfig()`` cost
-    tens of milliseconds."""
-    return type(lazy_instance(cls))
+    """jsonargparse's lazy-instance class of ``cls``, made once, in a thread of its own: ``lazy_instance`` walks the
+    whole call stack (``inspect.stack()``, reading the source of every frame) to find its caller's module, which
+    cost tens of milliseconds on every ``TwinsConfig()`` and 0.2 to 0.4 s at the first (the stack of an import is
+    deep); a new thread's stack is a few frames, and its caller is still this module."""
+    made: list[type] = []
+    maker = threading.Thread(target=lambda: made.append(type(lazy_instance(cls))), name="lazy-instance")
+    maker.start()
+    maker.join()
+    return made[0] if made else type(lazy_instance(cls))  # a failure in the thread raises here, where it is seen
 
 
 def _default_metric() -> Metric:

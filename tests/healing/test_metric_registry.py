@@ -89,6 +89,22 @@ def test_a_lazy_instance_of_a_registered_metric_is_accepted():
     assert type(fresh) is RawMahalanobis and fresh.shrinkage == 0.2
 
 
+def test_the_default_metric_is_jsonargparses_lazy_instance_of_feat_cosine():
+    # the default is made without lazy_instance's walk of the call stack (its class is made once, in a thread):
+    # still a lazy instance of the class, a fresh one per config, in the config module, as lazy_instance makes it
+    from healing_pl.phases.config import TwinsConfig
+
+    first, second = TwinsConfig().metric, TwinsConfig().metric
+    reference = lazy_instance(FeatCosine)
+    assert type(first) is type(second) and first is not second
+    assert type(first).__name__ == type(reference).__name__ == "LazyInstance_FeatCosine"
+    assert type(first).__module__ == "healing_pl.phases.config"
+    assert type(first).__mro__[1:] == type(reference).__mro__[1:]  # jsonargparse's lazy base, then FeatCosine's
+    assert first.lazy_get_init_data() == reference.lazy_get_init_data()
+    TWIN_METRICS.check(first)
+    assert first.name == "feat_cosine" and repr(first) == repr(FeatCosine())
+
+
 def test_the_cli_offers_exactly_the_registered_classes():
     parser = ArgumentParser(exit_on_error=False)
     parser.add_argument("--metric", type=Metric | None)
