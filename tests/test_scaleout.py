@@ -196,6 +196,15 @@ def test_the_runner_takes_over_the_claim_of_a_runner_that_stopped_renewing_it(fa
     assert [e["why"] for e in _events(fake) if e["event"] == "stale"] == ["expired"]
 
 
+def test_the_runner_looks_again_as_soon_as_a_local_run_ends(fake, monkeypatch):
+    # it waits on its workers, not for the next poll: three runs one after another take far less than one poll
+    monkeypatch.setattr(grid, "RUNNING_POLL_S", 10.0)
+    start = time.monotonic()
+    Runner(str(fake), 1, [], bar=False).execute(_runs(fake, "heal-a", "heal-b"))
+    assert time.monotonic() - start < 10.0  # polling: at least 30 s
+    assert all((fake / name / "results.json").exists() for name in ("baseline", "heal-a", "heal-b"))
+
+
 def test_each_local_job_gets_its_own_gpu(fake, monkeypatch):
     monkeypatch.setenv("FAKE_CLI_SLEEP", "0.5")  # both jobs run at once
     runs = [Run(n, "fit", str(fake / n), (f"--run_dir={fake / n}",)) for n in ("a", "b", "c")]

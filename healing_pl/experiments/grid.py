@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import multiprocessing.connection
 import os
 import shlex
 import shutil
@@ -47,6 +48,9 @@ from healing_pl.report.tables import load_records
 
 #: seconds between looks at runs that other runners hold
 POLL_S = 1.0
+#: seconds between looks at running jobs that cannot be waited on (submitit jobs); a local worker wakes the runner
+#: as soon as it ends
+RUNNING_POLL_S = 0.2
 #: the variables a W&B agent sets for its run; a baseline trained on an agent's behalf runs without them
 SWEEP_ENV = ("WANDB_SWEEP_ID", "WANDB_RUN_ID", "WANDB_SWEEP_PARAM_PATH")
 LAUNCHERS = ("local", "submitit")
@@ -206,6 +210,11 @@ class _LocalJob:
     def __init__(self, process, device: str | None):
         self.process, self.device, self.error = process, device, ""
 
+    @property
+    def sentinel(self):
+        """What :func:`multiprocessing.connection.wait` watches: ready as soon as the worker process ends."""
+        return self.process.sentinel
+
     def poll(self) -> int | None:
         if self.process.is_alive():
             return None
@@ -268,7 +277,24 @@ def _job_error(err: Exception) -> str:
     return lines[-1] if lines else type(err).__name__
 
 
+def _pause(running: list) -> None:
+    """Wait before the runner's next look: until a running local worker ends (at once, not at the next poll: a
+    grid of short runs lost up to 0.2 s a run), at most :data:`RUNNING_POLL_S` while jobs run, :data:`POLL_S` while
+    none does (the runs left are held by other runners)."""
+    if not running:
+        time.sleep(POLL_S)
+        return
+    sentinels = [job.sentinel for job in running if job.sentinel is not None]
+    if sentinels:
+        multiprocessing.connection.wait(sentinels, timeout=RUNNING_POLL_S)
+    else:
+        time.sleep(RUNNING_POLL_S)
+
+
 class _SubmititJob:
+    #: nothing to wait on: a submitted job is looked at every :data:`RUNNING_POLL_S`
+    sentinel = None
+
     def __init__(self, job):
         self.job, self.device, self.error = job, None, ""
 
@@ -446,7 +472,7 @@ class Runner:
                             )
                     renewed = time.monotonic()
                 if not launched and (pending or running):
-                    time.sleep(POLL_S if not running else 0.2)
+                    _pause([job for job, _, _ in running.values()])
         finally:
             for job, run, _ in running.values():  # interrupted (or another run failed): stop the workers
                 job.stop()
