@@ -131,6 +131,53 @@ def test_top_level_help_lists_every_subcommand(capsys):
         assert f"    {name} " in out, name
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["fit", "--model.lr=0.01"],
+        ["heal", "--unlearn=SCRUB", "--adversary=ClassSelector", "--adversary.target_class=3"],
+        ["heal", "--twins.metric=RawMahalanobis", "--twins.metric.shrinkage=0.2", "--heal.epochs=3"],
+        ["unlearn", "--unlearn=SISA", "--unlearn.shards=2"],
+        ["stream", "--stream.round_size=4", "--adversary=WorstLogitsSelector"],
+    ],
+)
+def test_the_configuration_dumps_equal_the_validated_ones(tmp_path, configs_dir, digits_baseline, command):
+    # the model's and datamodule's hyperparameters come from Lightning's dump of the configuration, and the run's
+    # config.yaml from the CLI's own: both are dumped without validating again (parsing did), Lightning's through
+    # JSON instead of YAML; the values must be those of Lightning's dump and of a validated dump, to the type
+    from lightning.pytorch.cli import LightningCLI
+
+    from healing_pl.cli import HealingCLI
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    class Compare(HealingCLI):
+        def _dump_config(self):
+            if not hasattr(self, "config_dump"):  # the first call (the datamodule's), as Lightning dumps it
+                LightningCLI._dump_config(self)
+                lightning = self.__dict__.pop("config_dump")
+                super()._dump_config()
+                seen["hyperparameters"] = repr(self.config_dump), repr(lightning)  # as they are now (the model's
+                # instantiation adds its linked values to the dump in place)
+
+        def instantiate_trainer(self, **kwargs):
+            trainer = super().instantiate_trainer(**kwargs)
+            validated = self._parser(self.subcommand).dump(self._cfg(), skip_none=False, format="json")
+            seen["config.yaml"] = repr(trainer.run_config), repr(json.loads(validated))
+            raise Stop
+
+    subcommand, *options = command
+    args = [subcommand, "--config", f"{configs_dir}/digits.yaml", f"--run_dir={tmp_path / 'run'}", *options]
+    args += ["--wandb.enabled=false"] + ([f"--ckpt_path={digits_baseline}"] if subcommand != "fit" else [])
+    with pytest.raises(Stop):
+        Compare(args=args)
+    for what, (ours, validated) in seen.items():
+        assert ours == validated, what  # the same keys, order, values and types
+
+
 @pytest.mark.parametrize("extra", [[], ["--model.lr=0.5"], ["--model.drop_rate=0.1"], ["--data.image_size=12"]])
 def test_a_checkpoints_hyperparameters_are_adopted_as_lightning_adopts_them(configs_dir, digits_baseline, extra):
     # Lightning parses the command again with the checkpoint's model hyperparameters; the CLI skips that when the
