@@ -9,15 +9,25 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HEALING_PL_ALLOW_IMPORTS", "_ranks.RaiseOnRank,test_devices.DeviceProbe")
 
 
+def _runs_tests(config) -> bool:
+    """Whether this process imports and runs the test files: an xdist worker, or the one process of a serial run
+    (not the xdist controller, which never imports torch)."""
+    return bool(os.environ.get("PYTEST_XDIST_WORKER")) or not config.getoption("numprocesses", default=None)
+
+
+def pytest_configure(config):
+    if _runs_tests(config):
+        gc.disable()  # while the test files import torch and Lightning, as healing-pl does (healing_pl.main.main)
+
+
 def pytest_collection_finish(session):
-    """In each process that runs tests (an xdist worker, or the one process of a serial run; not the xdist
-    controller, which never imports torch), once the test files are imported:
+    """In each process that runs tests, once the test files are imported:
 
     - one torch thread: the tests train tiny models, where a second thread buys little, and on a shared machine two
       spinning OpenMP threads per process slow everything down tenfold;
-    - the heap of imports frozen, as ``healing-pl`` freezes its own (``healing_pl.main.settle_imports``): full
-      collections and the worker's exit then skip the few million objects torch and Lightning leave, and a forked
-      grid run or ``ddp_fork`` rank copies fewer pages.
+    - the heap of imports frozen and the collector on again, as ``healing-pl`` does with its own
+      (``healing_pl.main.settle_imports``): full collections and the worker's exit then skip the 740,000 objects
+      torch and Lightning leave, and a forked grid run or ``ddp_fork`` rank copies fewer pages.
     """
     import torch
 
