@@ -173,8 +173,10 @@ def attack(members: np.ndarray, nonmembers: np.ndarray, seed: int = 0) -> dict:
     aucs, accs = [], []
     for train, test in folds.split(features, labels):
         fitted = LogisticRegression().fit(features[train], labels[train])
-        aucs.append(roc_auc_score(labels[test], fitted.decision_function(features[test])))
-        accs.append(float(np.mean(fitted.predict(features[test]) == labels[test])))
+        scores = fitted.decision_function(features[test])
+        aucs.append(roc_auc_score(labels[test], scores))
+        # predict(), without scoring the fold again: a positive score is class 1 (classes_ is [0, 1])
+        accs.append(float(np.mean(fitted.classes_[(scores > 0).astype(int)] == labels[test])))
     auc = float(np.mean(aucs))
     low, high = auc_interval(auc, n, n)
     return {"auc": auc, "acc": float(np.mean(accs)), "n": n, "auc_low": low, "auc_high": high}
